@@ -1,0 +1,129 @@
+package caddyzmq
+
+import (
+	"strconv"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/dustin/go-humanize"
+)
+
+func init() {
+	httpcaddyfile.RegisterHandlerDirective("zmq", parseCaddyfile)
+	// zmq is a terminal handler like reverse_proxy and belongs next to it.
+	httpcaddyfile.RegisterDirectiveOrder("zmq", httpcaddyfile.After, "reverse_proxy")
+}
+
+func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	var handler Handler
+	err := handler.UnmarshalCaddyfile(h.Dispenser)
+	return &handler, err
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+//
+//	zmq [<request_endpoint> <reply_endpoint>] {
+//	    request_endpoint   <endpoint>       # Caddy binds PUSH here (Mongrel2 send_spec)
+//	    reply_endpoint     <endpoint>       # Caddy binds SUB here (Mongrel2 recv_spec)
+//	    sender_id          <uuid>           # Mongrel2 send_ident
+//	    header_format      json|tnetstring
+//	    reply_timeout      <duration>       # 504 past it
+//	    stream_timeout     <duration>
+//	    max_request_body   <size>           # 413 past it, e.g. 10MB
+//	    max_buffered_reply <size>
+//	    pattern            <path>
+//	    heartbeat          <duration>|off
+//	}
+func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // directive name
+	args := d.RemainingArgs()
+	switch len(args) {
+	case 0:
+	case 2:
+		h.RequestEndpoint, h.ReplyEndpoint = args[0], args[1]
+	default:
+		return d.Errf("expected zero or two endpoints (request, reply), got %d", len(args))
+	}
+	for d.NextBlock(0) {
+		name := d.Val()
+		switch name {
+		case "request_endpoint", "reply_endpoint", "sender_id", "header_format", "pattern":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			v := d.Val()
+			switch name {
+			case "request_endpoint":
+				h.RequestEndpoint = v
+			case "reply_endpoint":
+				h.ReplyEndpoint = v
+			case "sender_id":
+				h.SenderID = v
+			case "header_format":
+				if v != "json" && v != "tnetstring" {
+					return d.Errf("header_format must be json or tnetstring, not %q", v)
+				}
+				h.HeaderFormat = v
+			case "pattern":
+				h.Pattern = v
+			}
+		case "reply_timeout", "stream_timeout", "heartbeat":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			var dur time.Duration
+			if name == "heartbeat" && d.Val() == "off" {
+				dur = -1
+			} else {
+				var err error
+				if dur, err = caddy.ParseDuration(d.Val()); err != nil {
+					return d.Errf("bad %s %q: %v", name, d.Val(), err)
+				}
+			}
+			switch name {
+			case "reply_timeout":
+				h.ReplyTimeout = caddy.Duration(dur)
+			case "stream_timeout":
+				h.StreamTimeout = caddy.Duration(dur)
+			case "heartbeat":
+				h.Heartbeat = caddy.Duration(dur)
+			}
+		case "max_request_body", "max_buffered_reply":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			size, err := parseSize(d.Val())
+			if err != nil {
+				return d.Errf("bad %s %q: %v", name, d.Val(), err)
+			}
+			if name == "max_request_body" {
+				h.MaxRequestBody = size
+			} else {
+				h.MaxBufferedReply = size
+			}
+		default:
+			return d.Errf("unknown zmq option %q", name)
+		}
+		if d.NextArg() {
+			return d.Errf("%s takes one argument", name)
+		}
+	}
+	return nil
+}
+
+func parseSize(s string) (int64, error) {
+	if n, err := strconv.ParseInt(s, 10, 64); err == nil {
+		return n, nil
+	}
+	n, err := humanize.ParseBytes(s)
+	if err != nil {
+		return 0, err
+	}
+	return int64(n), nil
+}
+
+// Interface guard
+var _ caddyfile.Unmarshaler = (*Handler)(nil)

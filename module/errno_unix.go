@@ -1,0 +1,5 @@
+package caddyzmq
+
+import "syscall"
+
+const syscallEAGAIN = syscall.EAGAIN

@@ -1,0 +1,221 @@
+package caddyzmq
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"strconv"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/zmqbridge/caddy-zmq/workerkit/mongrel2"
+)
+
+// requestState is the per-request scratch space, pooled so that the hot
+// path allocates little.
+type requestState struct {
+	enc    mongrel2.HeaderEncoder
+	body   []byte
+	rr     responseReader
+	frames [][]byte
+	idBuf  [20]byte
+}
+
+var statePool = sync.Pool{New: func() any { return new(requestState) }}
+
+// maxPooledBody keeps one big upload from pinning its buffer in the pool.
+const maxPooledBody = 1 << 20
+
+// ServeHTTP hands r to a worker and writes back its reply.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	st := statePool.Get().(*requestState)
+	defer func() {
+		if cap(st.body) > maxPooledBody {
+			st.body = nil
+		}
+		clear(st.frames)
+		st.rr.w = nil
+		statePool.Put(st)
+	}()
+
+	body, status, err := h.readBody(r, st.body[:0])
+	st.body = body
+	if err != nil {
+		return h.fail(w, r, status, err)
+	}
+
+	t := h.transport
+	ex := t.register()
+	defer t.unregister(ex)
+
+	connID := mongrel2.AppendUint(st.idBuf[:0], ex.id)
+	ip := clientIP(r)
+	path := r.URL.EscapedPath()
+	h.encodeHeaders(&st.enc, r, path, len(body), ip)
+	buf := getBuf()
+	*buf = mongrel2.AppendRequest(*buf, h.SenderID, string(connID), path, st.enc.Bytes(), body)
+	if err := t.submit(buf, ex); err != nil {
+		return h.fail(w, r, http.StatusServiceUnavailable, err)
+	}
+
+	rr := &st.rr
+	rr.reset(w, r.Method == http.MethodHead)
+	timer := time.NewTimer(time.Duration(h.ReplyTimeout))
+	defer timer.Stop()
+	var rc *http.ResponseController
+	for {
+		select {
+		case <-ex.signal:
+		case <-timer.C:
+			if !rr.headDone {
+				return h.fail(w, r, http.StatusGatewayTimeout,
+					fmt.Errorf("no reply from a worker within %s", time.Duration(h.ReplyTimeout)))
+			}
+			h.abort(w, r, ex, fmt.Errorf("no reply frame within stream_timeout %s", time.Duration(h.StreamTimeout)))
+		case <-r.Context().Done():
+			t.notifyDisconnect(ex.id)
+			h.logger.Debug("client went away before the reply was complete",
+				zap.Uint64("conn_id", ex.id), zap.Error(r.Context().Err()))
+			return nil
+		}
+
+		frames, xerr := ex.take(st.frames)
+		st.frames = frames
+		for _, f := range frames {
+			if err := rr.feed(f); err != nil {
+				var ce clientError
+				if errors.As(err, &ce) {
+					t.notifyDisconnect(ex.id)
+					h.logger.Debug("client went away during the reply", zap.Uint64("conn_id", ex.id), zap.Error(err))
+					return nil
+				}
+				if !rr.headDone {
+					t.notifyDisconnect(ex.id)
+					return h.fail(w, r, http.StatusBadGateway, fmt.Errorf("bad reply from worker: %w", err))
+				}
+				h.abort(w, r, ex, fmt.Errorf("bad reply from worker: %w", err))
+			}
+			if rr.done {
+				return nil
+			}
+		}
+		if xerr != nil {
+			switch {
+			case rr.headDone:
+				h.abort(w, r, ex, xerr)
+			case errors.Is(xerr, errNoWorker), errors.Is(xerr, errStopped):
+				return h.fail(w, r, http.StatusServiceUnavailable, xerr)
+			default:
+				return h.fail(w, r, http.StatusBadGateway, xerr)
+			}
+		}
+		if rr.headDone {
+			// The response is streaming: the client sees each frame as it
+			// arrives (Server-Sent Events, long polls).
+			if rc == nil {
+				rc = http.NewResponseController(w)
+			}
+			if err := rc.Flush(); err != nil && !errors.Is(err, http.ErrNotSupported) {
+				t.notifyDisconnect(ex.id)
+				return nil
+			}
+			if h.StreamTimeout > 0 {
+				timer.Reset(time.Duration(h.StreamTimeout))
+			} else {
+				timer.Stop()
+			}
+		}
+	}
+}
+
+// readBody reads the request body into buf, up to MaxRequestBody.
+func (h *Handler) readBody(r *http.Request, buf []byte) ([]byte, int, error) {
+	if r.Body == nil || r.Body == http.NoBody {
+		return buf, 0, nil
+	}
+	limit := h.MaxRequestBody
+	if r.ContentLength > limit {
+		return buf, http.StatusRequestEntityTooLarge,
+			fmt.Errorf("request body of %d bytes exceeds max_request_body %d", r.ContentLength, limit)
+	}
+	if r.ContentLength > 0 && int64(cap(buf)) < r.ContentLength {
+		buf = make([]byte, 0, r.ContentLength)
+	}
+	for {
+		if len(buf) == cap(buf) {
+			buf = append(buf, 0)[:len(buf)]
+		}
+		n, err := r.Body.Read(buf[len(buf):cap(buf)])
+		buf = buf[:len(buf)+n]
+		if int64(len(buf)) > limit {
+			return buf, http.StatusRequestEntityTooLarge,
+				fmt.Errorf("request body exceeds max_request_body %d", limit)
+		}
+		if err == io.EOF {
+			return buf, 0, nil
+		}
+		if err != nil {
+			var mbe *http.MaxBytesError
+			if errors.As(err, &mbe) {
+				return buf, http.StatusRequestEntityTooLarge, err
+			}
+			return buf, http.StatusBadRequest, fmt.Errorf("reading request body: %w", err)
+		}
+	}
+}
+
+// fail answers the client with status and a short reason, and logs what
+// happened. It is used only before any of the reply was written.
+func (h *Handler) fail(w http.ResponseWriter, r *http.Request, status int, err error) error {
+	lvl := h.logger.Error
+	if status == http.StatusRequestEntityTooLarge || status == http.StatusBadRequest {
+		lvl = h.logger.Info
+	}
+	lvl("zmq request failed",
+		zap.Int("status", status),
+		zap.String("method", r.Method),
+		zap.String("uri", r.RequestURI),
+		zap.Error(err))
+	hdr := w.Header()
+	hdr.Set("Content-Type", "text/plain; charset=utf-8")
+	hdr.Set("X-Content-Type-Options", "nosniff")
+	msg := strconv.Itoa(status) + " " + http.StatusText(status) + ": " + reason(status) + "\n"
+	hdr.Set("Content-Length", strconv.Itoa(len(msg)))
+	w.WriteHeader(status)
+	_, _ = io.WriteString(w, msg)
+	return nil
+}
+
+func reason(status int) string {
+	switch status {
+	case http.StatusServiceUnavailable:
+		return "no worker available"
+	case http.StatusGatewayTimeout:
+		return "the worker did not reply in time"
+	case http.StatusBadGateway:
+		return "the worker sent an invalid reply"
+	case http.StatusRequestEntityTooLarge:
+		return "request body too large"
+	case http.StatusBadRequest:
+		return "malformed request body"
+	}
+	return "request failed"
+}
+
+// abort ends a response that has already started: the client must not take
+// a truncated body for a complete one, so the connection (or HTTP/2 stream)
+// is reset, as reverse_proxy does.
+func (h *Handler) abort(w http.ResponseWriter, r *http.Request, ex *exchange, err error) {
+	h.transport.notifyDisconnect(ex.id)
+	h.logger.Error("aborting incomplete response",
+		zap.String("method", r.Method),
+		zap.String("uri", r.RequestURI),
+		zap.Uint64("conn_id", ex.id),
+		zap.Error(err))
+	_ = http.NewResponseController(w).Flush()
+	panic(http.ErrAbortHandler)
+}

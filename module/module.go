@@ -1,0 +1,215 @@
+// Package caddyzmq is a Caddy HTTP handler that serves requests with ZeroMQ
+// workers speaking Mongrel2's handler protocol. It stands where
+// reverse_proxy stands: Caddy terminates HTTP/1.1, HTTP/2 and HTTP/3 with
+// automatic HTTPS, PUSHes each request to the workers and writes back the
+// raw HTTP response they PUBlish.
+package caddyzmq
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"regexp"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/zmqbridge/caddy-zmq/workerkit/mongrel2"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// Defaults, documented on the fields that use them.
+const (
+	DefaultRequestEndpoint  = "tcp://127.0.0.1:9997"
+	DefaultReplyEndpoint    = "tcp://127.0.0.1:9996"
+	DefaultReplyTimeout     = 30 * time.Second
+	DefaultMaxRequestBody   = 10 << 20
+	DefaultMaxBufferedReply = 64 << 20
+	DefaultHeartbeat        = 200 * time.Millisecond
+)
+
+// Handler serves HTTP requests with ZeroMQ workers. With the default
+// topology, Mongrel2's, Caddy binds a PUSH socket on the request endpoint and
+// a SUB socket on the reply endpoint; workers connect a PULL and a PUB to
+// them. Any Mongrel2 handler works unchanged behind it.
+type Handler struct {
+	// RequestEndpoint is where Caddy binds the PUSH socket that hands
+	// requests to workers (Mongrel2's send_spec). Default:
+	// tcp://127.0.0.1:9997.
+	RequestEndpoint string `json:"request_endpoint,omitempty"`
+
+	// ReplyEndpoint is where Caddy binds the SUB socket that workers
+	// publish replies to (Mongrel2's recv_spec). Default:
+	// tcp://127.0.0.1:9996.
+	ReplyEndpoint string `json:"reply_endpoint,omitempty"`
+
+	// SenderID is the UUID that tags every request and that replies must
+	// carry (Mongrel2's send_ident; Caddy subscribes to exactly it). Give
+	// each front end of a cluster its own. Default: derived from the host
+	// name and the two endpoints, so it is stable across restarts and
+	// reloads and differs between hosts.
+	SenderID string `json:"sender_id,omitempty"`
+
+	// HeaderFormat is how request headers are encoded: "json" or
+	// "tnetstring" (Mongrel2's handler `protocol`). Default: json.
+	HeaderFormat string `json:"header_format,omitempty"`
+
+	// ReplyTimeout is how long Caddy waits for a worker to start its
+	// reply. The client then gets 504. Default: 30s.
+	ReplyTimeout caddy.Duration `json:"reply_timeout,omitempty"`
+
+	// StreamTimeout is how long Caddy waits for the next reply frame once
+	// the response has started; past it the client connection is closed.
+	// Default: 0, no limit (streams such as Server-Sent Events may idle).
+	StreamTimeout caddy.Duration `json:"stream_timeout,omitempty"`
+
+	// MaxRequestBody is the largest request body passed to a worker, in
+	// bytes. Larger ones get 413. Default: 10 MiB.
+	MaxRequestBody int64 `json:"max_request_body,omitempty"`
+
+	// MaxBufferedReply is how many bytes of reply frames may wait for a
+	// slow client before the client is disconnected (Mongrel2 allows 16
+	// queued frames). Default: 64 MiB.
+	MaxBufferedReply int64 `json:"max_buffered_reply,omitempty"`
+
+	// Pattern is the value of the PATTERN header, the route a Mongrel2
+	// handler believes matched. Default: "/".
+	Pattern string `json:"pattern,omitempty"`
+
+	// Heartbeat is the ZMTP heartbeat interval on both sockets; a peer
+	// silent for five intervals is dropped, so a dead or frozen worker
+	// stops receiving requests. 0 uses the default; a negative value turns
+	// heartbeats off. Default: 200ms.
+	Heartbeat caddy.Duration `json:"heartbeat,omitempty"`
+
+	headerFormat mongrel2.HeaderFormat
+	transport    *transport
+	poolKey      string
+	logger       *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{
+		ID:  "http.handlers.zmq",
+		New: func() caddy.Module { return new(Handler) },
+	}
+}
+
+var senderIDPattern = regexp.MustCompile(`^[A-Za-z0-9-]+$`)
+
+// Provision applies defaults and binds (or reuses) the sockets.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	if h.RequestEndpoint == "" {
+		h.RequestEndpoint = DefaultRequestEndpoint
+	}
+	if h.ReplyEndpoint == "" {
+		h.ReplyEndpoint = DefaultReplyEndpoint
+	}
+	if h.SenderID == "" {
+		h.SenderID = DefaultSenderID(h.RequestEndpoint, h.ReplyEndpoint)
+	}
+	if h.ReplyTimeout == 0 {
+		h.ReplyTimeout = caddy.Duration(DefaultReplyTimeout)
+	}
+	if h.MaxRequestBody == 0 {
+		h.MaxRequestBody = DefaultMaxRequestBody
+	}
+	if h.MaxBufferedReply == 0 {
+		h.MaxBufferedReply = DefaultMaxBufferedReply
+	}
+	if h.Pattern == "" {
+		h.Pattern = "/"
+	}
+	if h.Heartbeat == 0 {
+		h.Heartbeat = caddy.Duration(DefaultHeartbeat)
+	}
+	var err error
+	if h.headerFormat, err = mongrel2.ParseHeaderFormat(h.HeaderFormat); err != nil {
+		return err
+	}
+	if err := h.Validate(); err != nil {
+		return err
+	}
+
+	cfg := transportConfig{
+		requestEndpoint: h.RequestEndpoint,
+		replyEndpoint:   h.ReplyEndpoint,
+		sender:          h.SenderID,
+		maxBuffered:     int(h.MaxBufferedReply),
+		heartbeat:       max(time.Duration(h.Heartbeat), 0),
+	}
+	h.poolKey = cfg.key()
+	// The logger of the first config that binds the sockets serves them
+	// for their whole life; it is Caddy's, not the config's, in substance.
+	val, _, err := transports.LoadOrNew(h.poolKey, func() (caddy.Destructor, error) {
+		return newTransport(cfg, ctx.Logger().Named("transport"))
+	})
+	if err != nil {
+		return fmt.Errorf("zmq: %w", err)
+	}
+	h.transport = val.(*transport)
+	if h.transport.cfg != cfg {
+		_, _ = transports.Delete(h.poolKey)
+		h.transport = nil
+		return fmt.Errorf("zmq: endpoints %s and %s are already in use by another zmq handler with different settings",
+			h.RequestEndpoint, h.ReplyEndpoint)
+	}
+	return nil
+}
+
+// Validate checks the configuration.
+func (h *Handler) Validate() error {
+	if !senderIDPattern.MatchString(h.SenderID) {
+		return fmt.Errorf("zmq: sender_id %q must match [A-Za-z0-9-]+", h.SenderID)
+	}
+	if h.RequestEndpoint == h.ReplyEndpoint {
+		return fmt.Errorf("zmq: request and reply endpoints must differ (both %s)", h.RequestEndpoint)
+	}
+	if h.ReplyTimeout < 0 || h.StreamTimeout < 0 {
+		return fmt.Errorf("zmq: timeouts must not be negative")
+	}
+	if h.MaxRequestBody < 0 || h.MaxBufferedReply < 0 {
+		return fmt.Errorf("zmq: size limits must not be negative")
+	}
+	return nil
+}
+
+// Cleanup releases this config's hold on the sockets. They are closed only
+// when no config uses them any more, so a reload keeps requests in flight.
+func (h *Handler) Cleanup() error {
+	if h.transport == nil {
+		return nil
+	}
+	_, err := transports.Delete(h.poolKey)
+	h.transport = nil
+	return err
+}
+
+// DefaultSenderID derives a stable UUID from the host name and the
+// endpoints: the same front end keeps it across restarts, and two hosts
+// with the same config still get different ones.
+func DefaultSenderID(requestEndpoint, replyEndpoint string) string {
+	host, _ := os.Hostname()
+	sum := sha256.Sum256([]byte("caddy-zmq\x00" + host + "\x00" + requestEndpoint + "\x00" + replyEndpoint))
+	sum[6] = sum[6]&0x0f | 0x50 // version 5-style, name based
+	sum[8] = sum[8]&0x3f | 0x80 // RFC 4122 variant
+	h := hex.EncodeToString(sum[:16])
+	return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
+}
+
+// Interface guards
+var (
+	_ caddy.Module                = (*Handler)(nil)
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddy.Validator             = (*Handler)(nil)
+	_ caddy.CleanerUpper          = (*Handler)(nil)
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+)

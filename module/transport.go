@@ -1,0 +1,413 @@
+package caddyzmq
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	zmq "github.com/pebbe/zmq4"
+	"go.uber.org/zap"
+
+	"github.com/zmqbridge/caddy-zmq/workerkit/mongrel2"
+)
+
+// transports holds the bound socket pairs, keyed by endpoints and sender, so
+// that a config reload that keeps the same endpoints reuses the sockets
+// instead of failing with "address already in use": Caddy provisions the new
+// config before it stops the old one.
+var transports = caddy.NewUsagePool()
+
+// zmqContext is the one libzmq context of the process (each context starts
+// I/O threads; sockets come and go with configs, the context stays).
+var zmqContext = sync.OnceValues(func() (*zmq.Context, error) { return zmq.NewContext() })
+
+// recvPollInterval bounds how long the reply owner sits in Recv before it
+// checks whether it must stop; it only affects shutdown latency.
+const recvPollInterval = 100 * time.Millisecond
+
+// outQueueSize is the depth of the Go channel in front of the request
+// socket's owner. A full channel means libzmq cannot keep up either; the
+// client then gets 503 at once rather than waiting.
+const outQueueSize = 4096
+
+var (
+	errNoWorker  = errors.New("no worker is connected, or every worker's queue is full")
+	errQueueFull = errors.New("request queue is full")
+	errStopped   = errors.New("transport stopped")
+)
+
+// transportConfig is what identifies a transport; equal configs share one.
+type transportConfig struct {
+	requestEndpoint string
+	replyEndpoint   string
+	sender          string
+	maxBuffered     int
+	heartbeat       time.Duration
+}
+
+func (c transportConfig) key() string {
+	return c.requestEndpoint + "|" + c.replyEndpoint + "|" + c.sender
+}
+
+// outMsg is one frame for the request socket. ex is nil for notices that
+// need no answer (disconnects).
+type outMsg struct {
+	buf *[]byte
+	ex  *exchange
+}
+
+// transport owns one bound PUSH socket (requests) and one bound SUB socket
+// (replies). Each socket lives its whole life in one goroutine: the send
+// owner is fed by a channel, the receive owner dispatches replies to the
+// waiting exchanges.
+type transport struct {
+	cfg    transportConfig
+	logger *zap.Logger
+
+	out  chan outMsg
+	quit chan struct{}
+	wg   sync.WaitGroup
+
+	nextID atomic.Uint64
+
+	mu      sync.RWMutex
+	pending map[uint64]*exchange
+
+	// stats, read by metrics and tests.
+	sent, sendFailed, replies, unknownReplies, badReplies atomic.Uint64
+}
+
+func newTransport(cfg transportConfig, logger *zap.Logger) (*transport, error) {
+	zctx, err := zmqContext()
+	if err != nil {
+		return nil, fmt.Errorf("creating ZeroMQ context: %w", err)
+	}
+	t := &transport{
+		cfg:     cfg,
+		logger:  logger,
+		out:     make(chan outMsg, outQueueSize),
+		quit:    make(chan struct{}),
+		pending: make(map[uint64]*exchange),
+	}
+	// Connection ids start from the clock so that ids never repeat across
+	// restarts of a front end with a stable sender UUID: a late reply meant
+	// for a request of the previous process cannot reach a new client. The
+	// value stays below 2^53 for handlers that keep ids as doubles.
+	t.nextID.Store(uint64(time.Now().UnixMilli()) * 1000)
+
+	ready := make(chan error, 2)
+	t.wg.Add(2)
+	go t.runSender(zctx, ready)
+	go t.runReceiver(zctx, ready)
+	var firstErr error
+	for range 2 {
+		if err := <-ready; err != nil && firstErr == nil {
+			firstErr = err
+		}
+	}
+	if firstErr != nil {
+		close(t.quit)
+		t.wg.Wait()
+		return nil, firstErr
+	}
+	return t, nil
+}
+
+// Destruct implements caddy.Destructor: the last config using these
+// endpoints is gone.
+func (t *transport) Destruct() error {
+	close(t.quit)
+	t.wg.Wait()
+	t.mu.Lock()
+	for _, ex := range t.pending {
+		ex.fail(errStopped)
+	}
+	t.mu.Unlock()
+	return nil
+}
+
+func (t *transport) configure(s *zmq.Socket) error {
+	if err := s.SetLinger(0); err != nil {
+		return err
+	}
+	if t.cfg.heartbeat > 0 {
+		// ZMTP heartbeats let libzmq drop a dead or frozen peer's pipe, so
+		// PUSH stops handing it work.
+		if err := s.SetHeartbeatIvl(t.cfg.heartbeat); err != nil {
+			return err
+		}
+		if err := s.SetHeartbeatTimeout(5 * t.cfg.heartbeat); err != nil {
+			return err
+		}
+		if err := s.SetHeartbeatTtl(5 * t.cfg.heartbeat); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (t *transport) runSender(zctx *zmq.Context, ready chan<- error) {
+	defer t.wg.Done()
+	sock, err := zctx.NewSocket(zmq.PUSH)
+	if err != nil {
+		ready <- fmt.Errorf("creating request socket: %w", err)
+		return
+	}
+	defer sock.Close()
+	if err := t.configure(sock); err != nil {
+		ready <- fmt.Errorf("configuring request socket: %w", err)
+		return
+	}
+	if err := sock.Bind(t.cfg.requestEndpoint); err != nil {
+		ready <- fmt.Errorf("binding request endpoint %s: %w", t.cfg.requestEndpoint, err)
+		return
+	}
+	ready <- nil
+	for {
+		select {
+		case m := <-t.out:
+			t.send(sock, m)
+			// Drain what queued up meanwhile without going back to select.
+			for n := 0; n < 64; n++ {
+				select {
+				case m := <-t.out:
+					t.send(sock, m)
+				default:
+					n = 64
+				}
+			}
+		case <-t.quit:
+			for {
+				select {
+				case m := <-t.out:
+					if m.ex != nil {
+						m.ex.fail(errStopped)
+					}
+					putBuf(m.buf)
+				default:
+					return
+				}
+			}
+		}
+	}
+}
+
+func (t *transport) send(sock *zmq.Socket, m outMsg) {
+	_, err := sock.SendBytes(*m.buf, zmq.DONTWAIT)
+	putBuf(m.buf)
+	if err == nil {
+		t.sent.Add(1)
+		return
+	}
+	t.sendFailed.Add(1)
+	if m.ex == nil {
+		return
+	}
+	if zmq.AsErrno(err) == zmq.Errno(syscallEAGAIN) {
+		m.ex.fail(errNoWorker)
+		return
+	}
+	m.ex.fail(fmt.Errorf("sending request: %w", err))
+}
+
+func (t *transport) runReceiver(zctx *zmq.Context, ready chan<- error) {
+	defer t.wg.Done()
+	sock, err := zctx.NewSocket(zmq.SUB)
+	if err != nil {
+		ready <- fmt.Errorf("creating reply socket: %w", err)
+		return
+	}
+	defer sock.Close()
+	if err := t.configure(sock); err != nil {
+		ready <- fmt.Errorf("configuring reply socket: %w", err)
+		return
+	}
+	if err := sock.SetRcvtimeo(recvPollInterval); err != nil {
+		ready <- fmt.Errorf("configuring reply socket: %w", err)
+		return
+	}
+	// The trailing space keeps a sender that is a prefix of another's from
+	// taking its replies.
+	if err := sock.SetSubscribe(t.cfg.sender + " "); err != nil {
+		ready <- fmt.Errorf("subscribing reply socket: %w", err)
+		return
+	}
+	if err := sock.Bind(t.cfg.replyEndpoint); err != nil {
+		ready <- fmt.Errorf("binding reply endpoint %s: %w", t.cfg.replyEndpoint, err)
+		return
+	}
+	ready <- nil
+	for {
+		msg, err := sock.RecvBytes(0)
+		if err != nil {
+			select {
+			case <-t.quit:
+				return
+			default:
+			}
+			if zmq.AsErrno(err) != zmq.Errno(syscallEAGAIN) {
+				t.logger.Error("receiving reply", zap.Error(err))
+			}
+			continue
+		}
+		t.dispatch(msg)
+		select {
+		case <-t.quit:
+			return
+		default:
+		}
+	}
+}
+
+// dispatch hands one reply frame to every exchange it names. The body is
+// shared, read-only, by all of them: RecvBytes gave us a fresh slice.
+func (t *transport) dispatch(msg []byte) {
+	sender, ids, body, err := mongrel2.ParseReply(msg)
+	if err != nil {
+		t.badReplies.Add(1)
+		t.logger.Warn("dropping malformed reply", zap.Error(err), zap.Int("size", len(msg)))
+		return
+	}
+	if string(sender) != t.cfg.sender {
+		t.badReplies.Add(1)
+		t.logger.Warn("dropping reply for another sender", zap.ByteString("sender", sender))
+		return
+	}
+	t.replies.Add(1)
+	t.mu.RLock()
+	for id, rest := mongrel2.NextID(ids); id != nil; id, rest = mongrel2.NextID(rest) {
+		n, _ := mongrel2.ParseUint(id)
+		ex := t.pending[n]
+		if ex == nil {
+			t.unknownReplies.Add(1)
+			if c := t.logger.Check(zap.DebugLevel, "reply for unknown or finished connection"); c != nil {
+				c.Write(zap.ByteString("conn_id", id))
+			}
+			continue
+		}
+		ex.deliver(body)
+	}
+	t.mu.RUnlock()
+}
+
+// register creates the exchange for one HTTP request under a fresh id.
+func (t *transport) register() *exchange {
+	ex := newExchange(t.nextID.Add(1), t.cfg.maxBuffered)
+	t.mu.Lock()
+	t.pending[ex.id] = ex
+	t.mu.Unlock()
+	return ex
+}
+
+func (t *transport) unregister(ex *exchange) {
+	t.mu.Lock()
+	delete(t.pending, ex.id)
+	t.mu.Unlock()
+}
+
+// submit queues a frame for the request socket without blocking.
+func (t *transport) submit(buf *[]byte, ex *exchange) error {
+	select {
+	case t.out <- outMsg{buf: buf, ex: ex}:
+		return nil
+	case <-t.quit:
+		putBuf(buf)
+		return errStopped
+	default:
+		putBuf(buf)
+		return errQueueFull
+	}
+}
+
+// notifyDisconnect sends Mongrel2's disconnect notice for id.
+func (t *transport) notifyDisconnect(id uint64) {
+	buf := getBuf()
+	*buf = mongrel2.AppendDisconnect(*buf, t.cfg.sender, string(mongrel2.AppendUint(nil, id)))
+	_ = t.submit(buf, nil)
+}
+
+// exchange is the meeting point of one HTTP request and the reply frames
+// for its connection id. The receive owner never blocks on it: frames are
+// queued, and the request's goroutine is woken through signal.
+type exchange struct {
+	id     uint64
+	signal chan struct{}
+
+	mu          sync.Mutex
+	queue       [][]byte
+	queuedBytes int
+	maxBuffered int
+	err         error
+}
+
+func newExchange(id uint64, maxBuffered int) *exchange {
+	return &exchange{id: id, signal: make(chan struct{}, 1), maxBuffered: maxBuffered}
+}
+
+var errOverflow = errors.New("client reads slower than the worker writes: reply buffer limit reached")
+
+func (ex *exchange) deliver(body []byte) {
+	ex.mu.Lock()
+	if ex.err == nil {
+		if ex.maxBuffered > 0 && ex.queuedBytes+len(body) > ex.maxBuffered {
+			ex.err = errOverflow
+		} else {
+			ex.queue = append(ex.queue, body)
+			ex.queuedBytes += len(body)
+		}
+	}
+	ex.mu.Unlock()
+	ex.wake()
+}
+
+func (ex *exchange) fail(err error) {
+	ex.mu.Lock()
+	if ex.err == nil {
+		ex.err = err
+	}
+	ex.mu.Unlock()
+	ex.wake()
+}
+
+func (ex *exchange) wake() {
+	select {
+	case ex.signal <- struct{}{}:
+	default:
+	}
+}
+
+// take returns the queued frames (reusing spare as the next queue) and the
+// error, if any, that ended the exchange. Frames queued before an error are
+// returned with it.
+func (ex *exchange) take(spare [][]byte) ([][]byte, error) {
+	ex.mu.Lock()
+	q := ex.queue
+	ex.queue = spare[:0]
+	ex.queuedBytes = 0
+	err := ex.err
+	ex.mu.Unlock()
+	return q, err
+}
+
+// bufPool recycles request frames: they are built by the request goroutine
+// and released by the send owner once libzmq has copied them.
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
+
+func getBuf() *[]byte {
+	b := bufPool.Get().(*[]byte)
+	*b = (*b)[:0]
+	return b
+}
+
+// maxPooledBuf keeps one huge upload from pinning its buffer in the pool.
+const maxPooledBuf = 256 << 10
+
+func putBuf(b *[]byte) {
+	if cap(*b) > maxPooledBuf {
+		return
+	}
+	bufPool.Put(b)
+}
