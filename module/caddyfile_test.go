@@ -1,0 +1,71 @@
+package caddyzmq
+
+import (
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+)
+
+func TestUnmarshalCaddyfile(t *testing.T) {
+	tests := []struct {
+		name    string
+		input   string
+		want    Handler
+		wantErr bool
+	}{
+		{name: "bare", input: `zmq`, want: Handler{}},
+		{name: "shorthand", input: `zmq tcp://127.0.0.1:1 tcp://127.0.0.1:2`,
+			want: Handler{RequestEndpoint: "tcp://127.0.0.1:1", ReplyEndpoint: "tcp://127.0.0.1:2"}},
+		{name: "full", input: `zmq {
+			request_endpoint tcp://*:9997
+			reply_endpoint ipc:///tmp/replies
+			sender_id 34f9ceee-cd52-4b7f-b197-88bf2f0ec378
+			header_format tnetstring
+			reply_timeout 5s
+			stream_timeout 1m
+			max_request_body 1MB
+			max_buffered_reply 2048
+			pattern /app/
+			heartbeat off
+		}`, want: Handler{
+			RequestEndpoint: "tcp://*:9997", ReplyEndpoint: "ipc:///tmp/replies",
+			SenderID: "34f9ceee-cd52-4b7f-b197-88bf2f0ec378", HeaderFormat: "tnetstring",
+			ReplyTimeout: caddy.Duration(5 * time.Second), StreamTimeout: caddy.Duration(time.Minute),
+			MaxRequestBody: 1000000, MaxBufferedReply: 2048, Pattern: "/app/", Heartbeat: -1,
+		}},
+		{name: "one endpoint", input: `zmq tcp://127.0.0.1:1`, wantErr: true},
+		{name: "unknown option", input: "zmq {\n bogus 1\n}", wantErr: true},
+		{name: "bad format", input: "zmq {\n header_format xml\n}", wantErr: true},
+		{name: "bad duration", input: "zmq {\n reply_timeout soon\n}", wantErr: true},
+		{name: "bad size", input: "zmq {\n max_request_body lots\n}", wantErr: true},
+		{name: "missing arg", input: "zmq {\n sender_id\n}", wantErr: true},
+		{name: "extra arg", input: "zmq {\n sender_id a b\n}", wantErr: true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			var h Handler
+			err := h.UnmarshalCaddyfile(caddyfile.NewTestDispenser(tc.input))
+			if (err != nil) != tc.wantErr {
+				t.Fatalf("err = %v, wantErr %v", err, tc.wantErr)
+			}
+			if err == nil && h != tc.want {
+				t.Fatalf("got %+v\nwant %+v", h, tc.want)
+			}
+		})
+	}
+}
+
+func TestDefaultSenderIDStable(t *testing.T) {
+	a := DefaultSenderID("tcp://127.0.0.1:1", "tcp://127.0.0.1:2")
+	if a != DefaultSenderID("tcp://127.0.0.1:1", "tcp://127.0.0.1:2") {
+		t.Fatal("not stable")
+	}
+	if a == DefaultSenderID("tcp://127.0.0.1:3", "tcp://127.0.0.1:2") {
+		t.Fatal("does not depend on the endpoints")
+	}
+	if !senderIDPattern.MatchString(a) || len(a) != 36 {
+		t.Fatalf("not a UUID: %q", a)
+	}
+}

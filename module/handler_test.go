@@ -1,0 +1,397 @@
+package caddyzmq
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/httptest"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	zmq "github.com/pebbe/zmq4"
+
+	"github.com/zmqbridge/caddy-zmq/workerkit/mongrel2"
+)
+
+// fakeWorker is a minimal Mongrel2 handler over real libzmq: it connects a
+// PULL and a PUB and answers each request with whatever respond returns
+// (nil: no answer at all). Requests are also sent to seen.
+type fakeWorker struct {
+	stop chan struct{}
+	done chan struct{}
+	seen chan *mongrel2.Request
+}
+
+func startFakeWorker(t *testing.T, reqEP, repEP string, respond func(*mongrel2.Request) [][]byte) *fakeWorker {
+	t.Helper()
+	fw := &fakeWorker{stop: make(chan struct{}), done: make(chan struct{}), seen: make(chan *mongrel2.Request, 1024)}
+	ready := make(chan error, 1)
+	go func() {
+		defer close(fw.done)
+		pull, _ := zmq.NewSocket(zmq.PULL)
+		pub, _ := zmq.NewSocket(zmq.PUB)
+		defer pull.Close()
+		defer pub.Close()
+		pull.SetLinger(0)
+		pub.SetLinger(0)
+		pull.SetRcvtimeo(20 * time.Millisecond)
+		if err := pub.Connect(repEP); err != nil {
+			ready <- err
+			return
+		}
+		if err := pull.Connect(reqEP); err != nil {
+			ready <- err
+			return
+		}
+		ready <- nil
+		for {
+			select {
+			case <-fw.stop:
+				return
+			default:
+			}
+			msg, err := pull.RecvBytes(0)
+			if err != nil {
+				continue
+			}
+			req, err := mongrel2.ParseRequest(msg)
+			if err != nil {
+				t.Errorf("worker got an unparsable request %q: %v", msg, err)
+				continue
+			}
+			fw.seen <- req
+			for _, body := range respond(req) {
+				pub.SendBytes(mongrel2.AppendReplyOne(nil, req.Sender, req.ConnID, body), 0)
+			}
+		}
+	}()
+	if err := <-ready; err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(fw.close)
+	return fw
+}
+
+func (fw *fakeWorker) close() {
+	select {
+	case <-fw.stop:
+	default:
+		close(fw.stop)
+	}
+	<-fw.done
+}
+
+type testEnv struct {
+	h      *Handler
+	srv    *httptest.Server
+	reqEP  string
+	repEP  string
+	cancel context.CancelFunc
+}
+
+func newTestEnv(t *testing.T, configure func(*Handler)) *testEnv {
+	t.Helper()
+	dir := t.TempDir()
+	env := &testEnv{reqEP: "ipc://" + filepath.Join(dir, "req"), repEP: "ipc://" + filepath.Join(dir, "rep")}
+	env.h = env.provision(t, configure)
+	env.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if err := env.h.ServeHTTP(w, r, nil); err != nil {
+			t.Errorf("ServeHTTP: %v", err)
+		}
+	}))
+	t.Cleanup(func() {
+		env.srv.Close()
+		env.h.Cleanup()
+	})
+	return env
+}
+
+func (env *testEnv) provision(t *testing.T, configure func(*Handler)) *Handler {
+	t.Helper()
+	h := &Handler{RequestEndpoint: env.reqEP, ReplyEndpoint: env.repEP, ReplyTimeout: caddy.Duration(5 * time.Second)}
+	if configure != nil {
+		configure(h)
+	}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	t.Cleanup(cancel)
+	if err := h.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+// waitForWorker polls until a request gets through (the worker's pipes are up
+// and its subscription has reached the SUB socket).
+func (env *testEnv) waitForWorker(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		resp, err := http.Get(env.srv.URL + "/__ready")
+		if err == nil {
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode == 200 {
+				return
+			}
+		}
+		time.Sleep(10 * time.Millisecond) // polling interval, not synchronisation
+	}
+	t.Fatal("worker never became reachable")
+}
+
+func okReply(body string) [][]byte {
+	return [][]byte{[]byte(fmt.Sprintf("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s", len(body), body))}
+}
+
+func TestServeRoundTrip(t *testing.T) {
+	env := newTestEnv(t, nil)
+	fw := startFakeWorker(t, env.reqEP, env.repEP, func(r *mongrel2.Request) [][]byte {
+		if r.IsDisconnect() {
+			return nil
+		}
+		return okReply(r.Header("METHOD") + " " + r.Header("URI") + " " + string(r.Body) + " " + r.Header("x-test"))
+	})
+	env.waitForWorker(t)
+	for len(fw.seen) > 0 {
+		<-fw.seen
+	}
+	req, _ := http.NewRequest("POST", env.srv.URL+"/a/b?x=1&y=2", strings.NewReader("payload"))
+	req.Header.Set("X-Test", "v1")
+	// A client cannot pass itself off as the front end.
+	req.Header.Set("METHOD", "DELETE")
+	req.Header.Set("X-Forwarded-For", "6.6.6.6")
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(body) != "POST /a/b?x=1&y=2 payload v1" {
+		t.Fatalf("got %d %q", resp.StatusCode, body)
+	}
+	r := <-fw.seen
+	checks := map[string]string{
+		"METHOD": "POST", "PATH": "/a/b", "QUERY": "x=1&y=2", "URI": "/a/b?x=1&y=2", "VERSION": "HTTP/1.1",
+		"URL_SCHEME": "http", "REMOTE_ADDR": "127.0.0.1", "x-forwarded-for": "127.0.0.1", "PATTERN": "/",
+		"content-length": "7", "method": "DELETE",
+	}
+	for k, v := range checks {
+		if got := r.Header(k); got != v {
+			t.Errorf("header %s = %q, want %q", k, got, v)
+		}
+	}
+	if r.Sender != env.h.SenderID || r.Path != "/a/b" {
+		t.Errorf("sender %q path %q", r.Sender, r.Path)
+	}
+}
+
+func TestServeConcurrentClientsGetTheirOwnResponse(t *testing.T) {
+	env := newTestEnv(t, nil)
+	startFakeWorker(t, env.reqEP, env.repEP, func(r *mongrel2.Request) [][]byte {
+		return okReply(r.Header("URI"))
+	})
+	env.waitForWorker(t)
+	var wg sync.WaitGroup
+	for i := range 100 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for j := range 5 {
+				uri := fmt.Sprintf("/c/%d/%d", i, j)
+				resp, err := http.Get(env.srv.URL + uri)
+				if err != nil {
+					t.Error(err)
+					return
+				}
+				b, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				if string(b) != uri {
+					t.Errorf("client %s got %q", uri, b)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+}
+
+func TestServeErrors(t *testing.T) {
+	t.Run("503 without worker, quickly", func(t *testing.T) {
+		env := newTestEnv(t, func(h *Handler) { h.ReplyTimeout = caddy.Duration(10 * time.Second) })
+		start := time.Now()
+		resp, err := http.Get(env.srv.URL + "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 503 {
+			t.Fatalf("status %d", resp.StatusCode)
+		}
+		if d := time.Since(start); d > 5*time.Second {
+			t.Fatalf("503 took %s, as long as a timeout", d)
+		}
+	})
+	t.Run("504 when the worker never answers", func(t *testing.T) {
+		env := newTestEnv(t, func(h *Handler) { h.ReplyTimeout = caddy.Duration(300 * time.Millisecond) })
+		startFakeWorker(t, env.reqEP, env.repEP, func(r *mongrel2.Request) [][]byte {
+			if r.Path == "/__ready" {
+				return okReply("")
+			}
+			return nil
+		})
+		env.waitForWorker(t)
+		resp, err := http.Get(env.srv.URL + "/hang")
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 504 {
+			t.Fatalf("status %d", resp.StatusCode)
+		}
+	})
+	t.Run("413 over max_request_body", func(t *testing.T) {
+		env := newTestEnv(t, func(h *Handler) { h.MaxRequestBody = 10 })
+		for _, chunked := range []bool{false, true} {
+			var body io.Reader = strings.NewReader(strings.Repeat("x", 11))
+			if chunked {
+				body = io.MultiReader(body) // hides the length: chunked upload
+			}
+			resp, err := http.Post(env.srv.URL+"/", "text/plain", body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			resp.Body.Close()
+			if resp.StatusCode != 413 {
+				t.Fatalf("chunked=%v: status %d", chunked, resp.StatusCode)
+			}
+		}
+	})
+	t.Run("502 on a malformed reply", func(t *testing.T) {
+		env := newTestEnv(t, nil)
+		startFakeWorker(t, env.reqEP, env.repEP, func(r *mongrel2.Request) [][]byte {
+			if r.Path == "/__ready" {
+				return okReply("")
+			}
+			return [][]byte{[]byte("this is not HTTP\r\n\r\n")}
+		})
+		env.waitForWorker(t)
+		resp, err := http.Get(env.srv.URL + "/bad")
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 502 || !strings.Contains(string(b), "invalid reply") {
+			t.Fatalf("status %d body %q", resp.StatusCode, b)
+		}
+	})
+}
+
+func TestDisconnectNotice(t *testing.T) {
+	env := newTestEnv(t, nil)
+	fw := startFakeWorker(t, env.reqEP, env.repEP, func(r *mongrel2.Request) [][]byte {
+		if r.Path == "/__ready" {
+			return okReply("")
+		}
+		return nil
+	})
+	env.waitForWorker(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	req, _ := http.NewRequestWithContext(ctx, "GET", env.srv.URL+"/hang", nil)
+	go func() {
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+	}()
+	var connID string
+	deadline := time.After(5 * time.Second)
+	for {
+		select {
+		case r := <-fw.seen:
+			if r.Path == "/hang" {
+				connID = r.ConnID
+				cancel()
+				continue
+			}
+			if r.IsDisconnect() {
+				if r.ConnID != connID {
+					t.Fatalf("disconnect for %s, want %s", r.ConnID, connID)
+				}
+				return
+			}
+		case <-deadline:
+			t.Fatal("no disconnect notice")
+		}
+	}
+}
+
+func TestStreamingFramesAndFanOut(t *testing.T) {
+	env := newTestEnv(t, nil)
+	release := make(chan struct{})
+	startFakeWorker(t, env.reqEP, env.repEP, func(r *mongrel2.Request) [][]byte {
+		if r.Path == "/__ready" {
+			return okReply("")
+		}
+		return [][]byte{[]byte("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"), []byte("5\r\nfirst\r\n")}
+	})
+	env.waitForWorker(t)
+	resp, err := http.Get(env.srv.URL + "/stream")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	buf := make([]byte, 5)
+	if _, err := io.ReadFull(resp.Body, buf); err != nil || string(buf) != "first" {
+		t.Fatalf("first frame not streamed: %q %v", buf, err)
+	}
+	close(release)
+}
+
+func TestReloadSharesSockets(t *testing.T) {
+	env := newTestEnv(t, nil)
+	startFakeWorker(t, env.reqEP, env.repEP, func(r *mongrel2.Request) [][]byte { return okReply("ok") })
+	env.waitForWorker(t)
+	// A reload provisions the new config before cleaning up the old one.
+	next := env.provision(t, nil)
+	if next.transport != env.h.transport {
+		t.Fatal("same endpoints must share the transport")
+	}
+	old := env.h
+	env.h = next
+	old.Cleanup()
+	resp, err := http.Get(env.srv.URL + "/after-reload")
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 200 {
+		t.Fatalf("status after reload %d", resp.StatusCode)
+	}
+}
+
+func TestNoGoroutineLeakAfterCleanup(t *testing.T) {
+	before := runtime.NumGoroutine()
+	dir := t.TempDir()
+	for i := range 3 {
+		h := &Handler{RequestEndpoint: fmt.Sprintf("ipc://%s/r%d", dir, i), ReplyEndpoint: fmt.Sprintf("ipc://%s/p%d", dir, i)}
+		ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+		if err := h.Provision(ctx); err != nil {
+			t.Fatal(err)
+		}
+		h.Cleanup()
+		cancel()
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := runtime.NumGoroutine(); n > before {
+		t.Fatalf("goroutines: %d before, %d after", before, n)
+	}
+}
