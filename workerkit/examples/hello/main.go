@@ -1,0 +1,73 @@
+// Command hello is the smallest workerkit worker: it answers every request
+// with "Hello, world!". With -http it serves the same handler with plain
+// net/http instead, so the two transports can be benchmarked side by side.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"io"
+	"log"
+	"net/http"
+	"os"
+	"os/signal"
+	"syscall"
+	"time"
+
+	"github.com/zmqbridge/caddy-zmq/workerkit"
+)
+
+func hello(w http.ResponseWriter, r *http.Request) {
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	_, _ = io.WriteString(w, "Hello, world!\n")
+}
+
+func main() {
+	var frontEnds workerkit.FrontEndList
+	flag.Var(&frontEnds, "frontend", "front end `REQUESTS,REPLIES` endpoints (repeatable; default "+workerkit.DefaultFrontEnd.String()+")")
+	httpAddr := flag.String("http", "", "serve with plain net/http on `ADDR` instead (for benchmarks)")
+	maxConc := flag.Int("max-concurrent", workerkit.DefaultMaxConcurrent, "handlers running at once (ZeroMQ mode)")
+	flag.Parse()
+
+	handler := http.HandlerFunc(hello)
+	if *httpAddr != "" {
+		if err := serveHTTP(*httpAddr, handler); err != nil {
+			log.Fatal(err)
+		}
+		return
+	}
+	if len(frontEnds) == 0 {
+		frontEnds = workerkit.FrontEndList{workerkit.DefaultFrontEnd}
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	w := &workerkit.Worker{FrontEnds: frontEnds, Handler: handler, MaxConcurrent: *maxConc}
+	if err := w.Serve(ctx); err != nil {
+		log.Fatal(err)
+	}
+}
+
+// serveHTTP serves h until SIGINT/SIGTERM, then shuts down gracefully.
+func serveHTTP(addr string, h http.Handler) error {
+	srv := &http.Server{Addr: addr, Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	errc := make(chan error, 1)
+	go func() { errc <- srv.ListenAndServe() }()
+	log.Printf("serving plain HTTP on %s", addr)
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	if err := srv.Shutdown(sctx); err != nil {
+		return err
+	}
+	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}

@@ -1,0 +1,126 @@
+package workerkit
+
+import (
+	"errors"
+	"strconv"
+	"strings"
+)
+
+// FrontEnd is one Caddy (or Mongrel2) instance a worker serves. A worker may
+// serve several, so that front ends can be restarted or scaled one at a time
+// while the worker keeps answering the others.
+type FrontEnd struct {
+	// Requests is the endpoint of the front end's request socket (PUSH,
+	// Mongrel2 send_spec), e.g. tcp://127.0.0.1:9997.
+	Requests string
+	// Replies is the endpoint of the front end's reply socket (SUB, Mongrel2
+	// recv_spec), e.g. tcp://127.0.0.1:9996.
+	Replies string
+}
+
+// DefaultFrontEnd is the endpoint pair used by Mongrel2's examples and by the
+// module's defaults, so that a worker started without configuration finds a
+// front end started without configuration.
+var DefaultFrontEnd = FrontEnd{
+	Requests: "tcp://127.0.0.1:9997",
+	Replies:  "tcp://127.0.0.1:9996",
+}
+
+// String returns the form ParseFrontEnd accepts, so a FrontEnd round-trips
+// through flags and configuration files.
+func (f FrontEnd) String() string { return f.Requests + "," + f.Replies }
+
+// ParseFrontEnd parses "tcp://host:9997,tcp://host:9996" (requests,replies):
+// one flag or environment variable then describes a whole front end.
+func ParseFrontEnd(s string) (FrontEnd, error) {
+	req, rep, ok := strings.Cut(s, ",")
+	if !ok || strings.Contains(rep, ",") {
+		return FrontEnd{}, errors.New("workerkit: front end " + strconv.Quote(s) + ": want REQUESTS,REPLIES (two endpoints separated by a comma)")
+	}
+	f := FrontEnd{Requests: strings.TrimSpace(req), Replies: strings.TrimSpace(rep)}
+	if err := f.validate(); err != nil {
+		return FrontEnd{}, err
+	}
+	return f, nil
+}
+
+func (f FrontEnd) validate() error {
+	if err := checkEndpoint(f.Requests); err != nil {
+		return errors.New("workerkit: requests endpoint: " + err.Error())
+	}
+	if err := checkEndpoint(f.Replies); err != nil {
+		return errors.New("workerkit: replies endpoint: " + err.Error())
+	}
+	return nil
+}
+
+// checkEndpoint rejects what libzmq would only reject later: the request
+// endpoint is connected only once the front end has subscribed, which can be
+// long after startup, so a typo must be caught before that.
+func checkEndpoint(e string) error {
+	q := strconv.Quote(e)
+	transport, addr, ok := strings.Cut(e, "://")
+	if !ok || addr == "" {
+		return errors.New(q + ": want TRANSPORT://ADDRESS, e.g. tcp://127.0.0.1:9997")
+	}
+	for i := 0; i < len(e); i++ {
+		if c := e[i]; c <= ' ' || c == 0x7f {
+			return errors.New(q + ": contains white space or control characters")
+		}
+	}
+	switch transport {
+	case "tcp", "ws", "wss":
+		// libzmq connect syntax: [source;]host:port
+		if _, a, ok := strings.Cut(addr, ";"); ok {
+			addr = a
+		}
+		if transport != "tcp" {
+			if i := strings.IndexByte(addr, '/'); i >= 0 {
+				addr = addr[:i]
+			}
+		}
+		i := strings.LastIndexByte(addr, ':')
+		if i <= 0 {
+			return errors.New(q + ": want host:port")
+		}
+		host, port := addr[:i], addr[i+1:]
+		if strings.HasPrefix(host, "[") != strings.HasSuffix(host, "]") {
+			return errors.New(q + ": unbalanced brackets around IPv6 address")
+		}
+		if n, err := strconv.ParseUint(port, 10, 16); err != nil || n == 0 || len(port) > 5 {
+			return errors.New(q + ": port must be 1-65535 (a worker connects, so * is not allowed)")
+		}
+	case "ipc", "tipc", "vmci", "pgm", "epgm":
+	case "inproc":
+		return errors.New(q + ": inproc cannot reach a front end: the worker has its own ZeroMQ context")
+	default:
+		return errors.New(q + ": unknown transport " + strconv.Quote(transport))
+	}
+	return nil
+}
+
+// FrontEndList is a flag.Value collecting repeated -frontend flags, so every
+// worker binary spells front ends the same way.
+type FrontEndList []FrontEnd
+
+// String lists the front ends in the form Set accepts.
+func (l *FrontEndList) String() string {
+	if l == nil {
+		return ""
+	}
+	parts := make([]string, len(*l))
+	for i, f := range *l {
+		parts[i] = f.String()
+	}
+	return strings.Join(parts, " ")
+}
+
+// Set adds one front end; it is what makes the flag repeatable.
+func (l *FrontEndList) Set(s string) error {
+	f, err := ParseFrontEnd(s)
+	if err != nil {
+		return err
+	}
+	*l = append(*l, f)
+	return nil
+}

@@ -1,0 +1,173 @@
+package workerkit
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"net/url"
+
+	"github.com/zmqbridge/caddy-zmq/workerkit/mongrel2"
+)
+
+// isServerKey tells the front end's own (trusted, upper case) keys from the
+// client's headers, which the front end lower-cases. Only the former may
+// decide method, URL and addresses; a client must not be able to forge them.
+func isServerKey(name string) bool {
+	upper := false
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if 'a' <= c && c <= 'z' {
+			return false
+		}
+		if 'A' <= c && c <= 'Z' {
+			upper = true
+		}
+	}
+	return upper
+}
+
+var (
+	errNoMethod  = errors.New("request has no METHOD")
+	errBadMethod = errors.New("request METHOD is not an HTTP token")
+)
+
+// buildRequest turns a parsed handler request into what net/http handlers
+// expect from a server, so that ordinary handlers run unchanged.
+func buildRequest(ctx context.Context, m *mongrel2.Request) (*http.Request, error) {
+	var method, version, uri, path, query, scheme, remote, host string
+	nClient, nValues := 0, 0
+	for i := range m.Headers {
+		f := &m.Headers[i]
+		if !isServerKey(f.Name) {
+			nClient++
+			nValues += len(f.Values)
+			continue
+		}
+		switch f.Name {
+		case "METHOD":
+			method = f.Value()
+		case "VERSION":
+			version = f.Value()
+		case "URI":
+			uri = f.Value()
+		case "PATH":
+			path = f.Value()
+		case "QUERY":
+			query = f.Value()
+		case "URL_SCHEME":
+			scheme = f.Value()
+		case "REMOTE_ADDR":
+			remote = f.Value()
+		}
+	}
+	if method == "" {
+		return nil, errNoMethod
+	}
+	if !isToken(method) {
+		return nil, errBadMethod
+	}
+
+	// One backing array for all values, as net/textproto does: a header map
+	// costs one allocation for the values instead of one per header.
+	h := make(http.Header, nClient)
+	vals := make([]string, 0, nValues)
+	for i := range m.Headers {
+		f := &m.Headers[i]
+		if len(f.Values) == 0 || isServerKey(f.Name) {
+			continue
+		}
+		k := http.CanonicalHeaderKey(f.Name)
+		if k == "Host" {
+			// net/http moves Host out of the map; handlers look at r.Host.
+			host = f.Value()
+			continue
+		}
+		if old, ok := h[k]; ok {
+			h[k] = append(old, f.Values...)
+			continue
+		}
+		start := len(vals)
+		vals = append(vals, f.Values...)
+		h[k] = vals[start:len(vals):len(vals)]
+	}
+
+	if uri == "" {
+		uri = path
+		if uri == "" {
+			uri = m.Path
+		}
+		if query != "" {
+			uri += "?" + query
+		}
+	}
+	u, err := url.ParseRequestURI(uri)
+	if err != nil {
+		return nil, err
+	}
+
+	proto := "HTTP/1.1"
+	major, minor, ok := http.ParseHTTPVersion(version)
+	if ok {
+		proto = version
+	} else {
+		major, minor = 1, 1
+	}
+
+	var body io.ReadCloser = http.NoBody
+	if len(m.Body) > 0 {
+		body = io.NopCloser(bytes.NewReader(m.Body))
+	}
+
+	r := http.Request{
+		Method:        method,
+		URL:           u,
+		Proto:         proto,
+		ProtoMajor:    major,
+		ProtoMinor:    minor,
+		Header:        h,
+		Body:          body,
+		ContentLength: int64(len(m.Body)),
+		Host:          host,
+		RequestURI:    uri,
+	}
+	if remote != "" {
+		// Mongrel2 gives the IP only; handlers and loggers split host:port.
+		r.RemoteAddr = net.JoinHostPort(remote, "0")
+	}
+	if scheme == "https" {
+		// Handlers test r.TLS != nil to learn that the client used TLS.
+		r.TLS = &tls.ConnectionState{}
+	}
+	return r.WithContext(ctx), nil
+}
+
+// isToken reports whether s is an RFC 9110 token (method names, header names).
+func isToken(s string) bool {
+	if s == "" {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if !tokenChar[s[i]] {
+			return false
+		}
+	}
+	return true
+}
+
+var tokenChar = func() (t [256]bool) {
+	for c := '0'; c <= '9'; c++ {
+		t[c] = true
+	}
+	for c := 'a'; c <= 'z'; c++ {
+		t[c] = true
+		t[c-'a'+'A'] = true
+	}
+	for _, c := range "!#$%&'*+-.^_`|~" {
+		t[c] = true
+	}
+	return t
+}()

@@ -1,0 +1,732 @@
+package workerkit
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"os/signal"
+	"runtime"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	zmq "github.com/pebbe/zmq4"
+
+	"github.com/zmqbridge/caddy-zmq/workerkit/mongrel2"
+)
+
+const (
+	// DefaultMaxConcurrent is the handler bound when Worker.MaxConcurrent is
+	// zero: enough to hide ZeroMQ round trips, small enough that one worker
+	// does not hoard work that idle workers could do.
+	DefaultMaxConcurrent = 64
+	// DefaultShutdownTimeout is how long Serve waits for running handlers
+	// when Worker.ShutdownTimeout is zero.
+	DefaultShutdownTimeout = 30 * time.Second
+)
+
+const (
+	// recvTimeout bounds how long a request socket's owner sits in a
+	// blocking receive before it looks at shutdown and pause state again.
+	recvTimeout = 50 * time.Millisecond
+	// drainTimeout is the silence that means "the local request queue is
+	// empty" at shutdown; drainMax bounds the whole drain, as a busy front
+	// end keeps refilling the queue until we disconnect.
+	drainTimeout = 10 * time.Millisecond
+	drainMax     = 100 * time.Millisecond
+	// sendTimeout bounds one blocking send on a full reply socket, so its
+	// owner keeps watching subscriptions and shutdown while the front end
+	// is slow.
+	sendTimeout = 100 * time.Millisecond
+	// subCheckMax is how often the reply socket's owner reads subscription
+	// frames once things are steady; while waiting for a front end it starts
+	// at subCheckMin and backs off.
+	subCheckMin = time.Millisecond
+	subCheckMax = 50 * time.Millisecond
+	// replyLinger lets queued replies reach the front end after Close.
+	replyLinger = 2 * time.Second
+	// replyHWM is large because replies must not be dropped: with
+	// XPUB_NODROP a full queue blocks the sender instead.
+	replyHWM = 10000
+	// hardGrace is how long Serve waits for handlers after cancelling their
+	// contexts before it gives up on them.
+	hardGrace = time.Second
+	// heartbeat settings notice a dead or frozen front end at the transport
+	// level, which turns into an unsubscription, which pauses the worker.
+	heartbeatIvl     = time.Second
+	heartbeatTimeout = 3 * time.Second
+)
+
+// Worker serves an http.Handler to one or more front ends. The zero value of
+// every field but FrontEnds and Handler is a sensible default; a Worker may
+// be reused after Serve returns.
+type Worker struct {
+	// FrontEnds to serve; requests from each are answered through the same
+	// front end's reply endpoint.
+	FrontEnds []FrontEnd
+	// Handler answers every request.
+	Handler http.Handler
+	// MaxConcurrent bounds the handlers running at once (default
+	// DefaultMaxConcurrent, 64). It is also the backpressure: a worker with
+	// no free slot stops pulling requests.
+	MaxConcurrent int
+	// ShutdownTimeout is how long Serve waits for running handlers after its
+	// context is done before cancelling their contexts (default 30s).
+	ShutdownTimeout time.Duration
+	// Logger receives the worker's diagnostics (default slog.Default()).
+	Logger *slog.Logger
+}
+
+// Serve is the one-call form for a worker's main: it serves h on the front
+// ends (DefaultFrontEnd if none are given) until SIGINT or SIGTERM, then
+// finishes the requests it holds and returns. A second signal cancels the
+// running handlers' contexts instead of waiting for them.
+func Serve(h http.Handler, frontEnds ...FrontEnd) error {
+	if len(frontEnds) == 0 {
+		frontEnds = []FrontEnd{DefaultFrontEnd}
+	}
+	w := &Worker{FrontEnds: frontEnds, Handler: h}
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	force := make(chan struct{})
+	sigc := make(chan os.Signal, 2)
+	signal.Notify(sigc, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigc)
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for n := 0; ; n++ {
+			select {
+			case sig := <-sigc:
+				if n == 0 {
+					w.logger().Info("signal received: finishing in-flight requests (signal again to cancel them)", "signal", sig.String())
+					cancel()
+				} else {
+					close(force)
+					return
+				}
+			case <-done:
+				return
+			}
+		}
+	}()
+	err := w.serve(ctx, force)
+	close(done)
+	wg.Wait()
+	return err
+}
+
+// Serve connects to the front ends and serves requests until ctx is done.
+// Then it stops taking work, serves the requests it already holds, waits
+// for running handlers (up to ShutdownTimeout) and returns nil; it returns
+// an error if it could not start, or if handlers were still running after
+// their contexts had been cancelled.
+func (w *Worker) Serve(ctx context.Context) error { return w.serve(ctx, nil) }
+
+func (w *Worker) logger() *slog.Logger {
+	if w.Logger != nil {
+		return w.Logger
+	}
+	return slog.Default()
+}
+
+// server is one run of Worker.Serve.
+type server struct {
+	h    http.Handler
+	log  *slog.Logger
+	zctx *zmq.Context
+	fes  []*frontEnd
+
+	// sem has one token per running handler; taking one before receiving
+	// is what makes a busy worker stop pulling.
+	sem  chan struct{}
+	stop chan struct{} // closed: take no more work
+	errc chan error    // fatal errors from socket owners
+	// base is the parent of every request context: it carries the values
+	// of Serve's context but is cancelled only on hard shutdown.
+	base     context.Context
+	handlers sync.WaitGroup
+	running  atomic.Int64 // handlers running, for logs
+	rcvHWM   int
+
+	mu       sync.Mutex
+	inflight map[flightKey]*flight
+}
+
+// frontEnd is the run-time state of one FrontEnd. Its request socket is
+// owned by runRequests and its reply socket by runReplies, each for its
+// whole life; everything shared between goroutines here is a channel or an
+// atomic.
+type frontEnd struct {
+	s     *server
+	cfg   FrontEnd
+	index int
+	log   *slog.Logger
+
+	out    chan *frame   // replies for the reply socket's owner
+	dead   chan struct{} // closed when the reply socket's owner is gone
+	active atomic.Bool   // the front end is subscribed to our replies
+	kick   chan struct{} // wakes the request socket's owner when active changes
+}
+
+type flightKey struct {
+	fe     *frontEnd
+	sender string
+	connID string
+}
+
+type flight struct {
+	key    flightKey
+	cancel context.CancelFunc
+	next   *flight // same key: keep-alive connections may pipeline
+}
+
+// testHookActive, when set by tests, observes subscription state changes.
+var testHookActive func(index int, active bool)
+
+func (w *Worker) serve(ctx context.Context, force <-chan struct{}) error {
+	if w.Handler == nil {
+		return errors.New("workerkit: Worker.Handler is nil")
+	}
+	if len(w.FrontEnds) == 0 {
+		return errors.New("workerkit: no front ends to serve")
+	}
+	for _, f := range w.FrontEnds {
+		if err := f.validate(); err != nil {
+			return err
+		}
+	}
+	maxConc := w.MaxConcurrent
+	if maxConc <= 0 {
+		maxConc = DefaultMaxConcurrent
+	}
+	timeout := w.ShutdownTimeout
+	if timeout <= 0 {
+		timeout = DefaultShutdownTimeout
+	}
+
+	zctx, err := zmq.NewContext()
+	if err != nil {
+		return fmt.Errorf("workerkit: new ZeroMQ context: %w", err)
+	}
+	hardCtx, hardCancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer hardCancel()
+	s := &server{
+		h:        w.Handler,
+		log:      w.logger(),
+		zctx:     zctx,
+		sem:      make(chan struct{}, maxConc),
+		stop:     make(chan struct{}),
+		errc:     make(chan error, 2*len(w.FrontEnds)),
+		base:     hardCtx,
+		rcvHWM:   maxConc,
+		inflight: make(map[flightKey]*flight),
+	}
+	for i, f := range w.FrontEnds {
+		s.fes = append(s.fes, &frontEnd{
+			s:     s,
+			cfg:   f,
+			index: i,
+			log:   s.log.With("frontend", f.String()),
+			out:   make(chan *frame, max(64, 2*maxConc)),
+			dead:  make(chan struct{}),
+			kick:  make(chan struct{}, 1),
+		})
+	}
+
+	var pulls, pubs sync.WaitGroup
+	quit := make(chan struct{}) // closed: reply owners flush and close
+	ready := make(chan error, 2*len(s.fes))
+	for _, fe := range s.fes {
+		pubs.Add(1)
+		go func() { defer pubs.Done(); fe.runReplies(ready, quit) }()
+		pulls.Add(1)
+		go func() { defer pulls.Done(); fe.runRequests(ready) }()
+	}
+	var startErr error
+	for range 2 * len(s.fes) {
+		if err := <-ready; err != nil && startErr == nil {
+			startErr = err
+		}
+	}
+	if startErr != nil {
+		close(s.stop)
+		hardCancel()
+		pulls.Wait()
+		close(quit)
+		pubs.Wait()
+		_ = zctx.Term()
+		return startErr
+	}
+	s.log.Info("worker started", "frontends", len(s.fes), "max_concurrent", maxConc)
+
+	var runErr error
+	select {
+	case <-ctx.Done():
+	case runErr = <-s.errc:
+	case <-force:
+	}
+	close(s.stop)
+	s.log.Info("worker stopping: no new work, finishing what it holds", "in_flight", s.running.Load())
+
+	done := make(chan struct{})
+	go func() { pulls.Wait(); s.handlers.Wait(); close(done) }()
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	abandoned := false
+	select {
+	case <-done:
+	case <-timer.C:
+		s.log.Warn("shutdown timeout: cancelling in-flight requests", "in_flight", s.running.Load())
+		hardCancel()
+		abandoned = !waitFor(done, hardGrace)
+	case <-force:
+		s.log.Warn("forced shutdown: cancelling in-flight requests", "in_flight", s.running.Load())
+		hardCancel()
+		abandoned = !waitFor(done, hardGrace)
+	}
+	hardCancel()
+	pulls.Wait() // request owners always end once hardCancel has run
+	s.log.Debug("handlers done; flushing replies")
+	close(quit)
+	pubs.Wait()
+	s.log.Debug("reply sockets closed; terminating ZeroMQ context")
+	if err := zctx.Term(); err != nil && runErr == nil {
+		runErr = fmt.Errorf("workerkit: terminating ZeroMQ context: %w", err)
+	}
+	if abandoned && runErr == nil {
+		runErr = fmt.Errorf("workerkit: %d handlers did not return after their contexts were cancelled", s.running.Load())
+	}
+	s.log.Info("worker stopped")
+	return runErr
+}
+
+func waitFor(c <-chan struct{}, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-c:
+		return true
+	case <-t.C:
+		return false
+	}
+}
+
+func (s *server) fatal(err error) {
+	select {
+	case s.errc <- err:
+	default:
+	}
+}
+
+func isEAGAIN(err error) bool { return zmq.AsErrno(err) == zmq.Errno(syscall.EAGAIN) }
+
+// runReplies owns the front end's reply socket (XPUB connected to the front
+// end's SUB). It publishes replies from fe.out and watches subscription
+// frames, which are the only reliable sign that the front end can hear us.
+func (fe *frontEnd) runReplies(ready chan<- error, quit <-chan struct{}) {
+	defer close(fe.dead)
+	sock, err := fe.s.zctx.NewSocket(zmq.XPUB)
+	if err == nil {
+		err = firstErr(
+			sock.SetLinger(0),
+			sock.SetSndhwm(replyHWM),
+			sock.SetXpubNodrop(true),
+			sock.SetSndtimeo(sendTimeout),
+			// Without IMMEDIATE a connecting socket keeps its pipe (and the
+			// front end's subscriptions) across disconnects, and we would
+			// never learn that the front end went away.
+			sock.SetImmediate(true),
+			sock.SetHeartbeatIvl(heartbeatIvl),
+			sock.SetHeartbeatTimeout(heartbeatTimeout),
+		)
+	}
+	if err == nil {
+		err = sock.Connect(fe.cfg.Replies)
+	}
+	if err != nil {
+		err = fmt.Errorf("workerkit: reply socket for %s: %w", fe.cfg.Replies, err)
+	}
+	ready <- err
+	if err != nil {
+		if sock != nil {
+			_ = sock.Close()
+		}
+		return
+	}
+
+	topics := make(map[string]struct{})
+	delay := subCheckMin
+	timer := time.NewTimer(delay)
+	defer timer.Stop()
+	waitingSince := time.Now()
+	warned := false
+	var deadline time.Time // set once quitting: how long a slow front end may hold us
+	for {
+		select {
+		case f := <-fe.out:
+			fe.send(sock, f, topics, deadline)
+		case <-timer.C:
+			fe.readSubs(sock, topics)
+			if fe.active.Load() {
+				delay = subCheckMax
+				waitingSince = time.Time{}
+			} else {
+				delay = min(2*delay, subCheckMax)
+				if waitingSince.IsZero() {
+					waitingSince = time.Now()
+					warned = false
+				}
+				if !warned && time.Since(waitingSince) > 5*time.Second {
+					fe.log.Warn("front end still not subscribed to replies; is it running?", "replies", fe.cfg.Replies)
+					warned = true
+				}
+			}
+			timer.Reset(delay)
+		case <-quit:
+			deadline = time.Now().Add(replyLinger)
+		drain:
+			for {
+				select {
+				case f := <-fe.out:
+					fe.send(sock, f, topics, deadline)
+				default:
+					break drain
+				}
+			}
+			_ = sock.SetLinger(replyLinger)
+			if err := sock.Close(); err != nil {
+				fe.log.Warn("closing reply socket", "err", err)
+			}
+			return
+		}
+	}
+}
+
+// send publishes one reply frame. With XPUB_NODROP a full queue blocks for
+// sendTimeout; meanwhile the front end may have gone away, which is the only
+// case in which a reply is dropped.
+func (fe *frontEnd) send(sock *zmq.Socket, f *frame, topics map[string]struct{}, deadline time.Time) {
+	defer putFrame(f)
+	for {
+		_, err := sock.SendBytes(f.b, 0)
+		if err == nil {
+			return
+		}
+		if !isEAGAIN(err) {
+			fe.log.Error("sending reply", "err", err)
+			return
+		}
+		fe.readSubs(sock, topics)
+		if !fe.active.Load() || fe.s.base.Err() != nil || (!deadline.IsZero() && time.Now().After(deadline)) {
+			fe.log.Warn("dropping reply: front end not reading")
+			return
+		}
+	}
+}
+
+// readSubs reads the pending subscription frames: 0x01+topic subscribes,
+// 0x00+topic unsubscribes. Mongrel2 with an empty recv_ident subscribes to the
+// empty topic, so a bare 0x01 counts too.
+func (fe *frontEnd) readSubs(sock *zmq.Socket, topics map[string]struct{}) {
+	was := len(topics) > 0
+	for {
+		msg, err := sock.RecvBytes(zmq.DONTWAIT)
+		if err != nil {
+			if !isEAGAIN(err) {
+				fe.log.Error("reading subscriptions", "err", err)
+			}
+			break
+		}
+		if len(msg) == 0 {
+			continue
+		}
+		switch msg[0] {
+		case 1:
+			topics[string(msg[1:])] = struct{}{}
+		case 0:
+			delete(topics, string(msg[1:]))
+		}
+	}
+	now := len(topics) > 0
+	if now == was {
+		return
+	}
+	// Tests observe the change: activation before it takes effect, pausing
+	// after, so that whatever they do next is ordered with it.
+	if now && testHookActive != nil {
+		testHookActive(fe.index, now)
+	}
+	fe.active.Store(now)
+	if !now && testHookActive != nil {
+		testHookActive(fe.index, now)
+	}
+	if now {
+		fe.log.Info("front end subscribed: taking work")
+	} else {
+		fe.log.Warn("front end unsubscribed (gone away?): pausing until it comes back")
+	}
+	select {
+	case fe.kick <- struct{}{}:
+	default:
+	}
+}
+
+// runRequests owns the front end's request socket (PULL connected to the
+// front end's PUSH).
+func (fe *frontEnd) runRequests(ready chan<- error) {
+	s := fe.s
+	sock, err := s.zctx.NewSocket(zmq.PULL)
+	if err == nil {
+		err = firstErr(
+			sock.SetLinger(0),
+			// A small queue: what sits here cannot go to an idle worker.
+			sock.SetRcvhwm(s.rcvHWM),
+			sock.SetRcvtimeo(recvTimeout),
+			sock.SetHeartbeatIvl(heartbeatIvl),
+			sock.SetHeartbeatTimeout(heartbeatTimeout),
+		)
+	}
+	if err != nil {
+		err = fmt.Errorf("workerkit: request socket for %s: %w", fe.cfg.Requests, err)
+	}
+	ready <- err
+	if err != nil {
+		if sock != nil {
+			_ = sock.Close()
+		}
+		return
+	}
+	held := fe.receive(sock)
+	if err := sock.Close(); err != nil {
+		fe.log.Warn("closing request socket", "err", err)
+	}
+	// Serve what we took before cutting the flow.
+	for i, msg := range held {
+		select {
+		case s.sem <- struct{}{}:
+		case <-s.base.Done():
+			fe.log.Warn("shutdown timeout: dropping queued requests", "count", len(held)-i)
+			return
+		}
+		s.dispatch(fe, msg)
+	}
+	if len(held) > 0 {
+		fe.log.Info("served requests that were queued locally at shutdown", "count", len(held))
+	}
+}
+
+// receive is the request socket owner's working life: it returns when the
+// worker stops, with the requests already queued locally.
+func (fe *frontEnd) receive(sock *zmq.Socket) (held [][]byte) {
+	s := fe.s
+	connected := false
+	for fe.waitActive() {
+		if !connected {
+			// Only now: a request taken before the front end subscribed
+			// would be answered into the void (slow joiner).
+			if err := sock.Connect(fe.cfg.Requests); err != nil {
+				s.fatal(fmt.Errorf("workerkit: connecting to %s: %w", fe.cfg.Requests, err))
+				return nil
+			}
+			connected = true
+		}
+		select {
+		case s.sem <- struct{}{}:
+		case <-s.stop:
+			continue // waitActive returns false
+		}
+		msg, err := sock.RecvBytes(0)
+		if err != nil {
+			<-s.sem
+			if !isEAGAIN(err) {
+				fe.log.Error("receiving request", "err", err)
+			}
+			continue
+		}
+		if !fe.active.Load() && !fe.waitActive() {
+			// The front end went away while we were receiving, and we are
+			// stopping before it came back: nobody can take the answer.
+			<-s.sem
+			fe.log.Warn("dropping a request that arrived as its front end went away")
+			break
+		}
+		s.dispatch(fe, msg)
+	}
+	if !connected || !fe.active.Load() {
+		return nil // nothing queued, or nobody to answer
+	}
+	// zmq_disconnect (and close) drop what is still queued in the socket, so
+	// first take what has already arrived, without waiting on handler
+	// slots; more keeps arriving while we read, hence the bounds.
+	if err := sock.SetRcvtimeo(drainTimeout); err != nil {
+		fe.log.Warn("setting drain timeout", "err", err)
+	}
+	limit := time.Now().Add(drainMax)
+	for len(held) < 4*s.rcvHWM && time.Now().Before(limit) {
+		msg, err := sock.RecvBytes(0)
+		if err != nil {
+			break
+		}
+		held = append(held, msg)
+	}
+	fe.log.Debug("disconnecting request socket", "held", len(held))
+	if err := sock.Disconnect(fe.cfg.Requests); err != nil {
+		fe.log.Warn("disconnecting request socket", "err", err)
+	}
+	return held
+}
+
+// waitActive blocks until the front end is subscribed; false means stop.
+func (fe *frontEnd) waitActive() bool {
+	for {
+		select {
+		case <-fe.s.stop:
+			return false
+		default:
+		}
+		if fe.active.Load() {
+			return true
+		}
+		select {
+		case <-fe.kick:
+		case <-fe.s.stop:
+			return false
+		}
+	}
+}
+
+// dispatch runs on the request socket's owner holding one slot. Parsing and
+// registering here, in arrival order, guarantees that a disconnect notice
+// finds the request it follows.
+func (s *server) dispatch(fe *frontEnd, msg []byte) {
+	req, err := mongrel2.ParseRequest(msg)
+	if err != nil {
+		<-s.sem
+		fe.log.Warn("dropping malformed request frame", "err", err, "len", len(msg), "start", printable(msg, 64))
+		return
+	}
+	switch req.Header("METHOD") {
+	case "JSON":
+		<-s.sem
+		if req.IsDisconnect() {
+			s.cancelFlights(flightKey{fe, req.Sender, req.ConnID})
+		} else {
+			fe.log.Info("ignoring JSON message", "conn", req.ConnID, "body", printable(req.Body, 200))
+		}
+		return
+	case "XML", "WEBSOCKET":
+		<-s.sem
+		fe.log.Info("ignoring unsupported message", "method", req.Header("METHOD"), "conn", req.ConnID)
+		return
+	}
+	ctx, cancel := context.WithCancel(s.base)
+	fl := &flight{key: flightKey{fe, req.Sender, req.ConnID}, cancel: cancel}
+	s.mu.Lock()
+	fl.next = s.inflight[fl.key]
+	s.inflight[fl.key] = fl
+	s.mu.Unlock()
+	s.handlers.Add(1)
+	s.running.Add(1)
+	go s.serveRequest(fe, req, ctx, fl)
+}
+
+func (s *server) cancelFlights(k flightKey) {
+	s.mu.Lock()
+	for f := s.inflight[k]; f != nil; f = f.next {
+		f.cancel()
+	}
+	s.mu.Unlock()
+}
+
+func (s *server) unregister(fl *flight) {
+	s.mu.Lock()
+	p := s.inflight[fl.key]
+	if p == fl {
+		if fl.next == nil {
+			delete(s.inflight, fl.key)
+		} else {
+			s.inflight[fl.key] = fl.next
+		}
+	} else {
+		for ; p != nil; p = p.next {
+			if p.next == fl {
+				p.next = fl.next
+				break
+			}
+		}
+	}
+	s.mu.Unlock()
+}
+
+func (s *server) serveRequest(fe *frontEnd, req *mongrel2.Request, ctx context.Context, fl *flight) {
+	defer func() {
+		s.unregister(fl)
+		fl.cancel()
+		s.running.Add(-1)
+		<-s.sem
+		s.handlers.Done()
+	}()
+	r, err := buildRequest(ctx, req)
+	if err != nil {
+		fe.log.Warn("bad request", "err", err, "conn", req.ConnID)
+		rw := getResponseWriter(fe, ctx, req.Sender, req.ConnID, "", 1, 1)
+		rw.errorResponse(http.StatusBadRequest, "Bad Request\n")
+		rw.release()
+		return
+	}
+	rw := getResponseWriter(fe, ctx, req.Sender, req.ConnID, r.Method, r.ProtoMajor, r.ProtoMinor)
+	if r.Method == "WEBSOCKET_HANDSHAKE" {
+		rw.errorResponse(http.StatusNotImplemented, "WebSocket is not supported by this worker\n")
+		rw.release()
+		return
+	}
+	if s.runHandler(rw, r) {
+		rw.finish()
+	}
+	rw.release()
+}
+
+// runHandler calls the handler and reports whether it returned normally. A
+// panic must cost one response, never the worker.
+func (s *server) runHandler(rw *responseWriter, r *http.Request) (ok bool) {
+	defer func() {
+		if ok {
+			return
+		}
+		p := recover()
+		abort := p == http.ErrAbortHandler
+		if !abort {
+			buf := make([]byte, 64<<10)
+			logPanic(rw.fe.log, p, buf[:runtime.Stack(buf, false)], rw.connID)
+		}
+		rw.fail(abort)
+	}()
+	s.h.ServeHTTP(rw, r)
+	return true
+}
+
+func firstErr(errs ...error) error {
+	for _, err := range errs {
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// printable quotes the start of b for a log line.
+func printable(b []byte, n int) string {
+	if len(b) > n {
+		return strconv.Quote(string(b[:n])) + "..."
+	}
+	return strconv.Quote(string(b))
+}
