@@ -28,12 +28,14 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	zmq [<request_endpoint> <reply_endpoint>] {
 //	    request_endpoint   <endpoint>       # Caddy binds PUSH here (Mongrel2 send_spec)
 //	    reply_endpoint     <endpoint>       # Caddy binds SUB here (Mongrel2 recv_spec)
+//	    control_endpoint   <endpoint>       # Caddy binds ROUTER here (zmqx/1 extension)
 //	    sender_id          <uuid>           # Mongrel2 send_ident
 //	    header_format      json|tnetstring
 //	    reply_timeout      <duration>       # 504 past it
 //	    stream_timeout     <duration>
 //	    max_request_body   <size>           # 413 past it, e.g. 10MB
 //	    max_buffered_reply <size>
+//	    reply_window       <size>           # credit per request on the control channel
 //	    pattern            <path>
 //	    heartbeat          <duration>|off
 //	}
@@ -50,7 +52,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	for d.NextBlock(0) {
 		name := d.Val()
 		switch name {
-		case "request_endpoint", "reply_endpoint", "sender_id", "header_format", "pattern":
+		case "request_endpoint", "reply_endpoint", "control_endpoint", "sender_id", "header_format", "pattern":
 			if !d.NextArg() {
 				return d.ArgErr()
 			}
@@ -60,6 +62,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.RequestEndpoint = v
 			case "reply_endpoint":
 				h.ReplyEndpoint = v
+			case "control_endpoint":
+				h.ControlEndpoint = v
 			case "sender_id":
 				h.SenderID = v
 			case "header_format":
@@ -91,7 +95,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			case "heartbeat":
 				h.Heartbeat = caddy.Duration(dur)
 			}
-		case "max_request_body", "max_buffered_reply":
+		case "max_request_body", "max_buffered_reply", "reply_window":
 			if !d.NextArg() {
 				return d.ArgErr()
 			}
@@ -99,10 +103,13 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err != nil {
 				return d.Errf("bad %s %q: %v", name, d.Val(), err)
 			}
-			if name == "max_request_body" {
+			switch name {
+			case "max_request_body":
 				h.MaxRequestBody = size
-			} else {
+			case "max_buffered_reply":
 				h.MaxBufferedReply = size
+			case "reply_window":
+				h.ReplyWindow = size
 			}
 		default:
 			return d.Errf("unknown zmq option %q", name)

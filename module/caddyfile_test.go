@@ -29,7 +29,10 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			max_buffered_reply 2048
 			pattern /app/
 			heartbeat off
+			control_endpoint tcp://127.0.0.1:9995
+			reply_window 512KiB
 		}`, want: Handler{
+			ControlEndpoint: "tcp://127.0.0.1:9995", ReplyWindow: 512 << 10,
 			RequestEndpoint: "tcp://*:9997", ReplyEndpoint: "ipc:///tmp/replies",
 			SenderID: "34f9ceee-cd52-4b7f-b197-88bf2f0ec378", HeaderFormat: "tnetstring",
 			ReplyTimeout: caddy.Duration(5 * time.Second), StreamTimeout: caddy.Duration(time.Minute),

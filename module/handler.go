@@ -67,6 +67,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	timer := time.NewTimer(time.Duration(h.ReplyTimeout))
 	defer timer.Stop()
 	var rc *http.ResponseController
+	// Reply bytes written to the client and not yet granted back to the
+	// worker as credit (control channel only).
+	owed := 0
+	creditBatch := int(h.ReplyWindow / 4)
 	for {
 		select {
 		case <-ex.signal:
@@ -77,7 +81,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 			}
 			h.abort(w, r, ex, fmt.Errorf("no reply frame within stream_timeout %s", time.Duration(h.StreamTimeout)))
 		case <-r.Context().Done():
-			t.notifyDisconnect(ex.id)
+			t.notifyDisconnect(ex)
 			h.logger.Debug("client went away before the reply was complete",
 				zap.Uint64("conn_id", ex.id), zap.Error(r.Context().Err()))
 			return nil
@@ -86,15 +90,16 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		frames, xerr := ex.take(st.frames)
 		st.frames = frames
 		for _, f := range frames {
+			owed += len(f)
 			if err := rr.feed(f); err != nil {
 				var ce clientError
 				if errors.As(err, &ce) {
-					t.notifyDisconnect(ex.id)
+					t.notifyDisconnect(ex)
 					h.logger.Debug("client went away during the reply", zap.Uint64("conn_id", ex.id), zap.Error(err))
 					return nil
 				}
 				if !rr.headDone {
-					t.notifyDisconnect(ex.id)
+					t.notifyDisconnect(ex)
 					return h.fail(w, r, http.StatusBadGateway, fmt.Errorf("bad reply from worker: %w", err))
 				}
 				h.abort(w, r, ex, fmt.Errorf("bad reply from worker: %w", err))
@@ -120,8 +125,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 				rc = http.NewResponseController(w)
 			}
 			if err := rc.Flush(); err != nil && !errors.Is(err, http.ErrNotSupported) {
-				t.notifyDisconnect(ex.id)
+				t.notifyDisconnect(ex)
 				return nil
+			}
+			if t.control != nil && owed >= creditBatch {
+				if wk := ex.workerID(); wk != "" {
+					t.control.credit(wk, ex.id, owed)
+					owed = 0
+				}
 			}
 			if h.StreamTimeout > 0 {
 				timer.Reset(time.Duration(h.StreamTimeout))
@@ -210,7 +221,7 @@ func reason(status int) string {
 // a truncated body for a complete one, so the connection (or HTTP/2 stream)
 // is reset, as reverse_proxy does.
 func (h *Handler) abort(w http.ResponseWriter, r *http.Request, ex *exchange, err error) {
-	h.transport.notifyDisconnect(ex.id)
+	h.transport.notifyDisconnect(ex)
 	h.logger.Error("aborting incomplete response",
 		zap.String("method", r.Method),
 		zap.String("uri", r.RequestURI),

@@ -302,6 +302,7 @@ func TestDisconnectNotice(t *testing.T) {
 	})
 	env.waitForWorker(t)
 	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
 	req, _ := http.NewRequestWithContext(ctx, "GET", env.srv.URL+"/hang", nil)
 	go func() {
 		resp, err := http.DefaultClient.Do(req)

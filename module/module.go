@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"os"
 	"regexp"
+	"strconv"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -32,6 +33,8 @@ const (
 	DefaultMaxRequestBody   = 10 << 20
 	DefaultMaxBufferedReply = 64 << 20
 	DefaultHeartbeat        = 200 * time.Millisecond
+	DefaultReplyWindow      = 1 << 20
+	minReplyWindow          = 256 << 10
 )
 
 // Handler serves HTTP requests with ZeroMQ workers. With the default
@@ -48,6 +51,18 @@ type Handler struct {
 	// publish replies to (Mongrel2's recv_spec). Default:
 	// tcp://127.0.0.1:9996.
 	ReplyEndpoint string `json:"reply_endpoint,omitempty"`
+
+	// ControlEndpoint is where Caddy binds the ROUTER socket of the
+	// control channel, this project's extension to Mongrel2's protocol:
+	// workerkit workers connect to it to acknowledge the requests they
+	// take and to receive reply credit (flow control for large responses)
+	// and disconnects. Mongrel2 handlers ignore it. Default: off.
+	ControlEndpoint string `json:"control_endpoint,omitempty"`
+
+	// ReplyWindow is the reply credit, in bytes, that a worker on the
+	// control channel may have outstanding per request: a slow client
+	// slows the worker down instead of filling memory. Default: 1 MiB.
+	ReplyWindow int64 `json:"reply_window,omitempty"`
 
 	// SenderID is the UUID that tags every request and that replies must
 	// carry (Mongrel2's send_ident; Caddy subscribes to exactly it). Give
@@ -89,6 +104,7 @@ type Handler struct {
 	Heartbeat caddy.Duration `json:"heartbeat,omitempty"`
 
 	headerFormat mongrel2.HeaderFormat
+	windowHeader string
 	transport    *transport
 	poolKey      string
 	logger       *zap.Logger
@@ -125,6 +141,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.MaxBufferedReply == 0 {
 		h.MaxBufferedReply = DefaultMaxBufferedReply
 	}
+	if h.ReplyWindow == 0 {
+		h.ReplyWindow = DefaultReplyWindow
+	}
+	h.windowHeader = strconv.FormatInt(h.ReplyWindow, 10)
 	if h.Pattern == "" {
 		h.Pattern = "/"
 	}
@@ -142,6 +162,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	cfg := transportConfig{
 		requestEndpoint: h.RequestEndpoint,
 		replyEndpoint:   h.ReplyEndpoint,
+		controlEndpoint: h.ControlEndpoint,
 		sender:          h.SenderID,
 		maxBuffered:     int(h.MaxBufferedReply),
 		heartbeat:       max(time.Duration(h.Heartbeat), 0),
@@ -169,6 +190,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 func (h *Handler) Validate() error {
 	if !senderIDPattern.MatchString(h.SenderID) {
 		return fmt.Errorf("zmq: sender_id %q must match [A-Za-z0-9-]+", h.SenderID)
+	}
+	if h.ReplyWindow < minReplyWindow {
+		return fmt.Errorf("zmq: reply_window must be at least %d bytes (one reply frame)", minReplyWindow)
+	}
+	if h.ControlEndpoint != "" && (h.ControlEndpoint == h.RequestEndpoint || h.ControlEndpoint == h.ReplyEndpoint) {
+		return fmt.Errorf("zmq: control endpoint %s must differ from the request and reply endpoints", h.ControlEndpoint)
 	}
 	if h.RequestEndpoint == h.ReplyEndpoint {
 		return fmt.Errorf("zmq: request and reply endpoints must differ (both %s)", h.RequestEndpoint)

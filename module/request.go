@@ -51,6 +51,9 @@ func (h *Handler) encodeHeaders(e *mongrel2.HeaderEncoder, r *http.Request, path
 		e.Add("URL_SCHEME", "http")
 	}
 	e.Add("REMOTE_ADDR", clientIP)
+	if h.ControlEndpoint != "" {
+		e.Add("ZMQX_WINDOW", h.windowHeader)
+	}
 }
 
 func protoVersion(r *http.Request) string {

@@ -43,13 +43,14 @@ var (
 type transportConfig struct {
 	requestEndpoint string
 	replyEndpoint   string
+	controlEndpoint string
 	sender          string
 	maxBuffered     int
 	heartbeat       time.Duration
 }
 
 func (c transportConfig) key() string {
-	return c.requestEndpoint + "|" + c.replyEndpoint + "|" + c.sender
+	return c.requestEndpoint + "|" + c.replyEndpoint + "|" + c.controlEndpoint + "|" + c.sender
 }
 
 // outMsg is one frame for the request socket. ex is nil for notices that
@@ -72,6 +73,9 @@ type transport struct {
 	wg   sync.WaitGroup
 
 	nextID atomic.Uint64
+
+	// control is nil unless a control endpoint is configured.
+	control *controlPlane
 
 	mu      sync.RWMutex
 	pending map[uint64]*exchange
@@ -98,12 +102,19 @@ func newTransport(cfg transportConfig, logger *zap.Logger) (*transport, error) {
 	// value stays below 2^53 for handlers that keep ids as doubles.
 	t.nextID.Store(uint64(time.Now().UnixMilli()) * 1000)
 
-	ready := make(chan error, 2)
+	owners := 2
+	ready := make(chan error, 3)
 	t.wg.Add(2)
 	go t.runSender(zctx, ready)
 	go t.runReceiver(zctx, ready)
+	if cfg.controlEndpoint != "" {
+		owners++
+		t.control = newControlPlane(t, cfg.controlEndpoint)
+		t.wg.Add(1)
+		go t.control.run(zctx, ready, t.quit, &t.wg)
+	}
 	var firstErr error
-	for range 2 {
+	for range owners {
 		if err := <-ready; err != nil && firstErr == nil {
 			firstErr = err
 		}
@@ -322,8 +333,15 @@ func (t *transport) submit(buf *[]byte, ex *exchange) error {
 	}
 }
 
-// notifyDisconnect sends Mongrel2's disconnect notice for id.
-func (t *transport) notifyDisconnect(id uint64) {
+// notifyDisconnect tells the worker that the client of ex went away: over
+// the control channel when a worker acknowledged the request, else with
+// Mongrel2's disconnect notice, which PUSH hands to some worker.
+func (t *transport) notifyDisconnect(ex *exchange) {
+	if w := ex.workerID(); w != "" && t.control != nil {
+		t.control.disconnect(w, ex.id)
+		return
+	}
+	id := ex.id
 	buf := getBuf()
 	*buf = mongrel2.AppendDisconnect(*buf, t.cfg.sender, string(mongrel2.AppendUint(nil, id)))
 	_ = t.submit(buf, nil)
@@ -337,6 +355,7 @@ type exchange struct {
 	signal chan struct{}
 
 	mu          sync.Mutex
+	worker      string // control-channel identity of the worker that took it
 	queue       [][]byte
 	queuedBytes int
 	maxBuffered int
@@ -361,6 +380,21 @@ func (ex *exchange) deliver(body []byte) {
 	}
 	ex.mu.Unlock()
 	ex.wake()
+}
+
+// setWorker records which worker acknowledged the request and wakes the
+// request, which may owe that worker credit.
+func (ex *exchange) setWorker(w string) {
+	ex.mu.Lock()
+	ex.worker = w
+	ex.mu.Unlock()
+	ex.wake()
+}
+
+func (ex *exchange) workerID() string {
+	ex.mu.Lock()
+	defer ex.mu.Unlock()
+	return ex.worker
 }
 
 func (ex *exchange) fail(err error) {

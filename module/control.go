@@ -1,0 +1,294 @@
+package caddyzmq
+
+import (
+	"bytes"
+	"fmt"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	zmq "github.com/pebbe/zmq4"
+	"go.uber.org/zap"
+
+	"github.com/zmqbridge/caddy-zmq/workerkit/mongrel2"
+)
+
+// The control channel is this project's extension to Mongrel2's protocol
+// (README, "Control channel"): Caddy binds a ROUTER, each workerkit worker
+// connects a DEALER whose identity is its worker id. Over it a worker says
+// which requests it took (ACK) and that it lives (HB); Caddy grants reply
+// credit and forwards disconnects to exactly that worker. Mongrel2
+// handlers never connect to it and are unaffected.
+
+// workerDeadAfter is how long a worker may stay silent on the control
+// channel before it is considered gone; workers send HB every 250 ms.
+const workerDeadAfter = time.Second
+
+// ctlMsg is one message for a worker: identity and payload.
+type ctlMsg struct {
+	worker  string
+	payload []byte
+}
+
+// controlPlane owns the ROUTER socket. Requests hand it messages through a
+// channel; a forwarder goroutine relays them over an inproc pair so that the
+// owner can wait in one zmq Poll for both directions.
+type controlPlane struct {
+	endpoint string
+	logger   *zap.Logger
+	t        *transport
+	in       chan ctlMsg
+	pairAddr string
+
+	mu      sync.Mutex
+	workers map[string]*workerInfo
+
+	acks atomic.Uint64
+}
+
+type workerInfo struct {
+	lastSeen      time.Time
+	maxConcurrent int
+	draining      bool
+}
+
+var pairSeq atomic.Uint64
+
+func newControlPlane(t *transport, endpoint string) *controlPlane {
+	return &controlPlane{
+		endpoint: endpoint,
+		logger:   t.logger,
+		t:        t,
+		in:       make(chan ctlMsg, outQueueSize),
+		pairAddr: "inproc://caddy-zmq-control-" + strconv.FormatUint(pairSeq.Add(1), 10),
+		workers:  make(map[string]*workerInfo),
+	}
+}
+
+// send queues a control message without blocking; control messages are
+// advisory (a lost CREDIT is re-granted with the next one, a lost
+// DISCONNECT falls back on timeouts), so a full queue drops.
+func (c *controlPlane) send(worker string, payload []byte) {
+	select {
+	case c.in <- ctlMsg{worker: worker, payload: payload}:
+	default:
+		c.logger.Warn("control queue full, dropping message", zap.String("worker", worker))
+	}
+}
+
+func (c *controlPlane) credit(worker string, id uint64, n int) {
+	p := make([]byte, 0, 40)
+	p = append(p, "CREDIT "...)
+	p = strconv.AppendUint(p, id, 10)
+	p = append(p, ' ')
+	p = strconv.AppendInt(p, int64(n), 10)
+	c.send(worker, p)
+}
+
+func (c *controlPlane) disconnect(worker string, id uint64) {
+	p := append([]byte("DISCONNECT "), strconv.AppendUint(nil, id, 10)...)
+	c.send(worker, p)
+}
+
+// run is the ROUTER owner. It also starts and stops the forwarder.
+func (c *controlPlane) run(zctx *zmq.Context, ready chan<- error, quit <-chan struct{}, wg *sync.WaitGroup) {
+	defer wg.Done()
+	router, err := zctx.NewSocket(zmq.ROUTER)
+	if err != nil {
+		ready <- fmt.Errorf("creating control socket: %w", err)
+		return
+	}
+	defer router.Close()
+	pair, err := zctx.NewSocket(zmq.PAIR)
+	if err != nil {
+		ready <- fmt.Errorf("creating control relay: %w", err)
+		return
+	}
+	defer pair.Close()
+	for _, s := range []*zmq.Socket{router, pair} {
+		if err := s.SetLinger(0); err != nil {
+			ready <- err
+			return
+		}
+	}
+	// Unroutable messages (a worker that left) fail instead of vanishing.
+	if err := router.SetRouterMandatory(1); err != nil {
+		ready <- err
+		return
+	}
+	if err := c.t.configure(router); err != nil {
+		ready <- err
+		return
+	}
+	if err := router.Bind(c.endpoint); err != nil {
+		ready <- fmt.Errorf("binding control endpoint %s: %w", c.endpoint, err)
+		return
+	}
+	if err := pair.Bind(c.pairAddr); err != nil {
+		ready <- fmt.Errorf("binding control relay: %w", err)
+		return
+	}
+	fwdDone := make(chan struct{})
+	fwdReady := make(chan error, 1)
+	go c.forward(zctx, fwdReady, quit, fwdDone)
+	if err := <-fwdReady; err != nil {
+		<-fwdDone
+		ready <- err
+		return
+	}
+	defer func() { <-fwdDone }()
+	ready <- nil
+
+	poller := zmq.NewPoller()
+	poller.Add(router, zmq.POLLIN)
+	poller.Add(pair, zmq.POLLIN)
+	for {
+		polled, err := poller.Poll(recvPollInterval)
+		select {
+		case <-quit:
+			return
+		default:
+		}
+		if err != nil {
+			c.logger.Error("polling control socket", zap.Error(err))
+			continue
+		}
+		for _, p := range polled {
+			if p.Socket == router {
+				c.receive(router)
+			} else {
+				c.relay(pair, router)
+			}
+		}
+	}
+}
+
+// forward moves messages from the Go channel onto the inproc pair. It owns
+// the pair's connecting end.
+func (c *controlPlane) forward(zctx *zmq.Context, ready chan<- error, quit <-chan struct{}, done chan<- struct{}) {
+	defer close(done)
+	s, err := zctx.NewSocket(zmq.PAIR)
+	if err != nil {
+		ready <- err
+		return
+	}
+	defer s.Close()
+	_ = s.SetLinger(0)
+	if err := s.Connect(c.pairAddr); err != nil {
+		ready <- err
+		return
+	}
+	ready <- nil
+	for {
+		select {
+		case m := <-c.in:
+			if _, err := s.SendBytes([]byte(m.worker), zmq.SNDMORE); err == nil {
+				_, _ = s.SendBytes(m.payload, 0)
+			}
+		case <-quit:
+			return
+		}
+	}
+}
+
+func (c *controlPlane) relay(pair, router *zmq.Socket) {
+	for {
+		id, err := pair.RecvBytes(zmq.DONTWAIT)
+		if err != nil {
+			return
+		}
+		payload, err := pair.RecvBytes(0)
+		if err != nil {
+			return
+		}
+		if _, err := router.SendBytes(id, zmq.SNDMORE|zmq.DONTWAIT); err != nil {
+			// EHOSTUNREACH: the worker is gone; its requests time out or
+			// are failed by liveness.
+			continue
+		}
+		_, _ = router.SendBytes(payload, zmq.DONTWAIT)
+	}
+}
+
+// receive reads every pending [identity, payload] message.
+func (c *controlPlane) receive(router *zmq.Socket) {
+	for {
+		id, err := router.RecvBytes(zmq.DONTWAIT)
+		if err != nil {
+			return
+		}
+		more, _ := router.GetRcvmore()
+		if !more {
+			continue
+		}
+		payload, err := router.RecvBytes(0)
+		if err != nil {
+			return
+		}
+		for more, _ = router.GetRcvmore(); more; more, _ = router.GetRcvmore() {
+			_, _ = router.RecvBytes(0) // extra frames are not part of zmqx/1
+		}
+		c.handle(string(id), payload)
+	}
+}
+
+func (c *controlPlane) handle(worker string, payload []byte) {
+	verb, arg, _ := bytes.Cut(payload, []byte{' '})
+	now := time.Now()
+	c.mu.Lock()
+	wi := c.workers[worker]
+	if wi == nil {
+		wi = &workerInfo{}
+		c.workers[worker] = wi
+		c.logger.Info("worker joined the control channel", zap.String("worker", worker))
+	}
+	wi.lastSeen = now
+	switch string(verb) {
+	case "HELLO":
+		wi.maxConcurrent, _ = strconv.Atoi(string(arg))
+		wi.draining = false
+	case "BYE":
+		wi.draining = true
+	}
+	c.mu.Unlock()
+
+	switch string(verb) {
+	case "ACK":
+		// Several ids may be acknowledged at once, space separated.
+		for id, rest := mongrel2.NextID(arg); id != nil; id, rest = mongrel2.NextID(rest) {
+			n, ok := mongrel2.ParseUint(id)
+			if !ok {
+				continue
+			}
+			c.acks.Add(1)
+			c.t.mu.RLock()
+			ex := c.t.pending[n]
+			c.t.mu.RUnlock()
+			if ex != nil {
+				ex.setWorker(worker)
+			}
+		}
+	case "HB", "HELLO", "BYE":
+	default:
+		c.logger.Debug("unknown control message", zap.String("worker", worker), zap.ByteString("verb", verb))
+	}
+}
+
+// liveWorkers counts workers heard from within workerDeadAfter.
+func (c *controlPlane) liveWorkers() int {
+	cutoff := time.Now().Add(-workerDeadAfter)
+	n := 0
+	c.mu.Lock()
+	for id, wi := range c.workers {
+		if wi.lastSeen.Before(cutoff) {
+			delete(c.workers, id)
+			continue
+		}
+		if !wi.draining {
+			n++
+		}
+	}
+	c.mu.Unlock()
+	return n
+}

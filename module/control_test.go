@@ -1,0 +1,207 @@
+package caddyzmq
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	zmq "github.com/pebbe/zmq4"
+
+	"github.com/zmqbridge/caddy-zmq/workerkit/mongrel2"
+)
+
+// ctlWorker is a fake zmqx/1 worker: PULL + PUB + DEALER, all owned by its
+// one goroutine. It streams `total` bytes for every request, in frames of
+// `frame` bytes, never exceeding the credit Caddy grants, and records
+// control messages it receives.
+type ctlWorker struct {
+	stop, done chan struct{}
+	got        chan string
+	maxAhead   int // most bytes ever sent beyond what Caddy had granted back
+}
+
+func startCtlWorker(t *testing.T, env *testEnv, ctlEP string, total, frame int, respond bool) *ctlWorker {
+	t.Helper()
+	cw := &ctlWorker{stop: make(chan struct{}), done: make(chan struct{}), got: make(chan string, 1024)}
+	ready := make(chan error, 1)
+	go func() {
+		defer close(cw.done)
+		pull, _ := zmq.NewSocket(zmq.PULL)
+		pub, _ := zmq.NewSocket(zmq.PUB)
+		dealer, _ := zmq.NewSocket(zmq.DEALER)
+		for _, s := range []*zmq.Socket{pull, pub, dealer} {
+			s.SetLinger(0)
+			defer s.Close()
+		}
+		dealer.SetIdentity("wk-test")
+		if err := firstErr(pub.Connect(env.repEP), dealer.Connect(ctlEP), pull.Connect(env.reqEP)); err != nil {
+			ready <- err
+			return
+		}
+		dealer.SendBytes([]byte("HELLO 4"), 0)
+		ready <- nil
+		poller := zmq.NewPoller()
+		poller.Add(pull, zmq.POLLIN)
+		poller.Add(dealer, zmq.POLLIN)
+		type stream struct {
+			req    *mongrel2.Request
+			sent   int
+			credit int
+		}
+		streams := map[string]*stream{}
+		for {
+			select {
+			case <-cw.stop:
+				return
+			default:
+			}
+			polled, _ := poller.Poll(10 * time.Millisecond)
+			for _, p := range polled {
+				msg, err := p.Socket.RecvBytes(0)
+				if err != nil {
+					continue
+				}
+				if p.Socket == dealer {
+					cw.got <- string(msg)
+					var id string
+					var n int
+					if _, err := fmt.Sscanf(string(msg), "CREDIT %s %d", &id, &n); err == nil && streams[id] != nil {
+						streams[id].credit += n
+					}
+					continue
+				}
+				req, err := mongrel2.ParseRequest(msg)
+				if err != nil || req.IsDisconnect() {
+					continue
+				}
+				if req.Path == "/__ready" {
+					pub.SendBytes(mongrel2.AppendReplyOne(nil, req.Sender, req.ConnID, okReply("")[0]), 0)
+					continue
+				}
+				var window int
+				fmt.Sscan(req.Header("ZMQX_WINDOW"), &window)
+				dealer.SendBytes([]byte("ACK "+req.ConnID), 0)
+				if !respond {
+					continue
+				}
+				head := fmt.Sprintf("HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n", total)
+				pub.SendBytes(mongrel2.AppendReplyOne(nil, req.Sender, req.ConnID, []byte(head)), 0)
+				streams[req.ConnID] = &stream{req: req, credit: window - len(head)}
+			}
+			for id, s := range streams {
+				for s.sent < total {
+					n := min(frame, total-s.sent)
+					if n > s.credit {
+						break
+					}
+					body := bytes.Repeat([]byte{'z'}, n)
+					pub.SendBytes(mongrel2.AppendReplyOne(nil, s.req.Sender, id, body), 0)
+					s.sent += n
+					s.credit -= n
+				}
+				if s.sent == total {
+					delete(streams, id)
+				}
+			}
+		}
+	}()
+	if err := <-ready; err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		select {
+		case <-cw.stop:
+		default:
+			close(cw.stop)
+		}
+		<-cw.done
+	})
+	return cw
+}
+
+func firstErr(errs ...error) error {
+	for _, e := range errs {
+		if e != nil {
+			return e
+		}
+	}
+	return nil
+}
+
+// TestControlCreditPacesLargeReply: a worker that only sends what it has
+// credit for still delivers a reply many windows long, so Caddy grants
+// credit as the client reads.
+func TestControlCreditPacesLargeReply(t *testing.T) {
+	ctlEP := "ipc://" + filepath.Join(t.TempDir(), "ctl")
+	const window = 256 << 10
+	env := newTestEnv(t, func(h *Handler) { h.ControlEndpoint = ctlEP; h.ReplyWindow = window })
+	startCtlWorker(t, env, ctlEP, 20*window, 64<<10, true)
+	env.waitForWorker(t)
+	resp, err := http.Get(env.srv.URL + "/big")
+	if err != nil {
+		t.Fatal(err)
+	}
+	n, err := io.Copy(io.Discard, resp.Body)
+	resp.Body.Close()
+	if err != nil || n != 20*window {
+		t.Fatalf("read %d bytes, err %v; want %d", n, err, 20*window)
+	}
+	if acks := env.h.transport.control.acks.Load(); acks == 0 {
+		t.Fatal("no ACK recorded")
+	}
+}
+
+// TestControlDisconnectGoesToTheWorker: with an ACK on record, the
+// disconnect reaches exactly that worker over the control channel.
+func TestControlDisconnectGoesToTheWorker(t *testing.T) {
+	ctlEP := "ipc://" + filepath.Join(t.TempDir(), "ctl")
+	env := newTestEnv(t, func(h *Handler) { h.ControlEndpoint = ctlEP })
+	cw := startCtlWorker(t, env, ctlEP, 0, 0, false)
+	env.waitForWorker(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	req, _ := http.NewRequestWithContext(ctx, "GET", env.srv.URL+"/wait", nil)
+	errc := make(chan error, 1)
+	go func() {
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			resp.Body.Close()
+		}
+		errc <- err
+	}()
+	deadline := time.Now().Add(5 * time.Second)
+	for env.h.transport.control.acks.Load() == 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond) // polling
+	}
+	// Let the request goroutine see the ACK before cancelling.
+	for {
+		env.h.transport.mu.RLock()
+		var acked bool
+		for _, ex := range env.h.transport.pending {
+			acked = acked || ex.workerID() != ""
+		}
+		env.h.transport.mu.RUnlock()
+		if acked || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	cancel()
+	<-errc
+	for {
+		select {
+		case m := <-cw.got:
+			if strings.HasPrefix(m, "DISCONNECT ") {
+				return
+			}
+		case <-time.After(time.Until(deadline)):
+			t.Fatal("no DISCONNECT on the control channel")
+		}
+	}
+}
