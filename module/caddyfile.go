@@ -5,9 +5,11 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"github.com/dustin/go-humanize"
 )
 
@@ -38,6 +40,15 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    reply_window       <size>           # credit per request on the control channel
 //	    pattern            <path>
 //	    heartbeat          <duration>|off
+//
+//	    # several pools instead of the endpoints above, picked per request
+//	    # with reverse_proxy's selection policies
+//	    pool [<name>] [<request_endpoint> <reply_endpoint> [<control_endpoint>]] {
+//	        request_endpoint <endpoint>
+//	        reply_endpoint   <endpoint>
+//	        control_endpoint <endpoint>
+//	    }
+//	    lb_policy <name> [<options...>]
 //	}
 func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // directive name
@@ -111,6 +122,31 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			case "reply_window":
 				h.ReplyWindow = size
 			}
+		case "pool":
+			p, err := unmarshalPool(d)
+			if err != nil {
+				return err
+			}
+			h.Pools = append(h.Pools, p)
+			continue
+		case "lb_policy":
+			if h.SelectionPolicyRaw != nil {
+				return d.Err("lb_policy already specified")
+			}
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			policy := d.Val()
+			unm, err := caddyfile.UnmarshalModule(d, "http.reverse_proxy.selection_policies."+policy)
+			if err != nil {
+				return err
+			}
+			sel, ok := unm.(reverseproxy.Selector)
+			if !ok {
+				return d.Errf("module %s is not a selection policy", policy)
+			}
+			h.SelectionPolicyRaw = caddyconfig.JSONModuleObject(sel, "policy", policy, nil)
+			continue
 		default:
 			return d.Errf("unknown zmq option %q", name)
 		}
@@ -119,6 +155,50 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 	}
 	return nil
+}
+
+// unmarshalPool parses
+//
+//	pool [<name>] [<request_endpoint> <reply_endpoint> [<control_endpoint>]] {
+//	    request_endpoint <endpoint>
+//	    reply_endpoint   <endpoint>
+//	    control_endpoint <endpoint>
+//	}
+func unmarshalPool(d *caddyfile.Dispenser) (Pool, error) {
+	var p Pool
+	args := d.RemainingArgs()
+	switch len(args) {
+	case 0:
+	case 1:
+		p.Name = args[0]
+	case 3, 4:
+		p.Name, p.RequestEndpoint, p.ReplyEndpoint = args[0], args[1], args[2]
+		if len(args) == 4 {
+			p.ControlEndpoint = args[3]
+		}
+	default:
+		return p, d.Errf("pool: expected [<name> [<request_endpoint> <reply_endpoint> [<control_endpoint>]]], got %d arguments", len(args))
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		opt := d.Val()
+		if !d.NextArg() {
+			return p, d.ArgErr()
+		}
+		switch opt {
+		case "request_endpoint":
+			p.RequestEndpoint = d.Val()
+		case "reply_endpoint":
+			p.ReplyEndpoint = d.Val()
+		case "control_endpoint":
+			p.ControlEndpoint = d.Val()
+		default:
+			return p, d.Errf("unknown pool option %q", opt)
+		}
+		if d.NextArg() {
+			return p, d.Errf("%s takes one argument", opt)
+		}
+	}
+	return p, nil
 }
 
 func parseSize(s string) (int64, error) {

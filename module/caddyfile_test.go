@@ -1,6 +1,7 @@
 package caddyzmq
 
 import (
+	"reflect"
 	"testing"
 	"time"
 
@@ -38,6 +39,23 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			ReplyTimeout: caddy.Duration(5 * time.Second), StreamTimeout: caddy.Duration(time.Minute),
 			MaxRequestBody: 1000000, MaxBufferedReply: 2048, Pattern: "/app/", Heartbeat: -1,
 		}},
+		{name: "pools", input: `zmq {
+			pool a tcp://127.0.0.1:1 tcp://127.0.0.1:2
+			pool b {
+				request_endpoint tcp://127.0.0.1:3
+				reply_endpoint tcp://127.0.0.1:4
+				control_endpoint tcp://127.0.0.1:5
+			}
+			lb_policy cookie zmq_pool
+		}`, want: Handler{
+			Pools: []Pool{
+				{Name: "a", RequestEndpoint: "tcp://127.0.0.1:1", ReplyEndpoint: "tcp://127.0.0.1:2"},
+				{Name: "b", RequestEndpoint: "tcp://127.0.0.1:3", ReplyEndpoint: "tcp://127.0.0.1:4", ControlEndpoint: "tcp://127.0.0.1:5"},
+			},
+			SelectionPolicyRaw: []byte(`{"name":"zmq_pool","policy":"cookie"}`),
+		}},
+		{name: "bad policy", input: "zmq {\n lb_policy nonsense\n}", wantErr: true},
+		{name: "pool bad option", input: "zmq {\n pool a {\n bogus x\n }\n}", wantErr: true},
 		{name: "one endpoint", input: `zmq tcp://127.0.0.1:1`, wantErr: true},
 		{name: "unknown option", input: "zmq {\n bogus 1\n}", wantErr: true},
 		{name: "bad format", input: "zmq {\n header_format xml\n}", wantErr: true},
@@ -53,7 +71,7 @@ func TestUnmarshalCaddyfile(t *testing.T) {
 			if (err != nil) != tc.wantErr {
 				t.Fatalf("err = %v, wantErr %v", err, tc.wantErr)
 			}
-			if err == nil && h != tc.want {
+			if err == nil && !reflect.DeepEqual(h, tc.want) {
 				t.Fatalf("got %+v\nwant %+v", h, tc.want)
 			}
 		})

@@ -152,7 +152,7 @@ func TestControlCreditPacesLargeReply(t *testing.T) {
 	if err != nil || n != 20*window {
 		t.Fatalf("read %d bytes, err %v; want %d", n, err, 20*window)
 	}
-	if acks := env.h.transport.control.acks.Load(); acks == 0 {
+	if acks := env.h.pools[0].transport.control.acks.Load(); acks == 0 {
 		t.Fatal("no ACK recorded")
 	}
 }
@@ -176,17 +176,17 @@ func TestControlDisconnectGoesToTheWorker(t *testing.T) {
 		errc <- err
 	}()
 	deadline := time.Now().Add(5 * time.Second)
-	for env.h.transport.control.acks.Load() == 0 && time.Now().Before(deadline) {
+	for env.h.pools[0].transport.control.acks.Load() == 0 && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond) // polling
 	}
 	// Let the request goroutine see the ACK before cancelling.
 	for {
-		env.h.transport.mu.RLock()
+		env.h.pools[0].transport.mu.RLock()
 		var acked bool
-		for _, ex := range env.h.transport.pending {
+		for _, ex := range env.h.pools[0].transport.pending {
 			acked = acked || ex.workerID() != ""
 		}
-		env.h.transport.mu.RUnlock()
+		env.h.pools[0].transport.mu.RUnlock()
 		if acked || time.Now().After(deadline) {
 			break
 		}

@@ -48,18 +48,51 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		return h.fail(w, r, status, err)
 	}
 
-	t := h.transport
+	// Pick a pool; if its request socket cannot take the request (no
+	// worker, queues full), try the next one. Nothing was executed then,
+	// so this is safe for every method.
+	var tried uint64
+	lastErr := errNoWorker
+	for {
+		p := h.selectPool(r, w, tried)
+		if p == nil {
+			return h.fail(w, r, http.StatusServiceUnavailable, lastErr)
+		}
+		tried |= 1 << h.poolIndex(p)
+		err := h.exchange(w, r, st, p, body)
+		if errors.Is(err, errNoWorker) || errors.Is(err, errQueueFull) {
+			lastErr = err
+			continue
+		}
+		return err
+	}
+}
+
+func (h *Handler) poolIndex(p *poolRuntime) int {
+	for i, q := range h.pools {
+		if q == p {
+			return i
+		}
+	}
+	return 0
+}
+
+// exchange sends the request to pool p and relays the reply. It returns
+// errNoWorker or errQueueFull, with nothing written, when the pool could
+// not take the request.
+func (h *Handler) exchange(w http.ResponseWriter, r *http.Request, st *requestState, p *poolRuntime, body []byte) error {
+	t := p.transport
 	ex := t.register()
 	defer t.unregister(ex)
 
 	connID := mongrel2.AppendUint(st.idBuf[:0], ex.id)
 	ip := clientIP(r)
 	path := r.URL.EscapedPath()
-	h.encodeHeaders(&st.enc, r, path, len(body), ip)
+	h.encodeHeaders(&st.enc, r, path, len(body), ip, p.ControlEndpoint != "")
 	buf := getBuf()
 	*buf = mongrel2.AppendRequest(*buf, h.SenderID, string(connID), path, st.enc.Bytes(), body)
 	if err := t.submit(buf, ex); err != nil {
-		return h.fail(w, r, http.StatusServiceUnavailable, err)
+		return err
 	}
 
 	rr := &st.rr
@@ -76,10 +109,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		case <-ex.signal:
 		case <-timer.C:
 			if !rr.headDone {
+				t.notifyDisconnect(ex)
 				return h.fail(w, r, http.StatusGatewayTimeout,
-					fmt.Errorf("no reply from a worker within %s", time.Duration(h.ReplyTimeout)))
+					fmt.Errorf("no reply from a worker of pool %s within %s", p.Name, time.Duration(h.ReplyTimeout)))
 			}
-			h.abort(w, r, ex, fmt.Errorf("no reply frame within stream_timeout %s", time.Duration(h.StreamTimeout)))
+			h.abort(w, r, t, ex, fmt.Errorf("no reply frame within stream_timeout %s", time.Duration(h.StreamTimeout)))
 		case <-r.Context().Done():
 			t.notifyDisconnect(ex)
 			h.logger.Debug("client went away before the reply was complete",
@@ -102,7 +136,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 					t.notifyDisconnect(ex)
 					return h.fail(w, r, http.StatusBadGateway, fmt.Errorf("bad reply from worker: %w", err))
 				}
-				h.abort(w, r, ex, fmt.Errorf("bad reply from worker: %w", err))
+				h.abort(w, r, t, ex, fmt.Errorf("bad reply from worker: %w", err))
 			}
 			if rr.done {
 				return nil
@@ -111,8 +145,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		if xerr != nil {
 			switch {
 			case rr.headDone:
-				h.abort(w, r, ex, xerr)
-			case errors.Is(xerr, errNoWorker), errors.Is(xerr, errStopped):
+				h.abort(w, r, t, ex, xerr)
+			case errors.Is(xerr, errNoWorker):
+				return xerr // the caller tries another pool
+			case errors.Is(xerr, errStopped):
 				return h.fail(w, r, http.StatusServiceUnavailable, xerr)
 			default:
 				return h.fail(w, r, http.StatusBadGateway, xerr)
@@ -220,8 +256,8 @@ func reason(status int) string {
 // abort ends a response that has already started: the client must not take
 // a truncated body for a complete one, so the connection (or HTTP/2 stream)
 // is reset, as reverse_proxy does.
-func (h *Handler) abort(w http.ResponseWriter, r *http.Request, ex *exchange, err error) {
-	h.transport.notifyDisconnect(ex)
+func (h *Handler) abort(w http.ResponseWriter, r *http.Request, t *transport, ex *exchange, err error) {
+	t.notifyDisconnect(ex)
 	h.logger.Error("aborting incomplete response",
 		zap.String("method", r.Method),
 		zap.String("uri", r.RequestURI),

@@ -360,7 +360,7 @@ func TestReloadSharesSockets(t *testing.T) {
 	env.waitForWorker(t)
 	// A reload provisions the new config before cleaning up the old one.
 	next := env.provision(t, nil)
-	if next.transport != env.h.transport {
+	if next.pools[0].transport != env.h.pools[0].transport {
 		t.Fatal("same endpoints must share the transport")
 	}
 	old := env.h

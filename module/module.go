@@ -8,6 +8,7 @@ package caddyzmq
 import (
 	"crypto/sha256"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"os"
 	"regexp"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 	"go.uber.org/zap"
 
 	"github.com/zmqbridge/caddy-zmq/workerkit/mongrel2"
@@ -64,6 +66,19 @@ type Handler struct {
 	// slows the worker down instead of filling memory. Default: 1 MiB.
 	ReplyWindow int64 `json:"reply_window,omitempty"`
 
+	// Pools, when set, replace the endpoints above: each pool is a set of
+	// workers behind its own sockets, and LoadBalancing picks one per
+	// request among those with a connected worker. Default: one pool made
+	// of the endpoints above.
+	Pools []Pool `json:"pools,omitempty"`
+
+	// SelectionPolicyRaw picks the pool for a request with one of Caddy's
+	// reverse_proxy selection policies (random, round_robin, first,
+	// ip_hash, client_ip_hash, uri_hash, header, query, cookie,
+	// weighted_round_robin), which see each pool as an upstream whose
+	// address is the pool name. Default: random.
+	SelectionPolicyRaw json.RawMessage `json:"lb_policy,omitempty" caddy:"namespace=http.reverse_proxy.selection_policies inline_key=policy"`
+
 	// SenderID is the UUID that tags every request and that replies must
 	// carry (Mongrel2's send_ident; Caddy subscribes to exactly it). Give
 	// each front end of a cluster its own. Default: derived from the host
@@ -105,8 +120,9 @@ type Handler struct {
 
 	headerFormat mongrel2.HeaderFormat
 	windowHeader string
-	transport    *transport
-	poolKey      string
+	pools        []*poolRuntime
+	poolsByDial  map[string]*poolRuntime
+	selector     reverseproxy.Selector
 	logger       *zap.Logger
 }
 
@@ -123,14 +139,27 @@ var senderIDPattern = regexp.MustCompile(`^[A-Za-z0-9-]+$`)
 // Provision applies defaults and binds (or reuses) the sockets.
 func (h *Handler) Provision(ctx caddy.Context) error {
 	h.logger = ctx.Logger()
-	if h.RequestEndpoint == "" {
-		h.RequestEndpoint = DefaultRequestEndpoint
+	if len(h.Pools) > 0 && (h.RequestEndpoint != "" || h.ReplyEndpoint != "" || h.ControlEndpoint != "") {
+		return fmt.Errorf("zmq: set either pools or the handler's own endpoints, not both")
 	}
-	if h.ReplyEndpoint == "" {
-		h.ReplyEndpoint = DefaultReplyEndpoint
+	if len(h.Pools) == 0 {
+		if h.RequestEndpoint == "" {
+			h.RequestEndpoint = DefaultRequestEndpoint
+		}
+		if h.ReplyEndpoint == "" {
+			h.ReplyEndpoint = DefaultReplyEndpoint
+		}
+	}
+	if len(h.Pools) == 0 {
+		h.Pools = []Pool{{Name: "default", RequestEndpoint: h.RequestEndpoint, ReplyEndpoint: h.ReplyEndpoint, ControlEndpoint: h.ControlEndpoint}}
+	}
+	for i := range h.Pools {
+		if h.Pools[i].Name == "" {
+			h.Pools[i].Name = "pool" + strconv.Itoa(i)
+		}
 	}
 	if h.SenderID == "" {
-		h.SenderID = DefaultSenderID(h.RequestEndpoint, h.ReplyEndpoint)
+		h.SenderID = DefaultSenderID(h.Pools[0].RequestEndpoint, h.Pools[0].ReplyEndpoint)
 	}
 	if h.ReplyTimeout == 0 {
 		h.ReplyTimeout = caddy.Duration(DefaultReplyTimeout)
@@ -159,29 +188,45 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 
-	cfg := transportConfig{
-		requestEndpoint: h.RequestEndpoint,
-		replyEndpoint:   h.ReplyEndpoint,
-		controlEndpoint: h.ControlEndpoint,
-		sender:          h.SenderID,
-		maxBuffered:     int(h.MaxBufferedReply),
-		heartbeat:       max(time.Duration(h.Heartbeat), 0),
+	if h.SelectionPolicyRaw != nil {
+		mod, err := ctx.LoadModule(h, "SelectionPolicyRaw")
+		if err != nil {
+			return fmt.Errorf("zmq: loading lb_policy: %w", err)
+		}
+		h.selector = mod.(reverseproxy.Selector)
+	} else {
+		h.selector = &reverseproxy.RandomSelection{}
 	}
-	h.poolKey = cfg.key()
-	// The logger of the first config that binds the sockets serves them
-	// for their whole life; it is Caddy's, not the config's, in substance.
-	val, _, err := transports.LoadOrNew(h.poolKey, func() (caddy.Destructor, error) {
-		return newTransport(cfg, ctx.Logger().Named("transport"))
-	})
-	if err != nil {
-		return fmt.Errorf("zmq: %w", err)
-	}
-	h.transport = val.(*transport)
-	if h.transport.cfg != cfg {
-		_, _ = transports.Delete(h.poolKey)
-		h.transport = nil
-		return fmt.Errorf("zmq: endpoints %s and %s are already in use by another zmq handler with different settings",
-			h.RequestEndpoint, h.ReplyEndpoint)
+
+	h.poolsByDial = make(map[string]*poolRuntime, len(h.Pools))
+	for _, p := range h.Pools {
+		cfg := transportConfig{
+			requestEndpoint: p.RequestEndpoint,
+			replyEndpoint:   p.ReplyEndpoint,
+			controlEndpoint: p.ControlEndpoint,
+			sender:          h.SenderID,
+			maxBuffered:     int(h.MaxBufferedReply),
+			heartbeat:       max(time.Duration(h.Heartbeat), 0),
+		}
+		key := cfg.key()
+		// The logger of the first config that binds the sockets serves
+		// them for their whole life.
+		val, _, err := transports.LoadOrNew(key, func() (caddy.Destructor, error) {
+			return newTransport(cfg, ctx.Logger().Named("transport"))
+		})
+		if err != nil {
+			_ = h.Cleanup()
+			return fmt.Errorf("zmq: pool %s: %w", p.Name, err)
+		}
+		t := val.(*transport)
+		pr := &poolRuntime{Pool: p, transport: t, poolKey: key, upstream: &reverseproxy.Upstream{Dial: p.Name}}
+		h.pools = append(h.pools, pr)
+		h.poolsByDial[p.Name] = pr
+		if t.cfg != cfg {
+			_ = h.Cleanup()
+			return fmt.Errorf("zmq: endpoints %s and %s are already in use by another zmq handler with different settings",
+				p.RequestEndpoint, p.ReplyEndpoint)
+		}
 	}
 	return nil
 }
@@ -191,15 +236,13 @@ func (h *Handler) Validate() error {
 	if !senderIDPattern.MatchString(h.SenderID) {
 		return fmt.Errorf("zmq: sender_id %q must match [A-Za-z0-9-]+", h.SenderID)
 	}
+	if err := h.validatePools(); err != nil {
+		return err
+	}
 	if h.ReplyWindow < minReplyWindow {
 		return fmt.Errorf("zmq: reply_window must be at least %d bytes (one reply frame)", minReplyWindow)
 	}
-	if h.ControlEndpoint != "" && (h.ControlEndpoint == h.RequestEndpoint || h.ControlEndpoint == h.ReplyEndpoint) {
-		return fmt.Errorf("zmq: control endpoint %s must differ from the request and reply endpoints", h.ControlEndpoint)
-	}
-	if h.RequestEndpoint == h.ReplyEndpoint {
-		return fmt.Errorf("zmq: request and reply endpoints must differ (both %s)", h.RequestEndpoint)
-	}
+
 	if h.ReplyTimeout < 0 || h.StreamTimeout < 0 {
 		return fmt.Errorf("zmq: timeouts must not be negative")
 	}
@@ -212,12 +255,14 @@ func (h *Handler) Validate() error {
 // Cleanup releases this config's hold on the sockets. They are closed only
 // when no config uses them any more, so a reload keeps requests in flight.
 func (h *Handler) Cleanup() error {
-	if h.transport == nil {
-		return nil
+	var firstErr error
+	for _, p := range h.pools {
+		if _, err := transports.Delete(p.poolKey); err != nil && firstErr == nil {
+			firstErr = err
+		}
 	}
-	_, err := transports.Delete(h.poolKey)
-	h.transport = nil
-	return err
+	h.pools = nil
+	return firstErr
 }
 
 // DefaultSenderID derives a stable UUID from the host name and the

@@ -23,7 +23,7 @@ var requestHopHeaders = map[string]bool{
 // are lower-cased; the front end's own keys are upper case and come after
 // them, so no client header can stand in for METHOD, PATH and the like:
 // the names differ, and a parser that keeps the last duplicate sees ours.
-func (h *Handler) encodeHeaders(e *mongrel2.HeaderEncoder, r *http.Request, path string, bodyLen int, clientIP string) {
+func (h *Handler) encodeHeaders(e *mongrel2.HeaderEncoder, r *http.Request, path string, bodyLen int, clientIP string, control bool) {
 	e.Reset(h.headerFormat)
 	// Mongrel2 writes PATH first in its JSON block; keep its byte order.
 	e.Add("PATH", path)
@@ -51,7 +51,7 @@ func (h *Handler) encodeHeaders(e *mongrel2.HeaderEncoder, r *http.Request, path
 		e.Add("URL_SCHEME", "http")
 	}
 	e.Add("REMOTE_ADDR", clientIP)
-	if h.ControlEndpoint != "" {
+	if control {
 		e.Add("ZMQX_WINDOW", h.windowHeader)
 	}
 }

@@ -3,6 +3,7 @@ package caddyzmq
 import (
 	"errors"
 	"fmt"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -79,6 +80,10 @@ type transport struct {
 
 	mu      sync.RWMutex
 	pending map[uint64]*exchange
+
+	// peers counts the workers connected to the request socket, from
+	// libzmq's socket monitor; a pool with none is skipped.
+	peers atomic.Int64
 
 	// stats, read by metrics and tests.
 	sent, sendFailed, replies, unknownReplies, badReplies atomic.Uint64
@@ -172,6 +177,12 @@ func (t *transport) runSender(zctx *zmq.Context, ready chan<- error) {
 		ready <- fmt.Errorf("configuring request socket: %w", err)
 		return
 	}
+	monDone, err := t.startMonitor(zctx, sock)
+	if err != nil {
+		ready <- fmt.Errorf("monitoring request socket: %w", err)
+		return
+	}
+	defer func() { <-monDone }()
 	if err := sock.Bind(t.cfg.requestEndpoint); err != nil {
 		ready <- fmt.Errorf("binding request endpoint %s: %w", t.cfg.requestEndpoint, err)
 		return
@@ -271,6 +282,58 @@ func (t *transport) runReceiver(zctx *zmq.Context, ready chan<- error) {
 		default:
 		}
 	}
+}
+
+var monitorSeq atomic.Uint64
+
+// startMonitor counts the peers of sock through libzmq's socket monitor.
+// The reader owns its PAIR socket and is connected before sock binds, so no
+// event is missed. It stops with the transport.
+func (t *transport) startMonitor(zctx *zmq.Context, sock *zmq.Socket) (<-chan struct{}, error) {
+	addr := "inproc://caddy-zmq-monitor-" + strconv.FormatUint(monitorSeq.Add(1), 10)
+	if err := sock.Monitor(addr, zmq.EVENT_ACCEPTED|zmq.EVENT_CONNECTED|zmq.EVENT_DISCONNECTED); err != nil {
+		return nil, err
+	}
+	done := make(chan struct{})
+	ready := make(chan error, 1)
+	go func() {
+		defer close(done)
+		mon, err := zctx.NewSocket(zmq.PAIR)
+		if err != nil {
+			ready <- err
+			return
+		}
+		defer mon.Close()
+		_ = mon.SetLinger(0)
+		_ = mon.SetRcvtimeo(recvPollInterval)
+		if err := mon.Connect(addr); err != nil {
+			ready <- err
+			return
+		}
+		ready <- nil
+		for {
+			ev, _, _, err := mon.RecvEvent(0)
+			if err == nil {
+				switch ev {
+				case zmq.EVENT_ACCEPTED, zmq.EVENT_CONNECTED:
+					t.peers.Add(1)
+				case zmq.EVENT_DISCONNECTED:
+					t.peers.Add(-1)
+				}
+				continue
+			}
+			select {
+			case <-t.quit:
+				return
+			default:
+			}
+		}
+	}()
+	if err := <-ready; err != nil {
+		<-done
+		return nil, err
+	}
+	return done, nil
 }
 
 // dispatch hands one reply frame to every exchange it names. The body is

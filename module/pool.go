@@ -1,0 +1,95 @@
+package caddyzmq
+
+import (
+	"fmt"
+	"net/http"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
+)
+
+// Pool is one set of workers behind its own sockets. A handler with several
+// pools picks one per request with Caddy's reverse_proxy selection policies
+// (lb_policy); workers of a pool share its endpoints, and PUSH balances
+// between them.
+type Pool struct {
+	// Name identifies the pool to the selection policy: the cookie policy
+	// pins a client to it, ip_hash maps clients onto it. Default: pool0,
+	// pool1, ... in order.
+	Name string `json:"name,omitempty"`
+
+	// RequestEndpoint is where Caddy binds this pool's PUSH socket.
+	// Required.
+	RequestEndpoint string `json:"request_endpoint,omitempty"`
+
+	// ReplyEndpoint is where Caddy binds this pool's SUB socket. Required.
+	ReplyEndpoint string `json:"reply_endpoint,omitempty"`
+
+	// ControlEndpoint is where Caddy binds this pool's control-channel
+	// ROUTER (see Handler.ControlEndpoint). Default: off.
+	ControlEndpoint string `json:"control_endpoint,omitempty"`
+}
+
+// poolRuntime is a provisioned pool.
+type poolRuntime struct {
+	Pool
+	transport *transport
+	poolKey   string
+	upstream  *reverseproxy.Upstream
+}
+
+// live reports whether a worker is connected to the pool's request socket.
+func (p *poolRuntime) live() bool { return p.transport.peers.Load() > 0 }
+
+// selectPool picks a live pool that has not been tried yet, with the
+// configured selection policy. It returns nil when none is left.
+func (h *Handler) selectPool(r *http.Request, w http.ResponseWriter, tried uint64) *poolRuntime {
+	if len(h.pools) == 1 {
+		if tried != 0 {
+			return nil
+		}
+		// A lone pool is tried even with no peer counted: the send itself
+		// answers 503 at once when nobody is there.
+		return h.pools[0]
+	}
+	var buf [16]*reverseproxy.Upstream
+	candidates := reverseproxy.UpstreamPool(buf[:0])
+	for i, p := range h.pools {
+		if tried&(1<<i) == 0 && p.live() {
+			candidates = append(candidates, p.upstream)
+		}
+	}
+	if len(candidates) == 0 {
+		return nil
+	}
+	chosen := h.selector.Select(candidates, r, w)
+	if chosen == nil {
+		return nil
+	}
+	return h.poolsByDial[chosen.Dial]
+}
+
+// maxPools keeps the tried-set a bitmask.
+const maxPools = 64
+
+func (h *Handler) validatePools() error {
+	if len(h.Pools) > maxPools {
+		return fmt.Errorf("zmq: at most %d pools", maxPools)
+	}
+	seen := map[string]bool{}
+	for i, p := range h.Pools {
+		if p.RequestEndpoint == "" || p.ReplyEndpoint == "" {
+			return fmt.Errorf("zmq: pool %d (%s) needs request_endpoint and reply_endpoint", i, p.Name)
+		}
+		if seen[p.Name] {
+			return fmt.Errorf("zmq: duplicate pool name %q", p.Name)
+		}
+		seen[p.Name] = true
+		for _, ep := range []string{p.RequestEndpoint, p.ReplyEndpoint, p.ControlEndpoint} {
+			if ep != "" && seen["ep:"+ep] {
+				return fmt.Errorf("zmq: endpoint %s used twice", ep)
+			}
+			seen["ep:"+ep] = ep != ""
+		}
+	}
+	return nil
+}

@@ -1,0 +1,126 @@
+package caddyzmq
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"net/http/cookiejar"
+	"net/http/httptest"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+
+	"github.com/zmqbridge/caddy-zmq/workerkit/mongrel2"
+)
+
+// poolEnv provisions a handler with n pools on ipc endpoints.
+func poolEnv(t *testing.T, n int, policy string) (*Handler, *httptest.Server, []Pool) {
+	t.Helper()
+	dir := t.TempDir()
+	h := &Handler{ReplyTimeout: caddy.Duration(5 * time.Second)}
+	for i := range n {
+		h.Pools = append(h.Pools, Pool{
+			Name:            fmt.Sprintf("p%d", i),
+			RequestEndpoint: "ipc://" + filepath.Join(dir, fmt.Sprintf("req%d", i)),
+			ReplyEndpoint:   "ipc://" + filepath.Join(dir, fmt.Sprintf("rep%d", i)),
+		})
+	}
+	if policy != "" {
+		h.SelectionPolicyRaw = []byte(policy)
+	}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	t.Cleanup(cancel)
+	if err := h.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { h.ServeHTTP(w, r, nil) }))
+	t.Cleanup(func() { srv.Close(); h.Cleanup() })
+	return h, srv, h.Pools
+}
+
+func nameReply(name string) func(*mongrel2.Request) [][]byte {
+	return func(r *mongrel2.Request) [][]byte {
+		if r.IsDisconnect() {
+			return nil
+		}
+		return okReply(name)
+	}
+}
+
+func waitLive(t *testing.T, h *Handler, i int) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !h.pools[i].live() {
+		if time.Now().After(deadline) {
+			t.Fatalf("pool %d never saw its worker", i)
+		}
+		time.Sleep(5 * time.Millisecond) // polling
+	}
+}
+
+func get(t *testing.T, c *http.Client, url string) (int, string) {
+	t.Helper()
+	resp, err := c.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	return resp.StatusCode, string(b)
+}
+
+func TestPoolsSkipDeadPools(t *testing.T) {
+	h, srv, pools := poolEnv(t, 3, `{"policy":"round_robin"}`)
+	if code, _ := get(t, http.DefaultClient, srv.URL); code != 503 {
+		t.Fatalf("no pool live: status %d, want 503", code)
+	}
+	startFakeWorker(t, pools[1].RequestEndpoint, pools[1].ReplyEndpoint, nameReply("p1"))
+	waitLive(t, h, 1)
+	for range 20 {
+		// The subscription may lag the PUSH connection by a moment.
+		code, body := get(t, http.DefaultClient, srv.URL)
+		if code == 504 {
+			continue
+		}
+		if code != 200 || body != "p1" {
+			t.Fatalf("got %d %q, want the only live pool", code, body)
+		}
+	}
+}
+
+func TestPoolsCookiePinsClient(t *testing.T) {
+	h, srv, pools := poolEnv(t, 2, `{"policy":"cookie","name":"zmq_pool"}`)
+	for i, p := range pools {
+		startFakeWorker(t, p.RequestEndpoint, p.ReplyEndpoint, nameReply(p.Name))
+		waitLive(t, h, i)
+	}
+	for c := range 4 {
+		jar, _ := cookiejar.New(nil)
+		client := &http.Client{Jar: jar}
+		_, first := get(t, client, srv.URL)
+		for range 10 {
+			if _, body := get(t, client, srv.URL); body != first {
+				t.Fatalf("client %d moved from %s to %s", c, first, body)
+			}
+		}
+	}
+}
+
+func TestPoolsConfigErrors(t *testing.T) {
+	for name, h := range map[string]*Handler{
+		"missing endpoint": {Pools: []Pool{{Name: "a", RequestEndpoint: "ipc:///tmp/x"}}},
+		"duplicate name":   {Pools: []Pool{{Name: "a", RequestEndpoint: "ipc:///tmp/1", ReplyEndpoint: "ipc:///tmp/2"}, {Name: "a", RequestEndpoint: "ipc:///tmp/3", ReplyEndpoint: "ipc:///tmp/4"}}},
+		"shared endpoint":  {Pools: []Pool{{Name: "a", RequestEndpoint: "ipc:///tmp/1", ReplyEndpoint: "ipc:///tmp/2"}, {Name: "b", RequestEndpoint: "ipc:///tmp/1", ReplyEndpoint: "ipc:///tmp/4"}}},
+		"both styles":      {RequestEndpoint: "ipc:///tmp/9", Pools: []Pool{{Name: "a", RequestEndpoint: "ipc:///tmp/1", ReplyEndpoint: "ipc:///tmp/2"}}},
+	} {
+		ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+		if err := h.Provision(ctx); err == nil {
+			h.Cleanup()
+			t.Errorf("%s: provisioned, want an error", name)
+		}
+		cancel()
+	}
+}
