@@ -39,6 +39,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    max_buffered_reply <size>
 //	    reply_window       <size>           # credit per request on the control channel
 //	    pattern            <path>
+//	    retries            <n>              # idempotent requests whose worker was lost
 //	    heartbeat          <duration>|off
 //
 //	    # several pools instead of the endpoints above, picked per request
@@ -122,6 +123,15 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			case "reply_window":
 				h.ReplyWindow = size
 			}
+		case "retries":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			n, err := strconv.Atoi(d.Val())
+			if err != nil || n < -1 {
+				return d.Errf("bad retries %q", d.Val())
+			}
+			h.Retries = n
 		case "pool":
 			p, err := unmarshalPool(d)
 			if err != nil {

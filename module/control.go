@@ -2,6 +2,7 @@ package caddyzmq
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"strconv"
 	"sync"
@@ -140,6 +141,7 @@ func (c *controlPlane) run(zctx *zmq.Context, ready chan<- error, quit <-chan st
 	defer func() { <-fwdDone }()
 	ready <- nil
 
+	lastSweep := time.Now()
 	poller := zmq.NewPoller()
 	poller.Add(router, zmq.POLLIN)
 	poller.Add(pair, zmq.POLLIN)
@@ -153,6 +155,10 @@ func (c *controlPlane) run(zctx *zmq.Context, ready chan<- error, quit <-chan st
 		if err != nil {
 			c.logger.Error("polling control socket", zap.Error(err))
 			continue
+		}
+		if now := time.Now(); now.Sub(lastSweep) >= sweepInterval {
+			lastSweep = now
+			c.sweep(now)
 		}
 		for _, p := range polled {
 			if p.Socket == router {
@@ -275,20 +281,36 @@ func (c *controlPlane) handle(worker string, payload []byte) {
 	}
 }
 
-// liveWorkers counts workers heard from within workerDeadAfter.
-func (c *controlPlane) liveWorkers() int {
-	cutoff := time.Now().Add(-workerDeadAfter)
-	n := 0
+// sweepInterval is how often silent workers are looked for; with
+// workerDeadAfter it bounds detection at about 1.1 s.
+const sweepInterval = 100 * time.Millisecond
+
+var errWorkerLost = errors.New("the worker that took the request went silent (dead, frozen or cut off)")
+
+// sweep forgets workers silent for workerDeadAfter and fails the requests
+// they had taken, so that clients hear at once rather than at the timeout.
+func (c *controlPlane) sweep(now time.Time) {
+	var lost []string
 	c.mu.Lock()
 	for id, wi := range c.workers {
-		if wi.lastSeen.Before(cutoff) {
+		if now.Sub(wi.lastSeen) > workerDeadAfter {
+			lost = append(lost, id)
 			delete(c.workers, id)
-			continue
-		}
-		if !wi.draining {
-			n++
 		}
 	}
 	c.mu.Unlock()
-	return n
+	for _, id := range lost {
+		n := c.t.failWorker(id, errWorkerLost)
+		c.logger.Warn("worker lost: no control message within the liveness bound",
+			zap.String("worker", id), zap.Duration("bound", workerDeadAfter), zap.Int("requests_failed", n))
+	}
+}
+
+// isLive reports whether worker was heard from within workerDeadAfter and
+// is not draining.
+func (c *controlPlane) isLive(worker string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	wi := c.workers[worker]
+	return wi != nil && !wi.draining && time.Since(wi.lastSeen) <= workerDeadAfter
 }

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	zmq "github.com/pebbe/zmq4"
 
 	"github.com/zmqbridge/caddy-zmq/workerkit/mongrel2"
@@ -203,5 +204,30 @@ func TestControlDisconnectGoesToTheWorker(t *testing.T) {
 		case <-time.After(time.Until(deadline)):
 			t.Fatal("no DISCONNECT on the control channel")
 		}
+	}
+}
+
+// TestWorkerLostFailsItsRequests: a worker that acknowledged a request and
+// then fell silent on the control channel costs its client about the
+// liveness bound, not the reply timeout; POST is not retried.
+func TestWorkerLostFailsItsRequests(t *testing.T) {
+	ctlEP := "ipc://" + filepath.Join(t.TempDir(), "ctl")
+	env := newTestEnv(t, func(h *Handler) {
+		h.ControlEndpoint = ctlEP
+		h.ReplyTimeout = caddy.Duration(20 * time.Second)
+	})
+	startCtlWorker(t, env, ctlEP, 0, 0, false) // ACKs, never answers, never sends HB
+	env.waitForWorker(t)
+	start := time.Now()
+	resp, err := http.Post(env.srv.URL+"/order", "text/plain", strings.NewReader("buy"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != 502 {
+		t.Fatalf("status %d, want 502", resp.StatusCode)
+	}
+	if d := time.Since(start); d > 10*time.Second {
+		t.Fatalf("took %s: the loss was not detected before the timeout", d)
 	}
 }

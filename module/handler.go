@@ -53,19 +53,40 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	// so this is safe for every method.
 	var tried uint64
 	lastErr := errNoWorker
+	retries := 0
 	for {
 		p := h.selectPool(r, w, tried)
 		if p == nil {
 			return h.fail(w, r, http.StatusServiceUnavailable, lastErr)
 		}
-		tried |= 1 << h.poolIndex(p)
 		err := h.exchange(w, r, st, p, body)
-		if errors.Is(err, errNoWorker) || errors.Is(err, errQueueFull) {
+		switch {
+		case errors.Is(err, errNoWorker), errors.Is(err, errQueueFull):
+			tried |= 1 << h.poolIndex(p)
 			lastErr = err
 			continue
+		case errors.Is(err, errWorkerLost):
+			// The worker took the request and vanished before answering.
+			// Repeating is only safe where the method says so.
+			if isIdempotent(r.Method) && retries < h.Retries {
+				retries++
+				h.logger.Warn("retrying idempotent request after losing its worker",
+					zap.String("method", r.Method), zap.String("uri", r.RequestURI), zap.Int("retry", retries))
+				continue
+			}
+			return h.fail(w, r, http.StatusBadGateway, err)
 		}
 		return err
 	}
+}
+
+// isIdempotent: RFC 9110 section 9.2.2.
+func isIdempotent(method string) bool {
+	switch method {
+	case http.MethodGet, http.MethodHead, http.MethodOptions, http.MethodTrace, http.MethodPut, http.MethodDelete:
+		return true
+	}
+	return false
 }
 
 func (h *Handler) poolIndex(p *poolRuntime) int {
@@ -82,7 +103,7 @@ func (h *Handler) poolIndex(p *poolRuntime) int {
 // not take the request.
 func (h *Handler) exchange(w http.ResponseWriter, r *http.Request, st *requestState, p *poolRuntime, body []byte) error {
 	t := p.transport
-	ex := t.register()
+	ex := t.register(int(h.MaxBufferedReply))
 	defer t.unregister(ex)
 
 	connID := mongrel2.AppendUint(st.idBuf[:0], ex.id)
@@ -146,8 +167,8 @@ func (h *Handler) exchange(w http.ResponseWriter, r *http.Request, st *requestSt
 			switch {
 			case rr.headDone:
 				h.abort(w, r, t, ex, xerr)
-			case errors.Is(xerr, errNoWorker):
-				return xerr // the caller tries another pool
+			case errors.Is(xerr, errNoWorker), errors.Is(xerr, errWorkerLost):
+				return xerr // the caller tries another pool, or retries
 			case errors.Is(xerr, errStopped):
 				return h.fail(w, r, http.StatusServiceUnavailable, xerr)
 			default:

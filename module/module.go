@@ -108,6 +108,12 @@ type Handler struct {
 	// queued frames). Default: 64 MiB.
 	MaxBufferedReply int64 `json:"max_buffered_reply,omitempty"`
 
+	// Retries is how many times an idempotent request (GET, HEAD, OPTIONS,
+	// TRACE, PUT, DELETE) is sent again when the worker that took it is
+	// lost before its reply starts (control channel liveness). Other
+	// methods get 502 at once. Default: 1; -1 disables retries.
+	Retries int `json:"retries,omitempty"`
+
 	// Pattern is the value of the PATTERN header, the route a Mongrel2
 	// handler believes matched. Default: "/".
 	Pattern string `json:"pattern,omitempty"`
@@ -170,6 +176,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.MaxBufferedReply == 0 {
 		h.MaxBufferedReply = DefaultMaxBufferedReply
 	}
+	if h.Retries == 0 {
+		h.Retries = 1
+	}
 	if h.ReplyWindow == 0 {
 		h.ReplyWindow = DefaultReplyWindow
 	}
@@ -205,7 +214,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			replyEndpoint:   p.ReplyEndpoint,
 			controlEndpoint: p.ControlEndpoint,
 			sender:          h.SenderID,
-			maxBuffered:     int(h.MaxBufferedReply),
 			heartbeat:       max(time.Duration(h.Heartbeat), 0),
 		}
 		key := cfg.key()
@@ -222,10 +230,16 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		pr := &poolRuntime{Pool: p, transport: t, poolKey: key, upstream: &reverseproxy.Upstream{Dial: p.Name}}
 		h.pools = append(h.pools, pr)
 		h.poolsByDial[p.Name] = pr
-		if t.cfg != cfg {
+		// The sockets outlive this config: what is fixed in them cannot
+		// change without new endpoints (or a restart).
+		if t.cfg.sender != cfg.sender || t.cfg.controlEndpoint != cfg.controlEndpoint {
 			_ = h.Cleanup()
-			return fmt.Errorf("zmq: endpoints %s and %s are already in use by another zmq handler with different settings",
-				p.RequestEndpoint, p.ReplyEndpoint)
+			return fmt.Errorf("zmq: endpoints %s and %s are in use with another sender_id or control_endpoint; "+
+				"changing those needs new endpoints or a restart", p.RequestEndpoint, p.ReplyEndpoint)
+		}
+		if t.cfg.heartbeat != cfg.heartbeat {
+			h.logger.Warn("heartbeat change takes effect when the endpoints are bound anew (restart)",
+				zap.String("pool", p.Name))
 		}
 	}
 	return nil

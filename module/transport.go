@@ -46,12 +46,14 @@ type transportConfig struct {
 	replyEndpoint   string
 	controlEndpoint string
 	sender          string
-	maxBuffered     int
 	heartbeat       time.Duration
 }
 
+// key is what makes two configs share sockets: the endpoints Caddy binds.
+// Settings that do not change sockets live on the handler, so a reload may
+// change them freely.
 func (c transportConfig) key() string {
-	return c.requestEndpoint + "|" + c.replyEndpoint + "|" + c.controlEndpoint + "|" + c.sender
+	return c.requestEndpoint + "|" + c.replyEndpoint
 }
 
 // outMsg is one frame for the request socket. ex is nil for notices that
@@ -368,12 +370,26 @@ func (t *transport) dispatch(msg []byte) {
 }
 
 // register creates the exchange for one HTTP request under a fresh id.
-func (t *transport) register() *exchange {
-	ex := newExchange(t.nextID.Add(1), t.cfg.maxBuffered)
+func (t *transport) register(maxBuffered int) *exchange {
+	ex := newExchange(t.nextID.Add(1), maxBuffered)
 	t.mu.Lock()
 	t.pending[ex.id] = ex
 	t.mu.Unlock()
 	return ex
+}
+
+// failWorker fails every pending exchange that worker had acknowledged.
+func (t *transport) failWorker(worker string, err error) int {
+	n := 0
+	t.mu.RLock()
+	for _, ex := range t.pending {
+		if ex.workerID() == worker {
+			ex.fail(err)
+			n++
+		}
+	}
+	t.mu.RUnlock()
+	return n
 }
 
 func (t *transport) unregister(ex *exchange) {
