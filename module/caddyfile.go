@@ -39,6 +39,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    max_buffered_reply <size>
 //	    reply_window       <size>           # credit per request on the control channel
 //	    pattern            <path>
+//	    max_inflight       <n>              # per pool; past it wait queue_timeout, then 503
+//	    queue_timeout      <duration>
 //	    retries            <n>              # idempotent requests whose worker was lost
 //	    heartbeat          <duration>|off
 //
@@ -86,7 +88,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			case "pattern":
 				h.Pattern = v
 			}
-		case "reply_timeout", "stream_timeout", "heartbeat":
+		case "reply_timeout", "stream_timeout", "heartbeat", "queue_timeout":
 			if !d.NextArg() {
 				return d.ArgErr()
 			}
@@ -106,6 +108,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.StreamTimeout = caddy.Duration(dur)
 			case "heartbeat":
 				h.Heartbeat = caddy.Duration(dur)
+			case "queue_timeout":
+				h.QueueTimeout = caddy.Duration(dur)
 			}
 		case "max_request_body", "max_buffered_reply", "reply_window":
 			if !d.NextArg() {
@@ -123,6 +127,15 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			case "reply_window":
 				h.ReplyWindow = size
 			}
+		case "max_inflight":
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			n, err := strconv.Atoi(d.Val())
+			if err != nil || n < 1 {
+				return d.Errf("bad max_inflight %q", d.Val())
+			}
+			h.MaxInflight = n
 		case "retries":
 			if !d.NextArg() {
 				return d.ArgErr()

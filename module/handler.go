@@ -61,7 +61,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		}
 		err := h.exchange(w, r, st, p, body)
 		switch {
-		case errors.Is(err, errNoWorker), errors.Is(err, errQueueFull):
+		case errors.Is(err, errNoWorker), errors.Is(err, errQueueFull), errors.Is(err, errBusy):
 			tried |= 1 << h.poolIndex(p)
 			lastErr = err
 			continue
@@ -75,6 +75,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 				continue
 			}
 			return h.fail(w, r, http.StatusBadGateway, err)
+		case err != nil && r.Context().Err() != nil && errors.Is(err, r.Context().Err()):
+			return nil // the client left while queued
 		}
 		return err
 	}
@@ -102,6 +104,10 @@ func (h *Handler) poolIndex(p *poolRuntime) int {
 // errNoWorker or errQueueFull, with nothing written, when the pool could
 // not take the request.
 func (h *Handler) exchange(w http.ResponseWriter, r *http.Request, st *requestState, p *poolRuntime, body []byte) error {
+	if err := p.acquire(r, time.Duration(h.QueueTimeout)); err != nil {
+		return err
+	}
+	defer p.release()
 	t := p.transport
 	ex := t.register(int(h.MaxBufferedReply))
 	defer t.unregister(ex)

@@ -36,6 +36,8 @@ const (
 	DefaultMaxBufferedReply = 64 << 20
 	DefaultHeartbeat        = 200 * time.Millisecond
 	DefaultReplyWindow      = 1 << 20
+	DefaultMaxInflight      = 10000
+	DefaultQueueTimeout     = 5 * time.Second
 	minReplyWindow          = 256 << 10
 )
 
@@ -108,6 +110,16 @@ type Handler struct {
 	// queued frames). Default: 64 MiB.
 	MaxBufferedReply int64 `json:"max_buffered_reply,omitempty"`
 
+	// MaxInflight bounds the requests in flight per pool (streams
+	// included). Past it a request waits up to QueueTimeout for a slot,
+	// then gets 503, so a flood cannot grow memory without bound. Default:
+	// 10000.
+	MaxInflight int `json:"max_inflight,omitempty"`
+
+	// QueueTimeout is how long a request waits for an in-flight slot.
+	// Default: 5s.
+	QueueTimeout caddy.Duration `json:"queue_timeout,omitempty"`
+
 	// Retries is how many times an idempotent request (GET, HEAD, OPTIONS,
 	// TRACE, PUT, DELETE) is sent again when the worker that took it is
 	// lost before its reply starts (control channel liveness). Other
@@ -176,6 +188,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.MaxBufferedReply == 0 {
 		h.MaxBufferedReply = DefaultMaxBufferedReply
 	}
+	if h.MaxInflight == 0 {
+		h.MaxInflight = DefaultMaxInflight
+	}
+	if h.QueueTimeout == 0 {
+		h.QueueTimeout = caddy.Duration(DefaultQueueTimeout)
+	}
 	if h.Retries == 0 {
 		h.Retries = 1
 	}
@@ -227,7 +245,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			return fmt.Errorf("zmq: pool %s: %w", p.Name, err)
 		}
 		t := val.(*transport)
-		pr := &poolRuntime{Pool: p, transport: t, poolKey: key, upstream: &reverseproxy.Upstream{Dial: p.Name}}
+		pr := &poolRuntime{Pool: p, transport: t, poolKey: key, upstream: &reverseproxy.Upstream{Dial: p.Name},
+			slots: make(chan struct{}, h.MaxInflight)}
 		h.pools = append(h.pools, pr)
 		h.poolsByDial[p.Name] = pr
 		// The sockets outlive this config: what is fixed in them cannot
@@ -259,6 +278,9 @@ func (h *Handler) Validate() error {
 
 	if h.ReplyTimeout < 0 || h.StreamTimeout < 0 {
 		return fmt.Errorf("zmq: timeouts must not be negative")
+	}
+	if h.MaxInflight < 0 || h.QueueTimeout < 0 {
+		return fmt.Errorf("zmq: max_inflight and queue_timeout must not be negative")
 	}
 	if h.MaxRequestBody < 0 || h.MaxBufferedReply < 0 {
 		return fmt.Errorf("zmq: size limits must not be negative")

@@ -1,8 +1,10 @@
 package caddyzmq
 
 import (
+	"errors"
 	"fmt"
 	"net/http"
+	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
 )
@@ -35,7 +37,32 @@ type poolRuntime struct {
 	transport *transport
 	poolKey   string
 	upstream  *reverseproxy.Upstream
+	// slots holds one token per request in flight (max_inflight).
+	slots chan struct{}
 }
+
+var errBusy = errors.New("max_inflight requests are in flight and none finished within queue_timeout")
+
+// acquire takes an in-flight slot, waiting up to wait.
+func (p *poolRuntime) acquire(r *http.Request, wait time.Duration) error {
+	select {
+	case p.slots <- struct{}{}:
+		return nil
+	default:
+	}
+	timer := time.NewTimer(wait)
+	defer timer.Stop()
+	select {
+	case p.slots <- struct{}{}:
+		return nil
+	case <-timer.C:
+		return errBusy
+	case <-r.Context().Done():
+		return r.Context().Err()
+	}
+}
+
+func (p *poolRuntime) release() { <-p.slots }
 
 // live reports whether a worker is connected to the pool's request socket.
 func (p *poolRuntime) live() bool { return p.transport.peers.Load() > 0 }

@@ -124,3 +124,32 @@ func TestPoolsConfigErrors(t *testing.T) {
 		cancel()
 	}
 }
+
+func TestMaxInflightQueuesThen503(t *testing.T) {
+	env := newTestEnv(t, func(h *Handler) {
+		h.MaxInflight = 1
+		h.QueueTimeout = caddy.Duration(200 * time.Millisecond)
+		h.ReplyTimeout = caddy.Duration(3 * time.Second)
+	})
+	fw := startFakeWorker(t, env.reqEP, env.repEP, func(r *mongrel2.Request) [][]byte {
+		if r.Path == "/__ready" {
+			return okReply("")
+		}
+		return nil
+	})
+	env.waitForWorker(t)
+	go http.Get(env.srv.URL + "/hang") // holds the only slot until the reply timeout
+	for r := range fw.seen {
+		if r.Path == "/hang" {
+			break
+		}
+	}
+	start := time.Now()
+	code, body := get(t, http.DefaultClient, env.srv.URL+"/second")
+	if code != 503 {
+		t.Fatalf("status %d %q, want 503", code, body)
+	}
+	if d := time.Since(start); d < 150*time.Millisecond {
+		t.Fatalf("503 after %s: the request did not wait for a slot", d)
+	}
+}
