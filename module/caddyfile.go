@@ -50,6 +50,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	        request_endpoint <endpoint>
 //	        reply_endpoint   <endpoint>
 //	        control_endpoint <endpoint>
+//	        # or: workers bind, Caddy connects (one line per worker)
+//	        to <worker_request_endpoint> <worker_reply_endpoint>
 //	    }
 //	    lb_policy <name> [<options...>]
 //	}
@@ -186,6 +188,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //	    request_endpoint <endpoint>
 //	    reply_endpoint   <endpoint>
 //	    control_endpoint <endpoint>
+//	    to <worker_request_endpoint> <worker_reply_endpoint>   # repeatable
 //	}
 func unmarshalPool(d *caddyfile.Dispenser) (Pool, error) {
 	var p Pool
@@ -214,6 +217,12 @@ func unmarshalPool(d *caddyfile.Dispenser) (Pool, error) {
 			p.ReplyEndpoint = d.Val()
 		case "control_endpoint":
 			p.ControlEndpoint = d.Val()
+		case "to":
+			req := d.Val()
+			if !d.NextArg() {
+				return p, d.Errf("to: expected <worker_request_endpoint> <worker_reply_endpoint>")
+			}
+			p.Workers = append(p.Workers, WorkerEndpoints{RequestEndpoint: req, ReplyEndpoint: d.Val()})
 		default:
 			return p, d.Errf("unknown pool option %q", opt)
 		}

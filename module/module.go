@@ -177,7 +177,8 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		}
 	}
 	if h.SenderID == "" {
-		h.SenderID = DefaultSenderID(h.Pools[0].RequestEndpoint, h.Pools[0].ReplyEndpoint)
+		p := h.Pools[0]
+		h.SenderID = DefaultSenderID(p.RequestEndpoint+p.connectSpec(), p.ReplyEndpoint)
 	}
 	if h.ReplyTimeout == 0 {
 		h.ReplyTimeout = caddy.Duration(DefaultReplyTimeout)
@@ -230,6 +231,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		cfg := transportConfig{
 			requestEndpoint: p.RequestEndpoint,
 			replyEndpoint:   p.ReplyEndpoint,
+			connect:         p.connectSpec(),
 			controlEndpoint: p.ControlEndpoint,
 			sender:          h.SenderID,
 			heartbeat:       max(time.Duration(h.Heartbeat), 0),

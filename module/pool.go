@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net/http"
+	"strings"
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
@@ -29,6 +30,30 @@ type Pool struct {
 	// ControlEndpoint is where Caddy binds this pool's control-channel
 	// ROUTER (see Handler.ControlEndpoint). Default: off.
 	ControlEndpoint string `json:"control_endpoint,omitempty"`
+
+	// Workers turns the topology around, reverse_proxy style: each worker
+	// BINDS its own request (PULL) and reply (PUB) endpoints and Caddy
+	// CONNECTs to all of them; PUSH balances across the connected ones.
+	// When set, RequestEndpoint and ReplyEndpoint must be empty. Adding or
+	// removing a worker is a config reload. Default: none (workers connect).
+	Workers []WorkerEndpoints `json:"workers,omitempty"`
+}
+
+// WorkerEndpoints are the endpoints one binding worker listens on.
+type WorkerEndpoints struct {
+	// RequestEndpoint is where the worker binds its PULL socket.
+	RequestEndpoint string `json:"request_endpoint"`
+	// ReplyEndpoint is where the worker binds its PUB socket.
+	ReplyEndpoint string `json:"reply_endpoint"`
+}
+
+// connectSpec flattens Workers for transportConfig.
+func (p Pool) connectSpec() string {
+	parts := make([]string, len(p.Workers))
+	for i, w := range p.Workers {
+		parts[i] = w.RequestEndpoint + " " + w.ReplyEndpoint
+	}
+	return strings.Join(parts, ";")
 }
 
 // poolRuntime is a provisioned pool.
@@ -104,6 +129,21 @@ func (h *Handler) validatePools() error {
 	}
 	seen := map[string]bool{}
 	for i, p := range h.Pools {
+		if seen[p.Name] {
+			return fmt.Errorf("zmq: duplicate pool name %q", p.Name)
+		}
+		if len(p.Workers) > 0 {
+			seen[p.Name] = true
+			if p.RequestEndpoint != "" || p.ReplyEndpoint != "" || p.ControlEndpoint != "" {
+				return fmt.Errorf("zmq: pool %s: set either workers (Caddy connects) or endpoints (Caddy binds), not both", p.Name)
+			}
+			for _, w := range p.Workers {
+				if w.RequestEndpoint == "" || w.ReplyEndpoint == "" || strings.ContainsAny(w.RequestEndpoint+w.ReplyEndpoint, " ;") {
+					return fmt.Errorf("zmq: pool %s: each worker needs a request and a reply endpoint", p.Name)
+				}
+			}
+			continue
+		}
 		if p.RequestEndpoint == "" || p.ReplyEndpoint == "" {
 			return fmt.Errorf("zmq: pool %d (%s) needs request_endpoint and reply_endpoint", i, p.Name)
 		}

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	zmq "github.com/pebbe/zmq4"
 
 	"github.com/zmqbridge/caddy-zmq/workerkit/mongrel2"
 )
@@ -152,4 +153,78 @@ func TestMaxInflightQueuesThen503(t *testing.T) {
 	if d := time.Since(start); d < 150*time.Millisecond {
 		t.Fatalf("503 after %s: the request did not wait for a slot", d)
 	}
+}
+
+// TestWorkersBindCaddyConnects: the reverse_proxy-style topology, where each
+// worker binds and Caddy connects to the list.
+func TestWorkersBindCaddyConnects(t *testing.T) {
+	dir := t.TempDir()
+	var workers []WorkerEndpoints
+	for i := range 2 {
+		we := WorkerEndpoints{
+			RequestEndpoint: "ipc://" + filepath.Join(dir, fmt.Sprintf("w%d-req", i)),
+			ReplyEndpoint:   "ipc://" + filepath.Join(dir, fmt.Sprintf("w%d-rep", i)),
+		}
+		workers = append(workers, we)
+		startBindingWorker(t, we, fmt.Sprintf("w%d", i))
+	}
+	h := &Handler{ReplyTimeout: caddy.Duration(2 * time.Second), Pools: []Pool{{Name: "binders", Workers: workers}}}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	if err := h.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	defer h.Cleanup()
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { h.ServeHTTP(w, r, nil) }))
+	defer srv.Close()
+	seen := map[string]bool{}
+	deadline := time.Now().Add(10 * time.Second)
+	for len(seen) < 2 && time.Now().Before(deadline) {
+		if code, body := get(t, http.DefaultClient, srv.URL); code == 200 {
+			seen[body] = true
+		}
+	}
+	if len(seen) < 2 {
+		t.Fatalf("answers came from %v, want both binding workers", seen)
+	}
+}
+
+// startBindingWorker is a fake Mongrel2 handler that binds PULL and PUB.
+func startBindingWorker(t *testing.T, we WorkerEndpoints, name string) {
+	t.Helper()
+	stop, done := make(chan struct{}), make(chan struct{})
+	ready := make(chan error, 1)
+	go func() {
+		defer close(done)
+		pull, _ := zmq.NewSocket(zmq.PULL)
+		pub, _ := zmq.NewSocket(zmq.PUB)
+		defer pull.Close()
+		defer pub.Close()
+		pull.SetLinger(0)
+		pub.SetLinger(0)
+		pull.SetRcvtimeo(20 * time.Millisecond)
+		if err := firstErr(pub.Bind(we.ReplyEndpoint), pull.Bind(we.RequestEndpoint)); err != nil {
+			ready <- err
+			return
+		}
+		ready <- nil
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			msg, err := pull.RecvBytes(0)
+			if err != nil {
+				continue
+			}
+			if req, err := mongrel2.ParseRequest(msg); err == nil && !req.IsDisconnect() {
+				pub.SendBytes(mongrel2.AppendReplyOne(nil, req.Sender, req.ConnID, okReply(name)[0]), 0)
+			}
+		}
+	}()
+	if err := <-ready; err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { close(stop); <-done })
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -44,6 +45,9 @@ var (
 type transportConfig struct {
 	requestEndpoint string
 	replyEndpoint   string
+	// connect, when set, makes Caddy CONNECT to workers that bind (one
+	// request and one reply endpoint each) instead of binding itself.
+	connect         string // "req rep;req rep;..." (a string keeps the struct comparable)
 	controlEndpoint string
 	sender          string
 	heartbeat       time.Duration
@@ -53,7 +57,28 @@ type transportConfig struct {
 // Settings that do not change sockets live on the handler, so a reload may
 // change them freely.
 func (c transportConfig) key() string {
+	if c.connect != "" {
+		return "connect|" + c.connect
+	}
 	return c.requestEndpoint + "|" + c.replyEndpoint
+}
+
+// attach binds the socket to endpoint, or, in connect mode, connects it to
+// the endpoint of each worker (which = 0 request, 1 reply).
+func (c transportConfig) attach(sock *zmq.Socket, endpoint string, which int) error {
+	if c.connect == "" {
+		if err := sock.Bind(endpoint); err != nil {
+			return fmt.Errorf("binding %s: %w", endpoint, err)
+		}
+		return nil
+	}
+	for _, pair := range strings.Split(c.connect, ";") {
+		eps := strings.Fields(pair)
+		if err := sock.Connect(eps[which]); err != nil {
+			return fmt.Errorf("connecting to worker endpoint %s: %w", eps[which], err)
+		}
+	}
+	return nil
 }
 
 // outMsg is one frame for the request socket. ex is nil for notices that
@@ -185,8 +210,16 @@ func (t *transport) runSender(zctx *zmq.Context, ready chan<- error) {
 		return
 	}
 	defer func() { <-monDone }()
-	if err := sock.Bind(t.cfg.requestEndpoint); err != nil {
-		ready <- fmt.Errorf("binding request endpoint %s: %w", t.cfg.requestEndpoint, err)
+	if t.cfg.connect != "" {
+		// Queue only toward workers whose connection is up, so that with
+		// none up the send fails at once (503) instead of waiting.
+		if err := sock.SetImmediate(true); err != nil {
+			ready <- fmt.Errorf("configuring request socket: %w", err)
+			return
+		}
+	}
+	if err := t.cfg.attach(sock, t.cfg.requestEndpoint, 0); err != nil {
+		ready <- fmt.Errorf("request socket: %w", err)
 		return
 	}
 	ready <- nil
@@ -259,8 +292,8 @@ func (t *transport) runReceiver(zctx *zmq.Context, ready chan<- error) {
 		ready <- fmt.Errorf("subscribing reply socket: %w", err)
 		return
 	}
-	if err := sock.Bind(t.cfg.replyEndpoint); err != nil {
-		ready <- fmt.Errorf("binding reply endpoint %s: %w", t.cfg.replyEndpoint, err)
+	if err := t.cfg.attach(sock, t.cfg.replyEndpoint, 1); err != nil {
+		ready <- fmt.Errorf("reply socket: %w", err)
 		return
 	}
 	ready <- nil
