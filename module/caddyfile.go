@@ -41,6 +41,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    pattern            <path>
 //	    max_inflight       <n>              # per pool; past it wait queue_timeout, then 503
 //	    queue_timeout      <duration>
+//	    affinity           cookie|header <name> [<ttl>]   # pin sessions to one worker
 //	    retries            <n>              # idempotent requests whose worker was lost
 //	    heartbeat          <duration>|off
 //
@@ -138,6 +139,19 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("bad max_inflight %q", d.Val())
 			}
 			h.MaxInflight = n
+		case "affinity":
+			args := d.RemainingArgs()
+			if len(args) < 2 || len(args) > 3 {
+				return d.Errf("affinity: expected cookie|header <name> [<ttl>]")
+			}
+			h.Affinity = &Affinity{Source: args[0], Name: args[1]}
+			if len(args) == 3 {
+				h.Affinity.TTL = args[2]
+			}
+			if err := h.Affinity.validate(); err != nil {
+				return d.Err(err.Error())
+			}
+			continue
 		case "retries":
 			if !d.NextArg() {
 				return d.ArgErr()

@@ -87,6 +87,13 @@ func (c *controlPlane) credit(worker string, id uint64, n int) {
 	c.send(worker, p)
 }
 
+// sendRequest addresses a request frame to one worker (session affinity).
+func (c *controlPlane) sendRequest(worker string, frame []byte) {
+	p := make([]byte, 0, len(frame)+4)
+	p = append(p, "REQ "...)
+	c.send(worker, append(p, frame...))
+}
+
 func (c *controlPlane) disconnect(worker string, id uint64) {
 	p := append([]byte("DISCONNECT "), strconv.AppendUint(nil, id, 10)...)
 	c.send(worker, p)
@@ -115,6 +122,12 @@ func (c *controlPlane) run(zctx *zmq.Context, ready chan<- error, quit <-chan st
 	}
 	// Unroutable messages (a worker that left) fail instead of vanishing.
 	if err := router.SetRouterMandatory(1); err != nil {
+		ready <- err
+		return
+	}
+	// A worker that reconnects under its id takes the route over at once,
+	// even while libzmq still holds its old connection.
+	if err := router.SetRouterHandover(true); err != nil {
 		ready <- err
 		return
 	}
@@ -209,11 +222,35 @@ func (c *controlPlane) relay(pair, router *zmq.Socket) {
 			return
 		}
 		if _, err := router.SendBytes(id, zmq.SNDMORE|zmq.DONTWAIT); err != nil {
-			// EHOSTUNREACH: the worker is gone; its requests time out or
-			// are failed by liveness.
+			// EHOSTUNREACH: the worker is gone. A request addressed to it
+			// goes back to load balancing; other messages are moot.
+			c.undeliverable(payload)
 			continue
 		}
-		_, _ = router.SendBytes(payload, zmq.DONTWAIT)
+		if _, err := router.SendBytes(payload, zmq.DONTWAIT); err != nil {
+			c.undeliverable(payload)
+		}
+	}
+}
+
+// undeliverable fails the exchange of a REQ that could not be routed.
+func (c *controlPlane) undeliverable(payload []byte) {
+	frame, ok := bytes.CutPrefix(payload, []byte("REQ "))
+	if !ok {
+		return
+	}
+	// "UUID CONNID ..."
+	_, rest, _ := bytes.Cut(frame, []byte{' '})
+	idBytes, _, _ := bytes.Cut(rest, []byte{' '})
+	id, ok := mongrel2.ParseUint(idBytes)
+	if !ok {
+		return
+	}
+	c.t.mu.RLock()
+	ex := c.t.pending[id]
+	c.t.mu.RUnlock()
+	if ex != nil {
+		ex.fail(errPinnedGone)
 	}
 }
 
@@ -290,19 +327,27 @@ var errWorkerLost = errors.New("the worker that took the request went silent (de
 // sweep forgets workers silent for workerDeadAfter and fails the requests
 // they had taken, so that clients hear at once rather than at the timeout.
 func (c *controlPlane) sweep(now time.Time) {
-	var lost []string
+	type gone struct {
+		id      string
+		drained bool
+	}
+	var lost []gone
 	c.mu.Lock()
 	for id, wi := range c.workers {
 		if now.Sub(wi.lastSeen) > workerDeadAfter {
-			lost = append(lost, id)
+			lost = append(lost, gone{id, wi.draining})
 			delete(c.workers, id)
 		}
 	}
 	c.mu.Unlock()
-	for _, id := range lost {
-		n := c.t.failWorker(id, errWorkerLost)
+	for _, g := range lost {
+		n := c.t.failWorker(g.id, errWorkerLost)
+		if g.drained && n == 0 {
+			c.logger.Info("worker left after draining", zap.String("worker", g.id))
+			continue
+		}
 		c.logger.Warn("worker lost: no control message within the liveness bound",
-			zap.String("worker", id), zap.Duration("bound", workerDeadAfter), zap.Int("requests_failed", n))
+			zap.String("worker", g.id), zap.Duration("bound", workerDeadAfter), zap.Int("requests_failed", n))
 	}
 }
 

@@ -65,6 +65,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 			tried |= 1 << h.poolIndex(p)
 			lastErr = err
 			continue
+		case errors.Is(err, errPinnedGone):
+			continue // nothing was delivered: balance it like a first request
 		case errors.Is(err, errWorkerLost):
 			// The worker took the request and vanished before answering.
 			// Repeating is only safe where the method says so.
@@ -118,7 +120,29 @@ func (h *Handler) exchange(w http.ResponseWriter, r *http.Request, st *requestSt
 	h.encodeHeaders(&st.enc, r, path, len(body), ip, p.ControlEndpoint != "")
 	buf := getBuf()
 	*buf = mongrel2.AppendRequest(*buf, h.SenderID, string(connID), path, st.enc.Bytes(), body)
-	if err := t.submit(buf, ex); err != nil {
+
+	// Session affinity: address the worker that holds the session, if it
+	// lives; otherwise balance and pin whoever acknowledges.
+	var session string
+	if h.Affinity != nil && t.control != nil {
+		if session = h.Affinity.sessionKey(r); session != "" {
+			defer func() {
+				if wk := ex.workerID(); wk != "" {
+					t.pins.set(session, wk)
+				}
+			}()
+		}
+	}
+	pinned := ""
+	if session != "" {
+		if pinned = t.pins.get(session); pinned != "" && !t.control.isLive(pinned) {
+			pinned = ""
+		}
+	}
+	if pinned != "" {
+		t.control.sendRequest(pinned, *buf)
+		putBuf(buf)
+	} else if err := t.submit(buf, ex); err != nil {
 		return err
 	}
 
@@ -173,6 +197,9 @@ func (h *Handler) exchange(w http.ResponseWriter, r *http.Request, st *requestSt
 			switch {
 			case rr.headDone:
 				h.abort(w, r, t, ex, xerr)
+			case errors.Is(xerr, errPinnedGone):
+				t.pins.forget(session)
+				return xerr // the caller sends it again, balanced
 			case errors.Is(xerr, errNoWorker), errors.Is(xerr, errWorkerLost):
 				return xerr // the caller tries another pool, or retries
 			case errors.Is(xerr, errStopped):

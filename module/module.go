@@ -81,6 +81,11 @@ type Handler struct {
 	// address is the pool name. Default: random.
 	SelectionPolicyRaw json.RawMessage `json:"lb_policy,omitempty" caddy:"namespace=http.reverse_proxy.selection_policies inline_key=policy"`
 
+	// Affinity pins the requests of one session, named by a cookie or a
+	// header, to one worker process while it lives (control channel
+	// required). Default: off.
+	Affinity *Affinity `json:"affinity,omitempty"`
+
 	// SenderID is the UUID that tags every request and that replies must
 	// carry (Mongrel2's send_ident; Caddy subscribes to exactly it). Give
 	// each front end of a cluster its own. Default: derived from the host
@@ -247,6 +252,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			return fmt.Errorf("zmq: pool %s: %w", p.Name, err)
 		}
 		t := val.(*transport)
+		if h.Affinity != nil && h.Affinity.TTL != "" {
+			ttl, _ := time.ParseDuration(h.Affinity.TTL)
+			t.pins.mu.Lock()
+			t.pins.ttl = ttl
+			t.pins.mu.Unlock()
+		}
 		pr := &poolRuntime{Pool: p, transport: t, poolKey: key, upstream: &reverseproxy.Upstream{Dial: p.Name},
 			slots: make(chan struct{}, h.MaxInflight)}
 		h.pools = append(h.pools, pr)
@@ -273,6 +284,16 @@ func (h *Handler) Validate() error {
 	}
 	if err := h.validatePools(); err != nil {
 		return err
+	}
+	if h.Affinity != nil {
+		if err := h.Affinity.validate(); err != nil {
+			return err
+		}
+		for _, p := range h.Pools {
+			if p.ControlEndpoint == "" {
+				return fmt.Errorf("zmq: affinity needs a control_endpoint on every pool (pool %s has none)", p.Name)
+			}
+		}
 	}
 	if h.ReplyWindow < minReplyWindow {
 		return fmt.Errorf("zmq: reply_window must be at least %d bytes (one reply frame)", minReplyWindow)

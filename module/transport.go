@@ -104,6 +104,9 @@ type transport struct {
 
 	// control is nil unless a control endpoint is configured.
 	control *controlPlane
+	// pins maps sessions to workers (affinity); it lives with the sockets
+	// so that pins survive config reloads.
+	pins *pinTable
 
 	mu      sync.RWMutex
 	pending map[uint64]*exchange
@@ -127,6 +130,7 @@ func newTransport(cfg transportConfig, logger *zap.Logger) (*transport, error) {
 		out:     make(chan outMsg, outQueueSize),
 		quit:    make(chan struct{}),
 		pending: make(map[uint64]*exchange),
+		pins:    newPinTable(defaultAffinityTTL),
 	}
 	// Connection ids start from the clock so that ids never repeat across
 	// restarts of a front end with a stable sender UUID: a late reply meant

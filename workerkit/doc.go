@@ -42,6 +42,63 @@
 //     what it already received, waits for running handlers (up to
 //     Worker.ShutdownTimeout) and then returns.
 //
+// # Control channel
+//
+// A front end that has a control endpoint (the Caddy module's
+// control_endpoint; Mongrel2 has none) is configured with a third endpoint:
+//
+//	workerkit.FrontEnd{Requests: "tcp://127.0.0.1:9997", Replies: "tcp://127.0.0.1:9996", Control: "tcp://127.0.0.1:9995"}
+//	-frontend tcp://127.0.0.1:9997,tcp://127.0.0.1:9996,tcp://127.0.0.1:9995
+//
+// The worker then connects one more socket (a DEALER whose identity is
+// Worker.ID) to it and speaks the zmqx/1 extension:
+//
+//   - HELLO <max_concurrent> when the connection comes up, HB every 250 ms
+//     (the front end knows at once when a worker dies or freezes), and BYE
+//     when the worker starts draining.
+//   - For every request that carries ZMQX_WINDOW (the front end sets it when
+//     its control channel is on), the worker sends ACK <conn_id> before the
+//     handler runs, so the front end knows who holds the request.
+//   - DISCONNECT <conn_id> cancels that request's context, as the Mongrel2
+//     notice does.
+//   - Reply flow control: the reply of a windowed request may have at most
+//     the window (ZMQX_WINDOW bytes) sent and not yet written to the client.
+//     Before each reply message the response writer waits for enough credit,
+//     which the front end grants (CREDIT <conn_id> <bytes>) as the client
+//     reads. A handler writing a huge body to a slow client blocks in Write
+//     instead of filling the worker's memory, and Write or Flush fail as soon
+//     as the client goes away. If the control connection breaks, the waiting
+//     replies go on without flow control (no more credit could come).
+//   - If the control connection is not up when a windowed request arrives
+//     (the first instant after startup, or a front end restarting), the
+//     request is served without ACK and flow control, as by a worker
+//     without control channel; the worker waits up to a second for it before
+//     it takes its first requests from a front end.
+//
+// # Groups: one message to many clients
+//
+// Server-sent events, long polls and live feeds send the same bytes to many
+// clients. A handler hands its response to a Group with Group.Join and
+// returns; the response stays open, holds no handler slot, and receives
+// every Group.Broadcast. The worker sends one reply frame per front end and
+// 128 clients (Mongrel2's multi-connection reply), not one per client:
+//
+//	var feed workerkit.Group
+//
+//	mux.HandleFunc("GET /events", func(w http.ResponseWriter, r *http.Request) {
+//		w.Header().Set("Content-Type", "text/event-stream")
+//		io.WriteString(w, ": joined\n\n")
+//		feed.Join(w, r)
+//	})
+//	mux.HandleFunc("POST /send", func(w http.ResponseWriter, r *http.Request) {
+//		msg, _ := io.ReadAll(r.Body)
+//		feed.Broadcast([]byte("data: " + string(msg) + "\n\n"))
+//	})
+//
+// Members leave when their clients go away; Group.Close and worker shutdown
+// end their responses properly, so that EventSource clients reconnect
+// (possibly to another worker). See examples/chat.
+//
 // Not supported: WebSocket (answered 501), Mongrel2's upload streaming and
 // HTTP trailers.
 package workerkit

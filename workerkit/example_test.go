@@ -41,3 +41,28 @@ func ExampleWorker_Serve() {
 		log.Fatal(err)
 	}
 }
+
+// Server-sent events with a Group: the handler joins and returns, and every
+// Broadcast reaches every listener, one reply frame per 128 of them.
+func ExampleGroup() {
+	var listeners workerkit.Group
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /events", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/event-stream")
+		w.Header().Set("Cache-Control", "no-cache")
+		io.WriteString(w, ": joined\n\n") // sent with the head: the client sees the stream open
+		if err := listeners.Join(w, r); err != nil {
+			log.Print(err) // the response ends when we return; EventSource reconnects
+		}
+	})
+	go func() {
+		for t := range time.Tick(time.Second) {
+			listeners.Broadcast([]byte("data: " + t.Format(time.RFC3339) + "\n\n"))
+		}
+	}()
+	log.Fatal(workerkit.Serve(mux, workerkit.FrontEnd{
+		Requests: "tcp://127.0.0.1:9997",
+		Replies:  "tcp://127.0.0.1:9996",
+		Control:  "tcp://127.0.0.1:9995", // optional: flow control, liveness, prompt disconnects
+	}))
+}

@@ -16,6 +16,13 @@ type FrontEnd struct {
 	// Replies is the endpoint of the front end's reply socket (SUB, Mongrel2
 	// recv_spec), e.g. tcp://127.0.0.1:9996.
 	Replies string
+	// Control is the endpoint of the front end's control socket (ROUTER,
+	// protocol extension zmqx/1), e.g. tcp://127.0.0.1:9995. Empty: no
+	// control channel, which is what Mongrel2 and a front end without
+	// control_endpoint need. With it the worker reports liveness, learns at
+	// once when a client goes away, and paces large replies to the speed of
+	// each client (see the package documentation).
+	Control string
 }
 
 // DefaultFrontEnd is the endpoint pair used by Mongrel2's examples and by the
@@ -28,16 +35,30 @@ var DefaultFrontEnd = FrontEnd{
 
 // String returns the form ParseFrontEnd accepts, so a FrontEnd round-trips
 // through flags and configuration files.
-func (f FrontEnd) String() string { return f.Requests + "," + f.Replies }
-
-// ParseFrontEnd parses "tcp://host:9997,tcp://host:9996" (requests,replies):
-// one flag or environment variable then describes a whole front end.
-func ParseFrontEnd(s string) (FrontEnd, error) {
-	req, rep, ok := strings.Cut(s, ",")
-	if !ok || strings.Contains(rep, ",") {
-		return FrontEnd{}, errors.New("workerkit: front end " + strconv.Quote(s) + ": want REQUESTS,REPLIES (two endpoints separated by a comma)")
+func (f FrontEnd) String() string {
+	if f.Control == "" {
+		return f.Requests + "," + f.Replies
 	}
-	f := FrontEnd{Requests: strings.TrimSpace(req), Replies: strings.TrimSpace(rep)}
+	return f.Requests + "," + f.Replies + "," + f.Control
+}
+
+// ParseFrontEnd parses "tcp://host:9997,tcp://host:9996" (requests,replies)
+// or "tcp://host:9997,tcp://host:9996,tcp://host:9995"
+// (requests,replies,control): one flag or environment variable then
+// describes a whole front end.
+func ParseFrontEnd(s string) (FrontEnd, error) {
+	parts := strings.Split(s, ",")
+	if len(parts) != 2 && len(parts) != 3 {
+		return FrontEnd{}, errors.New("workerkit: front end " + strconv.Quote(s) +
+			": want REQUESTS,REPLIES or REQUESTS,REPLIES,CONTROL (endpoints separated by commas)")
+	}
+	f := FrontEnd{Requests: strings.TrimSpace(parts[0]), Replies: strings.TrimSpace(parts[1])}
+	if len(parts) == 3 {
+		f.Control = strings.TrimSpace(parts[2])
+		if f.Control == "" {
+			return FrontEnd{}, errors.New("workerkit: front end " + strconv.Quote(s) + ": empty control endpoint")
+		}
+	}
 	if err := f.validate(); err != nil {
 		return FrontEnd{}, err
 	}
@@ -50,6 +71,11 @@ func (f FrontEnd) validate() error {
 	}
 	if err := checkEndpoint(f.Replies); err != nil {
 		return errors.New("workerkit: replies endpoint: " + err.Error())
+	}
+	if f.Control != "" {
+		if err := checkEndpoint(f.Control); err != nil {
+			return errors.New("workerkit: control endpoint: " + err.Error())
+		}
 	}
 	return nil
 }
@@ -100,7 +126,8 @@ func checkEndpoint(e string) error {
 }
 
 // FrontEndList is a flag.Value collecting repeated -frontend flags, so every
-// worker binary spells front ends the same way.
+// worker binary spells front ends the same way. FrontEndUsage describes the
+// flag's value for its help text.
 type FrontEndList []FrontEnd
 
 // String lists the front ends in the form Set accepts.
@@ -114,6 +141,11 @@ func (l *FrontEndList) String() string {
 	}
 	return strings.Join(parts, " ")
 }
+
+// FrontEndUsage is the help text of a -frontend flag backed by FrontEndList.
+const FrontEndUsage = "front end `REQUESTS,REPLIES[,CONTROL]` endpoints, e.g. " +
+	"tcp://127.0.0.1:9997,tcp://127.0.0.1:9996,tcp://127.0.0.1:9995 (repeatable; default " +
+	"tcp://127.0.0.1:9997,tcp://127.0.0.1:9996)"
 
 // Set adds one front end; it is what makes the flag repeatable.
 func (l *FrontEndList) Set(s string) error {

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/http"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
@@ -33,6 +34,8 @@ type testFE struct {
 	zctx    *zmq.Context
 	push    *zmq.Socket
 	sub     *zmq.Socket
+	ctl     *zmq.Socket // ROUTER, with newTestFECtl
+	ctlLog  []ctlMsg    // every control message received, in order
 	fe      FrontEnd
 	sender  string
 	pending map[string][][]byte // reply bodies for connections nobody asked about yet
@@ -58,6 +61,27 @@ func newTestFESender(t testing.TB, sender string) *testFE {
 	t.Cleanup(f.close)
 	return f
 }
+
+// newTestFECtl is newTestFE with a control channel: a ROUTER bound as the
+// module binds it (ROUTER_MANDATORY on).
+func newTestFECtl(t testing.TB) *testFE {
+	t.Helper()
+	f := newTestFE(t)
+	f.bindCtl("")
+	f.fe.Control, _ = f.ctl.GetLastEndpoint()
+	return f
+}
+
+func (f *testFE) bindCtl(ep string) {
+	f.ctl = f.bind(zmq.ROUTER, ep)
+	must(f.t, f.ctl.SetRouterMandatory(1))
+}
+
+// closeCtl closes the control socket, as a front end that stops would.
+func (f *testFE) closeCtl() { must(f.t, f.ctl.Close()); f.ctl = nil }
+
+// rebindCtl binds a new control socket on the same endpoint.
+func (f *testFE) rebindCtl() { f.bindCtl(f.fe.Control) }
 
 func (f *testFE) bind(typ zmq.Type, ep string) *zmq.Socket {
 	f.t.Helper()
@@ -97,6 +121,9 @@ func (f *testFE) close() {
 	f.closed = true
 	_ = f.push.Close()
 	_ = f.sub.Close()
+	if f.ctl != nil {
+		_ = f.ctl.Close()
+	}
 	_ = f.zctx.Term()
 }
 
@@ -172,6 +199,102 @@ func (f *testFE) next(conn string, timeout time.Duration) ([]byte, error) {
 	}
 }
 
+// ctlMsg is one control message as the front end's ROUTER sees it.
+type ctlMsg struct {
+	id   string // the worker's identity
+	body string
+	at   time.Time
+}
+
+// ctlRecv returns the next control message.
+func (f *testFE) ctlRecv(timeout time.Duration) (ctlMsg, error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		left := time.Until(deadline)
+		if left <= 0 {
+			return ctlMsg{}, errNoReply
+		}
+		// Keep the SUB attaching new peers meanwhile (see send).
+		_, _ = f.sub.GetEvents()
+		must(f.t, f.ctl.SetRcvtimeo(min(left, 20*time.Millisecond)))
+		parts, err := f.ctl.RecvMessage(0)
+		if err != nil {
+			if isEAGAIN(err) {
+				continue
+			}
+			return ctlMsg{}, err
+		}
+		if len(parts) != 2 {
+			return ctlMsg{}, fmt.Errorf("control message with %d frames: %q", len(parts), parts)
+		}
+		m := ctlMsg{id: parts[0], body: parts[1], at: time.Now()}
+		f.ctlLog = append(f.ctlLog, m)
+		return m, nil
+	}
+}
+
+// ctlWait returns the next control message for which match is true,
+// skipping others (heartbeats).
+func (f *testFE) ctlWait(what string, match func(ctlMsg) bool) ctlMsg {
+	f.t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	for {
+		m, err := f.ctlRecv(time.Until(deadline))
+		if err != nil {
+			f.t.Fatalf("waiting for control message %s: %v (seen %v)", what, err, f.ctlLog)
+		}
+		if match(m) {
+			return m
+		}
+	}
+}
+
+// ctlWaitBody waits for a control message with exactly this body.
+func (f *testFE) ctlWaitBody(body string) ctlMsg {
+	f.t.Helper()
+	return f.ctlWait(strconv.Quote(body), func(m ctlMsg) bool { return m.body == body })
+}
+
+// ctlSend sends one control message to the worker with identity id.
+func (f *testFE) ctlSend(id, body string) {
+	f.t.Helper()
+	if _, err := f.ctl.SendMessage(id, body); err != nil {
+		f.t.Fatalf("control send %q to %q: %v", body, id, err)
+	}
+}
+
+// recvFrame returns the next reply frame, whatever connections it names.
+// Group tests read frames with it; it bypasses the per-connection queue of
+// next.
+func (f *testFE) recvFrame(timeout time.Duration) (ids []string, body []byte, err error) {
+	deadline := time.Now().Add(timeout)
+	for {
+		left := time.Until(deadline)
+		if left <= 0 {
+			return nil, nil, errNoReply
+		}
+		must(f.t, f.sub.SetRcvtimeo(min(left, 100*time.Millisecond)))
+		msg, err := f.sub.RecvBytes(0)
+		if err != nil {
+			if isEAGAIN(err) {
+				continue
+			}
+			return nil, nil, err
+		}
+		sender, raw, body, err := mongrel2.ParseReply(msg)
+		if err != nil {
+			return nil, nil, fmt.Errorf("bad reply frame %q: %v", printable(msg, 200), err)
+		}
+		if string(sender) != f.sender {
+			return nil, nil, fmt.Errorf("reply for sender %q, want %q", sender, f.sender)
+		}
+		for id, rest := mongrel2.NextID(raw); id != nil; id, rest = mongrel2.NextID(rest) {
+			ids = append(ids, string(id))
+		}
+		return ids, body, nil
+	}
+}
+
 // treq describes a request the test front end sends.
 type treq struct {
 	method  string // default GET
@@ -183,6 +306,7 @@ type treq struct {
 	headers []mongrel2.Field
 	body    string
 	format  mongrel2.HeaderFormat
+	window  string // ZMQX_WINDOW, if not empty
 }
 
 func (f *testFE) frame(conn string, q treq) []byte {
@@ -221,6 +345,9 @@ func (f *testFE) frame(conn string, q treq) []byte {
 	e.Add("PATTERN", "/")
 	e.Add("URL_SCHEME", q.scheme)
 	e.Add("REMOTE_ADDR", q.remote)
+	if q.window != "" {
+		e.Add("ZMQX_WINDOW", q.window)
+	}
 	return mongrel2.AppendRequest(nil, f.sender, conn, path, e.Bytes(), []byte(q.body))
 }
 

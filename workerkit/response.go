@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math"
 	"net/http"
 	"slices"
 	"strconv"
@@ -28,11 +29,15 @@ const (
 	maxPooledFrame = 2 * maxMsgBody
 	// sniffLen is what http.DetectContentType looks at.
 	sniffLen = 512
+	// chunkOverhead bounds the framing of one chunk of at most maxMsgBody
+	// bytes ("40000\r\n" ... "\r\n") plus the last chunk ("0\r\n\r\n").
+	chunkOverhead = 8 + 2 + 2 + 5
 )
 
 var (
 	errClientGone    = errors.New("workerkit: client went away")
 	errWorkerStopped = errors.New("workerkit: worker stopped")
+	errJoined        = errors.New("workerkit: the response has joined a Group; the Group writes it now")
 )
 
 // frame is one reply message on its way to the reply socket's owner. Frames
@@ -59,6 +64,9 @@ type responseWriter struct {
 	ctx    context.Context
 	sender string
 	connID string
+	fl     *flight // nil for responses the handler never saw
+	flow   *flow   // reply credit, nil without flow control
+	prefix int     // bytes of a reply frame before its body
 
 	header http.Header
 	status int
@@ -76,6 +84,7 @@ type responseWriter struct {
 	closeAfter  bool
 	isHEAD      bool
 	http10      bool
+	joined      bool // a Group took the response over
 }
 
 var rwPool = sync.Pool{New: func() any {
@@ -85,6 +94,7 @@ var rwPool = sync.Pool{New: func() any {
 func getResponseWriter(fe *frontEnd, ctx context.Context, sender, connID, method string, major, minor int) *responseWriter {
 	rw := rwPool.Get().(*responseWriter)
 	rw.fe, rw.ctx, rw.sender, rw.connID = fe, ctx, sender, connID
+	rw.prefix = replyPrefixLen(sender, connID)
 	rw.status, rw.cl, rw.written = 0, -1, 0
 	rw.isHEAD = method == http.MethodHead
 	rw.http10 = major < 1 || (major == 1 && minor == 0)
@@ -96,7 +106,7 @@ func (rw *responseWriter) release() {
 	clear(rw.keys)
 	rw.keys = rw.keys[:0]
 	rw.buf = rw.buf[:0]
-	rw.fe, rw.ctx, rw.err = nil, nil, nil
+	rw.fe, rw.ctx, rw.err, rw.fl, rw.flow = nil, nil, nil, nil, nil
 	rw.wroteHeader, rw.headSent, rw.chunked, rw.closeAfter = false, false, false, false
 	rwPool.Put(rw)
 }
@@ -303,6 +313,17 @@ func (rw *responseWriter) emit(a, b []byte, final bool) error {
 		return nil
 	}
 	for {
+		// With flow control, wait for some credit and then send what fits
+		// (see flow): a frame cut to the credit never waits for more.
+		credit := int64(math.MaxInt64)
+		if rw.flow != nil && len(a)+len(b) > 0 {
+			c, err := rw.flow.await(rw.ctx, rw.fe.dead)
+			if err != nil {
+				rw.err = err
+				return err
+			}
+			credit = c
+		}
 		f := getFrame()
 		f.b = mongrel2.AppendReplyOne(f.b, rw.sender, rw.connID, nil)
 		if !rw.headSent {
@@ -310,6 +331,20 @@ func (rw *responseWriter) emit(a, b []byte, final bool) error {
 			rw.headSent = true
 		}
 		n := min(len(a)+len(b), maxMsgBody)
+		if room := credit - int64(len(f.b)-rw.prefix) - chunkOverhead; int64(n) > room {
+			switch {
+			case room > 0:
+				n = int(room)
+			case len(f.b) > rw.prefix:
+				// A large head on a small window leaves no room: this
+				// frame is the head alone (take lets it exceed the credit).
+				n = 0
+			default:
+				// A window too small for the chunk framing (nonsense, but
+				// it must not loop): take waits for the whole window.
+				n = int(min(int64(n), rw.flow.window))
+			}
+		}
 		if n > 0 {
 			if rw.chunked {
 				f.b = strconv.AppendUint(f.b, uint64(n), 16)
@@ -338,12 +373,30 @@ func (rw *responseWriter) emit(a, b []byte, final bool) error {
 	}
 }
 
+// replyPrefixLen is the length of "SENDER LEN:ID, ", what
+// mongrel2.AppendReplyOne writes before the body.
+func replyPrefixLen(sender, connID string) int {
+	n := len(connID)
+	digits := 1
+	for ; n >= 10; n /= 10 {
+		digits++
+	}
+	return len(sender) + 1 + digits + 1 + len(connID) + 1 + 1
+}
+
 // push hands a frame to the reply socket's owner. It blocks while that owner
-// is behind, which is what paces a streaming handler.
+// is behind, which is what paces a streaming handler, and, with flow
+// control, until the front end has granted credit for the frame's body.
 func (rw *responseWriter) push(f *frame) error {
 	if rw.ctx.Err() != nil {
 		putFrame(f)
 		return errClientGone
+	}
+	if rw.flow != nil {
+		if err := rw.flow.take(rw.ctx, rw.fe.dead, int64(len(f.b)-rw.prefix)); err != nil {
+			putFrame(f)
+			return err
+		}
 	}
 	select {
 	case rw.fe.out <- f:

@@ -2,6 +2,8 @@ package workerkit
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -80,6 +82,34 @@ type Worker struct {
 	ShutdownTimeout time.Duration
 	// Logger receives the worker's diagnostics (default slog.Default()).
 	Logger *slog.Logger
+	// ID identifies the worker on the control channels of its front ends
+	// (the ZeroMQ identity of its DEALER sockets, the same on every front
+	// end). Empty: each Serve picks a random one, "wk-" and 16 lowercase hex
+	// digits (see NewWorkerID), and logs it. Two workers connected to the
+	// same front end must not share an ID. At most 255 printable ASCII
+	// characters without spaces.
+	ID string
+}
+
+// NewWorkerID returns a random worker id, "wk-" and 16 lowercase hex digits,
+// the form Serve uses when Worker.ID is empty. Set it yourself to know the id
+// before Serve starts (to log it, or to tell it to the front end's operator).
+func NewWorkerID() string {
+	var b [8]byte
+	_, _ = rand.Read(b[:]) // never fails (crypto/rand panics instead)
+	return "wk-" + hex.EncodeToString(b[:])
+}
+
+func checkWorkerID(id string) error {
+	if id == "" || len(id) > 255 {
+		return errors.New("workerkit: Worker.ID must be 1-255 characters")
+	}
+	for i := 0; i < len(id); i++ {
+		if c := id[i]; c <= ' ' || c >= 0x7f {
+			return errors.New("workerkit: Worker.ID " + strconv.Quote(id) + ": only printable ASCII without spaces")
+		}
+	}
+	return nil
 }
 
 // Serve is the one-call form for a worker's main: it serves h on the front
@@ -140,10 +170,12 @@ func (w *Worker) logger() *slog.Logger {
 
 // server is one run of Worker.Serve.
 type server struct {
-	h    http.Handler
-	log  *slog.Logger
-	zctx *zmq.Context
-	fes  []*frontEnd
+	h       http.Handler
+	log     *slog.Logger
+	zctx    *zmq.Context
+	fes     []*frontEnd
+	id      string // worker id on control channels
+	maxConc int
 
 	// sem has one token per running handler; taking one before receiving
 	// is what makes a busy worker stop pulling.
@@ -159,6 +191,9 @@ type server struct {
 
 	mu       sync.Mutex
 	inflight map[flightKey]*flight
+	// members are the responses that joined a Group; ended at shutdown.
+	members       map[*member]struct{}
+	membersClosed bool // shutting down: Join fails
 }
 
 // frontEnd is the run-time state of one FrontEnd. Its request socket is
@@ -175,18 +210,30 @@ type frontEnd struct {
 	dead   chan struct{} // closed when the reply socket's owner is gone
 	active atomic.Bool   // the front end is subscribed to our replies
 	kick   chan struct{} // wakes the request socket's owner when active changes
+	ctl    *ctlConn      // control channel, nil if FrontEnd.Control is empty
 }
 
+// flightKey finds the requests a disconnect or a credit is about. Control
+// messages name the connection only (ids are unique per front end); a
+// Mongrel2 notice also names the sender, which is checked on the flight.
 type flightKey struct {
 	fe     *frontEnd
-	sender string
 	connID string
 }
 
+// flight is one request from the moment it is taken until its response is
+// complete (for a Group member: until it leaves the group).
 type flight struct {
 	key    flightKey
+	sender string
 	cancel context.CancelFunc
 	next   *flight // same key: keep-alive connections may pipeline
+
+	// Set for a request that carries ZMQX_WINDOW on a front end with a
+	// control channel: its ACK, and the credit that paces its reply.
+	flow  *flow
+	acked chan struct{} // closed by the control owner once it tried to send the ACK
+	ackOK bool          // the ACK went out (written before acked is closed)
 }
 
 // testHookActive, when set by tests, observes subscription state changes.
@@ -199,10 +246,18 @@ func (w *Worker) serve(ctx context.Context, force <-chan struct{}) error {
 	if len(w.FrontEnds) == 0 {
 		return errors.New("workerkit: no front ends to serve")
 	}
+	hasControl := false
 	for _, f := range w.FrontEnds {
 		if err := f.validate(); err != nil {
 			return err
 		}
+		hasControl = hasControl || f.Control != ""
+	}
+	id := w.ID
+	if id == "" {
+		id = NewWorkerID()
+	} else if err := checkWorkerID(id); err != nil {
+		return err
 	}
 	maxConc := w.MaxConcurrent
 	if maxConc <= 0 {
@@ -223,15 +278,19 @@ func (w *Worker) serve(ctx context.Context, force <-chan struct{}) error {
 		h:        w.Handler,
 		log:      w.logger(),
 		zctx:     zctx,
+		id:       id,
+		maxConc:  maxConc,
 		sem:      make(chan struct{}, maxConc),
 		stop:     make(chan struct{}),
 		errc:     make(chan error, 2*len(w.FrontEnds)),
 		base:     hardCtx,
 		rcvHWM:   maxConc,
 		inflight: make(map[flightKey]*flight),
+		members:  make(map[*member]struct{}),
 	}
+	nSockets := 0
 	for i, f := range w.FrontEnds {
-		s.fes = append(s.fes, &frontEnd{
+		fe := &frontEnd{
 			s:     s,
 			cfg:   f,
 			index: i,
@@ -239,20 +298,30 @@ func (w *Worker) serve(ctx context.Context, force <-chan struct{}) error {
 			out:   make(chan *frame, max(64, 2*maxConc)),
 			dead:  make(chan struct{}),
 			kick:  make(chan struct{}, 1),
-		})
+		}
+		nSockets += 2
+		if f.Control != "" {
+			fe.ctl = newCtlConn(fe)
+			nSockets++
+		}
+		s.fes = append(s.fes, fe)
 	}
 
 	var pulls, pubs sync.WaitGroup
-	quit := make(chan struct{}) // closed: reply owners flush and close
-	ready := make(chan error, 2*len(s.fes))
+	quit := make(chan struct{}) // closed: reply and control owners flush and close
+	ready := make(chan error, nSockets)
 	for _, fe := range s.fes {
 		pubs.Add(1)
 		go func() { defer pubs.Done(); fe.runReplies(ready, quit) }()
+		if fe.ctl != nil {
+			pubs.Add(1)
+			go func() { defer pubs.Done(); fe.ctl.run(ready, quit) }()
+		}
 		pulls.Add(1)
 		go func() { defer pulls.Done(); fe.runRequests(ready) }()
 	}
 	var startErr error
-	for range 2 * len(s.fes) {
+	for range nSockets {
 		if err := <-ready; err != nil && startErr == nil {
 			startErr = err
 		}
@@ -266,7 +335,11 @@ func (w *Worker) serve(ctx context.Context, force <-chan struct{}) error {
 		_ = zctx.Term()
 		return startErr
 	}
-	s.log.Info("worker started", "frontends", len(s.fes), "max_concurrent", maxConc)
+	if hasControl {
+		s.log.Info("worker started", "frontends", len(s.fes), "max_concurrent", maxConc, "id", id)
+	} else {
+		s.log.Info("worker started", "frontends", len(s.fes), "max_concurrent", maxConc)
+	}
 
 	var runErr error
 	select {
@@ -276,6 +349,9 @@ func (w *Worker) serve(ctx context.Context, force <-chan struct{}) error {
 	}
 	close(s.stop)
 	s.log.Info("worker stopping: no new work, finishing what it holds", "in_flight", s.running.Load())
+	// Group members would keep the worker forever: end their responses
+	// now, so that their clients reconnect to a worker that stays.
+	s.endMembers()
 
 	done := make(chan struct{})
 	go func() { pulls.Wait(); s.handlers.Wait(); close(done) }()
@@ -473,6 +549,9 @@ func (fe *frontEnd) readSubs(sock *zmq.Socket, topics map[string]struct{}) {
 		fe.log.Info("front end subscribed: taking work")
 	} else {
 		fe.log.Warn("front end unsubscribed (gone away?): pausing until it comes back")
+		// Its Group members lost what was published meanwhile, and a
+		// restarted front end never reports their clients gone.
+		fe.s.dropMembers(fe)
 	}
 	select {
 	case fe.kick <- struct{}{}:
@@ -532,7 +611,13 @@ func (fe *frontEnd) receive(sock *zmq.Socket) (held [][]byte) {
 	for fe.waitActive() {
 		if !connected {
 			// Only now: a request taken before the front end subscribed
-			// would be answered into the void (slow joiner).
+			// would be answered into the void (slow joiner). And, with a
+			// control channel, preferably once it is up, or the first
+			// requests could not be acknowledged (they would be served
+			// without flow control).
+			if fe.ctl != nil && !fe.ctl.waitUp(s.stop, ctlStartWait) {
+				fe.log.Warn("control channel not connected yet; taking work without it", "control", fe.cfg.Control)
+			}
 			if err := sock.Connect(fe.cfg.Requests); err != nil {
 				s.fatal(fmt.Errorf("workerkit: connecting to %s: %w", fe.cfg.Requests, err))
 				return nil
@@ -618,7 +703,7 @@ func (s *server) dispatch(fe *frontEnd, msg []byte) {
 	case "JSON":
 		<-s.sem
 		if req.IsDisconnect() {
-			s.cancelFlights(flightKey{fe, req.Sender, req.ConnID})
+			s.cancelFlights(flightKey{fe, req.ConnID}, req.Sender)
 		} else {
 			fe.log.Info("ignoring JSON message", "conn", req.ConnID, "body", printable(req.Body, 200))
 		}
@@ -629,20 +714,68 @@ func (s *server) dispatch(fe *frontEnd, msg []byte) {
 		return
 	}
 	ctx, cancel := context.WithCancel(s.base)
-	fl := &flight{key: flightKey{fe, req.Sender, req.ConnID}, cancel: cancel}
+	fl := &flight{key: flightKey{fe, req.ConnID}, sender: req.Sender, cancel: cancel}
+	if fe.ctl != nil {
+		if v := req.Header(windowHeader); v != "" {
+			if window, err := strconv.ParseInt(v, 10, 64); err == nil && window > 0 {
+				fl.flow = newFlow(window)
+				fl.acked = make(chan struct{})
+			} else {
+				fe.log.Warn("ignoring invalid "+windowHeader+" header", "value", v, "conn", req.ConnID)
+			}
+		}
+	}
 	s.mu.Lock()
 	fl.next = s.inflight[fl.key]
 	s.inflight[fl.key] = fl
 	s.mu.Unlock()
+	if fl.acked != nil {
+		// Registered first, so that a CREDIT or DISCONNECT answering the
+		// ACK finds the flight; queued here, in arrival order.
+		fe.ctl.ack(fl)
+	}
 	s.handlers.Add(1)
 	s.running.Add(1)
 	go s.serveRequest(fe, req, ctx, fl)
 }
 
-func (s *server) cancelFlights(k flightKey) {
+// cancelFlights cancels the requests of a connection: from sender if it is
+// not empty (a Mongrel2 notice), all of them otherwise (a DISCONNECT).
+func (s *server) cancelFlights(k flightKey, sender string) {
 	s.mu.Lock()
 	for f := s.inflight[k]; f != nil; f = f.next {
-		f.cancel()
+		if sender == "" || f.sender == sender {
+			f.cancel()
+		}
+	}
+	s.mu.Unlock()
+}
+
+// grant adds reply credit to the windowed requests of a connection.
+func (s *server) grant(k flightKey, n int64) {
+	s.mu.Lock()
+	for f := s.inflight[k]; f != nil; f = f.next {
+		if f.flow != nil {
+			f.flow.grant(n)
+		}
+	}
+	s.mu.Unlock()
+}
+
+// liftFlows ends flow control for every windowed request of fe: its control
+// connection is gone, so no more credit can come, and the front end falls
+// back to buffering (max_buffered_reply) or has gone away entirely.
+func (s *server) liftFlows(fe *frontEnd) {
+	s.mu.Lock()
+	for k, f := range s.inflight {
+		if k.fe != fe {
+			continue
+		}
+		for ; f != nil; f = f.next {
+			if f.flow != nil {
+				f.flow.lift()
+			}
+		}
 	}
 	s.mu.Unlock()
 }
@@ -668,22 +801,39 @@ func (s *server) unregister(fl *flight) {
 }
 
 func (s *server) serveRequest(fe *frontEnd, req *mongrel2.Request, ctx context.Context, fl *flight) {
+	joined := false
 	defer func() {
-		s.unregister(fl)
-		fl.cancel()
+		if !joined {
+			// A Group member keeps its flight (disconnects must still
+			// reach it) until it leaves; it holds no handler slot.
+			s.unregister(fl)
+			fl.cancel()
+		}
 		s.running.Add(-1)
 		<-s.sem
 		s.handlers.Done()
 	}()
+	var flow *flow
+	if fl.acked != nil {
+		select {
+		case <-fl.acked:
+			if fl.ackOK {
+				flow = fl.flow
+			}
+		case <-fe.ctl.dead:
+		}
+	}
 	r, err := buildRequest(ctx, req)
 	if err != nil {
 		fe.log.Warn("bad request", "err", err, "conn", req.ConnID)
 		rw := getResponseWriter(fe, ctx, req.Sender, req.ConnID, "", 1, 1)
+		rw.flow = flow
 		rw.errorResponse(http.StatusBadRequest, "Bad Request\n")
 		rw.release()
 		return
 	}
 	rw := getResponseWriter(fe, ctx, req.Sender, req.ConnID, r.Method, r.ProtoMajor, r.ProtoMinor)
+	rw.flow, rw.fl = flow, fl
 	if r.Method == "WEBSOCKET_HANDSHAKE" {
 		rw.errorResponse(http.StatusNotImplemented, "WebSocket is not supported by this worker\n")
 		rw.release()
@@ -691,6 +841,12 @@ func (s *server) serveRequest(fe *frontEnd, req *mongrel2.Request, ctx context.C
 	}
 	if s.runHandler(rw, r) {
 		rw.finish()
+	}
+	if rw.joined {
+		// The Group owns the response now; the writer is not recycled, as
+		// the handler's goroutines might still hold it.
+		joined = true
+		return
 	}
 	rw.release()
 }

@@ -9,6 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -797,16 +798,21 @@ func TestServeErrors(t *testing.T) {
 		{"no front ends", Worker{Handler: dumpHandler}, "no front ends"},
 		{"bad endpoint", Worker{Handler: dumpHandler, FrontEnds: []FrontEnd{{Requests: "tcp://x", Replies: fe.Replies}}}, "host:port"},
 		{"endpoint libzmq refuses", Worker{Handler: dumpHandler, FrontEnds: []FrontEnd{{Requests: fe.Requests, Replies: "ipc:///tmp/" + strings.Repeat("x", 200)}}}, "reply socket"},
+		{"bad control endpoint", Worker{Handler: dumpHandler, FrontEnds: []FrontEnd{{Requests: fe.Requests, Replies: fe.Replies, Control: "tcp://c:*"}}}, "control endpoint"},
+		{"control endpoint libzmq refuses", Worker{Handler: dumpHandler, FrontEnds: []FrontEnd{{Requests: fe.Requests, Replies: fe.Replies, Control: "ipc:///tmp/" + strings.Repeat("x", 200)}}}, "control socket"},
+		{"bad worker id", Worker{Handler: dumpHandler, FrontEnds: []FrontEnd{fe}, ID: "two words"}, "Worker.ID"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			tt.w.Logger = testLogger(t)
 			ctx, cancel := context.WithTimeout(t.Context(), waitTimeout)
 			defer cancel()
+			base := runtime.NumGoroutine()
 			err := tt.w.Serve(ctx)
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Fatalf("err = %v, want it to mention %q", err, tt.want)
 			}
+			waitGoroutines(t, base) // a failed start leaves nothing behind
 		})
 	}
 }
@@ -818,11 +824,17 @@ func TestParseFrontEnd(t *testing.T) {
 		err  bool
 	}{
 		{in: "tcp://127.0.0.1:9997,tcp://127.0.0.1:9996", want: DefaultFrontEnd},
-		{in: " tcp://h:1 , tcp://h:2 ", want: FrontEnd{"tcp://h:1", "tcp://h:2"}},
-		{in: "tcp://[::1]:1,ipc:///tmp/rep", want: FrontEnd{"tcp://[::1]:1", "ipc:///tmp/rep"}},
-		{in: "tcp://eth0;10.0.0.1:5,tcp://h:6", want: FrontEnd{"tcp://eth0;10.0.0.1:5", "tcp://h:6"}},
+		{in: " tcp://h:1 , tcp://h:2 ", want: FrontEnd{Requests: "tcp://h:1", Replies: "tcp://h:2"}},
+		{in: "tcp://[::1]:1,ipc:///tmp/rep", want: FrontEnd{Requests: "tcp://[::1]:1", Replies: "ipc:///tmp/rep"}},
+		{in: "tcp://eth0;10.0.0.1:5,tcp://h:6", want: FrontEnd{Requests: "tcp://eth0;10.0.0.1:5", Replies: "tcp://h:6"}},
+		{in: "tcp://a:1,tcp://b:2,tcp://c:3", want: FrontEnd{Requests: "tcp://a:1", Replies: "tcp://b:2", Control: "tcp://c:3"}},
+		{in: " tcp://a:1 , tcp://b:2 , ipc:///run/ctl ", want: FrontEnd{Requests: "tcp://a:1", Replies: "tcp://b:2", Control: "ipc:///run/ctl"}},
 		{in: "tcp://127.0.0.1:9997", err: true},
-		{in: "tcp://a:1,tcp://b:2,tcp://c:3", err: true},
+		{in: "tcp://a:1,tcp://b:2,", err: true},
+		{in: "tcp://a:1,tcp://b:2, ", err: true},
+		{in: "tcp://a:1,tcp://b:2,tcp://c:*", err: true},
+		{in: "tcp://a:1,tcp://b:2,inproc://c", err: true},
+		{in: "tcp://a:1,tcp://b:2,tcp://c:3,tcp://d:4", err: true},
 		{in: "tcp://a:*,tcp://b:2", err: true},
 		{in: "tcp://a:0,tcp://b:2", err: true},
 		{in: "tcp://a:70000,tcp://b:2", err: true},
@@ -839,17 +851,24 @@ func TestParseFrontEnd(t *testing.T) {
 			t.Errorf("ParseFrontEnd(%q) = %v, %v; want %v, error %v", tt.in, got, err, tt.want, tt.err)
 		}
 	}
+	for _, fe := range []FrontEnd{DefaultFrontEnd, {Requests: "tcp://a:1", Replies: "tcp://b:2", Control: "tcp://c:3"}} {
+		again, err := ParseFrontEnd(fe.String())
+		if err != nil || again != fe {
+			t.Errorf("%+v does not round-trip through String (%q): %+v, %v", fe, fe.String(), again, err)
+		}
+	}
 	var l FrontEndList
 	must(t, l.Set("tcp://a:1,tcp://a:2"))
-	must(t, l.Set("tcp://b:1,tcp://b:2"))
+	must(t, l.Set("tcp://b:1,tcp://b:2,tcp://b:3"))
 	if l.Set("nope") == nil {
 		t.Error("FrontEndList.Set accepted garbage")
 	}
-	eq(t, "FrontEndList", l.String(), "tcp://a:1,tcp://a:2 tcp://b:1,tcp://b:2")
+	eq(t, "FrontEndList", l.String(), "tcp://a:1,tcp://a:2 tcp://b:1,tcp://b:2,tcp://b:3")
 }
 
 func FuzzParseFrontEnd(f *testing.F) {
-	for _, s := range []string{"tcp://127.0.0.1:9997,tcp://127.0.0.1:9996", "ipc:///a,ipc:///b", "tcp://[::1]:1,tcp://x;y:2", ",", "tcp://:,"} {
+	for _, s := range []string{"tcp://127.0.0.1:9997,tcp://127.0.0.1:9996", "ipc:///a,ipc:///b", "tcp://[::1]:1,tcp://x;y:2", ",", "tcp://:,",
+		"tcp://a:1,tcp://b:2,tcp://c:3", ",,"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
@@ -861,7 +880,7 @@ func FuzzParseFrontEnd(f *testing.F) {
 		if err != nil || again != fe {
 			t.Fatalf("%q parsed to %v, which does not round-trip: %v, %v", s, fe, again, err)
 		}
-		if strings.ContainsAny(fe.Requests+fe.Replies, ", \t\r\n") {
+		if strings.ContainsAny(fe.Requests+fe.Replies+fe.Control, ", \t\r\n") {
 			t.Fatalf("%q: endpoint with separator or space: %v", s, fe)
 		}
 	})

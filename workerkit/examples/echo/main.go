@@ -5,16 +5,29 @@
 //	POST /anything          same, with the body echoed
 //	GET  /stream?n=5&ms=200 n lines, one every ms milliseconds, flushed as they are written
 //	GET  /status/418        an empty response with that status
+//	GET  /big?bytes=N       N bytes of a repeating pattern, written 64 KiB at a time
+//	                        (with a control channel, paced by the client's speed)
+//	POST /upload            reads the whole body; answers {"bytes": n, "sha256": "<hex>"}
+//	GET  /wait              blocks until the request's context is done (the client
+//	                        went away, or shutdown), then prints
+//	                        "CANCELLED /wait <request URI>" to stdout
+//
+// -frontend takes the endpoints REQUESTS,REPLIES[,CONTROL] and may be repeated.
 package main
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
 	"log"
 	"net/http"
+	"os"
 	"strconv"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/zmqbridge/caddy-zmq/workerkit"
@@ -88,6 +101,66 @@ func status(w http.ResponseWriter, r *http.Request) {
 	w.WriteHeader(code)
 }
 
+// bigPattern is repeated to make /big bodies (the same pattern as the
+// integration tests' worker, so that clients can check the content).
+const bigPattern = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ+/\n"
+
+// bigChunk is one 64 KiB write of the pattern; 65536 is a multiple of
+// len(bigPattern), so consecutive writes continue the pattern.
+var bigChunk = []byte(strings.Repeat(bigPattern, (64<<10)/len(bigPattern)))
+
+// big streams N bytes. With a control channel the writes block while the
+// client is slow, so the worker never holds more than the window.
+func big(w http.ResponseWriter, r *http.Request) {
+	n, err := strconv.ParseInt(r.URL.Query().Get("bytes"), 10, 64)
+	if err != nil || n < 0 {
+		http.Error(w, "want ?bytes=N (N >= 0)", http.StatusBadRequest)
+		return
+	}
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
+	if r.Method == http.MethodHead {
+		return
+	}
+	for n > 0 {
+		k := min(n, int64(len(bigChunk)))
+		if _, err := w.Write(bigChunk[:k]); err != nil {
+			log.Printf("big: stopped with %d bytes left: %v", n, err)
+			return
+		}
+		n -= k
+	}
+}
+
+// upload reads the body, however large the front end lets it be, and
+// answers its length and SHA-256.
+func upload(w http.ResponseWriter, r *http.Request) {
+	sum := sha256.New()
+	n, err := io.Copy(sum, r.Body)
+	if err != nil {
+		http.Error(w, err.Error(), http.StatusBadRequest)
+		return
+	}
+	w.Header().Set("Content-Type", "application/json")
+	_ = json.NewEncoder(w).Encode(struct {
+		Bytes  int64  `json:"bytes"`
+		SHA256 string `json:"sha256"`
+	}{n, hex.EncodeToString(sum.Sum(nil))})
+}
+
+// stdout serialises the lines scripts and tests wait for.
+var stdout sync.Mutex
+
+// wait shows cancellation: it returns when the client goes away.
+func wait(w http.ResponseWriter, r *http.Request) {
+	start := time.Now()
+	<-r.Context().Done()
+	log.Printf("wait: context cancelled after %v", time.Since(start).Round(time.Millisecond))
+	stdout.Lock()
+	fmt.Fprintf(os.Stdout, "CANCELLED /wait %s\n", r.RequestURI)
+	stdout.Unlock()
+}
+
 func queryInt(r *http.Request, name string, def, lo, hi int) int {
 	v, err := strconv.Atoi(r.URL.Query().Get(name))
 	if err != nil {
@@ -98,12 +171,15 @@ func queryInt(r *http.Request, name string, def, lo, hi int) int {
 
 func main() {
 	var frontEnds workerkit.FrontEndList
-	flag.Var(&frontEnds, "frontend", "front end `REQUESTS,REPLIES` endpoints (repeatable; default "+workerkit.DefaultFrontEnd.String()+")")
+	flag.Var(&frontEnds, "frontend", workerkit.FrontEndUsage)
 	flag.Parse()
 
 	mux := http.NewServeMux()
 	mux.HandleFunc("/stream", stream)
 	mux.HandleFunc("/status/{code}", status)
+	mux.HandleFunc("/big", big)
+	mux.HandleFunc("POST /upload", upload)
+	mux.HandleFunc("/wait", wait)
 	mux.HandleFunc("/", anything)
 	if err := workerkit.Serve(mux, frontEnds...); err != nil {
 		log.Fatal(err)

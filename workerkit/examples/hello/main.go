@@ -25,7 +25,7 @@ func hello(w http.ResponseWriter, r *http.Request) {
 
 func main() {
 	var frontEnds workerkit.FrontEndList
-	flag.Var(&frontEnds, "frontend", "front end `REQUESTS,REPLIES` endpoints (repeatable; default "+workerkit.DefaultFrontEnd.String()+")")
+	flag.Var(&frontEnds, "frontend", workerkit.FrontEndUsage)
 	httpAddr := flag.String("http", "", "serve with plain net/http on `ADDR` instead (for benchmarks)")
 	maxConc := flag.Int("max-concurrent", workerkit.DefaultMaxConcurrent, "handlers running at once (ZeroMQ mode)")
 	flag.Parse()

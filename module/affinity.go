@@ -1,0 +1,122 @@
+package caddyzmq
+
+import (
+	"container/list"
+	"errors"
+	"fmt"
+	"net/http"
+	"sync"
+	"time"
+)
+
+// Affinity pins every request of one session to the one worker process
+// that served its first request, while that worker lives. The session is
+// named by a cookie or a header the application already uses. It needs the
+// control channel: requests for a pinned session are addressed to the
+// worker by its identity over the ROUTER socket ("REQ <frame>") instead of
+// being PUSHed. Workers that do not speak the control channel (Mongrel2
+// handlers) are pinned per pool only, with lb_policy cookie.
+type Affinity struct {
+	// Source is "cookie" or "header".
+	Source string `json:"source"`
+	// Name is the cookie or header that names the session.
+	Name string `json:"name"`
+	// TTL is how long an idle session stays pinned. Default: 1h.
+	TTL string `json:"ttl,omitempty"`
+}
+
+// maxPinnedSessions bounds the pin table; the least recently used session
+// is forgotten first (its next request is balanced and pinned anew).
+const maxPinnedSessions = 100000
+
+const defaultAffinityTTL = time.Hour
+
+var errPinnedGone = errors.New("the pinned worker is gone")
+
+func (a *Affinity) validate() error {
+	if a.Source != "cookie" && a.Source != "header" {
+		return fmt.Errorf("zmq: affinity source must be cookie or header, not %q", a.Source)
+	}
+	if a.Name == "" {
+		return fmt.Errorf("zmq: affinity needs a cookie or header name")
+	}
+	if a.TTL != "" {
+		if _, err := time.ParseDuration(a.TTL); err != nil {
+			return fmt.Errorf("zmq: affinity ttl: %w", err)
+		}
+	}
+	return nil
+}
+
+// sessionKey extracts the session name from r, or "".
+func (a *Affinity) sessionKey(r *http.Request) string {
+	if a.Source == "header" {
+		return r.Header.Get(a.Name)
+	}
+	c, err := r.Cookie(a.Name)
+	if err != nil {
+		return ""
+	}
+	return c.Value
+}
+
+// pinTable maps sessions to worker identities, LRU-bounded with a TTL.
+type pinTable struct {
+	mu    sync.Mutex
+	ttl   time.Duration
+	items map[string]*list.Element
+	order *list.List // front = most recent
+}
+
+type pin struct {
+	session, worker string
+	used            time.Time
+}
+
+func newPinTable(ttl time.Duration) *pinTable {
+	return &pinTable{ttl: ttl, items: make(map[string]*list.Element), order: list.New()}
+}
+
+func (p *pinTable) get(session string) string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	e := p.items[session]
+	if e == nil {
+		return ""
+	}
+	pn := e.Value.(*pin)
+	if time.Since(pn.used) > p.ttl {
+		p.order.Remove(e)
+		delete(p.items, session)
+		return ""
+	}
+	pn.used = time.Now()
+	p.order.MoveToFront(e)
+	return pn.worker
+}
+
+func (p *pinTable) set(session, worker string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if e := p.items[session]; e != nil {
+		pn := e.Value.(*pin)
+		pn.worker, pn.used = worker, time.Now()
+		p.order.MoveToFront(e)
+		return
+	}
+	p.items[session] = p.order.PushFront(&pin{session: session, worker: worker, used: time.Now()})
+	for len(p.items) > maxPinnedSessions {
+		last := p.order.Back()
+		p.order.Remove(last)
+		delete(p.items, last.Value.(*pin).session)
+	}
+}
+
+func (p *pinTable) forget(session string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if e := p.items[session]; e != nil {
+		p.order.Remove(e)
+		delete(p.items, session)
+	}
+}
