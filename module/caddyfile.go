@@ -41,6 +41,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    pattern            <path>
 //	    max_inflight       <n>              # per pool; past it wait queue_timeout, then 503
 //	    queue_timeout      <duration>
+//	    dispatch_timeout   <duration>|off   # re-send what no zmqx worker started by then
 //	    affinity           cookie|header <name> [<ttl>]   # pin sessions to one worker
 //	    retries            <n>              # idempotent requests whose worker was lost
 //	    heartbeat          <duration>|off
@@ -91,12 +92,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			case "pattern":
 				h.Pattern = v
 			}
-		case "reply_timeout", "stream_timeout", "heartbeat", "queue_timeout":
+		case "reply_timeout", "stream_timeout", "heartbeat", "queue_timeout", "dispatch_timeout":
 			if !d.NextArg() {
 				return d.ArgErr()
 			}
 			var dur time.Duration
-			if name == "heartbeat" && d.Val() == "off" {
+			if (name == "heartbeat" || name == "dispatch_timeout") && d.Val() == "off" {
 				dur = -1
 			} else {
 				var err error
@@ -113,6 +114,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.Heartbeat = caddy.Duration(dur)
 			case "queue_timeout":
 				h.QueueTimeout = caddy.Duration(dur)
+			case "dispatch_timeout":
+				h.DispatchTimeout = caddy.Duration(dur)
 			}
 		case "max_request_body", "max_buffered_reply", "reply_window":
 			if !d.NextArg() {

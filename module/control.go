@@ -351,6 +351,27 @@ func (c *controlPlane) sweep(now time.Time) {
 	}
 }
 
+// coversPeers reports whether every worker connected to the request socket
+// speaks the control channel, so that all of them honour dispatch
+// deadlines. A Mongrel2 handler among them would not, and a request it
+// runs late must not be sent twice.
+func (c *controlPlane) coversPeers() bool {
+	peers := c.t.peers.Load()
+	if peers <= 0 {
+		return false
+	}
+	cutoff := time.Now().Add(-workerDeadAfter)
+	n := int64(0)
+	c.mu.Lock()
+	for _, wi := range c.workers {
+		if wi.lastSeen.After(cutoff) {
+			n++
+		}
+	}
+	c.mu.Unlock()
+	return n >= peers
+}
+
 // isLive reports whether worker was heard from within workerDeadAfter and
 // is not draining.
 func (c *controlPlane) isLive(worker string) bool {

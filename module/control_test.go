@@ -231,3 +231,83 @@ func TestWorkerLostFailsItsRequests(t *testing.T) {
 		t.Fatalf("took %s: the loss was not detected before the timeout", d)
 	}
 }
+
+// TestDispatchDeadlineResends: a request that a zmqx worker never started
+// (here: silently dropped, as by a worker killed with it in its queue) is
+// sent again after its dispatch deadline, and succeeds.
+func TestDispatchDeadlineResends(t *testing.T) {
+	ctlEP := "ipc://" + filepath.Join(t.TempDir(), "ctl")
+	env := newTestEnv(t, func(h *Handler) {
+		h.ControlEndpoint = ctlEP
+		h.DispatchTimeout = caddy.Duration(200 * time.Millisecond)
+	})
+	stop, done := make(chan struct{}), make(chan struct{})
+	deadlines := make(chan string, 16)
+	go func() {
+		defer close(done)
+		pull, _ := zmq.NewSocket(zmq.PULL)
+		pub, _ := zmq.NewSocket(zmq.PUB)
+		dealer, _ := zmq.NewSocket(zmq.DEALER)
+		for _, s := range []*zmq.Socket{pull, pub, dealer} {
+			s.SetLinger(0)
+			defer s.Close()
+		}
+		dealer.SetIdentity("wk-dropper")
+		pub.Connect(env.repEP)
+		dealer.Connect(ctlEP)
+		pull.Connect(env.reqEP)
+		pull.SetRcvtimeo(20 * time.Millisecond)
+		dropped := false
+		lastHB := time.Time{}
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if time.Since(lastHB) > 100*time.Millisecond {
+				dealer.SendBytes([]byte("HB"), zmq.DONTWAIT)
+				lastHB = time.Now()
+			}
+			msg, err := pull.RecvBytes(0)
+			if err != nil {
+				continue
+			}
+			req, err := mongrel2.ParseRequest(msg)
+			if err != nil || req.IsDisconnect() {
+				continue
+			}
+			if req.Path == "/once" {
+				deadlines <- req.Header("ZMQX_DEADLINE")
+				if !dropped {
+					dropped = true
+					continue
+				}
+			}
+			dealer.SendBytes([]byte("ACK "+req.ConnID), 0)
+			pub.SendBytes(mongrel2.AppendReplyOne(nil, req.Sender, req.ConnID, okReply("done")[0]), 0)
+		}
+	}()
+	t.Cleanup(func() { close(stop); <-done })
+	env.waitForWorker(t)
+	// Wait until Caddy counts the worker as a zmqx one.
+	deadline := time.Now().Add(5 * time.Second)
+	for !env.h.pools[0].transport.control.coversPeers() && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond) // polling
+	}
+	resp, err := http.Post(env.srv.URL+"/once", "text/plain", strings.NewReader("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || string(b) != "done" {
+		t.Fatalf("got %d %q", resp.StatusCode, b)
+	}
+	if len(deadlines) != 2 {
+		t.Fatalf("the worker saw the request %d times, want 2 (dropped, then re-sent)", len(deadlines))
+	}
+	if d := <-deadlines; d == "" {
+		t.Fatal("no ZMQX_DEADLINE header")
+	}
+}

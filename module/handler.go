@@ -54,13 +54,21 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	var tried uint64
 	lastErr := errNoWorker
 	retries := 0
+	// The reply timeout runs across re-sends: a request the workers keep
+	// not taking still gets its 504 on time.
+	replyBy := time.Now().Add(time.Duration(h.ReplyTimeout))
 	for {
 		p := h.selectPool(r, w, tried)
 		if p == nil {
 			return h.fail(w, r, http.StatusServiceUnavailable, lastErr)
 		}
-		err := h.exchange(w, r, st, p, body)
+		err := h.exchange(w, r, st, p, body, replyBy)
 		switch {
+		case errors.Is(err, errNotTaken):
+			// No worker started it by its dispatch deadline, and none
+			// will: sending it again is safe for every method.
+			h.logger.Debug("re-sending a request no worker took in time", zap.String("uri", r.RequestURI))
+			continue
 		case errors.Is(err, errNoWorker), errors.Is(err, errQueueFull), errors.Is(err, errBusy):
 			tried |= 1 << h.poolIndex(p)
 			lastErr = err
@@ -84,6 +92,12 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	}
 }
 
+// dispatchGrace covers the ACK's trip back from a worker that started a
+// request just before its deadline.
+const dispatchGrace = 250 * time.Millisecond
+
+var errNotTaken = errors.New("no worker took the request by its dispatch deadline")
+
 // isIdempotent: RFC 9110 section 9.2.2.
 func isIdempotent(method string) bool {
 	switch method {
@@ -105,7 +119,7 @@ func (h *Handler) poolIndex(p *poolRuntime) int {
 // exchange sends the request to pool p and relays the reply. It returns
 // errNoWorker or errQueueFull, with nothing written, when the pool could
 // not take the request.
-func (h *Handler) exchange(w http.ResponseWriter, r *http.Request, st *requestState, p *poolRuntime, body []byte) error {
+func (h *Handler) exchange(w http.ResponseWriter, r *http.Request, st *requestState, p *poolRuntime, body []byte, replyBy time.Time) error {
 	if err := p.acquire(r, time.Duration(h.QueueTimeout)); err != nil {
 		return err
 	}
@@ -117,7 +131,13 @@ func (h *Handler) exchange(w http.ResponseWriter, r *http.Request, st *requestSt
 	connID := mongrel2.AppendUint(st.idBuf[:0], ex.id)
 	ip := clientIP(r)
 	path := r.URL.EscapedPath()
-	h.encodeHeaders(&st.enc, r, path, len(body), ip, p.ControlEndpoint != "")
+	// A dispatch deadline lets Caddy re-send, safely, what no worker took:
+	// only when every worker of the pool honours it (speaks zmqx/1).
+	var dispatchBy time.Time
+	if t.control != nil && h.DispatchTimeout > 0 && t.control.coversPeers() {
+		dispatchBy = time.Now().Add(time.Duration(h.DispatchTimeout))
+	}
+	h.encodeHeaders(&st.enc, r, path, len(body), ip, p.ControlEndpoint != "", dispatchBy)
 	buf := getBuf()
 	*buf = mongrel2.AppendRequest(*buf, h.SenderID, string(connID), path, st.enc.Bytes(), body)
 
@@ -148,8 +168,15 @@ func (h *Handler) exchange(w http.ResponseWriter, r *http.Request, st *requestSt
 
 	rr := &st.rr
 	rr.reset(w, r.Method == http.MethodHead)
-	timer := time.NewTimer(time.Duration(h.ReplyTimeout))
+	timer := time.NewTimer(time.Until(replyBy))
 	defer timer.Stop()
+	var dispatchC <-chan time.Time
+	if !dispatchBy.IsZero() {
+		dt := time.NewTimer(time.Until(dispatchBy) + dispatchGrace)
+		defer dt.Stop()
+		dispatchC = dt.C
+	}
+	gotFrames := false
 	var rc *http.ResponseController
 	// Reply bytes written to the client and not yet granted back to the
 	// worker as credit (control channel only).
@@ -158,6 +185,11 @@ func (h *Handler) exchange(w http.ResponseWriter, r *http.Request, st *requestSt
 	for {
 		select {
 		case <-ex.signal:
+		case <-dispatchC:
+			if ex.workerID() == "" && !gotFrames {
+				return errNotTaken
+			}
+			continue
 		case <-timer.C:
 			if !rr.headDone {
 				t.notifyDisconnect(ex)
@@ -174,6 +206,7 @@ func (h *Handler) exchange(w http.ResponseWriter, r *http.Request, st *requestSt
 
 		frames, xerr := ex.take(st.frames)
 		st.frames = frames
+		gotFrames = gotFrames || len(frames) > 0
 		for _, f := range frames {
 			owed += len(f)
 			if err := rr.feed(f); err != nil {

@@ -38,6 +38,7 @@ const (
 	DefaultReplyWindow      = 1 << 20
 	DefaultMaxInflight      = 10000
 	DefaultQueueTimeout     = 5 * time.Second
+	DefaultDispatchTimeout  = time.Second
 	minReplyWindow          = 256 << 10
 )
 
@@ -125,6 +126,14 @@ type Handler struct {
 	// Default: 5s.
 	QueueTimeout caddy.Duration `json:"queue_timeout,omitempty"`
 
+	// DispatchTimeout is how long a request may wait to be started by a
+	// worker. It applies only while every worker of the pool speaks the
+	// control channel: such workers never start a request after its
+	// deadline, so Caddy re-sends, safely for every method, what none took
+	// (a worker killed with requests queued, or frozen). 0 uses the
+	// default; negative turns it off. Default: 1s.
+	DispatchTimeout caddy.Duration `json:"dispatch_timeout,omitempty"`
+
 	// Retries is how many times an idempotent request (GET, HEAD, OPTIONS,
 	// TRACE, PUT, DELETE) is sent again when the worker that took it is
 	// lost before its reply starts (control channel liveness). Other
@@ -199,6 +208,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	if h.QueueTimeout == 0 {
 		h.QueueTimeout = caddy.Duration(DefaultQueueTimeout)
+	}
+	if h.DispatchTimeout == 0 {
+		h.DispatchTimeout = caddy.Duration(DefaultDispatchTimeout)
 	}
 	if h.Retries == 0 {
 		h.Retries = 1

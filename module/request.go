@@ -4,6 +4,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
@@ -23,7 +24,7 @@ var requestHopHeaders = map[string]bool{
 // are lower-cased; the front end's own keys are upper case and come after
 // them, so no client header can stand in for METHOD, PATH and the like:
 // the names differ, and a parser that keeps the last duplicate sees ours.
-func (h *Handler) encodeHeaders(e *mongrel2.HeaderEncoder, r *http.Request, path string, bodyLen int, clientIP string, control bool) {
+func (h *Handler) encodeHeaders(e *mongrel2.HeaderEncoder, r *http.Request, path string, bodyLen int, clientIP string, control bool, dispatchBy time.Time) {
 	e.Reset(h.headerFormat)
 	// Mongrel2 writes PATH first in its JSON block; keep its byte order.
 	e.Add("PATH", path)
@@ -53,6 +54,10 @@ func (h *Handler) encodeHeaders(e *mongrel2.HeaderEncoder, r *http.Request, path
 	e.Add("REMOTE_ADDR", clientIP)
 	if control {
 		e.Add("ZMQX_WINDOW", h.windowHeader)
+	}
+	if !dispatchBy.IsZero() {
+		var b [20]byte
+		e.Add("ZMQX_DEADLINE", string(mongrel2.AppendUint(b[:0], uint64(dispatchBy.UnixMilli()))))
 	}
 }
 
