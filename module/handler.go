@@ -23,6 +23,9 @@ type requestState struct {
 	rr     responseReader
 	frames [][]byte
 	idBuf  [20]byte
+	// timer is the reply/stream timer, reused across requests: since Go
+	// 1.23 Stop and Reset leave no stale tick in its channel.
+	timer *time.Timer
 }
 
 var statePool = sync.Pool{New: func() any { return new(requestState) }}
@@ -168,7 +171,12 @@ func (h *Handler) exchange(w http.ResponseWriter, r *http.Request, st *requestSt
 
 	rr := &st.rr
 	rr.reset(w, r.Method == http.MethodHead)
-	timer := time.NewTimer(time.Until(replyBy))
+	if st.timer == nil {
+		st.timer = time.NewTimer(time.Until(replyBy))
+	} else {
+		st.timer.Reset(time.Until(replyBy))
+	}
+	timer := st.timer
 	defer timer.Stop()
 	var dispatchC <-chan time.Time
 	if !dispatchBy.IsZero() {

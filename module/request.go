@@ -41,7 +41,12 @@ func (h *Handler) encodeHeaders(e *mongrel2.HeaderEncoder, r *http.Request, path
 	e.Add("x-forwarded-for", clientIP)
 	e.Add("METHOD", r.Method)
 	e.Add("VERSION", protoVersion(r))
-	e.Add("URI", r.URL.RequestURI())
+	// URI follows the (possibly rewritten) path, as Mongrel2's does.
+	if r.URL.RawQuery == "" {
+		e.Add("URI", path)
+	} else {
+		e.Add("URI", path+"?"+r.URL.RawQuery)
+	}
 	if r.URL.RawQuery != "" {
 		e.Add("QUERY", r.URL.RawQuery)
 	}

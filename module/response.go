@@ -129,7 +129,7 @@ func (rr *responseReader) readHead(p []byte) ([]byte, error) {
 		if len(head) > maxHeadSize {
 			return nil, errHeadTooLarge
 		}
-		interim, err := rr.writeHead(head)
+		interim, err := rr.writeHead(head, len(rest))
 		rr.head = rr.head[:0]
 		if err != nil {
 			return nil, err
@@ -178,7 +178,7 @@ func nextLine(b []byte) (line, rest []byte) {
 
 // writeHead parses a complete head and writes it to the client. interim
 // reports a 1xx response, after which another head follows.
-func (rr *responseReader) writeHead(head []byte) (interim bool, err error) {
+func (rr *responseReader) writeHead(head []byte, bodyInFrame int) (interim bool, err error) {
 	statusLine, rest := nextLine(head)
 	status, err := parseStatusLine(statusLine)
 	if err != nil {
@@ -249,10 +249,12 @@ func (rr *responseReader) writeHead(head []byte) (interim bool, err error) {
 	}
 	h := rr.w.Header()
 	for _, p := range pairs {
-		h[p.key] = append(h[p.key], string(p.value))
+		h[p.key] = append(h[p.key], internValue(p.key, p.value))
 	}
 	clear(pairs)
-	for _, tok := range bytes.Split(connectionTokens, []byte{','}) {
+	for len(connectionTokens) > 0 {
+		var tok []byte
+		tok, connectionTokens, _ = bytes.Cut(connectionTokens, []byte{','})
 		if tok = bytes.TrimSpace(tok); len(tok) > 0 {
 			h.Del(string(tok))
 		}
@@ -263,7 +265,7 @@ func (rr *responseReader) writeHead(head []byte) (interim bool, err error) {
 	case rr.headRequest || status == http.StatusNoContent || status == http.StatusNotModified:
 		// No body follows; a HEAD or 304 still tells the client the size.
 		if contentLength >= 0 && status != http.StatusNoContent {
-			h.Set("Content-Length", strconv.FormatInt(contentLength, 10))
+			h["Content-Length"] = []string{strconv.FormatInt(contentLength, 10)}
 		}
 		rr.framing = framingNone
 		rr.done = true
@@ -272,7 +274,12 @@ func (rr *responseReader) writeHead(head []byte) (interim bool, err error) {
 	case contentLength >= 0:
 		rr.framing = framingLength
 		rr.remaining = contentLength
-		h.Set("Content-Length", strconv.FormatInt(contentLength, 10))
+		// A small body that is all in this frame is written before the
+		// handler returns, and net/http sets its Content-Length itself;
+		// otherwise say it, or the client would get it chunked.
+		if contentLength > smallBody || contentLength > int64(bodyInFrame) {
+			h["Content-Length"] = []string{strconv.FormatInt(contentLength, 10)}
+		}
 		if contentLength == 0 {
 			rr.done = true
 		}
@@ -465,6 +472,35 @@ func validHeaderName(name []byte) bool {
 	}
 	return len(name) > 0
 }
+
+// smallBody is below net/http's response buffer (and HTTP/2's first
+// frame): such a body written before the handler returns gets an exact
+// Content-Length without our help.
+const smallBody = 2048
+
+// internValue returns the value as a string, without allocating for the
+// values most replies carry.
+func internValue(key string, v []byte) string {
+	if key == "Content-Type" {
+		if s, ok := commonContentTypes[string(v)]; ok {
+			return s
+		}
+	}
+	return string(v)
+}
+
+var commonContentTypes = func() map[string]string {
+	m := map[string]string{}
+	for _, v := range []string{
+		"text/plain; charset=utf-8", "text/html; charset=utf-8", "application/json",
+		"text/event-stream", "application/octet-stream", "text/plain", "text/html",
+		"application/json; charset=utf-8", "text/css; charset=utf-8", "application/javascript",
+		"image/png", "image/jpeg", "image/svg+xml",
+	} {
+		m[v] = v
+	}
+	return m
+}()
 
 // canonicalKey is textproto.CanonicalMIMEHeaderKey for a byte slice, with
 // the common names of a reply returned without allocating.

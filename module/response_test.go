@@ -19,7 +19,9 @@ func TestResponseReader(t *testing.T) {
 		wantErr    bool
 	}{
 		{name: "content-length one frame", frames: []string{"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-A: b\r\n\r\nhello"},
-			wantStatus: 200, wantBody: "hello", wantHeader: map[string]string{"X-A": "b", "Content-Length": "5"}, wantDone: true},
+			wantStatus: 200, wantBody: "hello", wantHeader: map[string]string{"X-A": "b"}, wantDone: true},
+		{name: "content-length body in a later frame", frames: []string{"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", "hello"},
+			wantStatus: 200, wantBody: "hello", wantHeader: map[string]string{"Content-Length": "5"}, wantDone: true},
 		{name: "head split across frames", frames: []string{"HTTP/1.1 201 Cre", "ated\r\nContent-Le", "ngth: 3\r", "\n\r\nab", "c"},
 			wantStatus: 201, wantBody: "abc", wantDone: true},
 		{name: "bare LF", frames: []string{"HTTP/1.0 404 Not Found\nContent-Length: 2\n\nno"}, wantStatus: 404, wantBody: "no", wantDone: true},

@@ -473,13 +473,16 @@ type exchange struct {
 	mu          sync.Mutex
 	worker      string // control-channel identity of the worker that took it
 	queue       [][]byte
+	queueBuf    [2][]byte // most replies are one frame: no allocation
 	queuedBytes int
 	maxBuffered int
 	err         error
 }
 
 func newExchange(id uint64, maxBuffered int) *exchange {
-	return &exchange{id: id, signal: make(chan struct{}, 1), maxBuffered: maxBuffered}
+	ex := &exchange{id: id, signal: make(chan struct{}, 1), maxBuffered: maxBuffered}
+	ex.queue = ex.queueBuf[:0]
+	return ex
 }
 
 var errOverflow = errors.New("client reads slower than the worker writes: reply buffer limit reached")
