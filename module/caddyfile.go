@@ -37,6 +37,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    stream_timeout     <duration>
 //	    max_request_body   <size>           # 413 past it, e.g. 10MB
 //	    max_buffered_reply <size>
+//	    upload_temp_store  <pattern>        # Mongrel2 temp-file uploads, e.g. /tmp/upload.XXXXXX
+//	    upload_threshold   <size>           # bodies above it go through the file (default 20480)
 //	    reply_window       <size>           # credit per request on the control channel
 //	    pattern            <path>
 //	    max_inflight       <n>              # per pool; past it wait queue_timeout, then 503
@@ -70,7 +72,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	for d.NextBlock(0) {
 		name := d.Val()
 		switch name {
-		case "request_endpoint", "reply_endpoint", "control_endpoint", "sender_id", "header_format", "pattern":
+		case "request_endpoint", "reply_endpoint", "control_endpoint", "sender_id", "header_format", "pattern", "upload_temp_store":
 			if !d.NextArg() {
 				return d.ArgErr()
 			}
@@ -91,6 +93,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.HeaderFormat = v
 			case "pattern":
 				h.Pattern = v
+			case "upload_temp_store":
+				h.UploadTempStore = v
 			}
 		case "reply_timeout", "stream_timeout", "heartbeat", "queue_timeout", "dispatch_timeout":
 			if !d.NextArg() {
@@ -117,7 +121,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			case "dispatch_timeout":
 				h.DispatchTimeout = caddy.Duration(dur)
 			}
-		case "max_request_body", "max_buffered_reply", "reply_window":
+		case "max_request_body", "max_buffered_reply", "reply_window", "upload_threshold":
 			if !d.NextArg() {
 				return d.ArgErr()
 			}
@@ -132,6 +136,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.MaxBufferedReply = size
 			case "reply_window":
 				h.ReplyWindow = size
+			case "upload_threshold":
+				h.UploadThreshold = size
 			}
 		case "max_inflight":
 			if !d.NextArg() {

@@ -45,10 +45,26 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		statePool.Put(st)
 	}()
 
-	body, status, err := h.readBody(r, st.body[:0])
-	st.body = body
-	if err != nil {
-		return h.fail(w, r, status, err)
+	var body []byte
+	var up *uploadSpool
+	if h.needsSpool(r) {
+		if r.ContentLength > h.MaxRequestBody {
+			return h.fail(w, r, http.StatusRequestEntityTooLarge,
+				fmt.Errorf("request body of %d bytes exceeds max_request_body %d", r.ContentLength, h.MaxRequestBody))
+		}
+		var err error
+		if up, err = newUploadSpool(h.UploadTempStore); err != nil {
+			return h.fail(w, r, http.StatusInternalServerError, err)
+		}
+		defer up.remove()
+	} else {
+		var status int
+		var err error
+		body, status, err = h.readBody(r, st.body[:0])
+		st.body = body
+		if err != nil {
+			return h.fail(w, r, status, err)
+		}
 	}
 
 	// Pick a pool; if its request socket cannot take the request (no
@@ -65,7 +81,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		if p == nil {
 			return h.fail(w, r, http.StatusServiceUnavailable, lastErr)
 		}
-		err := h.exchange(w, r, st, p, body, replyBy)
+		err := h.exchange(w, r, st, p, body, up, replyBy)
 		switch {
 		case errors.Is(err, errNotTaken):
 			// No worker started it by its dispatch deadline, and none
@@ -122,7 +138,7 @@ func (h *Handler) poolIndex(p *poolRuntime) int {
 // exchange sends the request to pool p and relays the reply. It returns
 // errNoWorker or errQueueFull, with nothing written, when the pool could
 // not take the request.
-func (h *Handler) exchange(w http.ResponseWriter, r *http.Request, st *requestState, p *poolRuntime, body []byte, replyBy time.Time) error {
+func (h *Handler) exchange(w http.ResponseWriter, r *http.Request, st *requestState, p *poolRuntime, body []byte, up *uploadSpool, replyBy time.Time) error {
 	if err := p.acquire(r, time.Duration(h.QueueTimeout)); err != nil {
 		return err
 	}
@@ -140,7 +156,14 @@ func (h *Handler) exchange(w http.ResponseWriter, r *http.Request, st *requestSt
 	if t.control != nil && h.DispatchTimeout > 0 && t.control.coversPeers() {
 		dispatchBy = time.Now().Add(time.Duration(h.DispatchTimeout))
 	}
-	h.encodeHeaders(&st.enc, r, path, len(body), ip, p.ControlEndpoint != "", dispatchBy)
+	bodyLen := int64(len(body))
+	if up != nil {
+		bodyLen = r.ContentLength
+		if up.done {
+			bodyLen = up.size
+		}
+	}
+	h.encodeHeaders(&st.enc, r, path, bodyLen, ip, p.ControlEndpoint != "", dispatchBy, up, false)
 	buf := getBuf()
 	*buf = mongrel2.AppendRequest(*buf, h.SenderID, string(connID), path, st.enc.Bytes(), body)
 
@@ -167,6 +190,32 @@ func (h *Handler) exchange(w http.ResponseWriter, r *http.Request, st *requestSt
 		putBuf(buf)
 	} else if err := t.submit(buf, ex); err != nil {
 		return err
+	}
+	if up != nil {
+		// The start message is out: write the body to the file (the
+		// handler may answer meanwhile to refuse it), then say it is done.
+		if !up.done {
+			chunk := make([]byte, 64<<10)
+			stopped, err := up.spool(r, h.MaxRequestBody, chunk, func() bool { return len(ex.signal) > 0 })
+			if err != nil {
+				t.notifyDisconnect(ex)
+				if errors.Is(err, errUploadTooLarge) {
+					return h.fail(w, r, http.StatusRequestEntityTooLarge, err)
+				}
+				return h.fail(w, r, http.StatusBadRequest, err)
+			}
+			if stopped {
+				h.logger.Debug("worker answered before the upload was complete", zap.Uint64("conn_id", ex.id))
+			}
+		}
+		if up.done {
+			h.encodeHeaders(&st.enc, r, path, up.size, ip, p.ControlEndpoint != "", dispatchBy, up, true)
+			done := getBuf()
+			*done = mongrel2.AppendRequest(*done, h.SenderID, string(connID), path, st.enc.Bytes(), nil)
+			if err := t.submit(done, ex); err != nil {
+				return err
+			}
+		}
 	}
 
 	rr := &st.rr

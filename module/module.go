@@ -39,6 +39,7 @@ const (
 	DefaultMaxInflight      = 10000
 	DefaultQueueTimeout     = 5 * time.Second
 	DefaultDispatchTimeout  = time.Second
+	DefaultUploadThreshold  = 20480
 	minReplyWindow          = 256 << 10
 )
 
@@ -110,6 +111,20 @@ type Handler struct {
 	// MaxRequestBody is the largest request body passed to a worker, in
 	// bytes. Larger ones get 413. Default: 10 MiB.
 	MaxRequestBody int64 `json:"max_request_body,omitempty"`
+
+	// UploadTempStore enables Mongrel2's temp-file upload mode: a request
+	// body larger than UploadThreshold (or of unknown length) is written to
+	// a file made from this pattern (e.g. /tmp/upload.XXXXXX), and the
+	// handler gets the x-mongrel2-upload-start and -done messages naming
+	// it, as behind Mongrel2 (upload.temp_store). The file is removed when
+	// the exchange is over. Default: off (bodies are sent inline, up to
+	// MaxRequestBody).
+	UploadTempStore string `json:"upload_temp_store,omitempty"`
+
+	// UploadThreshold is the largest body sent inline when
+	// UploadTempStore is set (Mongrel2's limits.content_length). Default:
+	// 20480.
+	UploadThreshold int64 `json:"upload_threshold,omitempty"`
 
 	// MaxBufferedReply is how many bytes of reply frames may wait for a
 	// slow client before the client is disconnected (Mongrel2 allows 16
@@ -199,6 +214,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	if h.MaxRequestBody == 0 {
 		h.MaxRequestBody = DefaultMaxRequestBody
+	}
+	if h.UploadThreshold == 0 {
+		h.UploadThreshold = DefaultUploadThreshold
 	}
 	if h.MaxBufferedReply == 0 {
 		h.MaxBufferedReply = DefaultMaxBufferedReply

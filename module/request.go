@@ -18,13 +18,14 @@ var requestHopHeaders = map[string]bool{
 	"Transfer-Encoding": true, "Upgrade": true, "Trailer": true,
 	// Rewritten below from what Caddy knows, never taken from the client.
 	"X-Forwarded-For": true, "Content-Length": true,
+	"X-Mongrel2-Upload-Start": true, "X-Mongrel2-Upload-Done": true,
 }
 
 // encodeHeaders writes the Mongrel2 header block for r. Client header names
 // are lower-cased; the front end's own keys are upper case and come after
 // them, so no client header can stand in for METHOD, PATH and the like:
 // the names differ, and a parser that keeps the last duplicate sees ours.
-func (h *Handler) encodeHeaders(e *mongrel2.HeaderEncoder, r *http.Request, path string, bodyLen int, clientIP string, control bool, dispatchBy time.Time) {
+func (h *Handler) encodeHeaders(e *mongrel2.HeaderEncoder, r *http.Request, path string, bodyLen int64, clientIP string, control bool, dispatchBy time.Time, up *uploadSpool, uploadDone bool) {
 	e.Reset(h.headerFormat)
 	// Mongrel2 writes PATH first in its JSON block; keep its byte order.
 	e.Add("PATH", path)
@@ -36,7 +37,17 @@ func (h *Handler) encodeHeaders(e *mongrel2.HeaderEncoder, r *http.Request, path
 		e.AddList(lowerHeaderName(name), values)
 	}
 	if bodyLen > 0 || r.ContentLength > 0 || r.Method == http.MethodPost || r.Method == http.MethodPut || r.Method == http.MethodPatch {
-		e.Add("content-length", itoa(bodyLen))
+		if bodyLen >= 0 {
+			e.Add("content-length", itoa64(bodyLen))
+		}
+	}
+	if up != nil {
+		// Written by Caddy, never taken from the client (see
+		// requestHopHeaders): a handler opens the file they name.
+		e.Add(hdrUploadStart, up.path)
+		if uploadDone {
+			e.Add(hdrUploadDone, up.path)
+		}
 	}
 	e.Add("x-forwarded-for", clientIP)
 	e.Add("METHOD", r.Method)
@@ -114,6 +125,13 @@ var lowerCommon = func() map[string]string {
 	}
 	return m
 }()
+
+func itoa64(n int64) string {
+	if n >= 0 && n < int64(len(smallInts)) {
+		return smallInts[n]
+	}
+	return string(mongrel2.AppendUint(nil, uint64(n)))
+}
 
 func itoa(n int) string {
 	if n >= 0 && n < len(smallInts) {
