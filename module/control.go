@@ -312,6 +312,21 @@ func (c *controlPlane) handle(worker string, payload []byte) {
 				ex.setWorker(worker)
 			}
 		}
+	case "UCREDIT":
+		// UCREDIT <id> <bytes>: the worker's handler read that much of a
+		// streamed upload.
+		idb, nb, _ := bytes.Cut(arg, []byte{' '})
+		id, ok1 := mongrel2.ParseUint(idb)
+		n, ok2 := mongrel2.ParseUint(nb)
+		if !ok1 || !ok2 {
+			return
+		}
+		c.t.mu.RLock()
+		ex := c.t.pending[id]
+		c.t.mu.RUnlock()
+		if ex != nil && ex.upload != nil {
+			ex.upload.grant(int64(n))
+		}
 	case "HB", "HELLO", "BYE":
 	default:
 		c.logger.Debug("unknown control message", zap.String("worker", worker), zap.ByteString("verb", verb))

@@ -23,6 +23,12 @@ type requestState struct {
 	rr     responseReader
 	frames [][]byte
 	idBuf  [20]byte
+	// lazyBody: the body is read only once the pool is known, since it
+	// may be streamed to the worker instead (see stream_upload.go).
+	lazyBody bool
+	// bodyConsumed: a streamed upload read (part of) the body, so the
+	// request can no longer be sent again.
+	bodyConsumed bool
 	// timer is the reply/stream timer, reused across requests: since Go
 	// 1.23 Stop and Reset leave no stale tick in its channel.
 	timer *time.Timer
@@ -42,6 +48,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		}
 		clear(st.frames)
 		st.rr.w = nil
+		st.lazyBody, st.bodyConsumed = false, false
 		statePool.Put(st)
 	}()
 
@@ -57,6 +64,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 			return h.fail(w, r, http.StatusInternalServerError, err)
 		}
 		defer up.remove()
+	} else if h.hasControl && r.Body != nil && r.Body != http.NoBody &&
+		(r.ContentLength < 0 || r.ContentLength > streamThreshold) {
+		if r.ContentLength > h.MaxRequestBody {
+			return h.fail(w, r, http.StatusRequestEntityTooLarge,
+				fmt.Errorf("request body of %d bytes exceeds max_request_body %d", r.ContentLength, h.MaxRequestBody))
+		}
+		st.lazyBody = true
 	} else {
 		var status int
 		var err error
@@ -81,6 +95,17 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		if p == nil {
 			return h.fail(w, r, http.StatusServiceUnavailable, lastErr)
 		}
+		if st.lazyBody && !h.streamsUpload(r, p.transport) {
+			// This pool cannot take a streamed body: buffer it after all.
+			var status int
+			var err error
+			body, status, err = h.readBody(r, st.body[:0])
+			st.body = body
+			st.lazyBody = false
+			if err != nil {
+				return h.fail(w, r, status, err)
+			}
+		}
 		err := h.exchange(w, r, st, p, body, up, replyBy)
 		switch {
 		case errors.Is(err, errNotTaken):
@@ -97,7 +122,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		case errors.Is(err, errWorkerLost):
 			// The worker took the request and vanished before answering.
 			// Repeating is only safe where the method says so.
-			if isIdempotent(r.Method) && retries < h.Retries {
+			if isIdempotent(r.Method) && retries < h.Retries && !st.bodyConsumed {
 				retries++
 				h.logger.Warn("retrying idempotent request after losing its worker",
 					zap.String("method", r.Method), zap.String("uri", r.RequestURI), zap.Int("retry", retries))
@@ -156,7 +181,15 @@ func (h *Handler) exchange(w http.ResponseWriter, r *http.Request, st *requestSt
 	if t.control != nil && h.DispatchTimeout > 0 && t.control.coversPeers() {
 		dispatchBy = time.Now().Add(time.Duration(h.DispatchTimeout))
 	}
+	streaming := st.lazyBody
+	if streaming {
+		ex.acked = make(chan struct{})
+		ex.upload = newUploadFlow(h.ReplyWindow)
+	}
 	bodyLen := int64(len(body))
+	if streaming {
+		bodyLen = r.ContentLength
+	}
 	if up != nil {
 		bodyLen = r.ContentLength
 		if up.done {
@@ -164,6 +197,9 @@ func (h *Handler) exchange(w http.ResponseWriter, r *http.Request, st *requestSt
 		}
 	}
 	h.encodeHeaders(&st.enc, r, path, bodyLen, ip, p.ControlEndpoint != "", dispatchBy, up, false)
+	if streaming {
+		st.enc.Add("ZMQX_BODY", "stream")
+	}
 	buf := getBuf()
 	*buf = mongrel2.AppendRequest(*buf, h.SenderID, string(connID), path, st.enc.Bytes(), body)
 
@@ -190,6 +226,17 @@ func (h *Handler) exchange(w http.ResponseWriter, r *http.Request, st *requestSt
 		putBuf(buf)
 	} else if err := t.submit(buf, ex); err != nil {
 		return err
+	}
+	if streaming {
+		pumpDone := make(chan struct{})
+		pumped := make(chan struct{})
+		go func() {
+			defer close(pumped)
+			h.pumpUpload(r, t, ex, pumpDone, &st.bodyConsumed)
+		}()
+		// The pump reads r.Body: it must be finished before ServeHTTP
+		// returns and net/http reuses the request.
+		defer func() { close(pumpDone); <-pumped }()
 	}
 	if up != nil {
 		// The start message is out: write the body to the file (the

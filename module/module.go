@@ -167,6 +167,7 @@ type Handler struct {
 
 	headerFormat mongrel2.HeaderFormat
 	windowHeader string
+	hasControl   bool // some pool has a control channel
 	pools        []*poolRuntime
 	poolsByDial  map[string]*poolRuntime
 	selector     reverseproxy.Selector
@@ -291,6 +292,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		pr := &poolRuntime{Pool: p, transport: t, poolKey: key, upstream: &reverseproxy.Upstream{Dial: p.Name},
 			slots: make(chan struct{}, h.MaxInflight)}
 		h.pools = append(h.pools, pr)
+		h.hasControl = h.hasControl || t.control != nil
 		h.poolsByDial[p.Name] = pr
 		// The sockets outlive this config: what is fixed in them cannot
 		// change without new endpoints (or a restart).

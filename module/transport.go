@@ -470,6 +470,11 @@ type exchange struct {
 	id     uint64
 	signal chan struct{}
 
+	// acked is closed when a worker acknowledges the request.
+	acked chan struct{}
+	// upload is the credit of a streamed upload (nil otherwise).
+	upload *uploadFlow
+
 	mu          sync.Mutex
 	worker      string // control-channel identity of the worker that took it
 	queue       [][]byte
@@ -505,8 +510,12 @@ func (ex *exchange) deliver(body []byte) {
 // request, which may owe that worker credit.
 func (ex *exchange) setWorker(w string) {
 	ex.mu.Lock()
+	first := ex.worker == ""
 	ex.worker = w
 	ex.mu.Unlock()
+	if first && ex.acked != nil {
+		close(ex.acked)
+	}
 	ex.wake()
 }
 

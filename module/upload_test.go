@@ -24,7 +24,7 @@ func TestTempFileUpload(t *testing.T) {
 	})
 	type seen struct {
 		start, done, length string
-		content               []byte
+		content             []byte
 	}
 	got := make(chan seen, 4)
 	startFakeWorker(t, env.reqEP, env.repEP, func(r *mongrel2.Request) [][]byte {

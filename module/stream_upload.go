@@ -1,0 +1,135 @@
+package caddyzmq
+
+import (
+	"errors"
+	"io"
+	"net/http"
+	"strconv"
+	"sync"
+
+	"go.uber.org/zap"
+)
+
+// Streamed uploads (zmqx/1): when every worker of the pool speaks the
+// control channel, a large body (or one of unknown length) is not buffered.
+// The request goes out with `ZMQX_BODY: stream` and an empty inline body;
+// once a worker acknowledges it, Caddy sends the body to exactly that
+// worker over the control channel as `BODY <id> <bytes>` messages of at
+// most streamChunk bytes, then `BODYEND <id>` (or `BODYERR <id>` if the
+// client's body broke). The worker grants `UCREDIT <id> <n>` as its
+// handler reads; Caddy never has more than the window outstanding, so a
+// slow handler slows the client and neither side buffers the whole body.
+
+const (
+	// streamThreshold is the largest body still sent inline.
+	streamThreshold = 64 << 10
+	// streamChunk is the largest BODY message.
+	streamChunk = 256 << 10
+)
+
+var errUploadAborted = errors.New("the worker went away during the upload")
+
+// uploadFlow is the credit state of one streamed upload.
+type uploadFlow struct {
+	mu     sync.Mutex
+	credit int64
+	signal chan struct{}
+}
+
+func newUploadFlow(window int64) *uploadFlow {
+	return &uploadFlow{credit: window, signal: make(chan struct{}, 1)}
+}
+
+func (u *uploadFlow) grant(n int64) {
+	u.mu.Lock()
+	u.credit += n
+	u.mu.Unlock()
+	select {
+	case u.signal <- struct{}{}:
+	default:
+	}
+}
+
+// take waits until some credit is there and takes up to want of it.
+func (u *uploadFlow) take(want int64, done <-chan struct{}) (int64, bool) {
+	for {
+		u.mu.Lock()
+		if u.credit > 0 {
+			n := min(want, u.credit)
+			u.credit -= n
+			u.mu.Unlock()
+			return n, true
+		}
+		u.mu.Unlock()
+		select {
+		case <-u.signal:
+		case <-done:
+			return 0, false
+		}
+	}
+}
+
+// streamsUpload reports whether r's body is streamed to the worker.
+func (h *Handler) streamsUpload(r *http.Request, t *transport) bool {
+	if t.control == nil || r.Body == nil || r.Body == http.NoBody {
+		return false
+	}
+	if r.ContentLength >= 0 && r.ContentLength <= streamThreshold {
+		return false
+	}
+	return t.control.coversPeers()
+}
+
+// pumpUpload sends r's body to the worker that acknowledged ex, paced by
+// its credit. It runs in its own goroutine and ends when the body is sent,
+// the exchange is over (done), or the worker cannot be reached.
+func (h *Handler) pumpUpload(r *http.Request, t *transport, ex *exchange, done <-chan struct{}, consumed *bool) {
+	// Wait for the acknowledgement: it names the worker.
+	var worker string
+	for worker == "" {
+		select {
+		case <-ex.acked:
+			worker = ex.workerID()
+		case <-done:
+			return
+		}
+	}
+	id := strconv.AppendUint(nil, ex.id, 10)
+	buf := make([]byte, streamChunk)
+	var sent int64
+	*consumed = true // from here on the body cannot be sent again
+	for {
+		n, err := io.ReadFull(r.Body, buf)
+		if n > 0 {
+			if h.MaxRequestBody > 0 && sent+int64(n) > h.MaxRequestBody {
+				t.control.send(worker, append([]byte("BODYERR "), id...))
+				ex.fail(errUploadTooLarge)
+				return
+			}
+			for off := 0; off < n; {
+				c, ok := ex.upload.take(int64(n-off), done)
+				if !ok {
+					return
+				}
+				msg := make([]byte, 0, 6+len(id)+int(c))
+				msg = append(msg, "BODY "...)
+				msg = append(msg, id...)
+				msg = append(msg, ' ')
+				msg = append(msg, buf[off:off+int(c)]...)
+				t.control.send(worker, msg)
+				off += int(c)
+			}
+			sent += int64(n)
+		}
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			t.control.send(worker, append([]byte("BODYEND "), id...))
+			return
+		}
+		if err != nil {
+			h.logger.Info("client request body failed during a streamed upload",
+				zap.Uint64("conn_id", ex.id), zap.Error(err))
+			t.control.send(worker, append([]byte("BODYERR "), id...))
+			return
+		}
+	}
+}

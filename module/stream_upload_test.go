@@ -1,0 +1,141 @@
+package caddyzmq
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"encoding/hex"
+	"fmt"
+	"io"
+	"net/http"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	zmq "github.com/pebbe/zmq4"
+
+	"github.com/zmqbridge/caddy-zmq/workerkit/mongrel2"
+)
+
+// TestStreamedUpload: with a zmqx worker, a large body goes over the
+// control channel in BODY messages, never more than the window beyond the
+// worker's grants, and arrives whole.
+func TestStreamedUpload(t *testing.T) {
+	ctlEP := "ipc://" + filepath.Join(t.TempDir(), "ctl")
+	const window = 256 << 10
+	env := newTestEnv(t, func(h *Handler) {
+		h.ControlEndpoint = ctlEP
+		h.ReplyWindow = window
+		h.MaxRequestBody = 64 << 20
+		h.ReplyTimeout = caddy.Duration(20 * time.Second)
+	})
+	overrun := make(chan int64, 1)
+	stop, done := make(chan struct{}), make(chan struct{})
+	go func() {
+		defer close(done)
+		pull, _ := zmq.NewSocket(zmq.PULL)
+		pub, _ := zmq.NewSocket(zmq.PUB)
+		dealer, _ := zmq.NewSocket(zmq.DEALER)
+		for _, s := range []*zmq.Socket{pull, pub, dealer} {
+			s.SetLinger(0)
+			defer s.Close()
+		}
+		dealer.SetIdentity("wk-upload")
+		pub.Connect(env.repEP)
+		dealer.Connect(ctlEP)
+		pull.Connect(env.reqEP)
+		poller := zmq.NewPoller()
+		poller.Add(pull, zmq.POLLIN)
+		poller.Add(dealer, zmq.POLLIN)
+		var cur *mongrel2.Request
+		hash := sha256.New()
+		var total, ungranted int64
+		lastHB := time.Time{}
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			if time.Since(lastHB) > 100*time.Millisecond {
+				dealer.SendBytes([]byte("HB"), zmq.DONTWAIT)
+				lastHB = time.Now()
+			}
+			polled, _ := poller.Poll(20 * time.Millisecond)
+			for _, p := range polled {
+				msg, err := p.Socket.RecvBytes(0)
+				if err != nil {
+					continue
+				}
+				if p.Socket == pull {
+					req, err := mongrel2.ParseRequest(msg)
+					if err != nil || req.IsDisconnect() {
+						continue
+					}
+					if req.Header("ZMQX_BODY") != "stream" {
+						pub.SendBytes(mongrel2.AppendReplyOne(nil, req.Sender, req.ConnID, okReply("inline")[0]), 0)
+						continue
+					}
+					cur, total, ungranted = req, 0, 0
+					hash.Reset()
+					dealer.SendBytes([]byte("ACK "+req.ConnID), 0)
+					continue
+				}
+				verb, rest, _ := bytes.Cut(msg, []byte{' '})
+				_, data, _ := bytes.Cut(rest, []byte{' '})
+				switch string(verb) {
+				case "BODY":
+					hash.Write(data)
+					total += int64(len(data))
+					ungranted += int64(len(data))
+					if ungranted > window {
+						select {
+						case overrun <- ungranted:
+						default:
+						}
+					}
+					// Grant only in big steps, like a slow reader.
+					if ungranted >= window {
+						dealer.SendBytes([]byte(fmt.Sprintf("UCREDIT %s %d", cur.ConnID, ungranted)), 0)
+						ungranted = 0
+					}
+				case "BODYEND":
+					reply := hex.EncodeToString(hash.Sum(nil)) + " " + strconv.FormatInt(total, 10)
+					pub.SendBytes(mongrel2.AppendReplyOne(nil, cur.Sender, cur.ConnID, okReply(reply)[0]), 0)
+				}
+			}
+		}
+	}()
+	t.Cleanup(func() { close(stop); <-done })
+	env.waitForWorker(t)
+	for deadline := time.Now().Add(5 * time.Second); !env.h.pools[0].transport.control.coversPeers(); {
+		if time.Now().After(deadline) {
+			t.Fatal("worker never counted as zmqx")
+		}
+		time.Sleep(5 * time.Millisecond) // polling
+	}
+	for _, chunked := range []bool{false, true} {
+		payload := bytes.Repeat([]byte("streamed upload "), 512<<10) // 8 MiB
+		var body io.Reader = bytes.NewReader(payload)
+		if chunked {
+			body = io.MultiReader(body)
+		}
+		resp, err := http.Post(env.srv.URL+"/upload", "application/octet-stream", body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		sum := sha256.Sum256(payload)
+		want := hex.EncodeToString(sum[:]) + " " + strconv.Itoa(len(payload))
+		if string(b) != want {
+			t.Fatalf("chunked=%v: worker got %q, want %q", chunked, b, want)
+		}
+	}
+	select {
+	case n := <-overrun:
+		t.Fatalf("Caddy sent %d bytes beyond the worker's grants (window %d)", n, window)
+	default:
+	}
+}
