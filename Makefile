@@ -94,7 +94,7 @@ $(BIN)/caddy: $(CADDY_SRCS) go.mod go.sum xcaddy.json | deps
 	      --output $@.tmp; \
 	}; \
 	xcaddy_build || { echo "xcaddy build failed; trying once more"; xcaddy_build; }
-	@if ! ldd $@.tmp | grep -q 'libzmq'; then \
+	@if ! ldd $@.tmp | grep 'libzmq' >/dev/null; then \
 	  echo "$@ is not linked against libzmq (was it built without cgo?):"; ldd $@.tmp || true; \
 	  rm -f $@.tmp; exit 1; \
 	fi
@@ -102,7 +102,7 @@ $(BIN)/caddy: $(CADDY_SRCS) go.mod go.sum xcaddy.json | deps
 	@# Date the binary from the start of the build: a source saved while
 	@# xcaddy was running is then newer, and the next make rebuilds.
 	@touch -d "@$$(cat $@.started)" $@ && rm -f $@.started
-	@$@ list-modules | grep -qx 'http.handlers.zmq' || { echo "$@ lacks http.handlers.zmq"; exit 1; }
+	@$@ list-modules | grep -x 'http.handlers.zmq' >/dev/null || { echo "$@ lacks http.handlers.zmq"; exit 1; }
 	@echo "built $@: $$($@ version | head -n1), $$(ldd $@ | grep -o 'libzmq[^ ]*' | head -n1)"
 
 # go_build: build package $(1) into $@, dated from the start of the build.
@@ -173,12 +173,23 @@ endef
 fuzz-short: deps
 	@$(MAKE) --no-print-directory fuzz FUZZTIME=$(SHORT_FUZZTIME)
 
+# Go 1.26's fuzz coordinator can fail a run with a bare "context deadline
+# exceeded" when -fuzztime runs out while a worker is busy, more so on a
+# loaded machine (golang/go#75804, fixed in Go 1.27). That case, and only it
+# (no failing input written), is reported and not counted as a failure.
 fuzz: deps
 	@targets="$$($(list_fuzz))"; \
 	if [ -z "$$targets" ]; then echo "fuzz: no Fuzz targets found"; exit 0; fi; \
+	log=$$(mktemp); trap 'rm -f "$$log"' EXIT; \
 	echo "$$targets" | while read -r pkg name; do \
 	  echo "fuzz: $$pkg $$name ($(FUZZTIME))"; \
-	  CGO_ENABLED=1 $(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) "$$pkg" </dev/null; \
+	  if CGO_ENABLED=1 $(GO) test -run '^$$' -fuzz "^$$name\$$" -fuzztime $(FUZZTIME) "$$pkg" </dev/null 2>&1 | tee "$$log"; then \
+	    :; \
+	  elif grep -qx '    context deadline exceeded' "$$log" && ! grep -q 'Failing input written' "$$log"; then \
+	    echo "fuzz: $$name: no failing input; the failure is Go's -fuzztime deadline race (golang/go#75804), ignored"; \
+	  else \
+	    exit 1; \
+	  fi; \
 	done
 
 # ---------------------------------------------------------------------------

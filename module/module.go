@@ -280,6 +280,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		})
 		if err != nil {
 			_ = h.Cleanup()
+			h.pools = nil
 			return fmt.Errorf("zmq: pool %s: %w", p.Name, err)
 		}
 		t := val.(*transport)
@@ -346,13 +347,16 @@ func (h *Handler) Validate() error {
 // Cleanup releases this config's hold on the sockets. They are closed only
 // when no config uses them any more, so a reload keeps requests in flight.
 func (h *Handler) Cleanup() error {
+	// h.pools stays: Caddy cleans up the old config while its servers may
+	// still be finishing requests (a reload). Those keep using the sockets,
+	// which the new config holds on to; after a real shutdown the
+	// transport is stopped and late requests get 503.
 	var firstErr error
 	for _, p := range h.pools {
 		if _, err := transports.Delete(p.poolKey); err != nil && firstErr == nil {
 			firstErr = err
 		}
 	}
-	h.pools = nil
 	return firstErr
 }
 
