@@ -3,6 +3,8 @@ package integration
 import (
 	"bytes"
 	"context"
+	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -283,14 +285,17 @@ func TestReloadUnderLoad(t *testing.T) {
 				}
 				url := c.HTTPSURL("/load?sleep=" + sleep + "&token=" + tok)
 				r, reused, err := doTraced(client, url, tok)
-				if err != nil && reused {
+				if err != nil && (reused || errors.Is(err, io.EOF)) {
 					// An idle keep-alive connection closed by the old
 					// server just as this request went out on it (Caddy
 					// shows the same with reverse_proxy). Clients may
 					// retry an idempotent request then (RFC 9112 9.3.1),
 					// as browsers do: once, on a fresh connection.
 					retried.Add(1)
-					t.Logf("client %d (%s): %v on a reused connection: retrying once", i, m.Name, err)
+					// Also seen: EOF right after the TLS handshake of a
+					// fresh connection that the old server accepted as it
+					// shut down; no handler ran (nothing is logged).
+					t.Logf("client %d (%s): %v: no response started; retrying once", i, m.Name, err)
 					r, _, err = doTraced(client, url, tok)
 				}
 				switch {
@@ -349,12 +354,16 @@ func TestReloadUnderLoad(t *testing.T) {
 // doTraced is do for a GET with an X-Token header that also tells whether
 // the request went out on a reused connection.
 func doTraced(client *http.Client, url, tok string) (*response, bool, error) {
-	var reused atomic.Bool
+	var reused, gotConn, tlsDone atomic.Bool
 	ctx, cancel := context.WithTimeout(context.Background(), 2*requestTimeout)
 	defer cancel()
 	ctx = httptrace.WithClientTrace(ctx, &httptrace.ClientTrace{
-		GotConn: func(info httptrace.GotConnInfo) { reused.Store(info.Reused) },
+		GotConn:          func(info httptrace.GotConnInfo) { reused.Store(info.Reused); gotConn.Store(true) },
+		TLSHandshakeDone: func(tls.ConnectionState, error) { tlsDone.Store(true) },
 	})
+	traced := func(err error) error {
+		return fmt.Errorf("%w [got conn %v, reused %v, TLS handshake done %v]", err, gotConn.Load(), reused.Load(), tlsDone.Load())
+	}
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 	if err != nil {
 		return nil, false, err
@@ -362,7 +371,7 @@ func doTraced(client *http.Client, url, tok string) (*response, bool, error) {
 	req.Header.Set("X-Token", tok)
 	resp, err := client.Do(req)
 	if err != nil {
-		return nil, reused.Load(), err
+		return nil, reused.Load(), traced(err)
 	}
 	defer resp.Body.Close()
 	b, err := io.ReadAll(resp.Body)
