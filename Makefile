@@ -49,6 +49,7 @@ export HTTP_PORT ?= 8080
 export ADMIN_ADDR ?= localhost:2019
 export ZMQ_REQUESTS ?= tcp://127.0.0.1:9997
 export ZMQ_REPLIES ?= tcp://127.0.0.1:9996
+export ZMQ_CONTROL ?= tcp://127.0.0.1:9995
 RUN_CONFIG ?= caddyfiles/Caddyfile
 
 .PHONY: all deps build workers run test vet unit fuzz fuzz-short bench clean
@@ -135,7 +136,7 @@ run: deps $(BIN)/caddy $(BIN)/hello-worker
 	@echo "  Trust Caddy's local CA in the system store (needs root):"
 	@echo "          bin/caddy trust --address $(ADMIN_ADDR)     (undo: bin/caddy untrust --address $(ADMIN_ADDR))"
 	@echo "  Workers connect to $(ZMQ_REQUESTS) (requests) and $(ZMQ_REPLIES) (replies):"
-	@echo "          bin/echo-worker -frontend $(ZMQ_REQUESTS),$(ZMQ_REPLIES)"
+	@echo "          bin/echo-worker -frontend $(ZMQ_REQUESTS),$(ZMQ_REPLIES),$(ZMQ_CONTROL)"
 	@echo "  Ctrl-C stops both."
 	@echo
 	@caddy_pid=""; worker_pid=""; \
@@ -146,7 +147,7 @@ run: deps $(BIN)/caddy $(BIN)/hello-worker
 	}; \
 	trap 'stop; exit 130' INT; trap 'stop; exit 143' TERM; trap stop EXIT; \
 	$(BIN)/caddy run --config $(RUN_CONFIG) --adapter caddyfile & caddy_pid=$$!; \
-	$(BIN)/hello-worker -frontend $(ZMQ_REQUESTS),$(ZMQ_REPLIES) & worker_pid=$$!; \
+	$(BIN)/hello-worker -frontend $(ZMQ_REQUESTS),$(ZMQ_REPLIES),$(ZMQ_CONTROL) & worker_pid=$$!; \
 	set +e; wait -n $$caddy_pid $$worker_pid; rc=$$?; set -e; \
 	echo "make run: a process exited (status $$rc); stopping the other"; \
 	stop; exit $$rc

@@ -424,7 +424,7 @@ func TestRoutes(t *testing.T) {
 func TestHelloWorker(t *testing.T) {
 	bin := needFile(t, repoPath("bin", "hello-worker"), "run make build")
 	c := startCaddy(t, caddyOpts{Config: "caddyfiles/Caddyfile", HTTPS: true})
-	w := startProcess(t, "hello-worker", command(t, bin, "-frontend", c.FrontEnd()))
+	w := startProcess(t, "hello-worker", command(t, bin, "-frontend", c.FrontEndControl()))
 	client := c.Client(modeH2)
 	defer client.CloseIdleConnections()
 	var last *response

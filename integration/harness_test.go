@@ -339,7 +339,7 @@ func startCaddy(t testing.TB, opts caddyOpts) *caddy {
 var errPortTaken = errors.New("a port was taken")
 
 func tryStartCaddy(t testing.TB, bin, config string, opts caddyOpts) (*caddy, error) {
-	ports := freePorts(t, 5+len(opts.Endpoints))
+	ports := freePorts(t, 6+len(opts.Endpoints))
 	dir := t.TempDir()
 	vars := map[string]string{
 		"XDG_DATA_HOME":   filepath.Join(dir, "data"),
@@ -349,10 +349,11 @@ func tryStartCaddy(t testing.TB, bin, config string, opts caddyOpts) (*caddy, er
 		"HTTPS_PORT":      strconv.Itoa(ports[2]),
 		"ZMQ_REQUESTS":    tcpEndpoint(ports[3]),
 		"ZMQ_REPLIES":     tcpEndpoint(ports[4]),
+		"ZMQ_CONTROL":     tcpEndpoint(ports[5]),
 		"BIND_HOST":       "127.0.0.1",
 	}
 	for i, name := range opts.Endpoints {
-		vars[name] = tcpEndpoint(ports[5+i])
+		vars[name] = tcpEndpoint(ports[6+i])
 	}
 	for k, v := range opts.Env {
 		vars[k] = v
@@ -473,6 +474,10 @@ func (c *caddy) Endpoint(name string) string { return c.vars[name] }
 
 // FrontEnd is the -frontend flag value for workers of this Caddy.
 func (c *caddy) FrontEnd() string { return c.vars["ZMQ_REQUESTS"] + "," + c.vars["ZMQ_REPLIES"] }
+
+// FrontEndControl is FrontEnd with the control endpoint, for configs that
+// set control_endpoint {$ZMQ_CONTROL}.
+func (c *caddy) FrontEndControl() string { return c.FrontEnd() + "," + c.vars["ZMQ_CONTROL"] }
 
 func (c *caddy) HTTPURL(path string) string {
 	return fmt.Sprintf("http://127.0.0.1:%d%s", c.HTTPPort, path)
