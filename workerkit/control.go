@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math"
 	"strconv"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -16,8 +17,8 @@ import (
 // connected to the front end's ROUTER, with the worker id as its identity.
 // Every message is one frame of text.
 //
-//	worker -> front end: HELLO <max_concurrent> | HB | ACK <conn_id> | BYE
-//	front end -> worker: CREDIT <conn_id> <bytes> | DISCONNECT <conn_id>
+//	worker -> front end: HELLO <max_concurrent> | HB | ACK <conn_id> [<conn_id> ...] | BYE
+//	front end -> worker: CREDIT <conn_id> <bytes> | DISCONNECT <conn_id> | REQ <request frame>
 
 const (
 	// windowHeader is the trusted request header that asks for flow
@@ -33,6 +34,8 @@ const (
 	ctlStartWait = time.Second
 	// maxGrant bounds one CREDIT, so that nonsense cannot overflow.
 	maxGrant = 1 << 40
+	// maxAckIDs bounds the connection ids one ACK message carries.
+	maxAckIDs = 128
 )
 
 // ctlSeq numbers the inproc endpoints of control owners (one libzmq context
@@ -41,43 +44,81 @@ var ctlSeq atomic.Uint64
 
 // ctlConn is the control channel of one front end. Its sockets belong to
 // the goroutine running run (and one to its waker); other goroutines talk to
-// it through channels.
+// it through the queues below and the wake channel.
 type ctlConn struct {
 	fe   *frontEnd
-	acks chan *flight  // ACKs to send, in arrival order
 	wake chan struct{} // something is queued: poke the owner out of zmq_poll
 	dead chan struct{} // closed when the owner is gone
 	up   chan struct{} // closed at the first completed handshake
+
+	// connected: HELLO went out on the current connection, so an ACK can
+	// go out too. Written by the owner, read when a request starts.
+	connected     atomic.Bool
+	warnedUnacked atomic.Bool // logged once per outage
+
+	ackMu     sync.Mutex
+	acks      []*flight // ACKs to send, in the order the requests started
+	ackClosed bool      // the owner is gone
+
+	// Requests addressed to this worker (REQ), admitted by the owner, in
+	// arrival order, waiting for runAddressed to give them a handler slot.
+	reqMu     sync.Mutex
+	reqs      []*flight // reqs[reqHead:] are waiting
+	reqHead   int
+	reqClosed bool          // runAddressed is gone: drop further REQs
+	reqWake   chan struct{} // capacity 1: reqs is not empty
 }
 
 func newCtlConn(fe *frontEnd) *ctlConn {
 	return &ctlConn{
-		fe: fe,
-		// One ACK per handler slot at most is waiting: the goroutine that
-		// holds the slot waits for it.
-		acks: make(chan *flight, fe.s.maxConc),
-		wake: make(chan struct{}, 1),
-		dead: make(chan struct{}),
-		up:   make(chan struct{}),
+		fe:      fe,
+		wake:    make(chan struct{}, 1),
+		dead:    make(chan struct{}),
+		up:      make(chan struct{}),
+		reqWake: make(chan struct{}, 1),
 	}
 }
 
-// ack queues the ACK of a windowed request; fl.acked is closed once the
-// owner tried to send it. Called by the request socket's owner.
+// ack queues the ACK of a request that starts now. The caller does not wait
+// for it: the ACK leaves within microseconds (the owner never blocks), and
+// waiting would buy nothing. An ACK handed to libzmq is not delivered yet
+// either, and the reply travels on another socket, so the front end sees
+// ACK and reply in either order anyway (it accepts both). What the writer
+// needs to know, whether credit will come, is settled without waiting: the
+// flow is lifted if the ACK cannot be sent.
+//
+// The owner sends everything queued when it wakes as one message, so ACKs
+// of requests that start together are coalesced without any timer: a lone
+// ACK is never delayed.
 func (c *ctlConn) ack(fl *flight) {
-	select {
-	case c.acks <- fl:
-	case <-c.dead:
-		close(fl.acked)
+	c.ackMu.Lock()
+	if c.ackClosed {
+		c.ackMu.Unlock()
+		fl.flow.lift()
 		return
 	}
-	c.poke()
+	c.acks = append(c.acks, fl)
+	first := len(c.acks) == 1
+	c.ackMu.Unlock()
+	if first {
+		// Later ones ride on this wake-up: the owner takes the whole queue.
+		c.poke()
+	}
 }
 
 func (c *ctlConn) poke() {
 	select {
 	case c.wake <- struct{}{}:
 	default:
+	}
+}
+
+// warnUnacked logs, once per control outage, that requests with a dispatch
+// deadline are being dropped for want of an ACK.
+func (c *ctlConn) warnUnacked() {
+	if !c.warnedUnacked.Swap(true) {
+		c.fe.log.Warn("control channel down: dropping requests with a dispatch deadline, which cannot be acknowledged (the front end re-sends them)",
+			"control", c.fe.cfg.Control)
 	}
 }
 
@@ -101,9 +142,10 @@ type ctlOwner struct {
 	c         *ctlConn
 	sock      *zmq.Socket
 	needHello bool // a new connection has not heard HELLO yet
-	connected bool // HELLO went out on the current connection
 	bye       bool // the worker is draining: say BYE after every HELLO
 	upClosed  bool
+	batch     []*flight // ACKs being sent; swapped with ctlConn.acks
+	buf       []byte    // ACK message being built
 }
 
 // run owns the DEALER, its monitor and the receiving end of the waker.
@@ -191,6 +233,9 @@ func (c *ctlConn) run(ready chan<- error, quit <-chan struct{}) {
 		select {
 		case <-quit:
 			o.drainAcks()
+			c.ackMu.Lock()
+			c.ackClosed = true
+			c.ackMu.Unlock()
 			_ = dealer.Monitor("", 0)
 			_ = dealer.SetLinger(ctlCloseLinger)
 			closeAll()
@@ -284,12 +329,24 @@ func (c *ctlConn) runWaker(ep string, quit <-chan struct{}, done chan<- struct{}
 // send sends one control message; false if there is no control connection
 // (or its queue is full), which is never worth waiting for.
 func (o *ctlOwner) send(msg string) bool {
-	if o.needHello && msg != "HELLO" {
+	if o.needHello {
 		o.hello()
 	}
 	_, err := o.sock.Send(msg, zmq.DONTWAIT)
 	if err != nil && !isEAGAIN(err) {
 		o.c.fe.log.Warn("control: send", "msg", msg, "err", err)
+	}
+	return err == nil
+}
+
+// sendBytes is send for a message built in a buffer.
+func (o *ctlOwner) sendBytes(msg []byte) bool {
+	if o.needHello {
+		o.hello()
+	}
+	_, err := o.sock.SendBytes(msg, zmq.DONTWAIT)
+	if err != nil && !isEAGAIN(err) {
+		o.c.fe.log.Warn("control: send", "msg", printable(msg, 100), "err", err)
 	}
 	return err == nil
 }
@@ -300,7 +357,9 @@ func (o *ctlOwner) hello() {
 	if _, err := o.sock.Send("HELLO "+strconv.Itoa(o.c.fe.s.maxConc), zmq.DONTWAIT); err != nil {
 		return // pipe not attached yet: poll for POLLOUT and retry
 	}
-	o.needHello, o.connected = false, true
+	o.needHello = false
+	o.c.connected.Store(true)
+	o.c.warnedUnacked.Store(false)
 	o.c.fe.log.Info("control channel connected", "control", o.c.fe.cfg.Control, "id", o.c.fe.s.id)
 	if !o.upClosed {
 		o.upClosed = true
@@ -311,16 +370,44 @@ func (o *ctlOwner) hello() {
 	}
 }
 
+// testHookAckDrain, when set by tests, is called by the owner before it
+// takes the queued ACKs; queued reports how many there are.
+var testHookAckDrain func(queued func() int)
+
+// drainAcks sends every queued ACK, as few messages as possible: "ACK id id
+// id", up to maxAckIDs ids each.
 func (o *ctlOwner) drainAcks() {
-	for {
-		select {
-		case fl := <-o.c.acks:
-			fl.ackOK = o.send("ACK " + fl.key.connID)
-			close(fl.acked)
-		default:
-			return
-		}
+	c := o.c
+	if testHookAckDrain != nil {
+		testHookAckDrain(func() int {
+			c.ackMu.Lock()
+			defer c.ackMu.Unlock()
+			return len(c.acks)
+		})
 	}
+	c.ackMu.Lock()
+	batch := c.acks
+	c.acks = o.batch[:0]
+	c.ackMu.Unlock()
+	for rest := batch; len(rest) > 0; {
+		n := min(len(rest), maxAckIDs)
+		o.buf = append(o.buf[:0], "ACK"...)
+		for _, fl := range rest[:n] {
+			o.buf = append(o.buf, ' ')
+			o.buf = append(o.buf, fl.key.connID...)
+		}
+		if !o.sendBytes(o.buf) {
+			// No control connection after all (it broke just now), or the
+			// front end does not read: no credit will come for these.
+			c.fe.log.Debug("control: could not send ACK; serving without flow control", "ids", n)
+			for _, fl := range rest[:n] {
+				fl.flow.lift()
+			}
+		}
+		rest = rest[n:]
+	}
+	clear(batch) // the flights may end long before the next batch
+	o.batch = batch[:0]
 }
 
 func (o *ctlOwner) receive() {
@@ -356,7 +443,13 @@ func (o *ctlOwner) handle(msg []byte) {
 			fe.log.Warn("control: malformed DISCONNECT", "msg", printable(msg, 100))
 			return
 		}
+		// Also finds an addressed request still waiting for a slot: it
+		// was admitted (registered) when its REQ arrived, before this.
 		fe.s.cancelFlights(flightKey{fe, string(rest)}, "")
+	case "REQ":
+		// msg is ours (a fresh buffer from RecvBytes): the request may
+		// alias it.
+		o.c.addressed(rest)
 	case "":
 	default:
 		fe.log.Debug("control: ignoring unknown message", "msg", printable(msg, 100))
@@ -387,14 +480,117 @@ func (o *ctlOwner) monitor(mon *zmq.Socket) {
 			o.needHello = true
 			o.hello()
 		case zmq.EVENT_DISCONNECTED:
-			if o.connected {
+			if o.c.connected.Swap(false) {
 				o.c.fe.log.Warn("control channel disconnected; lifting flow control of its requests", "control", o.c.fe.cfg.Control)
 			}
-			o.needHello, o.connected = false, false
+			o.needHello = false
 			// No more CREDIT can come for what was ACKed on that
 			// connection: waiting for it would hang those handlers.
 			o.c.fe.s.liftFlows(o.c.fe)
 		}
+	}
+}
+
+// addressed takes a request frame addressed to this worker (REQ): the front
+// end pinned its session here, so it is handled exactly as if it had come
+// through the request socket (same reply socket, ACK and credit rules,
+// disconnects), and it waits for a handler slot rather than being refused.
+// Called by the owner, which must not wait for a slot itself: it admits the
+// request (in arrival order, before any DISCONNECT that follows it) and
+// queues it for runAddressed.
+func (c *ctlConn) addressed(frame []byte) {
+	fe := c.fe
+	c.reqMu.Lock()
+	closed := c.reqClosed
+	c.reqMu.Unlock()
+	if closed {
+		fe.log.Warn("dropping a request addressed to this worker: it is stopping (REQ after BYE)")
+		return
+	}
+	fl := fe.s.admit(fe, frame)
+	if fl == nil {
+		return // a notice, or nothing to run
+	}
+	c.reqMu.Lock()
+	if c.reqClosed {
+		c.reqMu.Unlock()
+		fe.s.discard(fl)
+		fe.log.Warn("dropping a request addressed to this worker: it is stopping (REQ after BYE)", "conn", fl.key.connID)
+		return
+	}
+	c.reqs = append(c.reqs, fl)
+	c.reqMu.Unlock()
+	select {
+	case c.reqWake <- struct{}{}:
+	default:
+	}
+}
+
+// nextAddressed pops the oldest addressed request; nil if none. With close
+// set, an empty queue is closed for good (further REQs are dropped).
+func (c *ctlConn) nextAddressed(close bool) *flight {
+	c.reqMu.Lock()
+	defer c.reqMu.Unlock()
+	if c.reqHead == len(c.reqs) {
+		c.reqs, c.reqHead = c.reqs[:0], 0
+		c.reqClosed = c.reqClosed || close
+		return nil
+	}
+	fl := c.reqs[c.reqHead]
+	c.reqs[c.reqHead] = nil
+	c.reqHead++
+	return fl
+}
+
+// runAddressed starts the requests addressed to this worker over the control
+// channel, in arrival order, each when a handler slot is free (it competes
+// for slots with the request socket's owner). When the worker stops it
+// serves what has arrived, and what keeps arriving (REQs the front end sent
+// before it heard BYE) until drainTimeout passes without one, within
+// drainMax, as the request socket's owner drains its queue; then it closes
+// the queue.
+func (fe *frontEnd) runAddressed() {
+	s, c := fe.s, fe.ctl
+	stop := s.stop
+	drainTimer := time.NewTimer(time.Hour)
+	drainTimer.Stop()
+	defer drainTimer.Stop()
+	var drain <-chan time.Time // set while stopping: until the queue closes
+	var drainEnd time.Time
+	closing := false
+	for {
+		fl := c.nextAddressed(closing)
+		if fl == nil {
+			if closing {
+				return
+			}
+			select {
+			case <-c.reqWake:
+				if drain != nil {
+					// Still arriving: wait for silence again.
+					drainTimer.Reset(min(drainTimeout, max(time.Until(drainEnd), 0)))
+				}
+			case <-stop:
+				stop = nil
+				drainEnd = time.Now().Add(drainMax)
+				drainTimer.Reset(drainTimeout)
+				drain = drainTimer.C
+			case <-drain:
+				closing = true
+			}
+			continue
+		}
+		if !fe.active.Load() && !fe.waitActive(fe.kickAddr) {
+			fe.log.Warn("dropping a request addressed to this worker: its front end went away", "conn", fl.key.connID)
+			s.discard(fl)
+			continue
+		}
+		if !s.takeSlot(fl, s.base.Done()) {
+			fe.log.Warn("shutdown timeout: dropping a request addressed to this worker", "conn", fl.key.connID)
+			s.discard(fl)
+			continue
+		}
+		s.start(fl)
 	}
 }
 

@@ -32,8 +32,9 @@
 //     socket), and pauses while the front end is away, so replies are never
 //     published into the void.
 //   - At most Worker.MaxConcurrent handlers run at once. The worker stops
-//     pulling requests while all slots are busy, so PUSH round-robin at the
-//     front end sends the work to idle workers instead.
+//     pulling requests while all slots are busy (one request waits for a
+//     slot, the rest stay in the socket's small queue), so PUSH round-robin
+//     at the front end sends the work to idle workers instead.
 //   - A response that fits in 64 KiB and is not flushed travels as one
 //     message with a Content-Length. Flushing, or writing more, streams it as
 //     chunks of at most 256 KiB per message.
@@ -57,8 +58,10 @@
 //     (the front end knows at once when a worker dies or freezes), and BYE
 //     when the worker starts draining.
 //   - For every request that carries ZMQX_WINDOW (the front end sets it when
-//     its control channel is on), the worker sends ACK <conn_id> before the
-//     handler runs, so the front end knows who holds the request.
+//     its control channel is on), the worker sends ACK <conn_id> as the
+//     handler starts, so the front end knows who holds the request. ACKs of
+//     requests that start together go out as one message, ACK <id> <id> ...;
+//     a lone ACK is never held back to wait for company.
 //   - DISCONNECT <conn_id> cancels that request's context, as the Mongrel2
 //     notice does.
 //   - Reply flow control: the reply of a windowed request may have at most
@@ -69,11 +72,38 @@
 //     instead of filling the worker's memory, and Write or Flush fail as soon
 //     as the client goes away. If the control connection breaks, the waiting
 //     replies go on without flow control (no more credit could come).
-//   - If the control connection is not up when a windowed request arrives
+//   - If the control connection is not up when a windowed request starts
 //     (the first instant after startup, or a front end restarting), the
 //     request is served without ACK and flow control, as by a worker
 //     without control channel; the worker waits up to a second for it before
-//     it takes its first requests from a front end.
+//     it takes its first requests from a front end. A request that also
+//     carries a dispatch deadline is dropped instead (see below).
+//   - REQ <request frame>: the front end addresses a request to this worker
+//     (session affinity: the session is pinned to the worker that served its
+//     first request). It is handled exactly as one from the front end's
+//     request socket: the reply goes to the same reply socket, ACK, credit
+//     and DISCONNECT work the same, and so does the Mongrel2 disconnect
+//     notice if it comes this way. It counts against MaxConcurrent: with no
+//     free slot it waits for one (it is not refused, as no other worker
+//     holds the session), and a DISCONNECT while it waits drops it. Requests
+//     addressed to a worker that is shutting down are dropped once it has
+//     served what arrived until shortly after its BYE.
+//
+// # Dispatch deadline
+//
+// A front end that re-sends requests nobody took (the Caddy module does when
+// every worker of a pool has a control channel) adds ZMQX_DEADLINE: <unix
+// time in milliseconds>. The worker does not start such a request after
+// that instant: it checks when the request gets its handler slot, just
+// before the ACK, and a request whose deadline has passed (it waited in the
+// queue behind busy handlers, or arrived late) is dropped silently: no ACK,
+// no reply, a debug log line, and a count in the log line at shutdown. The
+// front end re-sends it, to this worker or another, so it runs once. For
+// the same reason a request with a deadline is not started when it cannot
+// be acknowledged because the control connection is down: the front end
+// would re-send it while it runs. The deadline compares the front end's
+// clock with the worker's: across hosts, keep them synchronised (NTP) to
+// well within the front end's grace (250 ms for the Caddy module).
 //
 // # Groups: one message to many clients
 //

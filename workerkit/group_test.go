@@ -196,7 +196,7 @@ func TestGroupFanOut(t *testing.T) {
 		fa.send(mongrel2.AppendDisconnect(nil, fa.sender, c))
 		gone = append(gone, c)
 	}
-	fa.ctlWaitBody("ACK " + aConns[len(aConns)-1]) // the members were ACKed (windowed)
+	fa.ctlWaitAck(aConns[len(aConns)-1]) // the members were ACKed (windowed)
 	for _, c := range aConns[5:10] {
 		fa.ctlSend(id, "DISCONNECT "+c)
 		gone = append(gone, c)

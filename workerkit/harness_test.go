@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"net/http"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -152,6 +153,23 @@ func (f *testFE) send(msg []byte) {
 	}
 }
 
+// waitWorker waits until a worker has connected to the request socket,
+// which it does only once our subscription has reached it: from then on it
+// takes work, and its replies reach us.
+func (f *testFE) waitWorker() {
+	f.t.Helper()
+	deadline := time.Now().Add(waitTimeout)
+	p := zmq.NewPoller()
+	p.Add(f.push, zmq.POLLOUT)
+	for !f.pushHasPeer() {
+		if time.Now().After(deadline) {
+			f.t.Fatal("no worker connected to the request socket")
+		}
+		_, _ = f.sub.GetEvents() // lets the SUB attach the worker (see send)
+		_, _ = p.Poll(5 * time.Millisecond)
+	}
+}
+
 // pushHasPeer reports whether some worker is connected to the PUSH socket.
 func (f *testFE) pushHasPeer() bool {
 	ev, err := f.push.GetEvents()
@@ -255,6 +273,22 @@ func (f *testFE) ctlWaitBody(body string) ctlMsg {
 	return f.ctlWait(strconv.Quote(body), func(m ctlMsg) bool { return m.body == body })
 }
 
+// ackIDs returns the connection ids of an ACK message (several when
+// coalesced), nil for any other message.
+func ackIDs(m ctlMsg) []string {
+	rest, ok := strings.CutPrefix(m.body, "ACK ")
+	if !ok {
+		return nil
+	}
+	return strings.Split(rest, " ")
+}
+
+// ctlWaitAck waits for an ACK message that names conn, alone or among others.
+func (f *testFE) ctlWaitAck(conn string) ctlMsg {
+	f.t.Helper()
+	return f.ctlWait("ACK naming "+conn, func(m ctlMsg) bool { return slices.Contains(ackIDs(m), conn) })
+}
+
 // ctlSend sends one control message to the worker with identity id.
 func (f *testFE) ctlSend(id, body string) {
 	f.t.Helper()
@@ -297,16 +331,17 @@ func (f *testFE) recvFrame(timeout time.Duration) (ids []string, body []byte, er
 
 // treq describes a request the test front end sends.
 type treq struct {
-	method  string // default GET
-	uri     string // default /
-	version string // default HTTP/1.1
-	scheme  string // default http
-	remote  string // default 127.0.0.1
-	host    string // default example.com
-	headers []mongrel2.Field
-	body    string
-	format  mongrel2.HeaderFormat
-	window  string // ZMQX_WINDOW, if not empty
+	method   string // default GET
+	uri      string // default /
+	version  string // default HTTP/1.1
+	scheme   string // default http
+	remote   string // default 127.0.0.1
+	host     string // default example.com
+	headers  []mongrel2.Field
+	body     string
+	format   mongrel2.HeaderFormat
+	window   string // ZMQX_WINDOW, if not empty
+	deadline string // ZMQX_DEADLINE, if not empty
 }
 
 func (f *testFE) frame(conn string, q treq) []byte {
@@ -348,10 +383,25 @@ func (f *testFE) frame(conn string, q treq) []byte {
 	if q.window != "" {
 		e.Add("ZMQX_WINDOW", q.window)
 	}
+	if q.deadline != "" {
+		e.Add("ZMQX_DEADLINE", q.deadline)
+	}
 	return mongrel2.AppendRequest(nil, f.sender, conn, path, e.Bytes(), []byte(q.body))
 }
 
 func (f *testFE) request(conn string, q treq) { f.t.Helper(); f.send(f.frame(conn, q)) }
+
+// addressed sends a request to the worker with identity id over the control
+// channel ("REQ <frame>"), as the module does for a pinned session.
+func (f *testFE) addressed(id, conn string, q treq) {
+	f.t.Helper()
+	f.ctlSend(id, "REQ "+string(f.frame(conn, q)))
+}
+
+// deadlineIn is a ZMQX_DEADLINE value d from now.
+func deadlineIn(d time.Duration) string {
+	return strconv.FormatInt(time.Now().Add(d).UnixMilli(), 10)
+}
 
 // reply is one response as the front end reassembles it from reply frames.
 type reply struct {

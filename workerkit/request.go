@@ -6,9 +6,13 @@ import (
 	"crypto/tls"
 	"errors"
 	"io"
+	"maps"
 	"net"
 	"net/http"
 	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
 
 	"github.com/zmqbridge/caddy-zmq/workerkit/mongrel2"
 )
@@ -43,8 +47,10 @@ func buildRequest(ctx context.Context, m *mongrel2.Request) (*http.Request, erro
 	for i := range m.Headers {
 		f := &m.Headers[i]
 		if !isServerKey(f.Name) {
-			nClient++
-			nValues += len(f.Values)
+			if f.Name != "host" { // the front end lower-cases client names
+				nClient++
+				nValues += len(f.Values)
+			}
 			continue
 		}
 		switch f.Name {
@@ -74,13 +80,16 @@ func buildRequest(ctx context.Context, m *mongrel2.Request) (*http.Request, erro
 	// One backing array for all values, as net/textproto does: a header map
 	// costs one allocation for the values instead of one per header.
 	h := make(http.Header, nClient)
-	vals := make([]string, 0, nValues)
+	var vals []string
+	if nValues > 0 {
+		vals = make([]string, 0, nValues)
+	}
 	for i := range m.Headers {
 		f := &m.Headers[i]
 		if len(f.Values) == 0 || isServerKey(f.Name) {
 			continue
 		}
-		k := http.CanonicalHeaderKey(f.Name)
+		k := canonicalKey(f.Name)
 		if k == "Host" {
 			// net/http moves Host out of the map; handlers look at r.Host.
 			host = f.Value()
@@ -119,7 +128,9 @@ func buildRequest(ctx context.Context, m *mongrel2.Request) (*http.Request, erro
 
 	var body io.ReadCloser = http.NoBody
 	if len(m.Body) > 0 {
-		body = io.NopCloser(bytes.NewReader(m.Body))
+		b := &bodyReader{}
+		b.Reset(m.Body)
+		body = b
 	}
 
 	r := http.Request{
@@ -144,6 +155,50 @@ func buildRequest(ctx context.Context, m *mongrel2.Request) (*http.Request, erro
 	}
 	return r.WithContext(ctx), nil
 }
+
+// canonicalKeys maps header names as front ends send them (lower case) to
+// their canonical form, which is what handlers look up. Canonicalising is a
+// good part of building a request with a browser's dozen headers, and it
+// allocates for every name net/textproto does not know. Copy-on-write:
+// readers take no lock. Bounded, as clients choose the names: once full,
+// other names take the ordinary path.
+var (
+	canonicalKeys   atomic.Pointer[map[string]string]
+	canonicalKeysMu sync.Mutex
+)
+
+const maxCanonicalKeys = 256
+
+func canonicalKey(name string) string {
+	if m := canonicalKeys.Load(); m != nil {
+		if k, ok := (*m)[name]; ok {
+			return k
+		}
+	}
+	k := http.CanonicalHeaderKey(name)
+	canonicalKeysMu.Lock()
+	defer canonicalKeysMu.Unlock()
+	var old map[string]string
+	if p := canonicalKeys.Load(); p != nil {
+		old = *p
+	}
+	if _, ok := old[name]; ok || len(old) >= maxCanonicalKeys {
+		return k
+	}
+	m := make(map[string]string, len(old)+1)
+	maps.Copy(m, old)
+	// Cloned: name may alias a large buffer.
+	m[strings.Clone(name)] = k
+	canonicalKeys.Store(&m)
+	return k
+}
+
+// bodyReader is the request body: the bytes of the request frame. One
+// allocation, where io.NopCloser(bytes.NewReader(b)) makes two; it keeps
+// bytes.Reader's WriteTo, so io.Copy from it copies once.
+type bodyReader struct{ bytes.Reader }
+
+func (*bodyReader) Close() error { return nil }
 
 // isToken reports whether s is an RFC 9110 token (method names, header names).
 func isToken(s string) bool {

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/zmqbridge/caddy-zmq/workerkit/mongrel2"
@@ -76,7 +77,8 @@ type responseWriter struct {
 	written int64
 	buf     []byte
 	keys    []string
-	err     error // sticky: once a send failed, the stream is broken
+	sniffed [1]string // backs a sniffed Content-Type header
+	err     error     // sticky: once a send failed, the stream is broken
 
 	wroteHeader bool
 	headSent    bool
@@ -398,6 +400,14 @@ func (rw *responseWriter) push(f *frame) error {
 			return err
 		}
 	}
+	// Most of the time the reply socket's owner keeps up: hand the frame
+	// over without waiting, which spares the request context its Done
+	// channel (allocated on first use).
+	select {
+	case rw.fe.out <- f:
+		return nil
+	default:
+	}
 	select {
 	case rw.fe.out <- f:
 		return nil
@@ -426,16 +436,16 @@ func (rw *responseWriter) appendHead(dst, a, b []byte, final bool) []byte {
 				data = rw.buf
 			}
 			if len(data) > 0 {
-				h["Content-Type"] = []string{http.DetectContentType(data[:min(len(data), sniffLen)])}
+				// The writer's own backing array: no allocation.
+				rw.sniffed[0] = http.DetectContentType(data[:min(len(data), sniffLen)])
+				h["Content-Type"] = rw.sniffed[:]
 			}
 		}
 	}
 	dst = appendStatusLine(dst, code)
 	dst = rw.appendHeaders(dst)
 	if _, ok := h["Date"]; !ok {
-		dst = append(dst, "Date: "...)
-		dst = time.Now().UTC().AppendFormat(dst, http.TimeFormat)
-		dst = append(dst, '\r', '\n')
+		dst = appendDate(dst)
 	}
 	switch {
 	case code == http.StatusNoContent || (code >= 100 && code <= 199):
@@ -466,6 +476,30 @@ func (rw *responseWriter) appendHead(dst, a, b []byte, final bool) []byte {
 		dst = append(dst, "Transfer-Encoding: chunked\r\n"...)
 	}
 	return append(dst, '\r', '\n')
+}
+
+// dateLine caches the Date header line of the current second: formatting
+// it is a good part of rendering a small response.
+type dateLine struct {
+	sec  int64
+	line []byte // "Date: ...\r\n", never modified once published
+}
+
+var lastDate atomic.Pointer[dateLine]
+
+func appendDate(dst []byte) []byte {
+	now := time.Now()
+	sec := now.Unix()
+	d := lastDate.Load()
+	if d == nil || d.sec != sec {
+		b := make([]byte, 0, len("Date: ")+len(http.TimeFormat)+2)
+		b = append(b, "Date: "...)
+		b = now.UTC().AppendFormat(b, http.TimeFormat)
+		b = append(b, '\r', '\n')
+		d = &dateLine{sec: sec, line: b}
+		lastDate.Store(d)
+	}
+	return append(dst, d.line...)
 }
 
 func appendContentLength(dst []byte, n int64) []byte {

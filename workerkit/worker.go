@@ -75,7 +75,9 @@ type Worker struct {
 	Handler http.Handler
 	// MaxConcurrent bounds the handlers running at once (default
 	// DefaultMaxConcurrent, 64). It is also the backpressure: a worker with
-	// no free slot stops pulling requests.
+	// no free slot stops pulling requests. Requests addressed to this
+	// worker over a control channel (REQ, session affinity) wait for a
+	// slot too.
 	MaxConcurrent int
 	// ShutdownTimeout is how long Serve waits for running handlers after its
 	// context is done before cancelling their contexts (default 30s).
@@ -188,6 +190,9 @@ type server struct {
 	handlers sync.WaitGroup
 	running  atomic.Int64 // handlers running, for logs
 	rcvHWM   int
+	// dropped counts requests never started: past their dispatch deadline
+	// (late), or not acknowledgeable although they carry one (unacked).
+	droppedLate, droppedUnacked atomic.Int64
 
 	mu       sync.Mutex
 	inflight map[flightKey]*flight
@@ -211,6 +216,9 @@ type frontEnd struct {
 	active atomic.Bool   // the front end is subscribed to our replies
 	kick   chan struct{} // wakes the request socket's owner when active changes
 	ctl    *ctlConn      // control channel, nil if FrontEnd.Control is empty
+	// kickAddr wakes the owner of the addressed-request queue (REQ on the
+	// control channel) when active changes.
+	kickAddr chan struct{}
 }
 
 // flightKey finds the requests a disconnect or a credit is about. Control
@@ -221,19 +229,29 @@ type flightKey struct {
 	connID string
 }
 
-// flight is one request from the moment it is taken until its response is
-// complete (for a Group member: until it leaves the group).
+// flight is one request from the moment it is taken (registered, in arrival
+// order) until its response is complete (for a Group member: until it
+// leaves the group). An addressed request (REQ) is a flight while it waits
+// for a handler slot, so that a DISCONNECT finds it there too.
 type flight struct {
 	key    flightKey
 	sender string
 	cancel context.CancelFunc
 	next   *flight // same key: keep-alive connections may pipeline
 
-	// Set for a request that carries ZMQX_WINDOW on a front end with a
-	// control channel: its ACK, and the credit that paces its reply.
-	flow  *flow
-	acked chan struct{} // closed by the control owner once it tried to send the ACK
-	ackOK bool          // the ACK went out (written before acked is closed)
+	// Set when the request is taken, for start and serveRequest; cleared
+	// when the handler starts (a Group member keeps its flight for long).
+	req    *mongrel2.Request
+	ctx    context.Context
+	window int64 // ZMQX_WINDOW, 0 if absent or without control channel
+	// deadline is ZMQX_DEADLINE (unix milliseconds, 0 if none): the request
+	// must not start after it.
+	deadline int64
+
+	// flow is set, before the ACK is queued, for a request that is
+	// acknowledged: the credit that paces its reply. Guarded by server.mu
+	// once the flight is registered.
+	flow *flow
 }
 
 // testHookActive, when set by tests, observes subscription state changes.
@@ -302,6 +320,7 @@ func (w *Worker) serve(ctx context.Context, force <-chan struct{}) error {
 		nSockets += 2
 		if f.Control != "" {
 			fe.ctl = newCtlConn(fe)
+			fe.kickAddr = make(chan struct{}, 1)
 			nSockets++
 		}
 		s.fes = append(s.fes, fe)
@@ -316,6 +335,8 @@ func (w *Worker) serve(ctx context.Context, force <-chan struct{}) error {
 		if fe.ctl != nil {
 			pubs.Add(1)
 			go func() { defer pubs.Done(); fe.ctl.run(ready, quit) }()
+			pulls.Add(1)
+			go func() { defer pulls.Done(); fe.runAddressed() }()
 		}
 		pulls.Add(1)
 		go func() { defer pulls.Done(); fe.runRequests(ready) }()
@@ -371,6 +392,10 @@ func (w *Worker) serve(ctx context.Context, force <-chan struct{}) error {
 	}
 	hardCancel()
 	pulls.Wait() // request owners always end once hardCancel has run
+	if n, m := s.droppedLate.Load(), s.droppedUnacked.Load(); n+m > 0 {
+		s.log.Info("requests dropped unstarted (their front ends re-send them)",
+			"past_dispatch_deadline", n, "not_acknowledgeable", m)
+	}
 	s.log.Debug("handlers done; flushing replies")
 	close(quit)
 	pubs.Wait()
@@ -553,9 +578,11 @@ func (fe *frontEnd) readSubs(sock *zmq.Socket, topics map[string]struct{}) {
 		// restarted front end never reports their clients gone.
 		fe.s.dropMembers(fe)
 	}
-	select {
-	case fe.kick <- struct{}{}:
-	default:
+	for _, k := range []chan struct{}{fe.kick, fe.kickAddr} {
+		select {
+		case k <- struct{}{}:
+		default:
+		}
 	}
 }
 
@@ -589,14 +616,15 @@ func (fe *frontEnd) runRequests(ready chan<- error) {
 		fe.log.Warn("closing request socket", "err", err)
 	}
 	// Serve what we took before cutting the flow.
-	for i, msg := range held {
-		select {
-		case s.sem <- struct{}{}:
-		case <-s.base.Done():
+	for i, fl := range held {
+		if !s.takeSlot(fl, s.base.Done()) {
 			fe.log.Warn("shutdown timeout: dropping queued requests", "count", len(held)-i)
+			for _, fl := range held[i:] {
+				s.discard(fl)
+			}
 			return
 		}
-		s.dispatch(fe, msg)
+		s.start(fl)
 	}
 	if len(held) > 0 {
 		fe.log.Info("served requests that were queued locally at shutdown", "count", len(held))
@@ -604,11 +632,12 @@ func (fe *frontEnd) runRequests(ready chan<- error) {
 }
 
 // receive is the request socket owner's working life: it returns when the
-// worker stops, with the requests already queued locally.
-func (fe *frontEnd) receive(sock *zmq.Socket) (held [][]byte) {
+// worker stops, with the requests already queued locally (admitted, not
+// started).
+func (fe *frontEnd) receive(sock *zmq.Socket) (held []*flight) {
 	s := fe.s
 	connected := false
-	for fe.waitActive() {
+	for fe.waitActive(fe.kick) {
 		if !connected {
 			// Only now: a request taken before the front end subscribed
 			// would be answered into the void (slow joiner). And, with a
@@ -624,30 +653,41 @@ func (fe *frontEnd) receive(sock *zmq.Socket) (held [][]byte) {
 			}
 			connected = true
 		}
-		select {
-		case s.sem <- struct{}{}:
-		case <-s.stop:
-			continue // waitActive returns false
-		}
+		// Receive first, then wait for a handler slot. An idle owner holds
+		// no slot, so requests addressed to this worker over the control
+		// channel (REQ) find one free; and a disconnect notice is read,
+		// and cancels its request, even while every slot is busy. While
+		// all slots are busy one request waits here and the rest in the
+		// socket's queue: either way they were routed to this worker.
 		msg, err := sock.RecvBytes(0)
 		if err != nil {
-			<-s.sem
 			if !isEAGAIN(err) {
 				fe.log.Error("receiving request", "err", err)
 			}
 			continue
 		}
-		if !fe.active.Load() && !fe.waitActive() {
+		if !fe.active.Load() && !fe.waitActive(fe.kick) {
 			// The front end went away while we were receiving, and we are
 			// stopping before it came back: nobody can take the answer.
-			<-s.sem
 			fe.log.Warn("dropping a request that arrived as its front end went away")
 			break
 		}
-		s.dispatch(fe, msg)
+		fl := s.admit(fe, msg)
+		if fl == nil {
+			continue // a notice, or nothing to run
+		}
+		if !s.takeSlot(fl, s.stop) {
+			held = append(held, fl) // served below, with what is queued
+			continue
+		}
+		s.start(fl)
 	}
 	if !connected || !fe.active.Load() {
-		return nil // nothing queued, or nobody to answer
+		// Nothing queued, or nobody to answer.
+		for _, fl := range held {
+			s.discard(fl)
+		}
+		return nil
 	}
 	// zmq_disconnect (and close) drop what is still queued in the socket, so
 	// first take what has already arrived, without waiting on handler
@@ -661,7 +701,9 @@ func (fe *frontEnd) receive(sock *zmq.Socket) (held [][]byte) {
 		if err != nil {
 			break
 		}
-		held = append(held, msg)
+		if fl := s.admit(fe, msg); fl != nil {
+			held = append(held, fl)
+		}
 	}
 	fe.log.Debug("disconnecting request socket", "held", len(held))
 	if err := sock.Disconnect(fe.cfg.Requests); err != nil {
@@ -671,7 +713,8 @@ func (fe *frontEnd) receive(sock *zmq.Socket) (held [][]byte) {
 }
 
 // waitActive blocks until the front end is subscribed; false means stop.
-func (fe *frontEnd) waitActive() bool {
+// kick is the caller's wake-up channel (each waiter has its own).
+func (fe *frontEnd) waitActive(kick <-chan struct{}) bool {
 	for {
 		select {
 		case <-fe.s.stop:
@@ -682,61 +725,163 @@ func (fe *frontEnd) waitActive() bool {
 			return true
 		}
 		select {
-		case <-fe.kick:
+		case <-kick:
 		case <-fe.s.stop:
 			return false
 		}
 	}
 }
 
-// dispatch runs on the request socket's owner holding one slot. Parsing and
-// registering here, in arrival order, guarantees that a disconnect notice
-// finds the request it follows.
-func (s *server) dispatch(fe *frontEnd, msg []byte) {
+const (
+	// deadlineHeader is the trusted request header that bounds when the
+	// request may start: unix time in milliseconds.
+	deadlineHeader = "ZMQX_DEADLINE"
+	// maxDeadline keeps deadline arithmetic (in microseconds) far from
+	// overflow; later deadlines are nonsense.
+	maxDeadline = 1 << 50
+)
+
+// admit parses a request frame and registers the request, on the goroutine
+// that received it and in arrival order, so that a disconnect (the Mongrel2
+// notice on the same socket, or DISCONNECT on the control channel) always
+// finds the request it follows, even one still waiting for a handler slot.
+// It handles the frames that are not requests to run (notices, unsupported
+// or malformed messages) and returns nil for them. It takes no slot.
+func (s *server) admit(fe *frontEnd, msg []byte) *flight {
 	req, err := mongrel2.ParseRequest(msg)
 	if err != nil {
-		<-s.sem
 		fe.log.Warn("dropping malformed request frame", "err", err, "len", len(msg), "start", printable(msg, 64))
-		return
+		return nil
 	}
-	switch req.Header("METHOD") {
+	// One pass for the front end's keys; the last field of a name wins, as
+	// in Request.Header. Clients cannot send these upper-case names.
+	var method, window, deadline string
+	for i := range req.Headers {
+		switch h := &req.Headers[i]; h.Name {
+		case "METHOD":
+			method = h.Value()
+		case windowHeader:
+			window = h.Value()
+		case deadlineHeader:
+			deadline = h.Value()
+		}
+	}
+	switch method {
 	case "JSON":
-		<-s.sem
 		if req.IsDisconnect() {
 			s.cancelFlights(flightKey{fe, req.ConnID}, req.Sender)
 		} else {
 			fe.log.Info("ignoring JSON message", "conn", req.ConnID, "body", printable(req.Body, 200))
 		}
-		return
+		return nil
 	case "XML", "WEBSOCKET":
-		<-s.sem
-		fe.log.Info("ignoring unsupported message", "method", req.Header("METHOD"), "conn", req.ConnID)
-		return
+		fe.log.Info("ignoring unsupported message", "method", method, "conn", req.ConnID)
+		return nil
 	}
 	ctx, cancel := context.WithCancel(s.base)
-	fl := &flight{key: flightKey{fe, req.ConnID}, sender: req.Sender, cancel: cancel}
-	if fe.ctl != nil {
-		if v := req.Header(windowHeader); v != "" {
-			if window, err := strconv.ParseInt(v, 10, 64); err == nil && window > 0 {
-				fl.flow = newFlow(window)
-				fl.acked = make(chan struct{})
-			} else {
-				fe.log.Warn("ignoring invalid "+windowHeader+" header", "value", v, "conn", req.ConnID)
-			}
+	fl := &flight{key: flightKey{fe, req.ConnID}, sender: req.Sender, cancel: cancel, req: req, ctx: ctx}
+	if window != "" && fe.ctl != nil {
+		if n, err := strconv.ParseInt(window, 10, 64); err == nil && n > 0 {
+			fl.window = n
+		} else {
+			fe.log.Warn("ignoring invalid "+windowHeader+" header", "value", window, "conn", req.ConnID)
+		}
+	}
+	if deadline != "" {
+		if n, err := strconv.ParseInt(deadline, 10, 64); err == nil && n > 0 && n < maxDeadline {
+			fl.deadline = n
+		} else {
+			fe.log.Warn("ignoring invalid "+deadlineHeader+" header", "value", deadline, "conn", req.ConnID)
 		}
 	}
 	s.mu.Lock()
 	fl.next = s.inflight[fl.key]
 	s.inflight[fl.key] = fl
 	s.mu.Unlock()
-	if fl.acked != nil {
-		// Registered first, so that a CREDIT or DISCONNECT answering the
-		// ACK finds the flight; queued here, in arrival order.
-		fe.ctl.ack(fl)
+	return fl
+}
+
+// testHookSlotWait, when set by tests, is called when an admitted request
+// has to wait for a handler slot.
+var testHookSlotWait func(connID string)
+
+// takeSlot takes a handler slot for fl, waiting while all are busy; false if
+// abort is closed first.
+func (s *server) takeSlot(fl *flight, abort <-chan struct{}) bool {
+	select {
+	case s.sem <- struct{}{}:
+		return true
+	default:
+	}
+	if testHookSlotWait != nil {
+		testHookSlotWait(fl.key.connID)
+	}
+	select {
+	case s.sem <- struct{}{}:
+		return true
+	case <-abort:
+		return false
+	}
+}
+
+// start runs an admitted request on the handler slot the caller took: the
+// moment it would start is the moment to check that it still may. If not, it
+// drops the request silently (no ACK, no reply) and gives the slot back.
+func (s *server) start(fl *flight) {
+	fe := fl.key.fe
+	if fl.ctx.Err() != nil {
+		// Its client went away (DISCONNECT) while it waited for a slot, or
+		// the worker is being shut down hard.
+		fe.log.Debug("dropping a request whose client went away before it started", "conn", fl.key.connID)
+		s.drop(fl)
+		return
+	}
+	if fl.deadline != 0 {
+		// The front end re-sends a request that nobody acknowledged by its
+		// deadline: starting it now could run it twice.
+		if late := time.Now().UnixMicro() - fl.deadline*1000; late > 0 {
+			s.droppedLate.Add(1)
+			fe.log.Debug("dropping a request past its dispatch deadline", "conn", fl.key.connID,
+				"late", time.Duration(late)*time.Microsecond)
+			s.drop(fl)
+			return
+		}
+	}
+	if fl.window > 0 {
+		if fe.ctl.connected.Load() {
+			f := newFlow(fl.window)
+			s.mu.Lock()
+			fl.flow = f // CREDIT and a lost control connection find it now
+			s.mu.Unlock()
+			// Queued, not waited for: the handler starts at once (see ack).
+			fe.ctl.ack(fl)
+		} else if fl.deadline != 0 {
+			// No control connection, so no ACK: the front end will re-send
+			// this request after its deadline, and we must not run it too.
+			s.droppedUnacked.Add(1)
+			fe.ctl.warnUnacked()
+			fe.log.Debug("dropping a request that cannot be acknowledged (control channel down)", "conn", fl.key.connID)
+			s.drop(fl)
+			return
+		}
+		// Otherwise serve it without ACK and flow control, as a worker
+		// without control channel would.
 	}
 	s.handlers.Add(1)
 	s.running.Add(1)
-	go s.serveRequest(fe, req, ctx, fl)
+	go s.serveRequest(fl)
+}
+
+// discard forgets an admitted request that will not start.
+func (s *server) discard(fl *flight) {
+	s.unregister(fl)
+	fl.cancel()
+}
+
+// drop is discard for a request that holds a handler slot.
+func (s *server) drop(fl *flight) {
+	s.discard(fl)
+	<-s.sem
 }
 
 // cancelFlights cancels the requests of a connection: from sender if it is
@@ -800,7 +945,9 @@ func (s *server) unregister(fl *flight) {
 	s.mu.Unlock()
 }
 
-func (s *server) serveRequest(fe *frontEnd, req *mongrel2.Request, ctx context.Context, fl *flight) {
+func (s *server) serveRequest(fl *flight) {
+	fe, req, ctx, flow := fl.key.fe, fl.req, fl.ctx, fl.flow
+	fl.req, fl.ctx = nil, nil // a Group member keeps its flight, not the request
 	joined := false
 	defer func() {
 		if !joined {
@@ -813,16 +960,6 @@ func (s *server) serveRequest(fe *frontEnd, req *mongrel2.Request, ctx context.C
 		<-s.sem
 		s.handlers.Done()
 	}()
-	var flow *flow
-	if fl.acked != nil {
-		select {
-		case <-fl.acked:
-			if fl.ackOK {
-				flow = fl.flow
-			}
-		case <-fe.ctl.dead:
-		}
-	}
 	r, err := buildRequest(ctx, req)
 	if err != nil {
 		fe.log.Warn("bad request", "err", err, "conn", req.ConnID)
