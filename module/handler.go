@@ -222,6 +222,7 @@ func (h *Handler) exchange(w http.ResponseWriter, r *http.Request, st *requestSt
 		}
 	}
 	if pinned != "" {
+		ex.addressed = pinned
 		t.control.sendRequest(pinned, *buf)
 		putBuf(buf)
 	} else if err := t.submit(buf, ex); err != nil {

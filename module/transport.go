@@ -453,7 +453,11 @@ func (t *transport) submit(buf *[]byte, ex *exchange) error {
 // the control channel when a worker acknowledged the request, else with
 // Mongrel2's disconnect notice, which PUSH hands to some worker.
 func (t *transport) notifyDisconnect(ex *exchange) {
-	if w := ex.workerID(); w != "" && t.control != nil {
+	w := ex.workerID()
+	if w == "" {
+		w = ex.addressed
+	}
+	if w != "" && t.control != nil {
 		t.control.disconnect(w, ex.id)
 		return
 	}
@@ -474,6 +478,10 @@ type exchange struct {
 	acked chan struct{}
 	// upload is the credit of a streamed upload (nil otherwise).
 	upload *uploadFlow
+
+	// addressed is the worker a pinned request was sent to by REQ; it
+	// gets the disconnect even before its ACK arrives.
+	addressed string
 
 	mu          sync.Mutex
 	worker      string // control-channel identity of the worker that took it

@@ -200,6 +200,14 @@ const maxHeaderFields = 4096
 // lists of strings (numbers, booleans and null are kept as their literal
 // text, for handlers that send them in JSON messages).
 func parseJSONHeaders(b []byte) ([]Field, error) {
+	return parseJSONHeaderString(string(b))
+}
+
+// parseJSONHeaderString parses the block from one string, so that names
+// and values without escapes are substrings of it: one allocation for the
+// whole block instead of one per string. (They keep the block alive; it is
+// small, and never the body.)
+func parseJSONHeaderString(b string) ([]Field, error) {
 	p := jsonParser{b: b}
 	p.ws()
 	if !p.eat('{') {
@@ -264,7 +272,7 @@ func parseJSONHeaders(b []byte) ([]Field, error) {
 }
 
 type jsonParser struct {
-	b []byte
+	b string
 	i int
 }
 
@@ -314,7 +322,7 @@ func (p *jsonParser) scalar() (string, bool) {
 	if p.i == start {
 		return "", false
 	}
-	return string(p.b[start:p.i]), true
+	return p.b[start:p.i], true
 }
 
 // str reads a JSON string, unescaping it.
@@ -327,7 +335,7 @@ func (p *jsonParser) str() (string, bool) {
 	for p.i < len(p.b) {
 		c := p.b[p.i]
 		if c == '"' {
-			s := string(p.b[start:p.i])
+			s := p.b[start:p.i]
 			p.i++
 			return s, true
 		}
@@ -396,7 +404,7 @@ func (p *jsonParser) hex4() (rune, bool) {
 		return 0, false
 	}
 	var r rune
-	for _, c := range p.b[p.i : p.i+4] {
+	for _, c := range []byte(p.b[p.i : p.i+4]) {
 		r <<= 4
 		switch {
 		case c >= '0' && c <= '9':

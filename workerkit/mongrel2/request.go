@@ -49,7 +49,7 @@ func ParseRequest(msg []byte) (*Request, error) {
 	var fields []Field
 	switch term {
 	case ',':
-		fields, err = parseJSONHeaders(hdr)
+		fields, err = parseJSONHeaderString(string(hdr))
 	case '}':
 		fields, err = parseTNSHeaders(hdr)
 	default:
@@ -68,10 +68,12 @@ func ParseRequest(msg []byte) (*Request, error) {
 	if len(rest) != 0 {
 		return nil, errTrailing
 	}
+	// One string for the three leading fields, sliced.
+	lead := string(msg[:len(sender)+len(connID)+len(path)+2])
 	return &Request{
-		Sender:  string(sender),
-		ConnID:  string(connID),
-		Path:    string(path),
+		Sender:  lead[:len(sender)],
+		ConnID:  lead[len(sender)+1 : len(sender)+1+len(connID)],
+		Path:    lead[len(sender)+len(connID)+2:],
 		Headers: fields,
 		Body:    body,
 	}, nil
