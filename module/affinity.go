@@ -66,6 +66,90 @@ type pinTable struct {
 	ttl   time.Duration
 	items map[string]*list.Element
 	order *list.List // front = most recent
+	// pending: sessions whose first request was sent, balanced, and whose
+	// ACK (which names the worker to pin) has not arrived yet. A second
+	// request of the session waits briefly for it instead of being
+	// balanced elsewhere. The channel closes when the session is pinned.
+	pending map[string]chan struct{}
+	// awaiting: finished exchanges whose ACK had not arrived yet (ACK and
+	// reply travel on different sockets, so the reply may win).
+	awaiting map[uint64]awaitPin
+}
+
+type awaitPin struct {
+	session string
+	at      time.Time
+}
+
+// pendingWait bounds how long a request waits for its session's pin.
+const pendingWait = 250 * time.Millisecond
+
+// claim marks session as being pinned by the caller's request and returns
+// nil, or returns the channel to wait on when another request got there
+// first.
+func (p *pinTable) claim(session string) <-chan struct{} {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if ch, ok := p.pending[session]; ok {
+		return ch
+	}
+	if p.pending == nil {
+		p.pending = map[string]chan struct{}{}
+	}
+	p.pending[session] = make(chan struct{})
+	return nil
+}
+
+// unclaim ends a claim that produced no pin (no ACK ever came).
+func (p *pinTable) unclaim(session string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if ch, ok := p.pending[session]; ok {
+		close(ch)
+		delete(p.pending, session)
+	}
+}
+
+// pinFirst pins session to worker unless it is pinned to a worker that
+// still lives: the first ACK of a session wins.
+func (p *pinTable) pinFirst(session, worker string, live func(string) bool) {
+	if cur := p.get(session); cur != "" && cur != worker && live(cur) {
+		p.unclaim(session)
+		return
+	}
+	p.set(session, worker)
+	p.unclaim(session)
+}
+
+func (p *pinTable) awaitAck(id uint64, session string) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.awaiting == nil {
+		p.awaiting = map[uint64]awaitPin{}
+	}
+	p.awaiting[id] = awaitPin{session, time.Now()}
+}
+
+// lateAck pins the session of a finished exchange whose ACK came last.
+func (p *pinTable) lateAck(id uint64, worker string, live func(string) bool) {
+	p.mu.Lock()
+	a, ok := p.awaiting[id]
+	delete(p.awaiting, id)
+	p.mu.Unlock()
+	if ok {
+		p.pinFirst(a.session, worker, live)
+	}
+}
+
+// prune forgets ACK waits that are too old to come.
+func (p *pinTable) prune(now time.Time) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for id, a := range p.awaiting {
+		if now.Sub(a.at) > 5*time.Second {
+			delete(p.awaiting, id)
+		}
+	}
 }
 
 type pin struct {

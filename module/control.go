@@ -44,6 +44,10 @@ type controlPlane struct {
 
 	mu      sync.Mutex
 	workers map[string]*workerInfo
+	// lost: workers declared lost recently. Their pipes may linger on the
+	// request socket until ZMTP heartbeats drop them, so they still count
+	// as zmqx peers for dispatch deadlines meanwhile.
+	lost map[string]time.Time
 
 	acks atomic.Uint64
 }
@@ -310,6 +314,11 @@ func (c *controlPlane) handle(worker string, payload []byte) {
 			c.t.mu.RUnlock()
 			if ex != nil {
 				ex.setWorker(worker)
+				if ex.session != "" {
+					c.t.pins.pinFirst(ex.session, worker, c.isLive)
+				}
+			} else {
+				c.t.pins.lateAck(n, worker, c.isLive)
 			}
 		}
 	case "UCREDIT":
@@ -347,11 +356,22 @@ func (c *controlPlane) sweep(now time.Time) {
 		drained bool
 	}
 	var lost []gone
+	c.t.pins.prune(now)
+	grace := max(2*time.Second, 5*c.t.cfg.heartbeat+time.Second)
 	c.mu.Lock()
+	if c.lost == nil {
+		c.lost = map[string]time.Time{}
+	}
+	for id, at := range c.lost {
+		if now.Sub(at) > grace {
+			delete(c.lost, id)
+		}
+	}
 	for id, wi := range c.workers {
 		if now.Sub(wi.lastSeen) > workerDeadAfter {
 			lost = append(lost, gone{id, wi.draining})
 			delete(c.workers, id)
+			c.lost[id] = now
 		}
 	}
 	c.mu.Unlock()
@@ -383,6 +403,7 @@ func (c *controlPlane) coversPeers() bool {
 			n++
 		}
 	}
+	n += int64(len(c.lost))
 	c.mu.Unlock()
 	return n >= peers
 }

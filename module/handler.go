@@ -201,25 +201,45 @@ func (h *Handler) exchange(w http.ResponseWriter, r *http.Request, st *requestSt
 		st.enc.Add("ZMQX_BODY", "stream")
 	}
 	buf := getBuf()
-	*buf = mongrel2.AppendRequest(*buf, h.SenderID, string(connID), path, st.enc.Bytes(), body)
+	*buf = mongrel2.AppendRequest(*buf, p.sender, string(connID), path, st.enc.Bytes(), body)
 
 	// Session affinity: address the worker that holds the session, if it
-	// lives; otherwise balance and pin whoever acknowledges.
+	// lives; otherwise balance, and the first worker to acknowledge a
+	// request of the session gets it pinned (control.go).
 	var session string
 	if h.Affinity != nil && t.control != nil {
-		if session = h.Affinity.sessionKey(r); session != "" {
-			defer func() {
-				if wk := ex.workerID(); wk != "" {
-					t.pins.set(session, wk)
-				}
-			}()
-		}
+		session = h.Affinity.sessionKey(r)
 	}
 	pinned := ""
 	if session != "" {
-		if pinned = t.pins.get(session); pinned != "" && !t.control.isLive(pinned) {
+		pinned = t.pins.get(session)
+		if pinned == "" {
+			// Another request of this session may be on its way to being
+			// pinned: wait for it a moment rather than balance elsewhere.
+			if wait := t.pins.claim(session); wait != nil {
+				timer := time.NewTimer(pendingWait)
+				select {
+				case <-wait:
+				case <-timer.C:
+				case <-r.Context().Done():
+				}
+				timer.Stop()
+				pinned = t.pins.get(session)
+			} else {
+				defer t.pins.unclaim(session) // no ACK came: let others pin
+			}
+		}
+		if pinned != "" && !t.control.isLive(pinned) {
 			pinned = ""
 		}
+		ex.session = session
+		defer func() {
+			if wk := ex.workerID(); wk != "" {
+				t.pins.pinFirst(session, wk, t.control.isLive)
+			} else {
+				t.pins.awaitAck(ex.id, session)
+			}
+		}()
 	}
 	if pinned != "" {
 		ex.addressed = pinned
@@ -259,7 +279,7 @@ func (h *Handler) exchange(w http.ResponseWriter, r *http.Request, st *requestSt
 		if up.done {
 			h.encodeHeaders(&st.enc, r, path, up.size, ip, p.ControlEndpoint != "", dispatchBy, up, true)
 			done := getBuf()
-			*done = mongrel2.AppendRequest(*done, h.SenderID, string(connID), path, st.enc.Bytes(), nil)
+			*done = mongrel2.AppendRequest(*done, p.sender, string(connID), path, st.enc.Bytes(), nil)
 			if err := t.submit(done, ex); err != nil {
 				return err
 			}

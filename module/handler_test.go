@@ -186,7 +186,7 @@ func TestServeRoundTrip(t *testing.T) {
 			t.Errorf("header %s = %q, want %q", k, got, v)
 		}
 	}
-	if r.Sender != env.h.SenderID || r.Path != "/a/b" {
+	if r.Sender != env.h.pools[0].sender || r.Path != "/a/b" {
 		t.Errorf("sender %q path %q", r.Sender, r.Path)
 	}
 }

@@ -90,9 +90,9 @@ type Handler struct {
 
 	// SenderID is the UUID that tags every request and that replies must
 	// carry (Mongrel2's send_ident; Caddy subscribes to exactly it). Give
-	// each front end of a cluster its own. Default: derived from the host
-	// name and the two endpoints, so it is stable across restarts and
-	// reloads and differs between hosts.
+	// each front end of a cluster its own. Default: derived, per pool,
+	// from the host name and the pool's endpoints, so it is stable across
+	// restarts and reloads and differs between hosts.
 	SenderID string `json:"sender_id,omitempty"`
 
 	// HeaderFormat is how request headers are encoded: "json" or
@@ -206,10 +206,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			h.Pools[i].Name = "pool" + strconv.Itoa(i)
 		}
 	}
-	if h.SenderID == "" {
-		p := h.Pools[0]
-		h.SenderID = DefaultSenderID(p.RequestEndpoint+p.connectSpec(), p.ReplyEndpoint)
-	}
+
 	if h.ReplyTimeout == 0 {
 		h.ReplyTimeout = caddy.Duration(DefaultReplyTimeout)
 	}
@@ -269,7 +266,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			replyEndpoint:   p.ReplyEndpoint,
 			connect:         p.connectSpec(),
 			controlEndpoint: p.ControlEndpoint,
-			sender:          h.SenderID,
+			sender:          h.senderFor(p),
 			heartbeat:       max(time.Duration(h.Heartbeat), 0),
 		}
 		key := cfg.key()
@@ -291,7 +288,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			t.pins.mu.Unlock()
 		}
 		pr := &poolRuntime{Pool: p, transport: t, poolKey: key, upstream: &reverseproxy.Upstream{Dial: p.Name},
-			slots: make(chan struct{}, h.MaxInflight)}
+			slots: make(chan struct{}, h.MaxInflight), sender: cfg.sender}
 		h.pools = append(h.pools, pr)
 		h.hasControl = h.hasControl || t.control != nil
 		h.poolsByDial[p.Name] = pr
@@ -312,7 +309,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 
 // Validate checks the configuration.
 func (h *Handler) Validate() error {
-	if !senderIDPattern.MatchString(h.SenderID) {
+	if h.SenderID != "" && !senderIDPattern.MatchString(h.SenderID) {
 		return fmt.Errorf("zmq: sender_id %q must match [A-Za-z0-9-]+", h.SenderID)
 	}
 	if err := h.validatePools(); err != nil {
@@ -347,17 +344,27 @@ func (h *Handler) Validate() error {
 // Cleanup releases this config's hold on the sockets. They are closed only
 // when no config uses them any more, so a reload keeps requests in flight.
 func (h *Handler) Cleanup() error {
-	// h.pools stays: Caddy cleans up the old config while its servers may
-	// still be finishing requests (a reload). Those keep using the sockets,
-	// which the new config holds on to; after a real shutdown the
-	// transport is stopped and late requests get 503.
-	var firstErr error
+	// h.pools stays, and a pool is released only once this config's
+	// requests on it are over: on a reload Caddy cleans up the old config
+	// as soon as its servers start shutting down, while they still finish
+	// their requests. If the new config dropped the pool, releasing it at
+	// once would fail those requests. The wait is bounded by the longest a
+	// request may legitimately wait for its reply to start.
+	wait := time.Duration(h.ReplyTimeout) + time.Duration(h.QueueTimeout) + 5*time.Second
 	for _, p := range h.pools {
-		if _, err := transports.Delete(p.poolKey); err != nil && firstErr == nil {
-			firstErr = err
-		}
+		p.releaseWhenIdle(wait)
 	}
-	return firstErr
+	return nil
+}
+
+// senderFor is the sender UUID of pool p: the configured one, or one
+// derived from the pool's own endpoints, so that adding or removing another
+// pool by reload leaves it unchanged.
+func (h *Handler) senderFor(p Pool) string {
+	if h.SenderID != "" {
+		return h.SenderID
+	}
+	return DefaultSenderID(p.RequestEndpoint+p.connectSpec(), p.ReplyEndpoint)
 }
 
 // DefaultSenderID derives a stable UUID from the host name and the

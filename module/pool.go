@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
@@ -64,6 +65,31 @@ type poolRuntime struct {
 	upstream  *reverseproxy.Upstream
 	// slots holds one token per request in flight (max_inflight).
 	slots chan struct{}
+	// sender is this pool's UUID (Handler.SenderID or derived).
+	sender string
+	// inflight counts this config's requests, so that Cleanup can let
+	// them finish before the sockets are released.
+	inflight sync.WaitGroup
+}
+
+// releaseWhenIdle drops this config's hold on the pool's sockets once its
+// requests are over (at once when there are none), waiting at most max.
+func (p *poolRuntime) releaseWhenIdle(max time.Duration) {
+	if len(p.slots) == 0 {
+		_, _ = transports.Delete(p.poolKey)
+		return
+	}
+	go func() {
+		idle := make(chan struct{})
+		go func() { p.inflight.Wait(); close(idle) }()
+		timer := time.NewTimer(max)
+		defer timer.Stop()
+		select {
+		case <-idle:
+		case <-timer.C:
+		}
+		_, _ = transports.Delete(p.poolKey)
+	}()
 }
 
 var errBusy = errors.New("max_inflight requests are in flight and none finished within queue_timeout")
@@ -72,6 +98,7 @@ var errBusy = errors.New("max_inflight requests are in flight and none finished 
 func (p *poolRuntime) acquire(r *http.Request, wait time.Duration) error {
 	select {
 	case p.slots <- struct{}{}:
+		p.inflight.Add(1)
 		return nil
 	default:
 	}
@@ -79,6 +106,7 @@ func (p *poolRuntime) acquire(r *http.Request, wait time.Duration) error {
 	defer timer.Stop()
 	select {
 	case p.slots <- struct{}{}:
+		p.inflight.Add(1)
 		return nil
 	case <-timer.C:
 		return errBusy
@@ -87,7 +115,10 @@ func (p *poolRuntime) acquire(r *http.Request, wait time.Duration) error {
 	}
 }
 
-func (p *poolRuntime) release() { <-p.slots }
+func (p *poolRuntime) release() {
+	<-p.slots
+	p.inflight.Done()
+}
 
 // live reports whether a worker is connected to the pool's request socket.
 func (p *poolRuntime) live() bool { return p.transport.peers.Load() > 0 }

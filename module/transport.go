@@ -479,6 +479,9 @@ type exchange struct {
 	// upload is the credit of a streamed upload (nil otherwise).
 	upload *uploadFlow
 
+	// session is the affinity session of the request, if any: its ACK
+	// pins the session.
+	session string
 	// addressed is the worker a pinned request was sent to by REQ; it
 	// gets the disconnect even before its ACK arrives.
 	addressed string
