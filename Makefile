@@ -6,6 +6,7 @@
 #   make test    vet, unit + integration tests with -race, short fuzz runs
 #   make fuzz    the same fuzz targets for longer (FUZZTIME=60s)
 #   make bench   benchmarks (integration/bench)
+#   make chaos   fault-injection suite (integration/chaos), table in bin/chaos.md
 #   make clean
 #
 # GNU make >= 4.
@@ -36,9 +37,9 @@ CADDY_SRCS := $(shell find module workerkit/mongrel2 -name '*.go' ! -name '*_tes
 # Everything that ends up in the workers.
 WORKERKIT_SRCS := $(shell find workerkit -name '*.go' ! -name '*_test.go' ! -path 'workerkit/examples/*' 2>/dev/null)
 
-WORKERS := $(BIN)/hello-worker $(BIN)/echo-worker $(BIN)/testworker
+WORKERS := $(BIN)/hello-worker $(BIN)/echo-worker $(BIN)/testworker $(BIN)/chaosworker $(BIN)/chat-worker
 
-DEB_PACKAGES := libzmq3-dev pkg-config mongrel2-core wrk python3-zmq curl
+DEB_PACKAGES := libzmq3-dev pkg-config mongrel2-core wrk python3-zmq curl iproute2 chromium
 
 FUZZTIME ?= 60s
 SHORT_FUZZTIME ?= 5s
@@ -52,7 +53,7 @@ export ZMQ_REPLIES ?= tcp://127.0.0.1:9996
 export ZMQ_CONTROL ?= tcp://127.0.0.1:9995
 RUN_CONFIG ?= caddyfiles/Caddyfile
 
-.PHONY: all deps build workers run test vet unit fuzz fuzz-short bench clean
+.PHONY: all deps build workers run test vet unit fuzz fuzz-short bench chaos clean
 
 all: build
 
@@ -120,6 +121,12 @@ $(BIN)/hello-worker: $(WORKERKIT_SRCS) $(wildcard workerkit/examples/hello/*.go)
 
 $(BIN)/echo-worker: $(WORKERKIT_SRCS) $(wildcard workerkit/examples/echo/*.go) go.mod go.sum | deps
 	$(call go_build,./workerkit/examples/echo)
+
+$(BIN)/chaosworker: $(WORKERKIT_SRCS) $(wildcard integration/chaosworker/*.go) go.mod go.sum | deps
+	$(call go_build,./integration/chaosworker)
+
+$(BIN)/chat-worker: $(WORKERKIT_SRCS) $(wildcard workerkit/examples/chat/*.go) go.mod go.sum | deps
+	$(call go_build,./workerkit/examples/chat)
 
 $(BIN)/testworker: $(WORKERKIT_SRCS) $(wildcard integration/testworker/*.go) go.mod go.sum | deps
 	$(call go_build,./integration/testworker)
@@ -196,6 +203,12 @@ fuzz: deps
 # ---------------------------------------------------------------------------
 bench: deps build
 	$(GO) run ./integration/bench
+
+# chaos: fault-injection suite, 30 s per scenario; table on stdout and in
+# bin/chaos.md (CHAOS_FLAGS=-short: 8 s per scenario).
+CHAOS_FLAGS ?=
+chaos: deps $(BIN)/caddy $(BIN)/chaosworker
+	$(GO) run ./integration/chaos $(CHAOS_FLAGS)
 
 clean:
 	rm -rf $(BIN)

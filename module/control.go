@@ -318,6 +318,11 @@ func (c *controlPlane) handle(worker string, payload []byte) {
 					c.t.pins.pinFirst(ex.session, worker, c.isLive)
 				}
 			} else {
+				// The exchange is over: either its reply beat the ACK, or
+				// its client left before the worker was known and the
+				// Mongrel2 notice went to some other worker. Tell the one
+				// that took it (a no-op if it has finished).
+				c.disconnect(worker, n)
 				c.t.pins.lateAck(n, worker, c.isLive)
 			}
 		}

@@ -16,10 +16,15 @@ const helloBody = "Hello, world!\n"
 
 // Env is what the setups need from the machine.
 type Env struct {
-	Caddy    string // bin/caddy
-	Hello    string // bin/hello-worker
-	M2sh     string
-	Mongrel2 string
+	Caddy string // bin/caddy
+	Hello string // bin/hello-worker
+	Echo  string // bin/echo-worker (-large)
+	// EchoHasHTTP: echo-worker serves its handlers with net/http given
+	// -http ADDR; otherwise Self -serve-echo-http ADDR stands in (-large).
+	EchoHasHTTP bool
+	Self        string // this program
+	M2sh        string
+	Mongrel2    string
 	// M2Ciphers is Mongrel2's ssl_ciphers setting (mbedTLS names separated
 	// by spaces); "" keeps Mongrel2's default preference.
 	M2Ciphers string
@@ -36,6 +41,10 @@ type Case struct {
 	Default bool   // run without -cases
 	Expect  string // body of a ready target; "" means helloBody
 	Setup   func(ctx context.Context, s *Stack, env *Env) (url string, err error)
+	// Large makes it a large-body case (-large, see large.go): Setup
+	// returns the base URL of echo's handlers, and each run is one
+	// transfer measured by this program instead of wrk.
+	Large *LargeSpec
 }
 
 func (c Case) expect() string {
@@ -72,9 +81,25 @@ func helloCases() []Case {
 	}
 }
 
-// largeCases is the large-body benchmark (-large). Workers for it do not
-// exist yet; add rows here with the same shape as helloCases when they do.
-func largeCases() []Case { return nil }
+// largeCases is the large-body benchmark (-large, see large.go): a big
+// download (echo /big) and a big upload (echo /upload), through zmq with
+// the control channel and through reverse_proxy to the same handlers served
+// by net/http.
+func largeCases() []Case {
+	return []Case{
+		largeCase("download/zmq+control", "zmq+control", false, setupZmqControlEcho),
+		largeCase("download/reverse_proxy", "reverse_proxy", false, setupReverseProxyEcho),
+		largeCase("upload/zmq+control", "zmq+control", true, setupZmqControlEcho),
+		largeCase("upload/reverse_proxy", "reverse_proxy", true, setupReverseProxyEcho),
+		// Not in the default set: a bigger reply window (credit per
+		// request), to see how much of the download gap is the window.
+		func() Case {
+			c := largeCase("download/zmq+control+w8M", "zmq+control+w8M", false, setupZmqControlEchoWindow("8MiB"))
+			c.Default = false
+			return c
+		}(),
+	}
+}
 
 // ---------------------------------------------------------------------------
 // Setups

@@ -13,6 +13,14 @@
 //
 //	go run ./integration/bench [-quick] [-rounds 5] [-duration 5s] [-conns 32] [-cases zmq,respond]
 //
+// With -large it measures big bodies instead (large.go): a 256 MiB download
+// (echo /big) and a 256 MiB upload (echo /upload), one at a time, through
+// zmq with the control channel and through reverse_proxy to the same
+// handlers served by net/http; MB/s and peak RSS of Caddy and of the
+// worker, medians, ratios; written to bin/bench-large.json.
+//
+//	go run ./integration/bench -large [-quick] [-rounds 5] [-large-bytes 268435456]
+//
 // Needs `make build` (bin/caddy, bin/hello-worker), wrk and mongrel2-core.
 // Writes bin/bench.json (every run, machine, checks) and bin/bench.svg (bar
 // chart). Each run also records how much CPU other processes took meanwhile
@@ -57,6 +65,9 @@ type options struct {
 	List      bool
 	M2Ciphers string
 	WaitQuiet time.Duration
+	// -large
+	LargeBytes  int64
+	LargeWarmup int64
 }
 
 func main() {
@@ -64,6 +75,10 @@ func main() {
 }
 
 func run() int {
+	// The stand-in net/http echo server of the large-body cases.
+	if len(os.Args) == 3 && os.Args[1] == serveEchoFlag {
+		return serveEchoHTTP(os.Args[2])
+	}
 	var o options
 	flag.IntVar(&o.Rounds, "rounds", 5, "rounds; each runs every case once, in rotating order")
 	flag.DurationVar(&o.Duration, "duration", 5*time.Second, "measured wrk duration per run (whole seconds)")
@@ -71,7 +86,8 @@ func run() int {
 	flag.IntVar(&o.Threads, "threads", 1, "wrk -t")
 	flag.IntVar(&o.Conns, "conns", 32, "wrk -c")
 	flag.StringVar(&o.Cases, "cases", "", "comma-separated case names, or \"all\" (default: the standard set; see -list)")
-	flag.BoolVar(&o.Large, "large", false, "large-body cases instead of hello world (not implemented yet)")
+	flag.BoolVar(&o.Large, "large", false, "large-body cases instead of hello world: 256 MiB downloads and uploads, zmq+control vs reverse_proxy (needs bin/echo-worker)")
+	largeFlags(&o)
 	flag.BoolVar(&o.Quick, "quick", false, "smoke test: 1 round of 2 s (explicit -rounds/-duration win)")
 	flag.StringVar(&o.Bin, "bin", "", "directory with caddy and hello-worker (default <repo>/bin)")
 	flag.StringVar(&o.Wrk, "wrk", "wrk", "wrk binary")
@@ -102,10 +118,6 @@ func run() int {
 	if o.Large {
 		workload = "large bodies"
 		table = largeCases()
-		if len(table) == 0 {
-			fmt.Fprintln(os.Stderr, "bench: -large: no large-body cases yet (their workers do not exist yet)")
-			return 2
-		}
 	}
 	if o.List {
 		for _, c := range table {
@@ -122,6 +134,10 @@ func run() int {
 		fmt.Fprintln(os.Stderr, "bench:", err)
 		return 2
 	}
+	if o.Large && (o.LargeBytes < int64(len(largeProbeBody)) || o.LargeWarmup < 0) {
+		fmt.Fprintln(os.Stderr, "bench: need -large-bytes >= 16 and -large-warmup >= 0")
+		return 2
+	}
 	if o.Rounds < 1 || o.Duration < time.Second || o.Conns < 1 || o.Threads < 1 || o.Threads > o.Conns {
 		fmt.Fprintln(os.Stderr, "bench: need -rounds >= 1, -duration >= 1s, 1 <= -threads <= -conns")
 		return 2
@@ -133,6 +149,9 @@ func run() int {
 	}
 	if o.Out == "" {
 		o.Out = filepath.Join(root, "bin", "bench.json")
+		if o.Large {
+			o.Out = filepath.Join(root, "bin", "bench-large.json")
+		}
 	}
 	if o.SVG == "" {
 		o.SVG = filepath.Join(root, "bin", "bench.svg")
@@ -145,6 +164,9 @@ func run() int {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
+	if o.Large {
+		return runLarge(ctx, o, cases, env, root)
+	}
 
 	rep := &Report{
 		Started: time.Now(),
@@ -290,10 +312,19 @@ func findTools(o options, cases []Case) (*Env, WrkParams, error) {
 	env := &Env{
 		Caddy: filepath.Join(o.Bin, "caddy"),
 		Hello: filepath.Join(o.Bin, "hello-worker"),
+		Echo:  filepath.Join(o.Bin, "echo-worker"),
 
 		M2Ciphers: o.M2Ciphers,
 	}
 	need := map[string]string{env.Hello: "run make build"}
+	if o.Large {
+		need = map[string]string{env.Echo: "run make build", env.Caddy: "run make build"}
+		if self, err := os.Executable(); err == nil {
+			env.Self = self
+		} else {
+			return nil, WrkParams{}, fmt.Errorf("locating this program: %v", err)
+		}
+	}
 	for _, c := range cases {
 		switch c.Kind {
 		case "zmq", "reverse_proxy", "respond":
@@ -303,7 +334,9 @@ func findTools(o options, cases []Case) (*Env, WrkParams, error) {
 			need["m2sh"], need["mongrel2"] = "run make deps (mongrel2-core)", "run make deps (mongrel2-core)"
 		}
 	}
-	need[o.Wrk] = "run make deps (wrk)"
+	if !o.Large {
+		need[o.Wrk] = "run make deps (wrk)"
+	}
 	var missing []string
 	for bin, hint := range need {
 		if _, err := exec.LookPath(bin); err != nil {
@@ -313,6 +346,9 @@ func findTools(o options, cases []Case) (*Env, WrkParams, error) {
 	if len(missing) > 0 {
 		slices.Sort(missing)
 		return nil, WrkParams{}, errors.New(strings.Join(missing, "; "))
+	}
+	if o.Large {
+		env.EchoHasHTTP = echoHasHTTPFlag(env.Echo)
 	}
 	wrk := WrkParams{Path: o.Wrk, Threads: o.Threads, Conns: o.Conns, Duration: o.Duration}
 	return env, wrk, nil
