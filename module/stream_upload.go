@@ -69,6 +69,21 @@ func (u *uploadFlow) take(want int64, done <-chan struct{}) (int64, bool) {
 	}
 }
 
+// fill reads into buf until it is full or the body ends. Unlike io.ReadFull
+// it keeps io.EOF (a complete body) apart from io.ErrUnexpectedEOF, which
+// net/http returns for a client body that was cut short.
+func fill(r io.Reader, buf []byte) (int, error) {
+	n := 0
+	for n < len(buf) {
+		m, err := r.Read(buf[n:])
+		n += m
+		if err != nil {
+			return n, err
+		}
+	}
+	return n, nil
+}
+
 // streamsUpload reports whether r's body is streamed to the worker.
 func (h *Handler) streamsUpload(r *http.Request, t *transport) bool {
 	if t.control == nil || r.Body == nil || r.Body == http.NoBody {
@@ -99,7 +114,7 @@ func (h *Handler) pumpUpload(r *http.Request, t *transport, ex *exchange, done <
 	var sent int64
 	*consumed = true // from here on the body cannot be sent again
 	for {
-		n, err := io.ReadFull(r.Body, buf)
+		n, err := fill(r.Body, buf)
 		if n > 0 {
 			if h.MaxRequestBody > 0 && sent+int64(n) > h.MaxRequestBody {
 				t.control.send(worker, append([]byte("BODYERR "), id...))
@@ -121,7 +136,7 @@ func (h *Handler) pumpUpload(r *http.Request, t *transport, ex *exchange, done <
 			}
 			sent += int64(n)
 		}
-		if err == io.EOF || err == io.ErrUnexpectedEOF {
+		if err == io.EOF {
 			t.control.send(worker, append([]byte("BODYEND "), id...))
 			return
 		}

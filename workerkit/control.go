@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"math"
 	"strconv"
 	"sync"
@@ -17,8 +18,10 @@ import (
 // connected to the front end's ROUTER, with the worker id as its identity.
 // Every message is one frame of text.
 //
-//	worker -> front end: HELLO <max_concurrent> | HB | ACK <conn_id> [<conn_id> ...] | BYE
-//	front end -> worker: CREDIT <conn_id> <bytes> | DISCONNECT <conn_id> | REQ <request frame>
+//	worker -> front end: HELLO <max_concurrent> | HB | ACK <conn_id> [<conn_id> ...] | BYE |
+//	                     UCREDIT <conn_id> <bytes>
+//	front end -> worker: CREDIT <conn_id> <bytes> | DISCONNECT <conn_id> | REQ <request frame> |
+//	                     BODY <conn_id> <bytes> | BODYEND <conn_id> | BODYERR <conn_id>
 
 const (
 	// windowHeader is the trusted request header that asks for flow
@@ -58,6 +61,7 @@ type ctlConn struct {
 
 	ackMu     sync.Mutex
 	acks      []*flight // ACKs to send, in the order the requests started
+	grants    []ugrant  // UCREDITs to send (upload credit), in order
 	ackClosed bool      // the owner is gone
 
 	// Requests addressed to this worker (REQ), admitted by the owner, in
@@ -67,6 +71,12 @@ type ctlConn struct {
 	reqHead   int
 	reqClosed bool          // runAddressed is gone: drop further REQs
 	reqWake   chan struct{} // capacity 1: reqs is not empty
+}
+
+// ugrant is one UCREDIT to send.
+type ugrant struct {
+	connID string
+	n      int64
 }
 
 func newCtlConn(fe *frontEnd) *ctlConn {
@@ -94,7 +104,7 @@ func (c *ctlConn) ack(fl *flight) {
 	c.ackMu.Lock()
 	if c.ackClosed {
 		c.ackMu.Unlock()
-		fl.flow.lift()
+		fl.unacked()
 		return
 	}
 	c.acks = append(c.acks, fl)
@@ -104,6 +114,19 @@ func (c *ctlConn) ack(fl *flight) {
 		// Later ones ride on this wake-up: the owner takes the whole queue.
 		c.poke()
 	}
+}
+
+// grantUpload queues UCREDIT <connID> <n>: the handler read n more bytes
+// of its streamed body. Like ack, it does not wait.
+func (c *ctlConn) grantUpload(connID string, n int64) {
+	c.ackMu.Lock()
+	if c.ackClosed {
+		c.ackMu.Unlock()
+		return
+	}
+	c.grants = append(c.grants, ugrant{connID, n})
+	c.ackMu.Unlock()
+	c.poke()
 }
 
 func (c *ctlConn) poke() {
@@ -145,6 +168,7 @@ type ctlOwner struct {
 	bye       bool // the worker is draining: say BYE after every HELLO
 	upClosed  bool
 	batch     []*flight // ACKs being sent; swapped with ctlConn.acks
+	grants    []ugrant  // UCREDITs being sent; swapped with ctlConn.grants
 	buf       []byte    // ACK message being built
 }
 
@@ -388,6 +412,8 @@ func (o *ctlOwner) drainAcks() {
 	c.ackMu.Lock()
 	batch := c.acks
 	c.acks = o.batch[:0]
+	grants := c.grants
+	c.grants = o.grants[:0]
 	c.ackMu.Unlock()
 	for rest := batch; len(rest) > 0; {
 		n := min(len(rest), maxAckIDs)
@@ -401,13 +427,27 @@ func (o *ctlOwner) drainAcks() {
 			// front end does not read: no credit will come for these.
 			c.fe.log.Debug("control: could not send ACK; serving without flow control", "ids", n)
 			for _, fl := range rest[:n] {
-				fl.flow.lift()
+				fl.unacked()
 			}
 		}
 		rest = rest[n:]
 	}
 	clear(batch) // the flights may end long before the next batch
 	o.batch = batch[:0]
+	// After the ACKs: a grant is for a request acknowledged earlier.
+	for _, g := range grants {
+		o.buf = append(o.buf[:0], "UCREDIT "...)
+		o.buf = append(o.buf, g.connID...)
+		o.buf = append(o.buf, ' ')
+		o.buf = strconv.AppendInt(o.buf, g.n, 10)
+		if !o.sendBytes(o.buf) {
+			// The connection broke (its uploads fail with it), or the
+			// front end does not read.
+			c.fe.log.Debug("control: could not send UCREDIT", "conn", g.connID, "bytes", g.n)
+		}
+	}
+	clear(grants)
+	o.grants = grants[:0]
 }
 
 func (o *ctlOwner) receive() {
@@ -450,6 +490,25 @@ func (o *ctlOwner) handle(msg []byte) {
 		// msg is ours (a fresh buffer from RecvBytes): the request may
 		// alias it.
 		o.c.addressed(rest)
+	case "BODY":
+		// BODY <conn_id> <bytes>: the bytes may be anything, spaces too.
+		conn, data, _ := bytes.Cut(rest, []byte{' '})
+		if !isConnID(conn) {
+			fe.log.Warn("control: malformed BODY", "msg", printable(msg, 100))
+			return
+		}
+		// msg is ours: the upload keeps data without copying it.
+		fe.s.deliverBody(flightKey{fe, string(conn)}, data)
+	case "BODYEND", "BODYERR":
+		if !isConnID(rest) {
+			fe.log.Warn("control: malformed "+string(verb), "msg", printable(msg, 100))
+			return
+		}
+		err := io.EOF
+		if string(verb) == "BODYERR" {
+			err = errUploadFailed
+		}
+		fe.s.endBody(flightKey{fe, string(rest)}, err)
 	case "":
 	default:
 		fe.log.Debug("control: ignoring unknown message", "msg", printable(msg, 100))
@@ -487,6 +546,9 @@ func (o *ctlOwner) monitor(mon *zmq.Socket) {
 			// No more CREDIT can come for what was ACKed on that
 			// connection: waiting for it would hang those handlers.
 			o.c.fe.s.liftFlows(o.c.fe)
+			// And BODY messages sent meanwhile are lost: a streamed
+			// body cannot be completed.
+			o.c.fe.s.failUploads(o.c.fe, errUploadLost)
 		}
 	}
 }

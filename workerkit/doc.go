@@ -1,7 +1,8 @@
 // Package workerkit turns any net/http Handler into a worker for a front end
 // that speaks Mongrel2's handler protocol over ZeroMQ: the Caddy module of
 // this repository, or Mongrel2 itself. Workers connect to the front end, so
-// they can be started, stopped and scaled without touching its configuration.
+// they can be started, stopped and scaled without touching its configuration
+// (or, in bind mode, the front ends connect to them: see below).
 //
 // Quick start:
 //
@@ -88,6 +89,27 @@
 //     holds the session), and a DISCONNECT while it waits drops it. Requests
 //     addressed to a worker that is shutting down are dropped once it has
 //     served what arrived until shortly after its BYE.
+//   - Streamed uploads: a request whose body is large (or of unknown length)
+//     comes with ZMQX_BODY: stream and no inline body; once the worker has
+//     acknowledged it, the front end sends the body over the control
+//     channel (BODY <conn_id> <bytes> messages, then BODYEND <conn_id>, or
+//     BODYERR <conn_id> if the client's upload failed). The handler reads
+//     it from r.Body as usual, while it arrives; r.ContentLength is the
+//     client's Content-Length, or -1 for a chunked upload. The front end
+//     never has more than the window (ZMQX_WINDOW) sent and unread: the
+//     worker grants UCREDIT <conn_id> <bytes> as the handler reads, a
+//     quarter window at a time, and at once whatever it owes when the
+//     handler has read everything that came and waits for more. So a worker
+//     holds at most a window of each upload, and a handler that reads slowly
+//     slows the client down. r.Body.Read fails (after the bytes that came)
+//     on BODYERR, a body shorter or longer than its Content-Length, or a
+//     control connection lost midway, and at once when the client goes
+//     away (DISCONNECT) or the request's context ends. A handler that
+//     returns without reading the body finishes its request as usual: what
+//     was buffered is dropped, and BODY messages still on their way are
+//     discarded. (Without a control connection such a body cannot come:
+//     r.Body.Read then fails at once. The Caddy module streams uploads only
+//     to pools whose workers all speak the control channel.)
 //
 // # Dispatch deadline
 //
@@ -129,6 +151,41 @@
 // end their responses properly, so that EventSource clients reconnect
 // (possibly to another worker). See examples/chat.
 //
-// Not supported: WebSocket (answered 501), Mongrel2's upload streaming and
-// HTTP trailers.
+// # Bind mode
+//
+// The usual topology has the front end bind and the workers connect. The
+// other one, reverse_proxy style, has each worker bind its own endpoints and
+// the front ends connect to a list of workers (the Caddy module's `to
+// <requests> <replies>` lines in a pool):
+//
+//	workerkit.FrontEnd{Requests: "tcp://*:7001", Replies: "tcp://*:7002", Bind: true}
+//	-bind tcp://*:7001,tcp://*:7002        (same as -frontend bind:tcp://*:7001,tcp://*:7002)
+//
+// The worker binds a PULL socket on Requests, which the front ends' PUSH
+// sockets connect to, and an XPUB socket on Replies, which their SUB sockets
+// connect to. Serve fails at once if it cannot bind. Several front ends may
+// connect to one worker: each reply is published to every front end
+// subscribed to its sender id, and each front end's SUB keeps only its own
+// (front ends sharing a worker should have distinct sender ids; otherwise
+// each also receives, and drops, the others' replies). A bound worker serves
+// nobody until a front end has subscribed to its replies: requests that
+// come earlier wait in the request socket's queue, as a reply published
+// before the subscription arrived would be lost. For the same reason, when
+// another front end connects to the request socket, the worker takes no
+// work (from anyone) until there are as many subscriptions as connections
+// to the request socket, so that the newcomer's first requests are not
+// answered before it can hear the answers; a peer that connects and never
+// subscribes holds the worker up for one second at most (once per
+// connection), and is then ignored. At shutdown the worker serves what its
+// queue holds and unbinds its request socket, closing the front ends'
+// connections to it, so that they send their requests elsewhere.
+//
+// There is no control channel in bind mode (FrontEnd.Control must be empty):
+// no ACK, no flow control of replies, no streamed uploads, no REQ or
+// DISCONNECT; the Mongrel2 disconnect notice still cancels a request.
+// Front ends that need these bind and let the workers connect.
+//
+// Not supported: WebSocket (answered 501), Mongrel2's upload streaming (its
+// temporary files; the Caddy module's streamed uploads are supported, see
+// above) and HTTP trailers.
 package workerkit

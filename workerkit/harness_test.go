@@ -121,7 +121,9 @@ func (f *testFE) close() {
 	}
 	f.closed = true
 	_ = f.push.Close()
-	_ = f.sub.Close()
+	if f.sub != nil {
+		_ = f.sub.Close()
+	}
 	if f.ctl != nil {
 		_ = f.ctl.Close()
 	}
@@ -146,7 +148,7 @@ func (f *testFE) send(msg []byte) {
 		if time.Now().After(deadline) {
 			f.t.Fatal("no worker connected to the request socket")
 		}
-		_, _ = f.sub.GetEvents()
+		f.touchSub()
 		p := zmq.NewPoller()
 		p.Add(f.push, zmq.POLLOUT)
 		_, _ = p.Poll(5 * time.Millisecond)
@@ -165,9 +167,48 @@ func (f *testFE) waitWorker() {
 		if time.Now().After(deadline) {
 			f.t.Fatal("no worker connected to the request socket")
 		}
-		_, _ = f.sub.GetEvents() // lets the SUB attach the worker (see send)
+		f.touchSub() // lets the SUB attach the worker (see send)
 		_, _ = p.Poll(5 * time.Millisecond)
 	}
+}
+
+// touchSub calls into the SUB socket, so that a bound SUB attaches new
+// peers (see send). A connecting front end may have no SUB yet.
+func (f *testFE) touchSub() {
+	if f.sub != nil {
+		_, _ = f.sub.GetEvents()
+	}
+}
+
+// newTestFEConnect plays a front end in the other topology (the Caddy
+// module's `to` lines): it CONNECTS its PUSH to a binding worker's request
+// endpoint and, with connectSub, its SUB to the worker's reply endpoint.
+// The PUSH has IMMEDIATE set, as the module's has in that mode.
+func newTestFEConnect(t testing.TB, fe FrontEnd, sender string) *testFE {
+	t.Helper()
+	zctx, err := zmq.NewContext()
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &testFE{t: t, zctx: zctx, sender: sender, pending: map[string][][]byte{}, fe: fe}
+	t.Cleanup(f.close)
+	f.push, err = zctx.NewSocket(zmq.PUSH)
+	must(t, err)
+	must(t, f.push.SetLinger(0))
+	must(t, f.push.SetImmediate(true))
+	must(t, f.push.Connect(fe.Requests))
+	return f
+}
+
+// connectSub connects the SUB of a front end made by newTestFEConnect.
+func (f *testFE) connectSub() {
+	f.t.Helper()
+	var err error
+	f.sub, err = f.zctx.NewSocket(zmq.SUB)
+	must(f.t, err)
+	must(f.t, f.sub.SetLinger(0))
+	must(f.t, f.sub.SetSubscribe(f.sender+" "))
+	must(f.t, f.sub.Connect(f.fe.Replies))
 }
 
 // pushHasPeer reports whether some worker is connected to the PUSH socket.
@@ -233,7 +274,7 @@ func (f *testFE) ctlRecv(timeout time.Duration) (ctlMsg, error) {
 			return ctlMsg{}, errNoReply
 		}
 		// Keep the SUB attaching new peers meanwhile (see send).
-		_, _ = f.sub.GetEvents()
+		f.touchSub()
 		must(f.t, f.ctl.SetRcvtimeo(min(left, 20*time.Millisecond)))
 		parts, err := f.ctl.RecvMessage(0)
 		if err != nil {
@@ -342,6 +383,7 @@ type treq struct {
 	format   mongrel2.HeaderFormat
 	window   string // ZMQX_WINDOW, if not empty
 	deadline string // ZMQX_DEADLINE, if not empty
+	stream   bool   // ZMQX_BODY: stream (the body comes over the control channel)
 }
 
 func (f *testFE) frame(conn string, q treq) []byte {
@@ -385,6 +427,9 @@ func (f *testFE) frame(conn string, q treq) []byte {
 	}
 	if q.deadline != "" {
 		e.Add("ZMQX_DEADLINE", q.deadline)
+	}
+	if q.stream {
+		e.Add("ZMQX_BODY", "stream")
 	}
 	return mongrel2.AppendRequest(nil, f.sender, conn, path, e.Bytes(), []byte(q.body))
 }

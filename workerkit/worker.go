@@ -12,6 +12,7 @@ import (
 	"os/signal"
 	"runtime"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -219,6 +220,16 @@ type frontEnd struct {
 	// kickAddr wakes the owner of the addressed-request queue (REQ on the
 	// control channel) when active changes.
 	kickAddr chan struct{}
+
+	// Bind mode (cfg.Bind) only: several front ends may connect. subs is
+	// the number of subscriptions on the reply socket (one per connected
+	// front end), peers the connections to the request socket; work is
+	// taken while subs >= peers, so that a front end whose requests arrive
+	// before its subscription is not answered into the void. subPoke asks
+	// the reply socket's owner to look for subscriptions promptly.
+	subs    atomic.Int64
+	peers   atomic.Int64
+	subPoke chan struct{}
 }
 
 // flightKey finds the requests a disconnect or a credit is about. Control
@@ -252,10 +263,30 @@ type flight struct {
 	// acknowledged: the credit that paces its reply. Guarded by server.mu
 	// once the flight is registered.
 	flow *flow
+	// stream: the request carries ZMQX_BODY: stream, its body comes over
+	// the control channel. upload is set with flow when the request is
+	// acknowledged (BODY messages find it, guarded like flow); nil if the
+	// body cannot come (no control connection).
+	stream bool
+	length int64 // of a streamed body: content-length, -1 if unknown
+	upload *upload
+}
+
+// unacked is called when the ACK of fl cannot be sent: no credit will come
+// for its reply, and no streamed body.
+func (fl *flight) unacked() {
+	fl.flow.lift()
+	if fl.upload != nil {
+		fl.upload.finish(errUploadUnavailable)
+	}
 }
 
 // testHookActive, when set by tests, observes subscription state changes.
 var testHookActive func(index int, active bool)
+
+// testHookSubs, when set by tests, observes the subscription count of a
+// front end in bind mode.
+var testHookSubs func(index, subs int)
 
 func (w *Worker) serve(ctx context.Context, force <-chan struct{}) error {
 	if w.Handler == nil {
@@ -316,6 +347,9 @@ func (w *Worker) serve(ctx context.Context, force <-chan struct{}) error {
 			out:   make(chan *frame, max(64, 2*maxConc)),
 			dead:  make(chan struct{}),
 			kick:  make(chan struct{}, 1),
+		}
+		if f.Bind {
+			fe.subPoke = make(chan struct{}, 1)
 		}
 		nSockets += 2
 		if f.Control != "" {
@@ -431,8 +465,9 @@ func (s *server) fatal(err error) {
 func isEAGAIN(err error) bool { return zmq.AsErrno(err) == zmq.Errno(syscall.EAGAIN) }
 
 // runReplies owns the front end's reply socket (XPUB connected to the front
-// end's SUB). It publishes replies from fe.out and watches subscription
-// frames, which are the only reliable sign that the front end can hear us.
+// end's SUB, or bound in bind mode). It publishes replies from fe.out and
+// watches subscription frames, which are the only reliable sign that the
+// front end can hear us.
 func (fe *frontEnd) runReplies(ready chan<- error, quit <-chan struct{}) {
 	defer close(fe.dead)
 	sock, err := fe.s.zctx.NewSocket(zmq.XPUB)
@@ -442,16 +477,29 @@ func (fe *frontEnd) runReplies(ready chan<- error, quit <-chan struct{}) {
 			sock.SetSndhwm(replyHWM),
 			sock.SetXpubNodrop(true),
 			sock.SetSndtimeo(sendTimeout),
-			// Without IMMEDIATE a connecting socket keeps its pipe (and the
-			// front end's subscriptions) across disconnects, and we would
-			// never learn that the front end went away.
-			sock.SetImmediate(true),
 			sock.SetHeartbeatIvl(heartbeatIvl),
 			sock.SetHeartbeatTimeout(heartbeatTimeout),
 		)
 	}
 	if err == nil {
-		err = sock.Connect(fe.cfg.Replies)
+		if fe.cfg.Bind {
+			err = firstErr(
+				// Every subscription and unsubscription, not only the first
+				// and last of a topic: front ends connecting with the same
+				// sender id count one each (see frontEnd.subs). A front end
+				// that goes away is unsubscribed from its topics.
+				sock.SetXpubVerboser(1),
+				sock.Bind(fe.cfg.Replies),
+			)
+		} else {
+			err = firstErr(
+				// Without IMMEDIATE a connecting socket keeps its pipe (and
+				// the front end's subscriptions) across disconnects, and we
+				// would never learn that the front end went away.
+				sock.SetImmediate(true),
+				sock.Connect(fe.cfg.Replies),
+			)
+		}
 	}
 	if err != nil {
 		err = fmt.Errorf("workerkit: reply socket for %s: %w", fe.cfg.Replies, err)
@@ -464,7 +512,7 @@ func (fe *frontEnd) runReplies(ready chan<- error, quit <-chan struct{}) {
 		return
 	}
 
-	topics := make(map[string]struct{})
+	topics := make(map[string]int)
 	delay := subCheckMin
 	timer := time.NewTimer(delay)
 	defer timer.Stop()
@@ -475,11 +523,20 @@ func (fe *frontEnd) runReplies(ready chan<- error, quit <-chan struct{}) {
 		select {
 		case f := <-fe.out:
 			fe.send(sock, f, topics, deadline)
+		case <-fe.subPoke: // nil unless bind mode
+			// A front end connected to the request socket and has not
+			// subscribed yet: the request socket's owner waits for it.
+			fe.readSubs(sock, topics)
+			delay = subCheckMin
+			timer.Reset(delay)
 		case <-timer.C:
 			fe.readSubs(sock, topics)
-			if fe.active.Load() {
+			if fe.active.Load() && (!fe.cfg.Bind || fe.peers.Load() <= fe.subs.Load()) {
 				delay = subCheckMax
 				waitingSince = time.Time{}
+			} else if fe.active.Load() {
+				// Bind mode, a subscription is awaited (see subPoke).
+				delay = min(2*delay, subCheckMax)
 			} else {
 				delay = min(2*delay, subCheckMax)
 				if waitingSince.IsZero() {
@@ -487,7 +544,11 @@ func (fe *frontEnd) runReplies(ready chan<- error, quit <-chan struct{}) {
 					warned = false
 				}
 				if !warned && time.Since(waitingSince) > 5*time.Second {
-					fe.log.Warn("front end still not subscribed to replies; is it running?", "replies", fe.cfg.Replies)
+					if fe.cfg.Bind {
+						fe.log.Info("no front end has connected yet (bind mode: front ends connect to us)", "replies", fe.cfg.Replies)
+					} else {
+						fe.log.Warn("front end still not subscribed to replies; is it running?", "replies", fe.cfg.Replies)
+					}
 					warned = true
 				}
 			}
@@ -515,7 +576,7 @@ func (fe *frontEnd) runReplies(ready chan<- error, quit <-chan struct{}) {
 // send publishes one reply frame. With XPUB_NODROP a full queue blocks for
 // sendTimeout; meanwhile the front end may have gone away, which is the only
 // case in which a reply is dropped.
-func (fe *frontEnd) send(sock *zmq.Socket, f *frame, topics map[string]struct{}, deadline time.Time) {
+func (fe *frontEnd) send(sock *zmq.Socket, f *frame, topics map[string]int, deadline time.Time) {
 	defer putFrame(f)
 	for {
 		_, err := sock.SendBytes(f.b, 0)
@@ -536,9 +597,13 @@ func (fe *frontEnd) send(sock *zmq.Socket, f *frame, topics map[string]struct{},
 
 // readSubs reads the pending subscription frames: 0x01+topic subscribes,
 // 0x00+topic unsubscribes. Mongrel2 with an empty recv_ident subscribes to the
-// empty topic, so a bare 0x01 counts too.
-func (fe *frontEnd) readSubs(sock *zmq.Socket, topics map[string]struct{}) {
+// empty topic, so a bare 0x01 counts too. topics counts the subscriptions of
+// each topic: in connect mode the XPUB reports only the first and the last,
+// so a count is 0 or 1; in bind mode (XPUB_VERBOSER) it is the number of
+// front ends subscribed to it.
+func (fe *frontEnd) readSubs(sock *zmq.Socket, topics map[string]int) {
 	was := len(topics) > 0
+	changed := false
 	for {
 		msg, err := sock.RecvBytes(zmq.DONTWAIT)
 		if err != nil {
@@ -552,9 +617,34 @@ func (fe *frontEnd) readSubs(sock *zmq.Socket, topics map[string]struct{}) {
 		}
 		switch msg[0] {
 		case 1:
-			topics[string(msg[1:])] = struct{}{}
+			topics[string(msg[1:])]++
+			changed = true
 		case 0:
-			delete(topics, string(msg[1:]))
+			if topics[string(msg[1:])] <= 1 {
+				delete(topics, string(msg[1:]))
+			} else {
+				topics[string(msg[1:])]--
+			}
+			changed = true
+		}
+	}
+	if !changed {
+		return
+	}
+	if fe.cfg.Bind {
+		n := 0
+		for _, c := range topics {
+			n += c
+		}
+		if old := fe.subs.Swap(int64(n)); old != int64(n) {
+			fe.log.Debug("subscriptions changed", "subscriptions", n, "request_connections", fe.peers.Load())
+			if testHookSubs != nil {
+				testHookSubs(fe.index, n)
+			}
+			select {
+			case fe.kick <- struct{}{}:
+			default:
+			}
 		}
 	}
 	now := len(topics) > 0
@@ -601,6 +691,10 @@ func (fe *frontEnd) runRequests(ready chan<- error) {
 			sock.SetHeartbeatTimeout(heartbeatTimeout),
 		)
 	}
+	var gate *bindGate
+	if err == nil && fe.cfg.Bind {
+		gate, err = fe.bindRequests(sock)
+	}
 	if err != nil {
 		err = fmt.Errorf("workerkit: request socket for %s: %w", fe.cfg.Requests, err)
 	}
@@ -611,7 +705,10 @@ func (fe *frontEnd) runRequests(ready chan<- error) {
 		}
 		return
 	}
-	held := fe.receive(sock)
+	held := fe.receive(sock, gate)
+	if gate != nil {
+		gate.close(sock)
+	}
 	if err := sock.Close(); err != nil {
 		fe.log.Warn("closing request socket", "err", err)
 	}
@@ -633,11 +730,15 @@ func (fe *frontEnd) runRequests(ready chan<- error) {
 
 // receive is the request socket owner's working life: it returns when the
 // worker stops, with the requests already queued locally (admitted, not
-// started).
-func (fe *frontEnd) receive(sock *zmq.Socket) (held []*flight) {
+// started). gate is set in bind mode, where the socket is already bound.
+func (fe *frontEnd) receive(sock *zmq.Socket, gate *bindGate) (held []*flight) {
 	s := fe.s
-	connected := false
-	for fe.waitActive(fe.kick) {
+	connected := gate != nil
+	wait := func() bool { return fe.waitActive(fe.kick) }
+	if gate != nil {
+		wait = func() bool { return fe.waitBound(gate) }
+	}
+	for wait() {
 		if !connected {
 			// Only now: a request taken before the front end subscribed
 			// would be answered into the void (slow joiner). And, with a
@@ -666,7 +767,14 @@ func (fe *frontEnd) receive(sock *zmq.Socket) (held []*flight) {
 			}
 			continue
 		}
-		if !fe.active.Load() && !fe.waitActive(fe.kick) {
+		if gate != nil {
+			// A front end may have connected just now, its request come in
+			// before its subscription: wait for it (or for the grace).
+			if !fe.waitBound(gate) && !fe.active.Load() {
+				fe.log.Warn("dropping a request that arrived as its front end went away")
+				break
+			}
+		} else if !fe.active.Load() && !fe.waitActive(fe.kick) {
 			// The front end went away while we were receiving, and we are
 			// stopping before it came back: nobody can take the answer.
 			fe.log.Warn("dropping a request that arrived as its front end went away")
@@ -704,6 +812,15 @@ func (fe *frontEnd) receive(sock *zmq.Socket) (held []*flight) {
 		if fl := s.admit(fe, msg); fl != nil {
 			held = append(held, fl)
 		}
+	}
+	if gate != nil {
+		// Stop accepting (and drop the front ends' connections) while we
+		// serve what we hold: their PUSH sockets send elsewhere meanwhile.
+		fe.log.Debug("unbinding request socket", "held", len(held))
+		if err := sock.Unbind(gate.endpoint); err != nil {
+			fe.log.Warn("unbinding request socket", "err", err)
+		}
+		return held
 	}
 	fe.log.Debug("disconnecting request socket", "held", len(held))
 	if err := sock.Disconnect(fe.cfg.Requests); err != nil {
@@ -755,7 +872,7 @@ func (s *server) admit(fe *frontEnd, msg []byte) *flight {
 	}
 	// One pass for the front end's keys; the last field of a name wins, as
 	// in Request.Header. Clients cannot send these upper-case names.
-	var method, window, deadline string
+	var method, window, deadline, body, length string
 	for i := range req.Headers {
 		switch h := &req.Headers[i]; h.Name {
 		case "METHOD":
@@ -764,6 +881,10 @@ func (s *server) admit(fe *frontEnd, msg []byte) *flight {
 			window = h.Value()
 		case deadlineHeader:
 			deadline = h.Value()
+		case bodyHeader:
+			body = h.Value()
+		case "content-length":
+			length = h.Value()
 		}
 	}
 	switch method {
@@ -779,7 +900,18 @@ func (s *server) admit(fe *frontEnd, msg []byte) *flight {
 		return nil
 	}
 	ctx, cancel := context.WithCancel(s.base)
-	fl := &flight{key: flightKey{fe, req.ConnID}, sender: req.Sender, cancel: cancel, req: req, ctx: ctx}
+	fl := &flight{key: flightKey{fe, req.ConnID}, sender: req.Sender, cancel: cancel, req: req, ctx: ctx,
+		stream: body == bodyStream}
+	if fl.stream {
+		// The inline body is empty; content-length is the streamed body's
+		// (absent for a chunked upload).
+		fl.length = -1
+		if n, err := strconv.ParseInt(strings.TrimSpace(length), 10, 64); err == nil && n >= 0 {
+			fl.length = n
+		}
+	} else if body != "" {
+		fe.log.Warn("ignoring unknown "+bodyHeader+" header", "value", body, "conn", req.ConnID)
+	}
 	if window != "" && fe.ctl != nil {
 		if n, err := strconv.ParseInt(window, 10, 64); err == nil && n > 0 {
 			fl.window = n
@@ -850,8 +982,15 @@ func (s *server) start(fl *flight) {
 	if fl.window > 0 {
 		if fe.ctl.connected.Load() {
 			f := newFlow(fl.window)
+			var u *upload
+			if fl.stream {
+				// The front end starts sending the body once it has our
+				// ACK, with the window as its first credit.
+				u = newUpload(fe.ctl, fl.key.connID, fl.ctx, fl.window, fl.length)
+			}
 			s.mu.Lock()
 			fl.flow = f // CREDIT and a lost control connection find it now
+			fl.upload = u
 			s.mu.Unlock()
 			// Queued, not waited for: the handler starts at once (see ack).
 			fe.ctl.ack(fl)
@@ -946,10 +1085,21 @@ func (s *server) unregister(fl *flight) {
 }
 
 func (s *server) serveRequest(fl *flight) {
-	fe, req, ctx, flow := fl.key.fe, fl.req, fl.ctx, fl.flow
+	// flow and upload were set before this goroutine started, and stay.
+	fe, req, ctx, flow, up := fl.key.fe, fl.req, fl.ctx, fl.flow, fl.upload
 	fl.req, fl.ctx = nil, nil // a Group member keeps its flight, not the request
 	joined := false
 	defer func() {
+		if up != nil {
+			// The handler is done with the body, whether it read it all
+			// or not: drop what is buffered, and BODY messages still on
+			// their way (the front end stops sending when the response
+			// is complete).
+			_ = up.Close()
+			if testHookUploadClosed != nil {
+				testHookUploadClosed(up.connID)
+			}
+		}
 		if !joined {
 			// A Group member keeps its flight (disconnects must still
 			// reach it) until it leaves; it holds no handler slot.
@@ -968,6 +1118,23 @@ func (s *server) serveRequest(fl *flight) {
 		rw.errorResponse(http.StatusBadRequest, "Bad Request\n")
 		rw.release()
 		return
+	}
+	if fl.stream {
+		r.ContentLength = fl.length
+		if up != nil {
+			r.Body = up
+		} else {
+			// The front end sends the body only to a worker that
+			// acknowledged the request over the control channel.
+			why := "the control channel is not connected"
+			if fe.ctl == nil {
+				why = "this front end has no control channel"
+			} else if fl.window == 0 {
+				why = "the request has no " + windowHeader
+			}
+			fe.log.Warn("streamed request body cannot be received: the handler's reads fail", "conn", req.ConnID, "reason", why)
+			r.Body = failedBody{errUploadUnavailable}
+		}
 	}
 	rw := getResponseWriter(fe, ctx, req.Sender, req.ConnID, r.Method, r.ProtoMajor, r.ProtoMinor)
 	rw.flow, rw.fl = flow, fl

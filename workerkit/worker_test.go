@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"log/slog"
@@ -844,6 +845,18 @@ func TestParseFrontEnd(t *testing.T) {
 		{in: "a:1,b:2", err: true},
 		{in: "tcp://a :1,tcp://b:2", err: true},
 		{in: "", err: true},
+		{in: "tcp://*:1,tcp://b:2", err: true}, // * binds; a worker connects
+		// bind mode
+		{in: "bind:tcp://*:7001,tcp://*:7002", want: FrontEnd{Requests: "tcp://*:7001", Replies: "tcp://*:7002", Bind: true}},
+		{in: "bind: tcp://127.0.0.1:7001 , ipc:///run/rep ", want: FrontEnd{Requests: "tcp://127.0.0.1:7001", Replies: "ipc:///run/rep", Bind: true}},
+		{in: "bind:tcp://eth0:7001,tcp://[::1]:7002", want: FrontEnd{Requests: "tcp://eth0:7001", Replies: "tcp://[::1]:7002", Bind: true}},
+		{in: "bind:tcp://*:7001,tcp://*:7002,tcp://c:3", err: true}, // no control channel in bind mode
+		{in: "bind:tcp://*:7001", err: true},
+		{in: "bind:tcp://*:*,tcp://*:7002", err: true},
+		{in: "bind:tcp://*:7001,tcp://*:7001", err: true},
+		{in: "bind:tcp://eth0;10.0.0.1:5,tcp://*:6", err: true},
+		{in: "bind:inproc://a,inproc://b", err: true},
+		{in: "BIND:tcp://*:7001,tcp://*:7002", err: true},
 	}
 	for _, tt := range tests {
 		got, err := ParseFrontEnd(tt.in)
@@ -851,7 +864,8 @@ func TestParseFrontEnd(t *testing.T) {
 			t.Errorf("ParseFrontEnd(%q) = %v, %v; want %v, error %v", tt.in, got, err, tt.want, tt.err)
 		}
 	}
-	for _, fe := range []FrontEnd{DefaultFrontEnd, {Requests: "tcp://a:1", Replies: "tcp://b:2", Control: "tcp://c:3"}} {
+	for _, fe := range []FrontEnd{DefaultFrontEnd, {Requests: "tcp://a:1", Replies: "tcp://b:2", Control: "tcp://c:3"},
+		{Requests: "tcp://*:1", Replies: "tcp://*:2", Bind: true}} {
 		again, err := ParseFrontEnd(fe.String())
 		if err != nil || again != fe {
 			t.Errorf("%+v does not round-trip through String (%q): %+v, %v", fe, fe.String(), again, err)
@@ -864,11 +878,28 @@ func TestParseFrontEnd(t *testing.T) {
 		t.Error("FrontEndList.Set accepted garbage")
 	}
 	eq(t, "FrontEndList", l.String(), "tcp://a:1,tcp://a:2 tcp://b:1,tcp://b:2,tcp://b:3")
+
+	// -bind X,Y is -frontend bind:X,Y; both flags fill one list.
+	var fl FrontEndList
+	fs := flag.NewFlagSet("worker", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	fs.Var(&fl, "frontend", FrontEndUsage)
+	fs.Var(fl.Bind(), "bind", BindUsage)
+	must(t, fs.Parse([]string{"-frontend", "tcp://a:1,tcp://a:2", "-bind", "tcp://*:7001,tcp://*:7002",
+		"-frontend", "bind:tcp://*:7003,tcp://*:7004", "-bind", "bind:ipc:///r,ipc:///s"}))
+	eq(t, "-frontend and -bind", fl.String(),
+		"tcp://a:1,tcp://a:2 bind:tcp://*:7001,tcp://*:7002 bind:tcp://*:7003,tcp://*:7004 bind:ipc:///r,ipc:///s")
+	eq(t, "-bind value", fl.Bind().String(), "tcp://*:7001,tcp://*:7002 tcp://*:7003,tcp://*:7004 ipc:///r,ipc:///s")
+	for _, bad := range []string{"tcp://*:7001,tcp://*:7002,tcp://*:7003", "tcp://*:7001"} {
+		if err := fs.Parse([]string{"-bind", bad}); err == nil {
+			t.Errorf("-bind %s accepted", bad)
+		}
+	}
 }
 
 func FuzzParseFrontEnd(f *testing.F) {
 	for _, s := range []string{"tcp://127.0.0.1:9997,tcp://127.0.0.1:9996", "ipc:///a,ipc:///b", "tcp://[::1]:1,tcp://x;y:2", ",", "tcp://:,",
-		"tcp://a:1,tcp://b:2,tcp://c:3", ",,"} {
+		"tcp://a:1,tcp://b:2,tcp://c:3", ",,", "bind:tcp://*:1,tcp://*:2", "bind:ipc:///a,ipc:///b"} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {

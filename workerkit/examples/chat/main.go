@@ -12,6 +12,12 @@
 //	curl -N localhost:8080/events &
 //	curl -d 'hello, room' localhost:8080/send
 //
+// Or let the front ends connect to the worker (bind mode; in the Caddyfile,
+// `to tcp://host:7001 tcp://host:7002` in a pool): every front end that
+// connects shares the one room.
+//
+//	chat -bind tcp://*:7001,tcp://*:7002
+//
 // Listeners hold no handler slot: thousands of them cost a worker nothing
 // but memory for their connection ids. Several chat workers behind one
 // front end would each have their own room; a real application shares
@@ -178,6 +184,7 @@ func ping(ctx context.Context, every time.Duration) {
 func main() {
 	var frontEnds workerkit.FrontEndList
 	flag.Var(&frontEnds, "frontend", workerkit.FrontEndUsage)
+	flag.Var(frontEnds.Bind(), "bind", workerkit.BindUsage)
 	maxConc := flag.Int("max-concurrent", workerkit.DefaultMaxConcurrent, "handlers running at once (listeners do not count)")
 	pingEvery := flag.Duration("ping", 15*time.Second, "send a comment to idle listeners this often (0: never)")
 	flag.Parse()

@@ -8,11 +8,17 @@
 //	GET  /big?bytes=N       N bytes of a repeating pattern, written 64 KiB at a time
 //	                        (with a control channel, paced by the client's speed)
 //	POST /upload            reads the whole body; answers {"bytes": n, "sha256": "<hex>"}
+//	                        (with a control channel a large body is streamed to the
+//	                        worker under credit: any size, a window of memory)
 //	GET  /wait              blocks until the request's context is done (the client
 //	                        went away, or shutdown), then prints
 //	                        "CANCELLED /wait <request URI>" to stdout
 //
 // -frontend takes the endpoints REQUESTS,REPLIES[,CONTROL] and may be repeated.
+// -bind REQUESTS,REPLIES (repeatable too) binds those endpoints instead, and
+// front ends connect to the worker (the Caddy module's `to` lines), e.g.
+//
+//	echo -bind tcp://*:7001,tcp://*:7002
 package main
 
 import (
@@ -172,6 +178,7 @@ func queryInt(r *http.Request, name string, def, lo, hi int) int {
 func main() {
 	var frontEnds workerkit.FrontEndList
 	flag.Var(&frontEnds, "frontend", workerkit.FrontEndUsage)
+	flag.Var(frontEnds.Bind(), "bind", workerkit.BindUsage)
 	flag.Parse()
 
 	mux := http.NewServeMux()

@@ -1,6 +1,13 @@
 // Command hello is the smallest workerkit worker: it answers every request
 // with "Hello, world!". With -http it serves the same handler with plain
 // net/http instead, so the two transports can be benchmarked side by side.
+//
+//	hello                                                  # connects to the default front end (9997/9996)
+//	hello -frontend tcp://10.0.0.1:9997,tcp://10.0.0.1:9996,tcp://10.0.0.1:9995
+//	hello -bind tcp://*:7001,tcp://*:7002                  # front ends connect to us (Caddy: to ... lines)
+//
+// -frontend and -bind may be repeated and combined; -bind X,Y is the same as
+// -frontend bind:X,Y.
 package main
 
 import (
@@ -26,6 +33,7 @@ func hello(w http.ResponseWriter, r *http.Request) {
 func main() {
 	var frontEnds workerkit.FrontEndList
 	flag.Var(&frontEnds, "frontend", workerkit.FrontEndUsage)
+	flag.Var(frontEnds.Bind(), "bind", workerkit.BindUsage)
 	httpAddr := flag.String("http", "", "serve with plain net/http on `ADDR` instead (for benchmarks)")
 	maxConc := flag.Int("max-concurrent", workerkit.DefaultMaxConcurrent, "handlers running at once (ZeroMQ mode)")
 	flag.Parse()
