@@ -233,7 +233,21 @@ func (h *Handler) exchange(w http.ResponseWriter, r *http.Request, st *requestSt
 			pinned = ""
 		}
 		ex.session = session
+		if ex.acked == nil {
+			ex.acked = make(chan struct{})
+		}
 		defer func() {
+			// ACK and reply travel on different sockets, and the reply
+			// may win. Hold the end of the exchange (and so the client's
+			// next request) a moment for the ACK that pins the session.
+			if ex.workerID() == "" {
+				timer := time.NewTimer(pendingWait)
+				select {
+				case <-ex.acked:
+				case <-timer.C:
+				}
+				timer.Stop()
+			}
 			if wk := ex.workerID(); wk != "" {
 				t.pins.pinFirst(session, wk, t.control.isLive)
 			} else {
