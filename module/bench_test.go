@@ -67,7 +67,7 @@ func BenchmarkServeHTTP(b *testing.B) {
 	defer func() { close(stop); <-done }()
 
 	// Wait for the worker's pipes and subscription.
-	for deadline := time.Now().Add(5 * time.Second); ; {
+	for deadline := time.Now().Add(testDeadline); ; {
 		rec := httptest.NewRecorder()
 		h.ReplyTimeout = caddy.Duration(200 * time.Millisecond)
 		h.ServeHTTP(rec, httptest.NewRequest("GET", "/", nil), nil)

@@ -176,7 +176,7 @@ func TestControlDisconnectGoesToTheWorker(t *testing.T) {
 		}
 		errc <- err
 	}()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(testDeadline)
 	for env.h.pools[0].transport.control.acks.Load() == 0 && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond) // polling
 	}
@@ -291,7 +291,7 @@ func TestDispatchDeadlineResends(t *testing.T) {
 	t.Cleanup(func() { close(stop); <-done })
 	env.waitForWorker(t)
 	// Wait until Caddy counts the worker as a zmqx one.
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(testDeadline)
 	for !env.h.pools[0].transport.control.coversPeers() && time.Now().Before(deadline) {
 		time.Sleep(5 * time.Millisecond) // polling
 	}

@@ -114,7 +114,7 @@ func newTestEnv(t *testing.T, configure func(*Handler)) *testEnv {
 
 func (env *testEnv) provision(t *testing.T, configure func(*Handler)) *Handler {
 	t.Helper()
-	h := &Handler{RequestEndpoint: env.reqEP, ReplyEndpoint: env.repEP, ReplyTimeout: caddy.Duration(5 * time.Second)}
+	h := &Handler{RequestEndpoint: env.reqEP, ReplyEndpoint: env.repEP, ReplyTimeout: caddy.Duration(testDeadline)}
 	if configure != nil {
 		configure(h)
 	}
@@ -130,7 +130,7 @@ func (env *testEnv) provision(t *testing.T, configure func(*Handler)) *Handler {
 // and its subscription has reached the SUB socket).
 func (env *testEnv) waitForWorker(t *testing.T) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(testDeadline)
 	for time.Now().Before(deadline) {
 		resp, err := http.Get(env.srv.URL + "/__ready")
 		if err == nil {
@@ -311,7 +311,7 @@ func TestDisconnectNotice(t *testing.T) {
 		}
 	}()
 	var connID string
-	deadline := time.After(5 * time.Second)
+	deadline := time.After(testDeadline)
 	for {
 		select {
 		case r := <-fw.seen:
@@ -388,7 +388,7 @@ func TestNoGoroutineLeakAfterCleanup(t *testing.T) {
 		h.Cleanup()
 		cancel()
 	}
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(testDeadline)
 	for runtime.NumGoroutine() > before && time.Now().Before(deadline) {
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -396,3 +396,7 @@ func TestNoGoroutineLeakAfterCleanup(t *testing.T) {
 		t.Fatalf("goroutines: %d before, %d after", before, n)
 	}
 }
+
+// testDeadline bounds polling loops and default reply timeouts in these
+// tests: generous, since `make test` runs packages in parallel on 2 cores.
+const testDeadline = 30 * time.Second

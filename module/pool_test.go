@@ -21,7 +21,7 @@ import (
 func poolEnv(t *testing.T, n int, policy string) (*Handler, *httptest.Server, []Pool) {
 	t.Helper()
 	dir := t.TempDir()
-	h := &Handler{ReplyTimeout: caddy.Duration(5 * time.Second)}
+	h := &Handler{ReplyTimeout: caddy.Duration(testDeadline)}
 	for i := range n {
 		h.Pools = append(h.Pools, Pool{
 			Name:            fmt.Sprintf("p%d", i),
@@ -53,7 +53,7 @@ func nameReply(name string) func(*mongrel2.Request) [][]byte {
 
 func waitLive(t *testing.T, h *Handler, i int) {
 	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
+	deadline := time.Now().Add(testDeadline)
 	for !h.pools[i].live() {
 		if time.Now().After(deadline) {
 			t.Fatalf("pool %d never saw its worker", i)

@@ -109,7 +109,7 @@ func TestStreamedUpload(t *testing.T) {
 	}()
 	t.Cleanup(func() { close(stop); <-done })
 	env.waitForWorker(t)
-	for deadline := time.Now().Add(5 * time.Second); !env.h.pools[0].transport.control.coversPeers(); {
+	for deadline := time.Now().Add(testDeadline); !env.h.pools[0].transport.control.coversPeers(); {
 		if time.Now().After(deadline) {
 			t.Fatal("worker never counted as zmqx")
 		}

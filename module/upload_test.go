@@ -75,7 +75,7 @@ func TestTempFileUpload(t *testing.T) {
 		}
 		// The file goes when the handler returns, which may be just after
 		// the client has the whole reply.
-		for deadline := time.Now().Add(5 * time.Second); ; time.Sleep(5 * time.Millisecond) {
+		for deadline := time.Now().Add(testDeadline); ; time.Sleep(5 * time.Millisecond) {
 			if _, err := os.Stat(done.done); os.IsNotExist(err) {
 				break
 			}
