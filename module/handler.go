@@ -12,6 +12,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
+	"github.com/zmqbridge/caddy-zmq/module/internal/httpreply"
 	"github.com/zmqbridge/caddy-zmq/workerkit/mongrel2"
 )
 
@@ -20,7 +21,7 @@ import (
 type requestState struct {
 	enc    mongrel2.HeaderEncoder
 	body   []byte
-	rr     responseReader
+	rr     httpreply.Reader
 	frames [][]byte
 	idBuf  [20]byte
 	// lazyBody: the body is read only once the pool is known, since it
@@ -47,7 +48,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 			st.body = nil
 		}
 		clear(st.frames)
-		st.rr.w = nil
+		st.rr.Release()
 		st.lazyBody, st.bodyConsumed = false, false
 		statePool.Put(st)
 	}()
@@ -301,7 +302,7 @@ func (h *Handler) exchange(w http.ResponseWriter, r *http.Request, st *requestSt
 	}
 
 	rr := &st.rr
-	rr.reset(w, r.Method == http.MethodHead)
+	rr.Reset(w, r.Method == http.MethodHead)
 	if st.timer == nil {
 		st.timer = time.NewTimer(time.Until(replyBy))
 	} else {
@@ -330,7 +331,7 @@ func (h *Handler) exchange(w http.ResponseWriter, r *http.Request, st *requestSt
 			}
 			continue
 		case <-timer.C:
-			if !rr.headDone {
+			if !rr.HeadDone() {
 				t.notifyDisconnect(ex)
 				return h.fail(w, r, http.StatusGatewayTimeout,
 					fmt.Errorf("no reply from a worker of pool %s within %s", p.Name, time.Duration(h.ReplyTimeout)))
@@ -348,26 +349,26 @@ func (h *Handler) exchange(w http.ResponseWriter, r *http.Request, st *requestSt
 		gotFrames = gotFrames || len(frames) > 0
 		for _, f := range frames {
 			owed += len(f)
-			if err := rr.feed(f); err != nil {
-				var ce clientError
+			if err := rr.Feed(f); err != nil {
+				var ce httpreply.ClientError
 				if errors.As(err, &ce) {
 					t.notifyDisconnect(ex)
 					h.logger.Debug("client went away during the reply", zap.Uint64("conn_id", ex.id), zap.Error(err))
 					return nil
 				}
-				if !rr.headDone {
+				if !rr.HeadDone() {
 					t.notifyDisconnect(ex)
 					return h.fail(w, r, http.StatusBadGateway, fmt.Errorf("bad reply from worker: %w", err))
 				}
 				h.abort(w, r, t, ex, fmt.Errorf("bad reply from worker: %w", err))
 			}
-			if rr.done {
+			if rr.Done() {
 				return nil
 			}
 		}
 		if xerr != nil {
 			switch {
-			case rr.headDone:
+			case rr.HeadDone():
 				h.abort(w, r, t, ex, xerr)
 			case errors.Is(xerr, errPinnedGone):
 				t.pins.forget(session)
@@ -380,7 +381,7 @@ func (h *Handler) exchange(w http.ResponseWriter, r *http.Request, st *requestSt
 				return h.fail(w, r, http.StatusBadGateway, xerr)
 			}
 		}
-		if rr.headDone {
+		if rr.HeadDone() {
 			// The response is streaming: the client sees each frame as it
 			// arrives (Server-Sent Events, long polls).
 			if rc == nil {

@@ -1,4 +1,4 @@
-package caddyzmq
+package httpreply
 
 import (
 	"net/http"
@@ -58,7 +58,7 @@ func TestResponseReader(t *testing.T) {
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
 			rec := httptest.NewRecorder()
-			var rr responseReader
+			var rr Reader
 			rr.reset(rec, tc.head)
 			var err error
 			for _, f := range tc.frames {
@@ -91,7 +91,7 @@ func TestResponseReader(t *testing.T) {
 // must not leak half its headers into the 502 the client gets.
 func TestResponseReaderBadHeadLeavesHeadersAlone(t *testing.T) {
 	rec := httptest.NewRecorder()
-	var rr responseReader
+	var rr Reader
 	rr.reset(rec, false)
 	if err := rr.feed([]byte("HTTP/1.1 200 OK\r\nX-Leak: 1\r\nbad line\r\n\r\n")); err == nil {
 		t.Fatal("want error")
@@ -111,7 +111,7 @@ func FuzzResponseReader(f *testing.F) {
 	f.Add([]byte("HTTP/1.0 302 Found\nLocation: /x\n\n"), uint16(9), false)
 	f.Fuzz(func(t *testing.T, stream []byte, split uint16, head bool) {
 		rec := httptest.NewRecorder()
-		var rr responseReader
+		var rr Reader
 		rr.reset(rec, head)
 		cut := int(split) % (len(stream) + 1)
 		for _, part := range [][]byte{stream[:cut], stream[cut:]} {

@@ -1,4 +1,8 @@
-package caddyzmq
+// Package httpreply turns the raw HTTP/1.x response stream that a Mongrel2
+// handler writes, in as many reply frames as it likes, into calls on an
+// http.ResponseWriter. It has no dependency on Caddy or ZeroMQ, so that its
+// fuzz target builds and runs fast.
+package httpreply
 
 import (
 	"bytes"
@@ -46,7 +50,7 @@ const (
 // writes, in as many reply frames as it likes, into calls on an
 // http.ResponseWriter, so that Caddy can serve it over HTTP/1.1, 2 or 3.
 // It is fed incrementally and never blocks.
-type responseReader struct {
+type Reader struct {
 	w           http.ResponseWriter
 	headRequest bool
 
@@ -67,12 +71,30 @@ type headerPair struct {
 	value []byte
 }
 
-func (rr *responseReader) reset(w http.ResponseWriter, headRequest bool) {
-	*rr = responseReader{w: w, headRequest: headRequest, head: rr.head[:0], line: rr.line[:0], pairs: rr.pairs[:0]}
+// Reset prepares the reader for one response, written to w; headRequest
+// says the response has no body whatever its headers say.
+func (rr *Reader) Reset(w http.ResponseWriter, headRequest bool) { rr.reset(w, headRequest) }
+
+// Feed consumes one reply frame; an empty frame is Mongrel2's close. Errors
+// that wrap ClientError come from writing to the client; others are the
+// worker's fault.
+func (rr *Reader) Feed(p []byte) error { return rr.feed(p) }
+
+// HeadDone reports whether the status and headers were written.
+func (rr *Reader) HeadDone() bool { return rr.headDone }
+
+// Done reports whether the whole response was written.
+func (rr *Reader) Done() bool { return rr.done }
+
+// Release drops the reference to the ResponseWriter (pooled readers).
+func (rr *Reader) Release() { rr.w = nil }
+
+func (rr *Reader) reset(w http.ResponseWriter, headRequest bool) {
+	*rr = Reader{w: w, headRequest: headRequest, head: rr.head[:0], line: rr.line[:0], pairs: rr.pairs[:0]}
 }
 
 // feed consumes one reply frame. An empty frame is Mongrel2's close.
-func (rr *responseReader) feed(p []byte) error {
+func (rr *Reader) feed(p []byte) error {
 	if rr.done {
 		return nil
 	}
@@ -89,7 +111,7 @@ func (rr *responseReader) feed(p []byte) error {
 	return rr.body(p)
 }
 
-func (rr *responseReader) close() error {
+func (rr *Reader) close() error {
 	if rr.headDone && rr.framing == framingClose {
 		rr.done = true
 		return nil
@@ -99,7 +121,7 @@ func (rr *responseReader) close() error {
 
 // readHead accumulates the head and, once complete, writes status and
 // headers. It returns what follows the head in p.
-func (rr *responseReader) readHead(p []byte) ([]byte, error) {
+func (rr *Reader) readHead(p []byte) ([]byte, error) {
 	for {
 		var head []byte
 		var rest []byte
@@ -178,7 +200,7 @@ func nextLine(b []byte) (line, rest []byte) {
 
 // writeHead parses a complete head and writes it to the client. interim
 // reports a 1xx response, after which another head follows.
-func (rr *responseReader) writeHead(head []byte, bodyInFrame int) (interim bool, err error) {
+func (rr *Reader) writeHead(head []byte, bodyInFrame int) (interim bool, err error) {
 	statusLine, rest := nextLine(head)
 	status, err := parseStatusLine(statusLine)
 	if err != nil {
@@ -313,7 +335,7 @@ func parseStatusLine(line []byte) (int, error) {
 }
 
 // body writes body bytes, decoding the worker's framing.
-func (rr *responseReader) body(p []byte) error {
+func (rr *Reader) body(p []byte) error {
 	switch rr.framing {
 	case framingNone:
 		return nil
@@ -332,20 +354,20 @@ func (rr *responseReader) body(p []byte) error {
 	return rr.chunked(p)
 }
 
-func (rr *responseReader) write(p []byte) error {
+func (rr *Reader) write(p []byte) error {
 	if len(p) == 0 {
 		return nil
 	}
 	n, err := rr.w.Write(p)
 	rr.written += int64(n)
 	if err != nil {
-		return clientError{err}
+		return ClientError{err}
 	}
 	return nil
 }
 
 // chunked decodes a chunked body incrementally.
-func (rr *responseReader) chunked(p []byte) error {
+func (rr *Reader) chunked(p []byte) error {
 	for len(p) > 0 && !rr.done {
 		switch rr.chunkState {
 		case chunkData:
@@ -380,7 +402,7 @@ func (rr *responseReader) chunked(p []byte) error {
 }
 
 // takeLine returns a complete line (buffered across frames when split).
-func (rr *responseReader) takeLine(p []byte) (line, rest []byte, complete bool) {
+func (rr *Reader) takeLine(p []byte) (line, rest []byte, complete bool) {
 	i := bytes.IndexByte(p, '\n')
 	if i < 0 {
 		rr.line = append(rr.line, p...)
@@ -398,7 +420,7 @@ func (rr *responseReader) takeLine(p []byte) (line, rest []byte, complete bool) 
 	return line, p[i+1:], true
 }
 
-func (rr *responseReader) chunkLine(line []byte) error {
+func (rr *Reader) chunkLine(line []byte) error {
 	switch rr.chunkState {
 	case chunkDataEnd:
 		if len(line) != 0 {
@@ -443,12 +465,12 @@ func (rr *responseReader) chunkLine(line []byte) error {
 	return nil
 }
 
-// clientError marks a failure to write to the client (it went away), as
+// ClientError marks a failure to write to the client (it went away), as
 // opposed to a fault of the worker.
-type clientError struct{ err error }
+type ClientError struct{ Err error }
 
-func (e clientError) Error() string { return "writing to client: " + e.err.Error() }
-func (e clientError) Unwrap() error { return e.err }
+func (e ClientError) Error() string { return "writing to client: " + e.Err.Error() }
+func (e ClientError) Unwrap() error { return e.Err }
 
 func truncate(b []byte) []byte {
 	if len(b) > 64 {
