@@ -33,15 +33,9 @@ func startCtlWorker(t *testing.T, env *testEnv, ctlEP string, total, frame int, 
 	ready := make(chan error, 1)
 	go func() {
 		defer close(cw.done)
-		pull, _ := zmq.NewSocket(zmq.PULL)
-		pub, _ := zmq.NewSocket(zmq.PUB)
-		dealer, _ := zmq.NewSocket(zmq.DEALER)
-		for _, s := range []*zmq.Socket{pull, pub, dealer} {
-			s.SetLinger(0)
-			defer s.Close()
-		}
-		dealer.SetIdentity("wk-test")
-		if err := firstErr(pub.Connect(env.repEP), dealer.Connect(ctlEP), pull.Connect(env.reqEP)); err != nil {
+		pull, pub, dealer, closeAll, err := openZmqxWorker(env, ctlEP, "wk-test")
+		defer closeAll()
+		if err != nil {
 			ready <- err
 			return
 		}
@@ -124,6 +118,26 @@ func startCtlWorker(t *testing.T, env *testEnv, ctlEP string, total, frame int, 
 		<-cw.done
 	})
 	return cw
+}
+
+// openZmqxWorker creates and connects the three sockets of a fake zmqx/1
+// worker (PULL, PUB, DEALER with identity id). Call it from the goroutine
+// that will own the sockets, and defer the returned close there.
+func openZmqxWorker(env *testEnv, ctlEP, id string) (pull, pub, dealer *zmq.Socket, closeAll func(), err error) {
+	pull, _ = zmq.NewSocket(zmq.PULL)
+	pub, _ = zmq.NewSocket(zmq.PUB)
+	dealer, _ = zmq.NewSocket(zmq.DEALER)
+	closeAll = func() {
+		for _, s := range []*zmq.Socket{pull, pub, dealer} {
+			s.Close()
+		}
+	}
+	for _, s := range []*zmq.Socket{pull, pub, dealer} {
+		s.SetLinger(0)
+	}
+	dealer.SetIdentity(id)
+	err = firstErr(pub.Connect(env.repEP), dealer.Connect(ctlEP), pull.Connect(env.reqEP))
+	return pull, pub, dealer, closeAll, err
 }
 
 func firstErr(errs ...error) error {
@@ -245,17 +259,12 @@ func TestDispatchDeadlineResends(t *testing.T) {
 	deadlines := make(chan string, 16)
 	go func() {
 		defer close(done)
-		pull, _ := zmq.NewSocket(zmq.PULL)
-		pub, _ := zmq.NewSocket(zmq.PUB)
-		dealer, _ := zmq.NewSocket(zmq.DEALER)
-		for _, s := range []*zmq.Socket{pull, pub, dealer} {
-			s.SetLinger(0)
-			defer s.Close()
+		pull, pub, dealer, closeAll, err := openZmqxWorker(env, ctlEP, "wk-dropper")
+		defer closeAll()
+		if err != nil {
+			t.Error(err)
+			return
 		}
-		dealer.SetIdentity("wk-dropper")
-		pub.Connect(env.repEP)
-		dealer.Connect(ctlEP)
-		pull.Connect(env.reqEP)
 		pull.SetRcvtimeo(20 * time.Millisecond)
 		dropped := false
 		lastHB := time.Time{}

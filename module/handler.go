@@ -33,6 +33,8 @@ type requestState struct {
 	// timer is the reply/stream timer, reused across requests: since Go
 	// 1.23 Stop and Reset leave no stale tick in its channel.
 	timer *time.Timer
+	// dispatchTimer fires at a request's dispatch deadline (plus grace).
+	dispatchTimer *time.Timer
 }
 
 var statePool = sync.Pool{New: func() any { return new(requestState) }}
@@ -312,9 +314,14 @@ func (h *Handler) exchange(w http.ResponseWriter, r *http.Request, st *requestSt
 	defer timer.Stop()
 	var dispatchC <-chan time.Time
 	if !dispatchBy.IsZero() {
-		dt := time.NewTimer(time.Until(dispatchBy) + dispatchGrace)
-		defer dt.Stop()
-		dispatchC = dt.C
+		d := time.Until(dispatchBy) + dispatchGrace
+		if st.dispatchTimer == nil {
+			st.dispatchTimer = time.NewTimer(d)
+		} else {
+			st.dispatchTimer.Reset(d)
+		}
+		defer st.dispatchTimer.Stop()
+		dispatchC = st.dispatchTimer.C
 	}
 	gotFrames := false
 	var rc *http.ResponseController

@@ -332,9 +332,10 @@ func TestDisconnectNotice(t *testing.T) {
 	}
 }
 
-func TestStreamingFramesAndFanOut(t *testing.T) {
+// TestStreamingFirstFrameArrives: the client reads the first frame of a
+// streamed reply while the worker has not finished it (no final chunk yet).
+func TestStreamingFirstFrameArrives(t *testing.T) {
 	env := newTestEnv(t, nil)
-	release := make(chan struct{})
 	startFakeWorker(t, env.reqEP, env.repEP, func(r *mongrel2.Request) [][]byte {
 		if r.Path == "/__ready" {
 			return okReply("")
@@ -351,7 +352,27 @@ func TestStreamingFramesAndFanOut(t *testing.T) {
 	if _, err := io.ReadFull(resp.Body, buf); err != nil || string(buf) != "first" {
 		t.Fatalf("first frame not streamed: %q %v", buf, err)
 	}
-	close(release)
+}
+
+// TestReplyFanOut: one reply frame naming several connection ids reaches
+// every one of them, and ids that are not pending are skipped.
+func TestReplyFanOut(t *testing.T) {
+	env := newTestEnv(t, nil)
+	tr := env.h.pools[0].transport
+	a, b := tr.register(0), tr.register(0)
+	defer tr.unregister(a)
+	defer tr.unregister(b)
+	ids := []string{itoa64(int64(a.id)), "1", itoa64(int64(b.id))}
+	tr.dispatch(mongrel2.AppendReply(nil, tr.cfg.sender, ids, []byte("hello all")))
+	for _, ex := range []*exchange{a, b} {
+		frames, err := ex.take(nil)
+		if err != nil || len(frames) != 1 || string(frames[0]) != "hello all" {
+			t.Fatalf("exchange %d got %q, %v", ex.id, frames, err)
+		}
+	}
+	if n := tr.unknownReplies.Load(); n != 1 {
+		t.Fatalf("unknown replies = %d, want 1 (the id that is not pending)", n)
+	}
 }
 
 func TestReloadSharesSockets(t *testing.T) {

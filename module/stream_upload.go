@@ -1,7 +1,6 @@
 package caddyzmq
 
 import (
-	"errors"
 	"io"
 	"net/http"
 	"strconv"
@@ -26,8 +25,6 @@ const (
 	// streamChunk is the largest BODY message.
 	streamChunk = 256 << 10
 )
-
-var errUploadAborted = errors.New("the worker went away during the upload")
 
 // uploadFlow is the credit state of one streamed upload.
 type uploadFlow struct {

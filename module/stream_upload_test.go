@@ -34,17 +34,12 @@ func TestStreamedUpload(t *testing.T) {
 	stop, done := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(done)
-		pull, _ := zmq.NewSocket(zmq.PULL)
-		pub, _ := zmq.NewSocket(zmq.PUB)
-		dealer, _ := zmq.NewSocket(zmq.DEALER)
-		for _, s := range []*zmq.Socket{pull, pub, dealer} {
-			s.SetLinger(0)
-			defer s.Close()
+		pull, pub, dealer, closeAll, err := openZmqxWorker(env, ctlEP, "wk-upload")
+		defer closeAll()
+		if err != nil {
+			t.Error(err)
+			return
 		}
-		dealer.SetIdentity("wk-upload")
-		pub.Connect(env.repEP)
-		dealer.Connect(ctlEP)
-		pull.Connect(env.reqEP)
 		poller := zmq.NewPoller()
 		poller.Add(pull, zmq.POLLIN)
 		poller.Add(dealer, zmq.POLLIN)

@@ -1,7 +1,6 @@
 package httpreply
 
 import (
-	"net/http"
 	"net/http/httptest"
 	"strings"
 	"testing"
@@ -125,11 +124,19 @@ func FuzzResponseReader(f *testing.F) {
 		if rr.headDone && (rec.Code < 100 || rec.Code > 599) {
 			t.Fatalf("invalid status %d written", rec.Code)
 		}
-		if cl := rec.Header().Get("Content-Length"); cl != "" && rr.framing == framingLength {
-			if n := int64(rec.Body.Len()); n > rr.written || rec.Body.Len() > len(stream) {
-				t.Fatalf("wrote %d bytes, more than the stream", n)
-			}
+		if int64(rec.Body.Len()) != rr.written {
+			t.Fatalf("client got %d bytes, reader counted %d", rec.Body.Len(), rr.written)
 		}
-		_ = http.StatusOK
+		if rec.Body.Len() > len(stream) {
+			t.Fatalf("wrote %d bytes from a %d-byte stream", rec.Body.Len(), len(stream))
+		}
+		// remaining counts down from the declared Content-Length: below
+		// zero would mean more body than declared was written.
+		if rr.framing == framingLength && rr.remaining < 0 {
+			t.Fatalf("wrote past Content-Length by %d bytes", -rr.remaining)
+		}
+		if rr.done && !rr.headDone {
+			t.Fatal("done without a head")
+		}
 	})
 }
