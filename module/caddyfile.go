@@ -44,6 +44,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    max_inflight       <n>              # per pool; past it wait queue_timeout, then 503
 //	    queue_timeout      <duration>
 //	    dispatch_timeout   <duration>|off   # re-send what no zmqx worker started by then
+//	    hung_timeout       <duration>|off   # pause a zmqx worker that answers nothing for this long
 //	    affinity           cookie|header <name> [<ttl>]   # pin sessions to one worker
 //	    retries            <n>              # idempotent requests whose worker was lost
 //	    heartbeat          <duration>|off
@@ -96,12 +97,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			case "upload_temp_store":
 				h.UploadTempStore = v
 			}
-		case "reply_timeout", "stream_timeout", "heartbeat", "queue_timeout", "dispatch_timeout":
+		case "reply_timeout", "stream_timeout", "heartbeat", "queue_timeout", "dispatch_timeout", "hung_timeout":
 			if !d.NextArg() {
 				return d.ArgErr()
 			}
 			var dur time.Duration
-			if (name == "heartbeat" || name == "dispatch_timeout") && d.Val() == "off" {
+			if (name == "heartbeat" || name == "dispatch_timeout" || name == "hung_timeout") && d.Val() == "off" {
 				dur = -1
 			} else {
 				var err error
@@ -120,6 +121,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.QueueTimeout = caddy.Duration(dur)
 			case "dispatch_timeout":
 				h.DispatchTimeout = caddy.Duration(dur)
+			case "hung_timeout":
+				h.HungTimeout = caddy.Duration(dur)
 			}
 		case "max_request_body", "max_buffered_reply", "reply_window", "upload_threshold":
 			if !d.NextArg() {

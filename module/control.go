@@ -50,12 +50,26 @@ type controlPlane struct {
 	lost map[string]time.Time
 
 	acks atomic.Uint64
+	// hungAfter is the handler's hung_timeout (0: off). The last config
+	// provisioned on these sockets sets it.
+	hungAfter atomic.Int64
 }
 
 type workerInfo struct {
 	lastSeen      time.Time
 	maxConcurrent int
 	draining      bool
+
+	// answered counts this worker's requests whose first reply frame has
+	// arrived; the receive owner adds to it, the sweep watches it move.
+	answered atomic.Uint64
+	// Guarded by controlPlane.mu, used by the sweep (hung.go).
+	seenAnswered uint64
+	lastProgress time.Time
+	hung         bool // holds requests and answers none
+	paused       bool // told PAUSE: it takes no new requests
+	pausedAt     time.Time
+	trips        int // pauses since it last answered anything
 }
 
 var pairSeq atomic.Uint64
@@ -286,7 +300,7 @@ func (c *controlPlane) handle(worker string, payload []byte) {
 	c.mu.Lock()
 	wi := c.workers[worker]
 	if wi == nil {
-		wi = &workerInfo{}
+		wi = &workerInfo{lastProgress: now}
 		c.workers[worker] = wi
 		c.logger.Info("worker joined the control channel", zap.String("worker", worker))
 	}
@@ -299,6 +313,11 @@ func (c *controlPlane) handle(worker string, payload []byte) {
 		wi.draining = true
 	}
 	c.mu.Unlock()
+	if string(verb) == "HELLO" && wi.paused {
+		// A new connection of a worker we had paused: the pause was sent
+		// on the old one, which the worker forgets.
+		c.send(worker, []byte("PAUSE"))
+	}
 
 	switch string(verb) {
 	case "ACK":
@@ -313,7 +332,7 @@ func (c *controlPlane) handle(worker string, payload []byte) {
 			ex := c.t.pending[n]
 			c.t.mu.RUnlock()
 			if ex != nil {
-				ex.setWorker(worker)
+				ex.setWorker(worker, wi)
 				if ex.session != "" {
 					c.t.pins.pinFirst(ex.session, worker, c.isLive)
 				}
@@ -324,6 +343,21 @@ func (c *controlPlane) handle(worker string, payload []byte) {
 				// that took it (a no-op if it has finished).
 				c.disconnect(worker, n)
 				c.t.pins.lateAck(n, worker, c.isLive)
+			}
+		}
+	case "NACK":
+		// NACK <id> ...: a paused worker hands back requests it did not
+		// start; they go to another worker, safely for every method.
+		for id, rest := mongrel2.NextID(arg); id != nil; id, rest = mongrel2.NextID(rest) {
+			n, ok := mongrel2.ParseUint(id)
+			if !ok {
+				continue
+			}
+			c.t.mu.RLock()
+			ex := c.t.pending[n]
+			c.t.mu.RUnlock()
+			if ex != nil && ex.workerID() == "" {
+				ex.fail(errNotTaken)
 			}
 		}
 	case "UCREDIT":
@@ -340,6 +374,15 @@ func (c *controlPlane) handle(worker string, payload []byte) {
 		c.t.mu.RUnlock()
 		if ex != nil && ex.upload != nil {
 			ex.upload.grant(int64(n))
+		}
+	case "RESET":
+		// The worker was silent past the liveness bound (frozen, starved)
+		// and has cancelled every request it had acknowledged, as we would
+		// have declared it lost: fail them here too, now, whether or not
+		// the sweep got to it first.
+		if n := c.t.failWorker(worker, errWorkerLost); n > 0 {
+			c.logger.Warn("worker lost: it reports a lapse of its liveness lease",
+				zap.String("worker", worker), zap.Int("requests_failed", n))
 		}
 	case "HB", "HELLO", "BYE":
 	default:
@@ -380,6 +423,9 @@ func (c *controlPlane) sweep(now time.Time) {
 		}
 	}
 	c.mu.Unlock()
+	if d := time.Duration(c.hungAfter.Load()); d > 0 {
+		c.sweepHung(now, d)
+	}
 	for _, g := range lost {
 		n := c.t.failWorker(g.id, errWorkerLost)
 		if g.drained && n == 0 {
@@ -413,11 +459,11 @@ func (c *controlPlane) coversPeers() bool {
 	return n >= peers
 }
 
-// isLive reports whether worker was heard from within workerDeadAfter and
-// is not draining.
+// isLive reports whether worker was heard from within workerDeadAfter, is
+// not draining, and is not paused as hung.
 func (c *controlPlane) isLive(worker string) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	wi := c.workers[worker]
-	return wi != nil && !wi.draining && time.Since(wi.lastSeen) <= workerDeadAfter
+	return wi != nil && !wi.draining && !wi.paused && time.Since(wi.lastSeen) <= workerDeadAfter
 }

@@ -109,7 +109,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 				return h.fail(w, r, status, err)
 			}
 		}
-		err := h.exchange(w, r, st, p, body, up, replyBy)
+		retryable := isIdempotent(r.Method) && retries < h.Retries && up == nil && !st.lazyBody
+		err := h.exchange(w, r, st, p, body, up, replyBy, retryable)
 		switch {
 		case errors.Is(err, errNotTaken):
 			// No worker started it by its dispatch deadline, and none
@@ -122,13 +123,21 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 			continue
 		case errors.Is(err, errPinnedGone):
 			continue // nothing was delivered: balance it like a first request
-		case errors.Is(err, errWorkerLost):
-			// The worker took the request and vanished before answering.
-			// Repeating is only safe where the method says so.
+		case errors.Is(err, errWorkerLost), errors.Is(err, errWorkerHung):
+			// The worker took the request and vanished before answering
+			// (or hangs: it was told to drop it). Repeating is only safe
+			// where the method says so.
 			if isIdempotent(r.Method) && retries < h.Retries && !st.bodyConsumed {
-				retries++
-				h.logger.Warn("retrying idempotent request after losing its worker",
-					zap.String("method", r.Method), zap.String("uri", r.RequestURI), zap.Int("retry", retries))
+				msg := "retrying idempotent request after losing its worker"
+				if errors.Is(err, errWorkerHung) {
+					// Not counted: the hung worker was told to drop it,
+					// and it is taken back only while the budget allows.
+					// The reply timeout still bounds the whole.
+					msg = "retrying idempotent request taken back from a hung worker"
+				} else {
+					retries++
+				}
+				h.logger.Warn(msg, zap.String("method", r.Method), zap.String("uri", r.RequestURI), zap.Int("retries", retries))
 				continue
 			}
 			return h.fail(w, r, http.StatusBadGateway, err)
@@ -166,13 +175,16 @@ func (h *Handler) poolIndex(p *poolRuntime) int {
 // exchange sends the request to pool p and relays the reply. It returns
 // errNoWorker or errQueueFull, with nothing written, when the pool could
 // not take the request.
-func (h *Handler) exchange(w http.ResponseWriter, r *http.Request, st *requestState, p *poolRuntime, body []byte, up *uploadSpool, replyBy time.Time) error {
+//
+// retryable marks a request that ServeHTTP would retry if its worker were
+// lost: only those are taken back from a hung worker.
+func (h *Handler) exchange(w http.ResponseWriter, r *http.Request, st *requestState, p *poolRuntime, body []byte, up *uploadSpool, replyBy time.Time, retryable bool) error {
 	if err := p.acquire(r, time.Duration(h.QueueTimeout)); err != nil {
 		return err
 	}
 	defer p.release()
 	t := p.transport
-	ex := t.register(int(h.MaxBufferedReply))
+	ex := t.register(int(h.MaxBufferedReply), retryable)
 	defer t.unregister(ex)
 
 	connID := mongrel2.AppendUint(st.idBuf[:0], ex.id)
@@ -382,6 +394,11 @@ func (h *Handler) exchange(w http.ResponseWriter, r *http.Request, st *requestSt
 				return xerr // the caller sends it again, balanced
 			case errors.Is(xerr, errNoWorker), errors.Is(xerr, errWorkerLost):
 				return xerr // the caller tries another pool, or retries
+			case errors.Is(xerr, errNotTaken):
+				return xerr // handed back (NACK): the caller re-sends it
+			case errors.Is(xerr, errWorkerHung):
+				t.notifyDisconnect(ex) // its handler must not run it too
+				return xerr
 			case errors.Is(xerr, errStopped):
 				return h.fail(w, r, http.StatusServiceUnavailable, xerr)
 			default:

@@ -359,7 +359,7 @@ func TestStreamingFirstFrameArrives(t *testing.T) {
 func TestReplyFanOut(t *testing.T) {
 	env := newTestEnv(t, nil)
 	tr := env.h.pools[0].transport
-	a, b := tr.register(0), tr.register(0)
+	a, b := tr.register(0, false), tr.register(0, false)
 	defer tr.unregister(a)
 	defer tr.unregister(b)
 	ids := []string{itoa64(int64(a.id)), "1", itoa64(int64(b.id))}

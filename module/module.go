@@ -39,6 +39,7 @@ const (
 	DefaultMaxInflight      = 10000
 	DefaultQueueTimeout     = 5 * time.Second
 	DefaultDispatchTimeout  = time.Second
+	DefaultHungTimeout      = 1500 * time.Millisecond
 	DefaultUploadThreshold  = 20480
 	minReplyWindow          = 256 << 10
 )
@@ -149,6 +150,17 @@ type Handler struct {
 	// default; negative turns it off. Default: 1s.
 	DispatchTimeout caddy.Duration `json:"dispatch_timeout,omitempty"`
 
+	// HungTimeout is how long a worker may hold a request without any of
+	// its requests getting a first reply frame before it is considered
+	// hung (alive, answering nothing): it is told to take no new requests
+	// until it answers again, and its unanswered idempotent requests are
+	// retried elsewhere (within Retries). The last worker still taking
+	// requests is never paused. Needs the control channel; streams count
+	// as answered at their first frame. Raise it for handlers that
+	// legitimately say nothing for longer. 0 uses the default; negative
+	// turns it off. Default: 1.5s.
+	HungTimeout caddy.Duration `json:"hung_timeout,omitempty"`
+
 	// Retries is how many times an idempotent request (GET, HEAD, OPTIONS,
 	// TRACE, PUT, DELETE) is sent again when the worker that took it is
 	// lost before its reply starts (control channel liveness). Other
@@ -228,6 +240,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.DispatchTimeout == 0 {
 		h.DispatchTimeout = caddy.Duration(DefaultDispatchTimeout)
 	}
+	if h.HungTimeout == 0 {
+		h.HungTimeout = caddy.Duration(DefaultHungTimeout)
+	}
 	if h.Retries == 0 {
 		h.Retries = 1
 	}
@@ -281,6 +296,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			return fmt.Errorf("zmq: pool %s: %w", p.Name, err)
 		}
 		t := val.(*transport)
+		if t.control != nil {
+			t.control.hungAfter.Store(int64(max(time.Duration(h.HungTimeout), 0)))
+		}
 		if h.Affinity != nil && h.Affinity.TTL != "" {
 			ttl, _ := time.ParseDuration(h.Affinity.TTL)
 			t.pins.mu.Lock()

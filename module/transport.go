@@ -407,8 +407,9 @@ func (t *transport) dispatch(msg []byte) {
 }
 
 // register creates the exchange for one HTTP request under a fresh id.
-func (t *transport) register(maxBuffered int) *exchange {
+func (t *transport) register(maxBuffered int, retryable bool) *exchange {
 	ex := newExchange(t.nextID.Add(1), maxBuffered)
+	ex.retryable = retryable
 	t.mu.Lock()
 	t.pending[ex.id] = ex
 	t.mu.Unlock()
@@ -486,8 +487,15 @@ type exchange struct {
 	// gets the disconnect even before its ACK arrives.
 	addressed string
 
+	// retryable: an idempotent request that may still be retried; only
+	// those are taken back from a hung worker (hung.go).
+	retryable bool
+
 	mu          sync.Mutex
 	worker      string // control-channel identity of the worker that took it
+	wi          *workerInfo
+	ackedAt     time.Time
+	answered    bool // a reply frame arrived
 	queue       [][]byte
 	queueBuf    [2][]byte // most replies are one frame: no allocation
 	queuedBytes int
@@ -505,6 +513,12 @@ var errOverflow = errors.New("client reads slower than the worker writes: reply 
 
 func (ex *exchange) deliver(body []byte) {
 	ex.mu.Lock()
+	if !ex.answered {
+		ex.answered = true
+		if ex.wi != nil {
+			ex.wi.answered.Add(1)
+		}
+	}
 	if ex.err == nil {
 		if ex.maxBuffered > 0 && ex.queuedBytes+len(body) > ex.maxBuffered {
 			ex.err = errOverflow
@@ -518,11 +532,18 @@ func (ex *exchange) deliver(body []byte) {
 }
 
 // setWorker records which worker acknowledged the request and wakes the
-// request, which may owe that worker credit.
-func (ex *exchange) setWorker(w string) {
+// request, which may owe that worker credit. wi is nil in tests.
+func (ex *exchange) setWorker(w string, wi *workerInfo) {
 	ex.mu.Lock()
 	first := ex.worker == ""
 	ex.worker = w
+	if first {
+		ex.wi = wi
+		ex.ackedAt = time.Now()
+		if ex.answered && wi != nil {
+			wi.answered.Add(1) // the reply beat the ACK
+		}
+	}
 	ex.mu.Unlock()
 	if first && ex.acked != nil {
 		close(ex.acked)

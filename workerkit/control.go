@@ -19,9 +19,10 @@ import (
 // Every message is one frame of text.
 //
 //	worker -> front end: HELLO <max_concurrent> | HB | ACK <conn_id> [<conn_id> ...] | BYE |
-//	                     UCREDIT <conn_id> <bytes>
+//	                     UCREDIT <conn_id> <bytes> | NACK <conn_id> [<conn_id> ...] | RESET
 //	front end -> worker: CREDIT <conn_id> <bytes> | DISCONNECT <conn_id> | REQ <request frame> |
-//	                     BODY <conn_id> <bytes> | BODYEND <conn_id> | BODYERR <conn_id>
+//	                     BODY <conn_id> <bytes> | BODYEND <conn_id> | BODYERR <conn_id> |
+//	                     PAUSE | RESUME
 
 const (
 	// windowHeader is the trusted request header that asks for flow
@@ -58,10 +59,14 @@ type ctlConn struct {
 	// go out too. Written by the owner, read when a request starts.
 	connected     atomic.Bool
 	warnedUnacked atomic.Bool // logged once per outage
+	// lastSend is when the owner last sent a message (monoNow), 0 when
+	// there is no lease to keep (lease.go).
+	lastSend atomic.Int64
 
 	ackMu     sync.Mutex
 	acks      []*flight // ACKs to send, in the order the requests started
 	grants    []ugrant  // UCREDITs to send (upload credit), in order
+	nacks     []string  // connection ids to hand back (NACK), paused
 	ackClosed bool      // the owner is gone
 
 	// Requests addressed to this worker (REQ), admitted by the owner, in
@@ -104,6 +109,7 @@ func (c *ctlConn) ack(fl *flight) {
 	c.ackMu.Lock()
 	if c.ackClosed {
 		c.ackMu.Unlock()
+		fl.ackState.Store(ackNone)
 		fl.unacked()
 		return
 	}
@@ -125,6 +131,19 @@ func (c *ctlConn) grantUpload(connID string, n int64) {
 		return
 	}
 	c.grants = append(c.grants, ugrant{connID, n})
+	c.ackMu.Unlock()
+	c.poke()
+}
+
+// nack hands an admitted, unstarted request back to the front end: we are
+// paused. Without a control connection it is simply dropped, and the front
+// end re-sends it at its dispatch deadline.
+func (c *ctlConn) nack(fl *flight) {
+	c.fe.s.discard(fl)
+	c.ackMu.Lock()
+	if !c.ackClosed {
+		c.nacks = append(c.nacks, fl.key.connID)
+	}
 	c.ackMu.Unlock()
 	c.poke()
 }
@@ -277,6 +296,7 @@ func (c *ctlConn) run(ready chan<- error, quit <-chan struct{}) {
 			default:
 			}
 		}
+		o.checkLease()
 		o.drainAcks()
 		if now := time.Now(); !now.Before(nextHB) {
 			o.send("HB")
@@ -360,6 +380,9 @@ func (o *ctlOwner) send(msg string) bool {
 	if err != nil && !isEAGAIN(err) {
 		o.c.fe.log.Warn("control: send", "msg", msg, "err", err)
 	}
+	if err == nil {
+		o.c.noteSent()
+	}
 	return err == nil
 }
 
@@ -372,6 +395,9 @@ func (o *ctlOwner) sendBytes(msg []byte) bool {
 	if err != nil && !isEAGAIN(err) {
 		o.c.fe.log.Warn("control: send", "msg", printable(msg, 100), "err", err)
 	}
+	if err == nil {
+		o.c.noteSent()
+	}
 	return err == nil
 }
 
@@ -382,8 +408,12 @@ func (o *ctlOwner) hello() {
 		return // pipe not attached yet: poll for POLLOUT and retry
 	}
 	o.needHello = false
+	o.c.noteSent()
 	o.c.connected.Store(true)
 	o.c.warnedUnacked.Store(false)
+	// A new connection starts unpaused: a front end that still finds us
+	// hung says PAUSE again.
+	o.c.fe.paused.Store(false)
 	o.c.fe.log.Info("control channel connected", "control", o.c.fe.cfg.Control, "id", o.c.fe.s.id)
 	if !o.upClosed {
 		o.upClosed = true
@@ -414,8 +444,42 @@ func (o *ctlOwner) drainAcks() {
 	c.acks = o.batch[:0]
 	grants := c.grants
 	c.grants = o.grants[:0]
+	nacks := c.nacks
+	c.nacks = nil
 	c.ackMu.Unlock()
-	for rest := batch; len(rest) > 0; {
+	if len(nacks) > 0 {
+		o.buf = append(o.buf[:0], "NACK"...)
+		for _, id := range nacks {
+			o.buf = append(o.buf, ' ')
+			o.buf = append(o.buf, id...)
+		}
+		o.sendBytes(o.buf)
+	}
+	// Not when the lease lapsed, nor so late that the front end may have
+	// re-sent the request (lease.go): those are cancelled instead. A
+	// flight whose Err() dropped its ACK first is skipped. (A request that
+	// is already over is still acknowledged: the front end expects it.)
+	keep := batch[:0]
+	for _, fl := range batch {
+		switch {
+		case c.lapsed():
+			// checkLease runs next and cancels the ones already sent.
+			if fl.ackState.CompareAndSwap(ackQueued, ackDropped) {
+				fl.cancel()
+			}
+		case fl.ackTooLate():
+			if fl.ackState.CompareAndSwap(ackQueued, ackDropped) {
+				fl.cancel()
+				c.fe.s.droppedLate.Add(1)
+				c.fe.log.Debug("not acknowledging a request that started too close to its dispatch deadline", "conn", fl.key.connID)
+			}
+		default:
+			if fl.ackState.CompareAndSwap(ackQueued, ackSent) {
+				keep = append(keep, fl)
+			}
+		}
+	}
+	for rest := keep; len(rest) > 0; {
 		n := min(len(rest), maxAckIDs)
 		o.buf = append(o.buf[:0], "ACK"...)
 		for _, fl := range rest[:n] {
@@ -424,9 +488,14 @@ func (o *ctlOwner) drainAcks() {
 		}
 		if !o.sendBytes(o.buf) {
 			// No control connection after all (it broke just now), or the
-			// front end does not read: no credit will come for these.
+			// front end does not read: no credit will come for these. One
+			// with a dispatch deadline will be re-sent by the front end:
+			// it must not run here too.
 			c.fe.log.Debug("control: could not send ACK; serving without flow control", "ids", n)
 			for _, fl := range rest[:n] {
+				if fl.deadline != 0 {
+					fl.cancel()
+				}
 				fl.unacked()
 			}
 		}
@@ -509,6 +578,18 @@ func (o *ctlOwner) handle(msg []byte) {
 			err = errUploadFailed
 		}
 		fe.s.endBody(flightKey{fe, string(rest)}, err)
+	case "PAUSE":
+		// The front end sees no answers from us (hung handlers): take no
+		// more requests from it until it says RESUME.
+		if !fe.paused.Swap(true) {
+			fe.log.Warn("front end paused us: it sees requests unanswered and none answered (hung handlers?); handing its requests back until it resumes us",
+				"control", fe.cfg.Control, "running", fe.s.running.Load())
+			fe.wakeOwner() // wakes an owner waiting for a slot, to hand it back
+		}
+	case "RESUME":
+		if fe.paused.Swap(false) {
+			fe.log.Info("front end resumed us", "control", fe.cfg.Control)
+		}
 	case "":
 	default:
 		fe.log.Debug("control: ignoring unknown message", "msg", printable(msg, 100))

@@ -215,6 +215,9 @@ type frontEnd struct {
 	out    chan *frame   // replies for the reply socket's owner
 	dead   chan struct{} // closed when the reply socket's owner is gone
 	active atomic.Bool   // the front end is subscribed to our replies
+	// paused: the front end told us PAUSE (it finds us hung); the request
+	// socket's owner hands its requests back (NACK) until RESUME.
+	paused atomic.Bool
 	kick   chan struct{} // wakes the request socket's owner when active changes
 	ctl    *ctlConn      // control channel, nil if FrontEnd.Control is empty
 	// kickAddr wakes the owner of the addressed-request queue (REQ on the
@@ -258,6 +261,12 @@ type flight struct {
 	// deadline is ZMQX_DEADLINE (unix milliseconds, 0 if none): the request
 	// must not start after it.
 	deadline int64
+
+	// base is the request's own cancellable context (ctx may wrap it, and
+	// is cleared when the handler starts); cancel cancels it.
+	base context.Context
+	// ackState: ackNone, or where its ACK is (lease.go).
+	ackState atomic.Int32
 
 	// flow is set, before the ACK is queued, for a request that is
 	// acknowledged: the credit that paces its reply. Guarded by server.mu
@@ -784,11 +793,18 @@ func (fe *frontEnd) receive(sock *zmq.Socket, gate *bindGate) (held []*flight) {
 		if fl == nil {
 			continue // a notice, or nothing to run
 		}
-		if !s.takeSlot(fl, s.stop) {
-			held = append(held, fl) // served below, with what is queued
+		if fe.paused.Load() {
+			fe.ctl.nack(fl) // the front end sends it to another worker
 			continue
 		}
-		s.start(fl)
+		switch s.takeSlotUnlessPaused(fl) {
+		case slotTaken:
+			s.start(fl)
+		case slotPaused:
+			fe.ctl.nack(fl)
+		case slotStopped:
+			held = append(held, fl) // served below, with what is queued
+		}
 	}
 	if !connected || !fe.active.Load() {
 		// Nothing queued, or nobody to answer.
@@ -827,6 +843,14 @@ func (fe *frontEnd) receive(sock *zmq.Socket, gate *bindGate) (held []*flight) {
 		fe.log.Warn("disconnecting request socket", "err", err)
 	}
 	return held
+}
+
+// resumed wakes the request socket's owner when its pause changes.
+func (fe *frontEnd) wakeOwner() {
+	select {
+	case fe.kick <- struct{}{}:
+	default:
+	}
 }
 
 // waitActive blocks until the front end is subscribed; false means stop.
@@ -900,8 +924,12 @@ func (s *server) admit(fe *frontEnd, msg []byte) *flight {
 		return nil
 	}
 	ctx, cancel := context.WithCancel(s.base)
-	fl := &flight{key: flightKey{fe, req.ConnID}, sender: req.Sender, cancel: cancel, req: req, ctx: ctx,
+	fl := &flight{key: flightKey{fe, req.ConnID}, sender: req.Sender, cancel: cancel, req: req,
 		stream: body == bodyStream}
+	fl.ctx, fl.base = ctx, ctx
+	if fe.ctl != nil {
+		fl.ctx = &flightCtx{Context: ctx, fl: fl}
+	}
 	if fl.stream {
 		// The inline body is empty; content-length is the streamed body's
 		// (absent for a chunked upload).
@@ -931,6 +959,42 @@ func (s *server) admit(fe *frontEnd, msg []byte) *flight {
 	s.inflight[fl.key] = fl
 	s.mu.Unlock()
 	return fl
+}
+
+type slotResult int
+
+const (
+	slotTaken slotResult = iota
+	slotPaused
+	slotStopped
+)
+
+// takeSlotUnlessPaused is takeSlot for the request socket's owner, which
+// also gives up when its front end pauses it: a paused worker keeps reading
+// its requests (a pipe left full stalls libzmq's engine, and its heartbeats
+// with it) and hands each back with NACK.
+func (s *server) takeSlotUnlessPaused(fl *flight) slotResult {
+	select {
+	case s.sem <- struct{}{}:
+		return slotTaken
+	default:
+	}
+	if testHookSlotWait != nil {
+		testHookSlotWait(fl.key.connID)
+	}
+	fe := fl.key.fe
+	for {
+		select {
+		case s.sem <- struct{}{}:
+			return slotTaken
+		case <-s.stop:
+			return slotStopped
+		case <-fe.kick:
+			if fe.paused.Load() {
+				return slotPaused
+			}
+		}
+	}
 }
 
 // testHookSlotWait, when set by tests, is called when an admitted request
@@ -992,6 +1056,7 @@ func (s *server) start(fl *flight) {
 			fl.flow = f // CREDIT and a lost control connection find it now
 			fl.upload = u
 			s.mu.Unlock()
+			fl.ackState.Store(ackQueued)
 			// Queued, not waited for: the handler starts at once (see ack).
 			fe.ctl.ack(fl)
 		} else if fl.deadline != 0 {

@@ -159,7 +159,7 @@ func analyze(c *cluster, r *scenarioRun) *analysis {
 		d := time.Duration(-1)
 		for i := range evs {
 			e := &evs[i]
-			if e.Worker != inj.victim || !(strings.HasPrefix(e.Msg, msgLost) || e.Msg == msgDrained) {
+			if e.Worker != inj.victim || !(strings.HasPrefix(e.Msg, msgLost) || strings.HasPrefix(e.Msg, msgHung) || e.Msg == msgDrained) {
 				continue
 			}
 			if t := e.time(); !t.Before(inj.at.Add(-50 * time.Millisecond)) {

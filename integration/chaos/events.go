@@ -13,6 +13,7 @@ const (
 	msgJoined   = "worker joined the control channel"
 	msgLost     = "worker lost" // prefix: "worker lost: no control message within the liveness bound"
 	msgDrained  = "worker left after draining"
+	msgHung     = "worker hung" // prefix: "worker hung: it answers nothing; ..."
 	msgRetry    = "retrying idempotent request after losing its worker"
 	msgResend   = "re-sending a request no worker took in time"
 	msgFailed   = "zmq request failed"

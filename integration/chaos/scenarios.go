@@ -45,9 +45,8 @@ var scenarios = []scenario{
 	},
 	{
 		key: "hung", title: "a worker accepts and never answers",
-		detect:     "nothing to detect: the worker keeps its heartbeats, Caddy has no log line for it",
-		undetected: "never (heartbeats go on)",
-		inject:     injectHung,
+		detect: `hung -> Caddy's "worker hung" (hung_timeout)`,
+		inject: injectHung,
 	},
 }
 
