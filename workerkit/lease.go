@@ -51,10 +51,10 @@ func monoNow() int64 { return int64(time.Since(monoBase)) + testClockJump.Load()
 
 // ACK states of a flight.
 const (
-	ackNone   int32 = iota // not acknowledged (no control channel, or a notice)
-	ackQueued              // its ACK waits in the control owner's queue
-	ackSent                // its ACK is being or was handed to libzmq
-	ackDropped             // its ACK will not be sent; the flight is cancelled
+	ackNone    int32 = iota // not acknowledged (no control channel, or a notice)
+	ackQueued               // its ACK waits in the control owner's queue
+	ackSent                 // its ACK is being or was handed to libzmq
+	ackDropped              // its ACK will not be sent; the flight is cancelled
 )
 
 // noteSent renews the lease: the control owner sent a message just now.
