@@ -127,6 +127,23 @@
 // clock with the worker's: across hosts, keep them synchronised (NTP) to
 // well within the front end's grace (250 ms for the Caddy module).
 //
+// # Liveness lease, pauses
+//
+// A front end declares a worker lost after 1 s without a control message and
+// fails (or retries) what it had acknowledged. A worker that was stopped
+// longer than that (SIGSTOP, a VM pause, starvation) must not then finish
+// those requests: when the control goroutine finds it sent nothing for
+// 800 ms it cancels every acknowledged request of that front end, skips the
+// ACKs still queued, and sends RESET. An ACK that would leave more than
+// 125 ms past its request's deadline is not sent either; the request is
+// cancelled, and the front end re-sends it. A request's r.Context().Err()
+// applies both rules itself, so check it right before a side effect.
+//
+// PAUSE from the front end (it finds this worker hung: requests
+// acknowledged, nothing answered) makes the worker start nothing more from
+// it: it keeps reading its request socket and hands each request back with
+// NACK <conn_id> ..., until RESUME (or a new control connection).
+//
 // # Groups: one message to many clients
 //
 // Server-sent events, long polls and live feeds send the same bytes to many
