@@ -6,6 +6,7 @@ package integration
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -101,7 +102,10 @@ func rtSend(client *http.Client, method, url string, body string, hdr http.Heade
 // clients retry then, as browsers do. Only GET is retried.
 func rtSendRetry(client *http.Client, url string, hdr http.Header, timeout time.Duration) rtHit {
 	h := rtSend(client, http.MethodGet, url, "", hdr, timeout)
-	if h.Err != nil && h.Reused {
+	// Also seen, on a fresh connection: EOF or a reset before any response,
+	// when the old server had accepted it just as it shut down (net/http
+	// closes connections in StateNew at Shutdown; no handler ran).
+	if h.Err != nil && (h.Reused || errors.Is(h.Err, io.EOF) || errors.Is(h.Err, syscall.ECONNRESET)) {
 		first := h
 		h = rtSend(client, http.MethodGet, url, "", hdr, timeout)
 		h.Retried = true
