@@ -312,8 +312,9 @@ func (c *controlPlane) handle(worker string, payload []byte) {
 	case "BYE":
 		wi.draining = true
 	}
+	repause := string(verb) == "HELLO" && wi.paused
 	c.mu.Unlock()
-	if string(verb) == "HELLO" && wi.paused {
+	if repause {
 		// A new connection of a worker we had paused: the pause was sent
 		// on the old one, which the worker forgets.
 		c.send(worker, []byte("PAUSE"))
