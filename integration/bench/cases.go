@@ -16,15 +16,11 @@ const helloBody = "Hello, world!\n"
 
 // Env is what the setups need from the machine.
 type Env struct {
-	Caddy string // bin/caddy
-	Hello string // bin/hello-worker
-	Echo  string // bin/echo-worker (-large)
-	// EchoHasHTTP: echo-worker serves its handlers with net/http given
-	// -http ADDR; otherwise Self -serve-echo-http ADDR stands in (-large).
-	EchoHasHTTP bool
-	Self        string // this program
-	M2sh        string
-	Mongrel2    string
+	Caddy    string // bin/caddy
+	Hello    string // bin/hello-worker
+	Echo     string // bin/echo-worker (-large)
+	M2sh     string
+	Mongrel2 string
 	// M2Ciphers is Mongrel2's ssl_ciphers setting (mbedTLS names separated
 	// by spaces); "" keeps Mongrel2's default preference.
 	M2Ciphers string

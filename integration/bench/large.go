@@ -10,18 +10,13 @@ package main
 
 import (
 	"context"
-	"crypto/sha256"
-	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"log"
 	"net/http"
 	"os"
 	"os/exec"
-	"os/signal"
 	"runtime"
 	"slices"
 	"strconv"
@@ -111,85 +106,14 @@ func setupReverseProxyEcho(ctx context.Context, s *Stack, env *Env) (string, err
 	return startCaddy(s, env, false, "reverse_proxy "+addr)
 }
 
-// echoHTTPCommand serves echo's handlers with plain net/http on addr:
-// `echo-worker -http ADDR` once echo-worker has that flag, until then this
-// program's own copy of echo's /big and /upload (serveEchoHTTP).
+// echoHTTPCommand serves echo's handlers with plain net/http on addr.
 func echoHTTPCommand(env *Env, addr string) *exec.Cmd {
-	if env.EchoHasHTTP {
-		return exec.Command(env.Echo, "-http", addr)
-	}
-	return exec.Command(env.Self, "-serve-echo-http", addr)
+	return exec.Command(env.Echo, "-http", addr)
 }
 
-// echoHasHTTPFlag reports whether echo-worker lists an -http flag.
-func echoHasHTTPFlag(bin string) bool {
-	out, _ := exec.Command(bin, "-h").CombinedOutput() // exits 2 after the usage
-	return strings.Contains(string(out), "\n  -http ")
-}
-
-// ---------------------------------------------------------------------------
-// The stand-in net/http echo server (until echo-worker has -http).
-
-// serveEchoFlag is handled before the benchmark's own flags.
-const serveEchoFlag = "-serve-echo-http"
-
-// echoBigPattern and echoBigChunk are echo's: a 64-byte pattern written
-// 64 KiB at a time.
+// echoBigPattern is echo's /big pattern (workerkit/examples/echo), checked
+// at the start of each download.
 const echoBigPattern = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ+/\n"
-
-var echoBigChunk = []byte(strings.Repeat(echoBigPattern, (64<<10)/len(echoBigPattern)))
-
-// serveEchoHTTP serves copies of workerkit/examples/echo's /big and
-// /upload handlers (same code) with net/http on addr until SIGTERM.
-func serveEchoHTTP(addr string) int {
-	mux := http.NewServeMux()
-	mux.HandleFunc("/big", func(w http.ResponseWriter, r *http.Request) {
-		n, err := strconv.ParseInt(r.URL.Query().Get("bytes"), 10, 64)
-		if err != nil || n < 0 {
-			http.Error(w, "want ?bytes=N (N >= 0)", http.StatusBadRequest)
-			return
-		}
-		w.Header().Set("Content-Type", "application/octet-stream")
-		w.Header().Set("Content-Length", strconv.FormatInt(n, 10))
-		if r.Method == http.MethodHead {
-			return
-		}
-		for n > 0 {
-			k := min(n, int64(len(echoBigChunk)))
-			if _, err := w.Write(echoBigChunk[:k]); err != nil {
-				return
-			}
-			n -= k
-		}
-	})
-	mux.HandleFunc("POST /upload", func(w http.ResponseWriter, r *http.Request) {
-		sum := sha256.New()
-		n, err := io.Copy(sum, r.Body)
-		if err != nil {
-			http.Error(w, err.Error(), http.StatusBadRequest)
-			return
-		}
-		w.Header().Set("Content-Type", "application/json")
-		_ = json.NewEncoder(w).Encode(struct {
-			Bytes  int64  `json:"bytes"`
-			SHA256 string `json:"sha256"`
-		}{n, hex.EncodeToString(sum.Sum(nil))})
-	})
-	srv := &http.Server{Addr: addr, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	go func() {
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(sctx)
-	}()
-	if err := srv.ListenAndServe(); !errors.Is(err, http.ErrServerClosed) {
-		log.Print(err)
-		return 1
-	}
-	return 0
-}
 
 // ---------------------------------------------------------------------------
 // Running.
@@ -252,10 +176,7 @@ type LargeReport struct {
 func runLarge(ctx context.Context, o options, cases []Case, env *Env, root string) int {
 	rep := &LargeReport{Started: time.Now(), Command: commandLine(), Rounds: o.Rounds, Bytes: o.LargeBytes, Warmup: o.LargeWarmup}
 	rep.Machine = machineInfo(root, env, o.Wrk)
-	rep.EchoHTTP = "bench's copy of echo's /big and /upload (echo-worker has no -http flag yet)"
-	if env.EchoHasHTTP {
-		rep.EchoHTTP = env.Echo + " -http"
-	}
+	rep.EchoHTTP = env.Echo + " -http"
 	m := rep.Machine
 	fmt.Printf("command:  %s\n", rep.Command)
 	fmt.Printf("machine:  %d CPUs, %s, kernel %s\n", m.CPUs, m.CPUModel, m.Kernel)

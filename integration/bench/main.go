@@ -75,10 +75,6 @@ func main() {
 }
 
 func run() int {
-	// The stand-in net/http echo server of the large-body cases.
-	if len(os.Args) == 3 && os.Args[1] == serveEchoFlag {
-		return serveEchoHTTP(os.Args[2])
-	}
 	var o options
 	flag.IntVar(&o.Rounds, "rounds", 5, "rounds; each runs every case once, in rotating order")
 	flag.DurationVar(&o.Duration, "duration", 5*time.Second, "measured wrk duration per run (whole seconds)")
@@ -319,11 +315,6 @@ func findTools(o options, cases []Case) (*Env, WrkParams, error) {
 	need := map[string]string{env.Hello: "run make build"}
 	if o.Large {
 		need = map[string]string{env.Echo: "run make build", env.Caddy: "run make build"}
-		if self, err := os.Executable(); err == nil {
-			env.Self = self
-		} else {
-			return nil, WrkParams{}, fmt.Errorf("locating this program: %v", err)
-		}
 	}
 	for _, c := range cases {
 		switch c.Kind {
@@ -346,9 +337,6 @@ func findTools(o options, cases []Case) (*Env, WrkParams, error) {
 	if len(missing) > 0 {
 		slices.Sort(missing)
 		return nil, WrkParams{}, errors.New(strings.Join(missing, "; "))
-	}
-	if o.Large {
-		env.EchoHasHTTP = echoHasHTTPFlag(env.Echo)
 	}
 	wrk := WrkParams{Path: o.Wrk, Threads: o.Threads, Conns: o.Conns, Duration: o.Duration}
 	return env, wrk, nil

@@ -179,6 +179,7 @@ func main() {
 	var frontEnds workerkit.FrontEndList
 	flag.Var(&frontEnds, "frontend", workerkit.FrontEndUsage)
 	flag.Var(frontEnds.Bind(), "bind", workerkit.BindUsage)
+	httpAddr := flag.String("http", "", "serve the same handlers with plain net/http on `ADDR` instead (for benchmarks)")
 	flag.Parse()
 
 	mux := http.NewServeMux()
@@ -188,6 +189,12 @@ func main() {
 	mux.HandleFunc("POST /upload", upload)
 	mux.HandleFunc("/wait", wait)
 	mux.HandleFunc("/", anything)
+	if *httpAddr != "" {
+		if err := workerkit.ListenAndServeHTTP(*httpAddr, mux); err != nil {
+			log.Fatal(err)
+		}
+		return
+	}
 	if err := workerkit.Serve(mux, frontEnds...); err != nil {
 		log.Fatal(err)
 	}

@@ -12,7 +12,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"io"
 	"log"
@@ -20,7 +19,6 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
-	"time"
 
 	"github.com/zmqbridge/caddy-zmq/workerkit"
 )
@@ -40,7 +38,7 @@ func main() {
 
 	handler := http.HandlerFunc(hello)
 	if *httpAddr != "" {
-		if err := serveHTTP(*httpAddr, handler); err != nil {
+		if err := workerkit.ListenAndServeHTTP(*httpAddr, handler); err != nil {
 			log.Fatal(err)
 		}
 		return
@@ -54,28 +52,4 @@ func main() {
 	if err := w.Serve(ctx); err != nil {
 		log.Fatal(err)
 	}
-}
-
-// serveHTTP serves h until SIGINT/SIGTERM, then shuts down gracefully.
-func serveHTTP(addr string, h http.Handler) error {
-	srv := &http.Server{Addr: addr, Handler: h, ReadHeaderTimeout: 10 * time.Second}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
-	errc := make(chan error, 1)
-	go func() { errc <- srv.ListenAndServe() }()
-	log.Printf("serving plain HTTP on %s", addr)
-	select {
-	case err := <-errc:
-		return err
-	case <-ctx.Done():
-	}
-	sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := srv.Shutdown(sctx); err != nil {
-		return err
-	}
-	if err := <-errc; !errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
-	return nil
 }
