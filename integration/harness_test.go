@@ -631,24 +631,7 @@ func startPythonHandler(t testing.TB, requests, replies string) *process {
 // end that queues them), so each try is short.
 func waitWorker(t testing.TB, client *http.Client, url, name string, procs ...*process) {
 	t.Helper()
-	abort := func() error {
-		for _, p := range procs {
-			if p.Exited() {
-				return fmt.Errorf("%s exited: %v", p.name, p.err)
-			}
-		}
-		return nil
-	}
-	err := poll(startTimeout, abort, func() error {
-		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-		defer cancel()
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-		resp, err := client.Do(req)
-		if err != nil {
-			return err
-		}
-		io.Copy(io.Discard, resp.Body)
-		resp.Body.Close()
+	err := pollGET(client, url, procs, func(resp *http.Response, _ []byte) error {
 		if resp.StatusCode != http.StatusOK || resp.Header.Get("X-Worker") != name {
 			return fmt.Errorf("GET %s: %s from %q", url, resp.Status, resp.Header.Get("X-Worker"))
 		}
@@ -657,6 +640,34 @@ func waitWorker(t testing.TB, client *http.Client, url, name string, procs ...*p
 	if err != nil {
 		t.Fatalf("worker %s not reachable through %s: %v", name, url, err)
 	}
+}
+
+// pollGET GETs url (3 s per try) until check accepts the response and its
+// body, for startTimeout; it gives up early if one of procs exits.
+func pollGET(client *http.Client, url string, procs []*process, check func(*http.Response, []byte) error) error {
+	abort := func() error {
+		for _, p := range procs {
+			if p.Exited() {
+				return fmt.Errorf("%s exited: %v", p.name, p.err)
+			}
+		}
+		return nil
+	}
+	return poll(startTimeout, abort, func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
+		defer cancel()
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		resp, err := client.Do(req)
+		if err != nil {
+			return err
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			return err
+		}
+		return check(resp, b)
+	})
 }
 
 // ---------------------------------------------------------------------------

@@ -111,27 +111,7 @@ func waitControlWorkers(t *testing.T, c *caddy, n int, procs ...*process) {
 // waitStatusOK polls url until it answers 200 and check (if any) accepts the body.
 func waitStatusOK(t *testing.T, client *http.Client, url string, check func([]byte) error, procs ...*process) {
 	t.Helper()
-	abort := func() error {
-		for _, p := range procs {
-			if p.Exited() {
-				return fmt.Errorf("%s exited: %v", p.name, p.err)
-			}
-		}
-		return nil
-	}
-	err := poll(startTimeout, abort, func() error {
-		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
-		defer cancel()
-		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
-		resp, err := client.Do(req)
-		if err != nil {
-			return err
-		}
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
-		if err != nil {
-			return err
-		}
+	err := pollGET(client, url, procs, func(resp *http.Response, b []byte) error {
 		if resp.StatusCode != http.StatusOK {
 			return fmt.Errorf("GET %s: %s", url, resp.Status)
 		}
