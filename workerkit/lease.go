@@ -90,19 +90,12 @@ func (o *ctlOwner) checkLease() {
 // about to be), and reports how many.
 func (s *server) cancelAcked(fe *frontEnd) int {
 	n := 0
-	s.mu.Lock()
-	for k, f := range s.inflight {
-		if k.fe != fe {
-			continue
+	s.flightsOf(fe, func(f *flight) {
+		if f.ackState.CompareAndSwap(ackQueued, ackDropped) || f.ackState.Load() == ackSent {
+			f.cancel()
+			n++
 		}
-		for ; f != nil; f = f.next {
-			if f.ackState.CompareAndSwap(ackQueued, ackDropped) || f.ackState.Load() == ackSent {
-				f.cancel()
-				n++
-			}
-		}
-	}
-	s.mu.Unlock()
+	})
 	return n
 }
 

@@ -276,18 +276,11 @@ func (s *server) endBody(k flightKey, err error) {
 // connection is gone, and with it BODY messages in flight.
 func (s *server) failUploads(fe *frontEnd, err error) {
 	var us []*upload
-	s.mu.Lock()
-	for k, f := range s.inflight {
-		if k.fe != fe {
-			continue
+	s.flightsOf(fe, func(f *flight) {
+		if f.upload != nil {
+			us = append(us, f.upload)
 		}
-		for ; f != nil; f = f.next {
-			if f.upload != nil {
-				us = append(us, f.upload)
-			}
-		}
-	}
-	s.mu.Unlock()
+	})
 	for _, u := range us {
 		u.finish(err)
 	}

@@ -265,6 +265,8 @@ type flight struct {
 	// base is the request's own cancellable context (ctx may wrap it, and
 	// is cleared when the handler starts); cancel cancels it.
 	base context.Context
+	// leaseCtx is ctx with the control channel (lease.go).
+	leaseCtx flightCtx
 	// ackState: ackNone, or where its ACK is (lease.go).
 	ackState atomic.Int32
 
@@ -928,7 +930,8 @@ func (s *server) admit(fe *frontEnd, msg []byte) *flight {
 		stream: body == bodyStream}
 	fl.ctx, fl.base = ctx, ctx
 	if fe.ctl != nil {
-		fl.ctx = &flightCtx{Context: ctx, fl: fl}
+		fl.leaseCtx = flightCtx{Context: ctx, fl: fl} // no allocation of its own
+		fl.ctx = &fl.leaseCtx
 	}
 	if fl.stream {
 		// The inline body is empty; content-length is the streamed body's
@@ -1111,22 +1114,29 @@ func (s *server) grant(k flightKey, n int64) {
 	s.mu.Unlock()
 }
 
-// liftFlows ends flow control for every windowed request of fe: its control
-// connection is gone, so no more credit can come, and the front end falls
-// back to buffering (max_buffered_reply) or has gone away entirely.
-func (s *server) liftFlows(fe *frontEnd) {
+// flightsOf calls fn, under s.mu, for every registered request of fe.
+func (s *server) flightsOf(fe *frontEnd, fn func(*flight)) {
 	s.mu.Lock()
+	defer s.mu.Unlock()
 	for k, f := range s.inflight {
 		if k.fe != fe {
 			continue
 		}
 		for ; f != nil; f = f.next {
-			if f.flow != nil {
-				f.flow.lift()
-			}
+			fn(f)
 		}
 	}
-	s.mu.Unlock()
+}
+
+// liftFlows ends flow control for every windowed request of fe: its control
+// connection is gone, so no more credit can come, and the front end falls
+// back to buffering (max_buffered_reply) or has gone away entirely.
+func (s *server) liftFlows(fe *frontEnd) {
+	s.flightsOf(fe, func(f *flight) {
+		if f.flow != nil {
+			f.flow.lift()
+		}
+	})
 }
 
 func (s *server) unregister(fl *flight) {
