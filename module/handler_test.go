@@ -131,8 +131,12 @@ func (env *testEnv) provision(t *testing.T, configure func(*Handler)) *Handler {
 func (env *testEnv) waitForWorker(t *testing.T) {
 	t.Helper()
 	deadline := time.Now().Add(testDeadline)
+	// Short tries: a reply published before the worker's PUB saw Caddy's
+	// subscription is lost (slow joiner), and that request would otherwise
+	// wait for the whole reply timeout.
+	client := &http.Client{Timeout: 2 * time.Second}
 	for time.Now().Before(deadline) {
-		resp, err := http.Get(env.srv.URL + "/__ready")
+		resp, err := client.Get(env.srv.URL + "/__ready")
 		if err == nil {
 			io.Copy(io.Discard, resp.Body)
 			resp.Body.Close()
