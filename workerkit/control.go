@@ -302,6 +302,10 @@ func (c *ctlConn) run(ready chan<- error, quit <-chan struct{}) {
 			o.send("HB")
 			nextHB = now.Add(ctlHeartbeat)
 		}
+		// Sends refuse while the lease is lapsed (a freeze may fall
+		// between the check above and a send): notice it now, not after
+		// the next poll.
+		o.checkLease()
 		events := zmq.POLLIN
 		if o.needHello {
 			events |= zmq.POLLOUT // writable once the new pipe is attached
@@ -373,6 +377,9 @@ func (c *ctlConn) runWaker(ep string, quit <-chan struct{}, done chan<- struct{}
 // send sends one control message; false if there is no control connection
 // (or its queue is full), which is never worth waiting for.
 func (o *ctlOwner) send(msg string) bool {
+	if o.c.lapsed() {
+		return false // checkLease must run first (lease.go)
+	}
 	if o.needHello {
 		o.hello()
 	}
@@ -388,6 +395,9 @@ func (o *ctlOwner) send(msg string) bool {
 
 // sendBytes is send for a message built in a buffer.
 func (o *ctlOwner) sendBytes(msg []byte) bool {
+	if o.c.lapsed() {
+		return false // checkLease must run first (lease.go)
+	}
 	if o.needHello {
 		o.hello()
 	}
@@ -404,6 +414,9 @@ func (o *ctlOwner) sendBytes(msg []byte) bool {
 // hello greets a new connection: first after every handshake, before any
 // other message on it.
 func (o *ctlOwner) hello() {
+	if o.c.lapsed() {
+		return // checkLease first; the owner polls for POLLOUT again
+	}
 	if _, err := o.sock.Send("HELLO "+strconv.Itoa(o.c.fe.s.maxConc), zmq.DONTWAIT); err != nil {
 		return // pipe not attached yet: poll for POLLOUT and retry
 	}

@@ -68,6 +68,11 @@ func (c *ctlConn) lapsed() bool {
 }
 
 // checkLease is run by the control owner before it sends anything.
+//
+// Sends themselves refuse while the lease is lapsed, so that a freeze
+// between this check and a send cannot renew the lease unnoticed (the send
+// would renew it with its requests still running): the owner then runs
+// checkLease again, which cancels first and renews by saying RESET.
 func (o *ctlOwner) checkLease() {
 	c := o.c
 	if !c.lapsed() {
