@@ -12,6 +12,7 @@ import (
 	zmq "github.com/pebbe/zmq4"
 	"go.uber.org/zap"
 
+	"github.com/zmqbridge/caddy-zmq/internal/zmqio"
 	"github.com/zmqbridge/caddy-zmq/workerkit/mongrel2"
 )
 
@@ -30,6 +31,9 @@ const workerDeadAfter = time.Second
 type ctlMsg struct {
 	worker  string
 	payload []byte
+	// pooled, when set, holds payload's buffer: the forwarder returns it
+	// to bodyChunkPool once libzmq has copied it.
+	pooled *[]byte
 }
 
 // controlPlane owns the ROUTER socket. Requests hand it messages through a
@@ -89,10 +93,21 @@ func newControlPlane(t *transport, endpoint string) *controlPlane {
 // advisory (a lost CREDIT is re-granted with the next one, a lost
 // DISCONNECT falls back on timeouts), so a full queue drops.
 func (c *controlPlane) send(worker string, payload []byte) {
+	c.enqueue(ctlMsg{worker: worker, payload: payload})
+}
+
+// sendPooled is send for a payload in a bodyChunkPool buffer, which the
+// forwarder recycles.
+func (c *controlPlane) sendPooled(worker string, buf *[]byte) {
+	c.enqueue(ctlMsg{worker: worker, payload: *buf, pooled: buf})
+}
+
+func (c *controlPlane) enqueue(m ctlMsg) {
 	select {
-	case c.in <- ctlMsg{worker: worker, payload: payload}:
+	case c.in <- m:
 	default:
-		c.logger.Warn("control queue full, dropping message", zap.String("worker", worker))
+		c.logger.Warn("control queue full, dropping message", zap.String("worker", m.worker))
+		putBodyChunk(m.pooled)
 	}
 }
 
@@ -170,6 +185,13 @@ func (c *controlPlane) run(zctx *zmq.Context, ready chan<- error, quit <-chan st
 		return
 	}
 	defer func() { <-fwdDone }()
+	relayIn, err := zmqio.NewReceiver(pair)
+	if err != nil {
+		ready <- fmt.Errorf("control relay: %w", err)
+		return
+	}
+	defer relayIn.Close()
+	scratch := &relayScratch{payload: make([]byte, streamChunk+4<<10)}
 	ready <- nil
 
 	lastSweep := time.Now()
@@ -195,7 +217,7 @@ func (c *controlPlane) run(zctx *zmq.Context, ready chan<- error, quit <-chan st
 			if p.Socket == router {
 				c.receive(router)
 			} else {
-				c.relay(pair, router)
+				c.relay(pair, router, relayIn, scratch)
 			}
 		}
 	}
@@ -223,19 +245,22 @@ func (c *controlPlane) forward(zctx *zmq.Context, ready chan<- error, quit <-cha
 			if _, err := s.SendBytes([]byte(m.worker), zmq.SNDMORE); err == nil {
 				_, _ = s.SendBytes(m.payload, 0)
 			}
+			putBodyChunk(m.pooled)
 		case <-quit:
 			return
 		}
 	}
 }
 
-func (c *controlPlane) relay(pair, router *zmq.Socket) {
+func (c *controlPlane) relay(pair, router *zmq.Socket, in *zmqio.Receiver, scratch *relayScratch) {
 	for {
-		id, err := pair.RecvBytes(zmq.DONTWAIT)
+		// Into reused buffers (libzmq copies again on send): a 256 KiB
+		// upload chunk allocates nothing.
+		id, err := scratch.recv(in, scratch.id[:], zmq.DONTWAIT)
 		if err != nil {
 			return
 		}
-		payload, err := pair.RecvBytes(0)
+		payload, err := scratch.recv(in, scratch.payload, 0)
 		if err != nil {
 			return
 		}
@@ -249,6 +274,21 @@ func (c *controlPlane) relay(pair, router *zmq.Socket) {
 			c.undeliverable(payload)
 		}
 	}
+}
+
+// relayScratch holds the buffers relay receives into.
+type relayScratch struct {
+	id      [256]byte
+	payload []byte
+}
+
+// recv receives one part into buf, or, if it is bigger, into a new slice.
+func (relayScratch) recv(in *zmqio.Receiver, buf []byte, flags zmq.Flag) ([]byte, error) {
+	part, _, err := in.Recv(buf, flags)
+	if errors.Is(err, zmqio.ErrTooBig) {
+		return in.Take(make([]byte, in.Size())), nil
+	}
+	return part, err
 }
 
 // undeliverable fails the exchange of a REQ that could not be routed.

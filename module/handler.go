@@ -22,7 +22,7 @@ type requestState struct {
 	enc    mongrel2.HeaderEncoder
 	body   []byte
 	rr     httpreply.Reader
-	frames [][]byte
+	frames []queuedFrame
 	idBuf  [20]byte
 	// lazyBody: the body is read only once the pool is known, since it
 	// may be streamed to the worker instead (see stream_upload.go).
@@ -366,9 +366,11 @@ func (h *Handler) exchange(w http.ResponseWriter, r *http.Request, st *requestSt
 		frames, xerr := ex.take(st.frames)
 		st.frames = frames
 		gotFrames = gotFrames || len(frames) > 0
-		for _, f := range frames {
-			owed += len(f)
-			if err := rr.Feed(f); err != nil {
+		for _, qf := range frames {
+			owed += len(qf.body)
+			err := rr.Feed(qf.body)
+			qf.frame.release() // Feed keeps nothing of it
+			if err != nil {
 				var ce httpreply.ClientError
 				if errors.As(err, &ce) {
 					t.notifyDisconnect(ex)

@@ -367,12 +367,18 @@ func TestReplyFanOut(t *testing.T) {
 	defer tr.unregister(a)
 	defer tr.unregister(b)
 	ids := []string{itoa64(int64(a.id)), "1", itoa64(int64(b.id))}
-	tr.dispatch(mongrel2.AppendReply(nil, tr.cfg.sender, ids, []byte("hello all")))
+	msg := mongrel2.AppendReply(nil, tr.cfg.sender, ids, []byte("hello all"))
+	f := newFrame(len(msg))
+	copy(f.buf, msg)
+	tr.dispatch(f)
 	for _, ex := range []*exchange{a, b} {
 		frames, err := ex.take(nil)
-		if err != nil || len(frames) != 1 || string(frames[0]) != "hello all" {
-			t.Fatalf("exchange %d got %q, %v", ex.id, frames, err)
+		if err != nil || len(frames) != 1 || string(frames[0].body) != "hello all" {
+			t.Fatalf("exchange %d got %d frames, %v", ex.id, len(frames), err)
 		}
+	}
+	if n := f.refs.Load(); n != 2 {
+		t.Fatalf("frame references = %d, want 2 (one per exchange it was queued on)", n)
 	}
 	if n := tr.unknownReplies.Load(); n != 1 {
 		t.Fatalf("unknown replies = %d, want 1 (the id that is not pending)", n)

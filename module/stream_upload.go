@@ -123,12 +123,12 @@ func (h *Handler) pumpUpload(r *http.Request, t *transport, ex *exchange, done <
 				if !ok {
 					return
 				}
-				msg := make([]byte, 0, 6+len(id)+int(c))
-				msg = append(msg, "BODY "...)
-				msg = append(msg, id...)
-				msg = append(msg, ' ')
-				msg = append(msg, buf[off:off+int(c)]...)
-				t.control.send(worker, msg)
+				msg := getBodyChunk()
+				*msg = append(*msg, "BODY "...)
+				*msg = append(*msg, id...)
+				*msg = append(*msg, ' ')
+				*msg = append(*msg, buf[off:off+int(c)]...)
+				t.control.sendPooled(worker, msg)
 				off += int(c)
 			}
 			sent += int64(n)
@@ -143,5 +143,22 @@ func (h *Handler) pumpUpload(r *http.Request, t *transport, ex *exchange, done <
 			t.control.send(worker, append([]byte("BODYERR "), id...))
 			return
 		}
+	}
+}
+
+// bodyChunkPool recycles the BODY messages of streamed uploads: the
+// forwarder returns each once libzmq has copied it, so an upload of any
+// size makes no garbage per chunk.
+var bodyChunkPool = sync.Pool{New: func() any { b := make([]byte, 0, streamChunk+64); return &b }}
+
+func getBodyChunk() *[]byte {
+	b := bodyChunkPool.Get().(*[]byte)
+	*b = (*b)[:0]
+	return b
+}
+
+func putBodyChunk(b *[]byte) {
+	if b != nil && cap(*b) <= streamChunk+64 {
+		bodyChunkPool.Put(b)
 	}
 }

@@ -13,6 +13,7 @@ import (
 	zmq "github.com/pebbe/zmq4"
 	"go.uber.org/zap"
 
+	"github.com/zmqbridge/caddy-zmq/internal/zmqio"
 	"github.com/zmqbridge/caddy-zmq/workerkit/mongrel2"
 )
 
@@ -300,26 +301,89 @@ func (t *transport) runReceiver(zctx *zmq.Context, ready chan<- error) {
 		ready <- fmt.Errorf("reply socket: %w", err)
 		return
 	}
+	rcv, err := zmqio.NewReceiver(sock)
+	if err != nil {
+		ready <- fmt.Errorf("reply socket: %w", err)
+		return
+	}
+	defer rcv.Close()
+	rd, err := zmqio.NewReadiness(sock)
+	if err != nil {
+		ready <- fmt.Errorf("reply socket: %w", err)
+		return
+	}
+	defer rd.Close()
+	stopped := make(chan struct{})
+	defer close(stopped)
+	go func() {
+		select {
+		case <-t.quit:
+			rd.Interrupt()
+		case <-stopped:
+		}
+	}()
 	ready <- nil
+	// Receive without blocking while replies are there; in between, park
+	// in the network poller (zmqio explains why).
+	scratch := getFrame(bigFrameClass, 0)
 	for {
-		msg, err := sock.RecvBytes(0)
-		if err != nil {
+		part, _, err := rcv.Recv(scratch.buf, zmq.DONTWAIT)
+		switch {
+		case err == nil:
+			var f *replyFrame
+			f, scratch = frameOf(part, scratch)
+			t.dispatch(f)
 			select {
 			case <-t.quit:
 				return
 			default:
 			}
-			if zmq.AsErrno(err) != zmq.Errno(syscallEAGAIN) {
-				t.logger.Error("receiving reply", zap.Error(err))
+		case errors.Is(err, zmqio.ErrTooBig):
+			f := newFrame(rcv.Size())
+			rcv.Take(f.buf)
+			t.dispatch(f)
+		case zmq.AsErrno(err) == zmq.Errno(syscallEAGAIN):
+			if err := rd.Wait(); err != nil {
+				if errors.Is(err, zmqio.ErrInterrupted) {
+					return
+				}
+				t.logger.Error("waiting for replies", zap.Error(err))
+				if !sleepOrQuit(t.quit, recvPollInterval) {
+					return
+				}
 			}
-			continue
-		}
-		t.dispatch(msg)
-		select {
-		case <-t.quit:
-			return
 		default:
+			t.logger.Error("receiving reply", zap.Error(err))
+			if !sleepOrQuit(t.quit, recvPollInterval) {
+				return
+			}
 		}
+	}
+}
+
+// frameOf turns a part received into scratch (a buffer of the largest
+// class) into a frame: small parts are copied into a buffer of their size
+// class, and scratch is kept; a big part keeps scratch, and a new one is
+// taken.
+func frameOf(part []byte, scratch *replyFrame) (f, next *replyFrame) {
+	if len(part) <= frameClasses[bigFrameClass-1] {
+		f = newFrame(len(part))
+		copy(f.buf, part)
+		return f, scratch
+	}
+	scratch.buf = part
+	return scratch, getFrame(bigFrameClass, 0)
+}
+
+// sleepOrQuit waits d, unless quit closes first (false).
+func sleepOrQuit(quit <-chan struct{}, d time.Duration) bool {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-quit:
+		return false
+	case <-t.C:
+		return true
 	}
 }
 
@@ -376,8 +440,11 @@ func (t *transport) startMonitor(zctx *zmq.Context, sock *zmq.Socket) (<-chan st
 }
 
 // dispatch hands one reply frame to every exchange it names. The body is
-// shared, read-only, by all of them: RecvBytes gave us a fresh slice.
-func (t *transport) dispatch(msg []byte) {
+// shared, read-only, by all of them; each holds a reference to f, and
+// dispatch drops the one it was given.
+func (t *transport) dispatch(f *replyFrame) {
+	defer f.release()
+	msg := f.buf
 	sender, ids, body, err := mongrel2.ParseReply(msg)
 	if err != nil {
 		t.badReplies.Add(1)
@@ -401,7 +468,7 @@ func (t *transport) dispatch(msg []byte) {
 			}
 			continue
 		}
-		ex.deliver(body)
+		ex.deliver(body, f)
 	}
 	t.mu.RUnlock()
 }
@@ -496,8 +563,8 @@ type exchange struct {
 	wi          *workerInfo
 	ackedAt     time.Time
 	answered    bool // a reply frame arrived
-	queue       [][]byte
-	queueBuf    [2][]byte // most replies are one frame: no allocation
+	queue       []queuedFrame
+	queueBuf    [2]queuedFrame // most replies are one frame: no allocation
 	queuedBytes int
 	maxBuffered int
 	err         error
@@ -511,7 +578,7 @@ func newExchange(id uint64, maxBuffered int) *exchange {
 
 var errOverflow = errors.New("client reads slower than the worker writes: reply buffer limit reached")
 
-func (ex *exchange) deliver(body []byte) {
+func (ex *exchange) deliver(body []byte, f *replyFrame) {
 	ex.mu.Lock()
 	if !ex.answered {
 		ex.answered = true
@@ -523,7 +590,8 @@ func (ex *exchange) deliver(body []byte) {
 		if ex.maxBuffered > 0 && ex.queuedBytes+len(body) > ex.maxBuffered {
 			ex.err = errOverflow
 		} else {
-			ex.queue = append(ex.queue, body)
+			f.retain()
+			ex.queue = append(ex.queue, queuedFrame{body: body, frame: f})
 			ex.queuedBytes += len(body)
 		}
 	}
@@ -575,8 +643,8 @@ func (ex *exchange) wake() {
 
 // take returns the queued frames (reusing spare as the next queue) and the
 // error, if any, that ended the exchange. Frames queued before an error are
-// returned with it.
-func (ex *exchange) take(spare [][]byte) ([][]byte, error) {
+// returned with it. The caller releases each frame once it is written.
+func (ex *exchange) take(spare []queuedFrame) ([]queuedFrame, error) {
 	ex.mu.Lock()
 	q := ex.queue
 	ex.queue = spare[:0]

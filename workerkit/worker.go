@@ -749,6 +749,12 @@ func (fe *frontEnd) receive(sock *zmq.Socket, gate *bindGate) (held []*flight) {
 	if gate != nil {
 		wait = func() bool { return fe.waitBound(gate) }
 	}
+	in, err := newSocketReader(sock)
+	if err != nil {
+		s.fatal(fmt.Errorf("workerkit: request socket for %s: %w", fe.cfg.Requests, err))
+		return nil
+	}
+	defer in.close()
 	for wait() {
 		if !connected {
 			// Only now: a request taken before the front end subscribed
@@ -771,7 +777,7 @@ func (fe *frontEnd) receive(sock *zmq.Socket, gate *bindGate) (held []*flight) {
 		// and cancels its request, even while every slot is busy. While
 		// all slots are busy one request waits here and the rest in the
 		// socket's queue: either way they were routed to this worker.
-		msg, err := sock.RecvBytes(0)
+		msg, err := in.recv(recvTimeout)
 		if err != nil {
 			if !isEAGAIN(err) {
 				fe.log.Error("receiving request", "err", err)

@@ -1,0 +1,16 @@
+// Package zmqio is the hot path's access to libzmq, beside
+// github.com/pebbe/zmq4: receiving into a caller's buffer in one cgo call,
+// and waiting for a socket to become readable in Go's network poller
+// instead of in a thread blocked inside libzmq.
+//
+// Why: pebbe/zmq4's RecvBytes makes four cgo calls and allocates a fresh
+// slice per message part, so a 256 KiB reply frame is a 256 KiB garbage
+// object (the GC then dominates large downloads); and a goroutine blocked
+// in zmq_msg_recv holds an OS thread that libzmq wakes per message, which
+// must then find a free P to run on (costly on 2 cores under load). Waiting
+// on the socket's ZMQ_FD through the poller lets the goroutine park like any
+// network reader and receive with ZMQ_DONTWAIT.
+//
+// The sockets stay pebbe/zmq4 sockets, used by their one owning goroutine;
+// this package only needs their libzmq handle (see handle).
+package zmqio

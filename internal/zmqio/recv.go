@@ -1,0 +1,178 @@
+package zmqio
+
+/*
+#cgo !windows pkg-config: libzmq
+#include <zmq.h>
+#include <errno.h>
+#include <string.h>
+#include <stdlib.h>
+
+// zmqio_recv receives one message part into msg. If it fits in buf (cap
+// bytes) it is copied there and msg is closed; otherwise it stays in msg for
+// zmqio_take. Returns the part's size, or -1 with *err set; *more is set when
+// more parts follow.
+static int zmqio_recv(void *sock, zmq_msg_t *msg, void *buf, size_t cap, int flags, int *more, int *err) {
+	int n;
+	zmq_msg_init(msg);
+	do {
+		n = zmq_msg_recv(msg, sock, flags);
+	} while (n < 0 && zmq_errno() == EINTR);
+	if (n < 0) {
+		*err = zmq_errno();
+		zmq_msg_close(msg);
+		return -1;
+	}
+	*more = zmq_msg_more(msg);
+	if ((size_t)n <= cap) {
+		if (n > 0) {
+			memcpy(buf, zmq_msg_data(msg), (size_t)n);
+		}
+		zmq_msg_close(msg);
+	}
+	return n;
+}
+
+// zmqio_take copies a part zmqio_recv left in msg to buf, and closes msg.
+static void zmqio_take(zmq_msg_t *msg, void *buf) {
+	memcpy(buf, zmq_msg_data(msg), zmq_msg_size(msg));
+	zmq_msg_close(msg);
+}
+
+static int zmqio_getfd(void *sock, int *fd) {
+	size_t len = sizeof(*fd);
+	return zmq_getsockopt(sock, ZMQ_FD, fd, &len);
+}
+*/
+import "C"
+
+import (
+	"errors"
+	"fmt"
+	"syscall"
+	"unsafe"
+
+	zmq "github.com/pebbe/zmq4"
+)
+
+// Receiver receives message parts from one socket into caller buffers. Like
+// the socket, it belongs to one goroutine.
+type Receiver struct {
+	sock *zmq.Socket
+	h    unsafe.Pointer
+	// msg lives in C memory: libzmq's zmq_msg_t must not be moved or
+	// copied between zmq_msg_recv and zmq_msg_close, and a part too big
+	// for the caller's buffer waits in it for Take.
+	msg *C.zmq_msg_t
+	// big is the size of a part waiting in msg, or -1.
+	big int
+	// scratch serves RecvCopy.
+	scratch []byte
+}
+
+// copyScratch is the size of RecvCopy's scratch buffer: parts up to it
+// take one cgo call.
+const copyScratch = 64 << 10
+
+// ErrTooBig is returned by Recv when the part does not fit buf; Size tells
+// how big it is, and Take copies it into a buffer of that size.
+var ErrTooBig = errors.New("zmqio: message part larger than the buffer")
+
+// NewReceiver makes a Receiver for sock. Close it before closing sock.
+func NewReceiver(sock *zmq.Socket) (*Receiver, error) {
+	h, err := handle(sock)
+	if err != nil {
+		return nil, err
+	}
+	msg := (*C.zmq_msg_t)(C.malloc(C.size_t(unsafe.Sizeof(C.zmq_msg_t{}))))
+	return &Receiver{sock: sock, h: h, msg: msg, big: -1}, nil
+}
+
+// Close frees the receiver (and a part still waiting for Take).
+func (r *Receiver) Close() {
+	if r.msg == nil {
+		return
+	}
+	if r.big >= 0 {
+		C.zmq_msg_close(r.msg)
+	}
+	C.free(unsafe.Pointer(r.msg))
+	r.msg = nil
+}
+
+// Recv receives one part into buf[:cap(buf)] and returns it, resliced, and
+// whether more parts of the message follow. flags are zmq4's (zmq.DONTWAIT).
+// A part bigger than cap(buf) gives ErrTooBig: call Size and Take next.
+// Errors are zmq.Errno values, as pebbe/zmq4 returns them.
+func (r *Receiver) Recv(buf []byte, flags zmq.Flag) (part []byte, more bool, err error) {
+	if r.big >= 0 {
+		return nil, false, errors.New("zmqio: Recv before Take of a big part")
+	}
+	buf = buf[:cap(buf)]
+	var p unsafe.Pointer
+	if len(buf) > 0 {
+		p = unsafe.Pointer(&buf[0])
+	}
+	var cmore, cerr C.int
+	n := int(C.zmqio_recv(r.h, r.msg, p, C.size_t(len(buf)), C.int(flags), &cmore, &cerr))
+	if n < 0 {
+		return nil, false, zmq.Errno(syscall.Errno(cerr))
+	}
+	if n > len(buf) {
+		r.big = n
+		return nil, cmore != 0, ErrTooBig
+	}
+	return buf[:n], cmore != 0, nil
+}
+
+// RecvCopy receives one part into a new slice of its exact size, for
+// callers that keep parts (two cgo calls at most, one up to 64 KiB).
+func (r *Receiver) RecvCopy(flags zmq.Flag) ([]byte, error) {
+	if r.scratch == nil {
+		r.scratch = make([]byte, copyScratch)
+	}
+	part, _, err := r.Recv(r.scratch, flags)
+	if errors.Is(err, ErrTooBig) {
+		return r.Take(make([]byte, r.big)), nil
+	}
+	if err != nil {
+		return nil, err
+	}
+	return append([]byte(nil), part...), nil
+}
+
+// Size is the size of the part that Recv found too big.
+func (r *Receiver) Size() int { return r.big }
+
+// Take copies the part that Recv found too big into buf, which must hold
+// Size bytes, and returns it.
+func (r *Receiver) Take(buf []byte) []byte {
+	if r.big < 0 || cap(buf) < r.big {
+		panic("zmqio: Take without a big part, or with a short buffer")
+	}
+	buf = buf[:r.big]
+	var p unsafe.Pointer
+	if len(buf) > 0 {
+		p = unsafe.Pointer(&buf[0])
+	}
+	C.zmqio_take(r.msg, p)
+	r.big = -1
+	return buf
+}
+
+// handle returns sock's libzmq socket pointer. pebbe/zmq4 does not export
+// it; it is the first field of zmq.Socket. The result is checked against
+// the socket's own ZMQ_FD, which is unique per socket, so that a change of
+// that layout is an error here, not memory corruption later (libzmq checks
+// a tag before using a socket pointer, so a wrong one gives ENOTSOCK).
+func handle(sock *zmq.Socket) (unsafe.Pointer, error) {
+	want, err := sock.GetFd()
+	if err != nil {
+		return nil, fmt.Errorf("zmqio: ZMQ_FD: %w", err)
+	}
+	h := *(*unsafe.Pointer)(unsafe.Pointer(sock))
+	var got C.int
+	if h == nil || C.zmqio_getfd(h, &got) != 0 || int(got) != want {
+		return nil, errors.New("zmqio: cannot reach the libzmq socket of a pebbe/zmq4 Socket (has its layout changed?)")
+	}
+	return h, nil
+}

@@ -1,0 +1,205 @@
+package zmqio
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	zmq "github.com/pebbe/zmq4"
+)
+
+var pairSeq atomic.Int64
+
+// pair returns a connected PUSH (tx) and PULL (rx) over inproc.
+func pair(t *testing.T) (tx, rx *zmq.Socket) {
+	t.Helper()
+	ctx, err := zmq.NewContext()
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := fmt.Sprintf("inproc://zmqio-test-%d", pairSeq.Add(1))
+	rx, err = ctx.NewSocket(zmq.PULL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx, err = ctx.NewSocket(zmq.PUSH)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range []*zmq.Socket{rx, tx} {
+		if err := s.SetLinger(0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := rx.Bind(addr); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Connect(addr); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = tx.Close()
+		_ = rx.Close()
+		_ = ctx.Term()
+	})
+	return tx, rx
+}
+
+func TestRecv(t *testing.T) {
+	tests := []struct {
+		name  string
+		parts [][]byte
+		buf   int
+	}{
+		{"small", [][]byte{[]byte("hello")}, 64},
+		{"exact fit", [][]byte{bytes.Repeat([]byte{'x'}, 64)}, 64},
+		{"too big", [][]byte{bytes.Repeat([]byte{'y'}, 65)}, 64},
+		{"empty part", [][]byte{{}}, 64},
+		{"no buffer", [][]byte{[]byte("abc")}, 0},
+		{"multipart", [][]byte{[]byte("id"), bytes.Repeat([]byte{'z'}, 300), []byte("tail")}, 128},
+		{"big", [][]byte{bytes.Repeat([]byte{'b'}, 1<<20)}, 256 << 10},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			tx, rx := pair(t)
+			r, err := NewReceiver(rx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer r.Close()
+			for i, p := range tc.parts {
+				flag := zmq.SNDMORE
+				if i == len(tc.parts)-1 {
+					flag = 0
+				}
+				if _, err := tx.SendBytes(p, flag); err != nil {
+					t.Fatal(err)
+				}
+			}
+			buf := make([]byte, tc.buf)
+			for i, want := range tc.parts {
+				got, more, err := r.Recv(buf, 0)
+				if errors.Is(err, ErrTooBig) {
+					if len(want) <= tc.buf {
+						t.Fatalf("part %d: ErrTooBig for %d bytes in a %d-byte buffer", i, len(want), tc.buf)
+					}
+					if r.Size() != len(want) {
+						t.Fatalf("part %d: Size %d, want %d", i, r.Size(), len(want))
+					}
+					got = r.Take(make([]byte, r.Size()))
+				} else if err != nil {
+					t.Fatalf("part %d: %v", i, err)
+				}
+				if !bytes.Equal(got, want) {
+					t.Fatalf("part %d: got %d bytes %.20q, want %d bytes %.20q", i, len(got), got, len(want), want)
+				}
+				if wantMore := i < len(tc.parts)-1; more != wantMore {
+					t.Fatalf("part %d: more = %v, want %v", i, more, wantMore)
+				}
+			}
+			if _, _, err := r.Recv(buf, zmq.DONTWAIT); zmq.AsErrno(err) != zmq.Errno(syscall.EAGAIN) {
+				t.Fatalf("empty socket: err = %v, want EAGAIN", err)
+			}
+		})
+	}
+}
+
+func TestRecvCopy(t *testing.T) {
+	tx, rx := pair(t)
+	r, err := NewReceiver(rx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	small, big := []byte("request"), bytes.Repeat([]byte{'q'}, copyScratch+1)
+	for _, p := range [][]byte{small, big, small} {
+		if _, err := tx.SendBytes(p, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var got [][]byte
+	for range 3 {
+		m, err := r.RecvCopy(0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, m)
+	}
+	// Each is its own slice: the first must survive the later receives.
+	if !bytes.Equal(got[0], small) || !bytes.Equal(got[1], big) || !bytes.Equal(got[2], small) {
+		t.Fatalf("got %d/%d/%d bytes, want %d/%d/%d", len(got[0]), len(got[1]), len(got[2]), len(small), len(big), len(small))
+	}
+}
+
+// TestHandleChecksLayout: the libzmq handle is found in a pebbe socket
+// (TestRecv shows it is the right one: it receives what the socket got).
+func TestHandleChecksLayout(t *testing.T) {
+	_, rx := pair(t)
+	h, err := handle(rx)
+	if err != nil || h == nil {
+		t.Fatalf("handle: %v", err)
+	}
+}
+
+func TestReadiness(t *testing.T) {
+	tx, rx := pair(t)
+	rd, err := NewReadiness(rx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rd.Close()
+	r, err := NewReceiver(rx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+
+	if err := rd.WaitTimeout(20 * time.Millisecond); !errors.Is(err, ErrTimeout) {
+		t.Fatalf("idle socket: WaitTimeout = %v, want ErrTimeout", err)
+	}
+	// A message sent while the owner waits wakes it; so does one sent
+	// before it waits (the edge came earlier).
+	for i, delay := range []time.Duration{50 * time.Millisecond, 0} {
+		sent := make(chan error, 1)
+		go func() {
+			time.Sleep(delay) // lets the owner be parked first (not synchronisation: both orders must work)
+			_, err := tx.SendBytes([]byte("ping"), 0)
+			sent <- err
+		}()
+		if delay == 0 {
+			if err := <-sent; err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := rd.WaitTimeout(5 * time.Second); err != nil {
+			t.Fatalf("round %d: WaitTimeout = %v, want readable", i, err)
+		}
+		m, _, err := r.Recv(make([]byte, 16), zmq.DONTWAIT)
+		if err != nil || string(m) != "ping" {
+			t.Fatalf("round %d: Recv = %q, %v", i, m, err)
+		}
+		if delay != 0 {
+			if err := <-sent; err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	done := make(chan error, 1)
+	go func() { done <- rd.Wait() }()
+	rd.Interrupt()
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrInterrupted) {
+			t.Fatalf("Wait after Interrupt = %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Interrupt did not end Wait")
+	}
+	if err := rd.WaitTimeout(time.Second); !errors.Is(err, ErrInterrupted) {
+		t.Fatalf("WaitTimeout after Interrupt = %v, want ErrInterrupted", err)
+	}
+}

@@ -1,0 +1,72 @@
+package caddyzmq
+
+import (
+	"sync"
+	"sync/atomic"
+)
+
+// replyFrame is one received reply message in a pooled buffer. One frame
+// may name up to 128 connections (fan-out): each exchange it is queued on
+// holds a reference, and the buffer goes back to its pool when the last
+// one has written it to its client. A reference that is never released
+// (a request that ended early) only means the buffer is left to the GC.
+//
+// Pooling matters for big bodies: a fresh 256 KiB slice per frame made the
+// GC the largest cost of a download (see the README's large-body figures).
+type replyFrame struct {
+	buf   []byte
+	refs  atomic.Int32
+	class int8 // index into frameClasses; -1: not pooled
+}
+
+// frameClasses are the pooled buffer sizes. The receiver reads every frame
+// into a scratch buffer of the largest class; a frame that fits a smaller
+// class is copied into one, so that many small queued frames (SSE events
+// held back by a slow client) do not each pin a large buffer. The largest
+// class fits workerkit's biggest frame (256 KiB of body plus its prefix);
+// bigger frames (other Mongrel2 handlers) get a buffer of their own.
+var frameClasses = [...]int{512, 4 << 10, 32 << 10, 256<<10 + 4<<10}
+
+const bigFrameClass = len(frameClasses) - 1
+
+var framePools [len(frameClasses)]sync.Pool
+
+// newFrame returns a frame whose buffer holds n bytes, from the smallest
+// class that fits, with one reference.
+func newFrame(n int) *replyFrame {
+	for c, size := range frameClasses {
+		if n <= size {
+			return getFrame(c, n)
+		}
+	}
+	f := &replyFrame{buf: make([]byte, n), class: -1}
+	f.refs.Store(1)
+	return f
+}
+
+func getFrame(class, n int) *replyFrame {
+	f, _ := framePools[class].Get().(*replyFrame)
+	if f == nil {
+		f = &replyFrame{buf: make([]byte, frameClasses[class]), class: int8(class)}
+	}
+	f.buf = f.buf[:n]
+	f.refs.Store(1)
+	return f
+}
+
+func (f *replyFrame) retain() { f.refs.Add(1) }
+
+// release drops one reference; the last returns the buffer to its pool.
+func (f *replyFrame) release() {
+	if f == nil || f.refs.Add(-1) != 0 || f.class < 0 {
+		return
+	}
+	framePools[f.class].Put(f)
+}
+
+// queuedFrame is a reply body queued on an exchange: body lies in frame's
+// buffer.
+type queuedFrame struct {
+	body  []byte
+	frame *replyFrame
+}
