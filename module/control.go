@@ -191,7 +191,7 @@ func (c *controlPlane) run(zctx *zmq.Context, ready chan<- error, quit <-chan st
 		return
 	}
 	defer relayIn.Close()
-	scratch := &relayScratch{payload: make([]byte, streamChunk+4<<10)}
+	scratch := &relayScratch{id: make([]byte, 256), payload: make([]byte, streamChunk+4<<10)}
 	ready <- nil
 
 	lastSweep := time.Now()
@@ -256,7 +256,7 @@ func (c *controlPlane) relay(pair, router *zmq.Socket, in *zmqio.Receiver, scrat
 	for {
 		// Into reused buffers (libzmq copies again on send): a 256 KiB
 		// upload chunk allocates nothing.
-		id, err := scratch.recv(in, scratch.id[:], zmq.DONTWAIT)
+		id, err := scratch.recv(in, scratch.id, zmq.DONTWAIT)
 		if err != nil {
 			return
 		}
@@ -276,9 +276,11 @@ func (c *controlPlane) relay(pair, router *zmq.Socket, in *zmqio.Receiver, scrat
 	}
 }
 
-// relayScratch holds the buffers relay receives into.
+// relayScratch holds the buffers relay receives into. Each is an
+// allocation of its own: cgo checks the whole object a buffer lies in for
+// Go pointers.
 type relayScratch struct {
-	id      [256]byte
+	id      []byte
 	payload []byte
 }
 

@@ -99,7 +99,9 @@ func (r *Receiver) Close() {
 	r.msg = nil
 }
 
-// Recv receives one part into buf[:cap(buf)] and returns it, resliced, and
+// Recv receives one part into buf[:cap(buf)] (buf must be an allocation of
+// its own, not a field beside Go pointers: cgo's pointer check covers the
+// whole object) and returns it, resliced, and
 // whether more parts of the message follow. flags are zmq4's (zmq.DONTWAIT).
 // A part bigger than cap(buf) gives ErrTooBig: call Size and Take next.
 // Errors are zmq.Errno values, as pebbe/zmq4 returns them.
