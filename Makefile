@@ -5,7 +5,7 @@
 #   make run     Caddy on https://localhost:8443/ in front of bin/hello-worker
 #   make test    vet, unit + integration tests with -race, short fuzz runs
 #   make fuzz    the same fuzz targets for longer (FUZZTIME=60s)
-#   make bench   benchmarks (integration/bench)
+#   make bench   benchmarks (integration/bench): hello world, then large bodies
 #   make chaos   fault-injection suite (integration/chaos), table in bin/chaos.md
 #   make clean
 #
@@ -203,6 +203,7 @@ fuzz: deps
 # ---------------------------------------------------------------------------
 bench: deps build
 	$(GO) run ./integration/bench
+	$(GO) run ./integration/bench -large -rounds 3 -out $(BIN)/bench-large.json -svg $(BIN)/bench-large.svg
 
 # chaos: fault-injection suite, 30 s per scenario; table on stdout and in
 # bin/chaos.md (CHAOS_FLAGS=-short: 8 s per scenario).
