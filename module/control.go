@@ -178,13 +178,16 @@ func (c *controlPlane) run(zctx *zmq.Context, ready chan<- error, quit <-chan st
 	}
 	fwdDone := make(chan struct{})
 	fwdReady := make(chan error, 1)
-	go c.forward(zctx, fwdReady, quit, fwdDone)
+	// The forwarder stops when this owner does, however it ends: waiting
+	// for quit alone turned a panic here into a hang.
+	ownerDone := make(chan struct{})
+	go c.forward(zctx, fwdReady, ownerDone, fwdDone)
 	if err := <-fwdReady; err != nil {
 		<-fwdDone
 		ready <- err
 		return
 	}
-	defer func() { <-fwdDone }()
+	defer func() { close(ownerDone); <-fwdDone }()
 	relayIn, err := zmqio.NewReceiver(pair)
 	if err != nil {
 		ready <- fmt.Errorf("control relay: %w", err)
@@ -225,7 +228,7 @@ func (c *controlPlane) run(zctx *zmq.Context, ready chan<- error, quit <-chan st
 
 // forward moves messages from the Go channel onto the inproc pair. It owns
 // the pair's connecting end.
-func (c *controlPlane) forward(zctx *zmq.Context, ready chan<- error, quit <-chan struct{}, done chan<- struct{}) {
+func (c *controlPlane) forward(zctx *zmq.Context, ready chan<- error, stop <-chan struct{}, done chan<- struct{}) {
 	defer close(done)
 	s, err := zctx.NewSocket(zmq.PAIR)
 	if err != nil {
@@ -246,7 +249,7 @@ func (c *controlPlane) forward(zctx *zmq.Context, ready chan<- error, quit <-cha
 				_, _ = s.SendBytes(m.payload, 0)
 			}
 			putBodyChunk(m.pooled)
-		case <-quit:
+		case <-stop:
 			return
 		}
 	}
