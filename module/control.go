@@ -32,7 +32,7 @@ type ctlMsg struct {
 	worker  string
 	payload []byte
 	// pooled, when set, holds payload's buffer: the forwarder returns it
-	// to bodyChunkPool once libzmq has copied it.
+	// to bodyChunks once libzmq has copied it.
 	pooled *[]byte
 }
 
@@ -96,7 +96,7 @@ func (c *controlPlane) send(worker string, payload []byte) {
 	c.enqueue(ctlMsg{worker: worker, payload: payload})
 }
 
-// sendPooled is send for a payload in a bodyChunkPool buffer, which the
+// sendPooled is send for a payload in a bodyChunks buffer, which the
 // forwarder recycles.
 func (c *controlPlane) sendPooled(worker string, buf *[]byte) {
 	c.enqueue(ctlMsg{worker: worker, payload: *buf, pooled: buf})
@@ -107,7 +107,7 @@ func (c *controlPlane) enqueue(m ctlMsg) {
 	case c.in <- m:
 	default:
 		c.logger.Warn("control queue full, dropping message", zap.String("worker", m.worker))
-		putBodyChunk(m.pooled)
+		bodyChunks.put(m.pooled)
 	}
 }
 
@@ -248,7 +248,7 @@ func (c *controlPlane) forward(zctx *zmq.Context, ready chan<- error, stop <-cha
 			if _, err := s.SendBytes([]byte(m.worker), zmq.SNDMORE); err == nil {
 				_, _ = s.SendBytes(m.payload, 0)
 			}
-			putBodyChunk(m.pooled)
+			bodyChunks.put(m.pooled)
 		case <-stop:
 			return
 		}
@@ -259,11 +259,11 @@ func (c *controlPlane) relay(pair, router *zmq.Socket, in *zmqio.Receiver, scrat
 	for {
 		// Into reused buffers (libzmq copies again on send): a 256 KiB
 		// upload chunk allocates nothing.
-		id, err := scratch.recv(in, scratch.id, zmq.DONTWAIT)
+		id, _, err := in.RecvInto(scratch.id, zmq.DONTWAIT)
 		if err != nil {
 			return
 		}
-		payload, err := scratch.recv(in, scratch.payload, 0)
+		payload, _, err := in.RecvInto(scratch.payload, 0)
 		if err != nil {
 			return
 		}
@@ -287,15 +287,6 @@ type relayScratch struct {
 	payload []byte
 }
 
-// recv receives one part into buf, or, if it is bigger, into a new slice.
-func (relayScratch) recv(in *zmqio.Receiver, buf []byte, flags zmq.Flag) ([]byte, error) {
-	part, _, err := in.Recv(buf, flags)
-	if errors.Is(err, zmqio.ErrTooBig) {
-		return in.Take(make([]byte, in.Size())), nil
-	}
-	return part, err
-}
-
 // undeliverable fails the exchange of a REQ that could not be routed.
 func (c *controlPlane) undeliverable(payload []byte) {
 	frame, ok := bytes.CutPrefix(payload, []byte("REQ "))
@@ -309,10 +300,7 @@ func (c *controlPlane) undeliverable(payload []byte) {
 	if !ok {
 		return
 	}
-	c.t.mu.RLock()
-	ex := c.t.pending[id]
-	c.t.mu.RUnlock()
-	if ex != nil {
+	if ex := c.t.lookup(id); ex != nil {
 		ex.fail(errPinnedGone)
 	}
 }
@@ -374,10 +362,7 @@ func (c *controlPlane) handle(worker string, payload []byte) {
 				continue
 			}
 			c.acks.Add(1)
-			c.t.mu.RLock()
-			ex := c.t.pending[n]
-			c.t.mu.RUnlock()
-			if ex != nil {
+			if ex := c.t.lookup(n); ex != nil {
 				ex.setWorker(worker, wi)
 				if ex.session != "" {
 					c.t.pins.pinFirst(ex.session, worker, c.isLive)
@@ -399,10 +384,7 @@ func (c *controlPlane) handle(worker string, payload []byte) {
 			if !ok {
 				continue
 			}
-			c.t.mu.RLock()
-			ex := c.t.pending[n]
-			c.t.mu.RUnlock()
-			if ex != nil && ex.workerID() == "" {
+			if ex := c.t.lookup(n); ex != nil && ex.workerID() == "" {
 				ex.fail(errNotTaken)
 			}
 		}
@@ -415,10 +397,7 @@ func (c *controlPlane) handle(worker string, payload []byte) {
 		if !ok1 || !ok2 {
 			return
 		}
-		c.t.mu.RLock()
-		ex := c.t.pending[id]
-		c.t.mu.RUnlock()
-		if ex != nil && ex.upload != nil {
+		if ex := c.t.lookup(id); ex != nil && ex.upload != nil {
 			ex.upload.grant(int64(n))
 		}
 	case "RESET":

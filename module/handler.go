@@ -215,7 +215,7 @@ func (h *Handler) exchange(w http.ResponseWriter, r *http.Request, st *requestSt
 	if streaming {
 		st.enc.Add("ZMQX_BODY", "stream")
 	}
-	buf := getBuf()
+	buf := requestFrames.get()
 	*buf = mongrel2.AppendRequest(*buf, p.sender, string(connID), path, st.enc.Bytes(), body)
 
 	// Session affinity: address the worker that holds the session, if it
@@ -273,7 +273,7 @@ func (h *Handler) exchange(w http.ResponseWriter, r *http.Request, st *requestSt
 	if pinned != "" {
 		ex.addressed = pinned
 		t.control.sendRequest(pinned, *buf)
-		putBuf(buf)
+		requestFrames.put(buf)
 	} else if err := t.submit(buf, ex); err != nil {
 		return err
 	}
@@ -307,7 +307,7 @@ func (h *Handler) exchange(w http.ResponseWriter, r *http.Request, st *requestSt
 		}
 		if up.done {
 			h.encodeHeaders(&st.enc, r, path, up.size, ip, p.ControlEndpoint != "", dispatchBy, up, true)
-			done := getBuf()
+			done := requestFrames.get()
 			*done = mongrel2.AppendRequest(*done, p.sender, string(connID), path, st.enc.Bytes(), nil)
 			if err := t.submit(done, ex); err != nil {
 				return err

@@ -123,7 +123,7 @@ func (h *Handler) pumpUpload(r *http.Request, t *transport, ex *exchange, done <
 				if !ok {
 					return
 				}
-				msg := getBodyChunk()
+				msg := bodyChunks.get()
 				*msg = append(*msg, "BODY "...)
 				*msg = append(*msg, id...)
 				*msg = append(*msg, ' ')
@@ -143,22 +143,5 @@ func (h *Handler) pumpUpload(r *http.Request, t *transport, ex *exchange, done <
 			t.control.send(worker, append([]byte("BODYERR "), id...))
 			return
 		}
-	}
-}
-
-// bodyChunkPool recycles the BODY messages of streamed uploads: the
-// forwarder returns each once libzmq has copied it, so an upload of any
-// size makes no garbage per chunk.
-var bodyChunkPool = sync.Pool{New: func() any { b := make([]byte, 0, streamChunk+64); return &b }}
-
-func getBodyChunk() *[]byte {
-	b := bodyChunkPool.Get().(*[]byte)
-	*b = (*b)[:0]
-	return b
-}
-
-func putBodyChunk(b *[]byte) {
-	if b != nil && cap(*b) <= streamChunk+64 {
-		bodyChunkPool.Put(b)
 	}
 }

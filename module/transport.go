@@ -27,8 +27,9 @@ var transports = caddy.NewUsagePool()
 // I/O threads; sockets come and go with configs, the context stays).
 var zmqContext = sync.OnceValues(func() (*zmq.Context, error) { return zmq.NewContext() })
 
-// recvPollInterval bounds how long the reply owner sits in Recv before it
-// checks whether it must stop; it only affects shutdown latency.
+// recvPollInterval bounds how long an owner blocked in a receive or poll
+// (the control plane, the socket monitor) takes to notice it must stop,
+// and how long the reply owner backs off after a socket error.
 const recvPollInterval = 100 * time.Millisecond
 
 // outQueueSize is the depth of the Go channel in front of the request
@@ -248,7 +249,7 @@ func (t *transport) runSender(zctx *zmq.Context, ready chan<- error) {
 					if m.ex != nil {
 						m.ex.fail(errStopped)
 					}
-					putBuf(m.buf)
+					requestFrames.put(m.buf)
 				default:
 					return
 				}
@@ -259,7 +260,7 @@ func (t *transport) runSender(zctx *zmq.Context, ready chan<- error) {
 
 func (t *transport) send(sock *zmq.Socket, m outMsg) {
 	_, err := sock.SendBytes(*m.buf, zmq.DONTWAIT)
-	putBuf(m.buf)
+	requestFrames.put(m.buf)
 	if err == nil {
 		t.sent.Add(1)
 		return
@@ -284,10 +285,6 @@ func (t *transport) runReceiver(zctx *zmq.Context, ready chan<- error) {
 	}
 	defer sock.Close()
 	if err := t.configure(sock); err != nil {
-		ready <- fmt.Errorf("configuring reply socket: %w", err)
-		return
-	}
-	if err := sock.SetRcvtimeo(recvPollInterval); err != nil {
 		ready <- fmt.Errorf("configuring reply socket: %w", err)
 		return
 	}
@@ -483,6 +480,13 @@ func (t *transport) register(maxBuffered int, retryable bool) *exchange {
 	return ex
 }
 
+// lookup returns the pending exchange of connection id, or nil.
+func (t *transport) lookup(id uint64) *exchange {
+	t.mu.RLock()
+	defer t.mu.RUnlock()
+	return t.pending[id]
+}
+
 // failWorker fails every pending exchange that worker had acknowledged.
 func (t *transport) failWorker(worker string, err error) int {
 	n := 0
@@ -509,10 +513,10 @@ func (t *transport) submit(buf *[]byte, ex *exchange) error {
 	case t.out <- outMsg{buf: buf, ex: ex}:
 		return nil
 	case <-t.quit:
-		putBuf(buf)
+		requestFrames.put(buf)
 		return errStopped
 	default:
-		putBuf(buf)
+		requestFrames.put(buf)
 		return errQueueFull
 	}
 }
@@ -530,7 +534,7 @@ func (t *transport) notifyDisconnect(ex *exchange) {
 		return
 	}
 	id := ex.id
-	buf := getBuf()
+	buf := requestFrames.get()
 	*buf = mongrel2.AppendDisconnect(*buf, t.cfg.sender, string(mongrel2.AppendUint(nil, id)))
 	_ = t.submit(buf, nil)
 }
@@ -652,24 +656,4 @@ func (ex *exchange) take(spare []queuedFrame) ([]queuedFrame, error) {
 	err := ex.err
 	ex.mu.Unlock()
 	return q, err
-}
-
-// bufPool recycles request frames: they are built by the request goroutine
-// and released by the send owner once libzmq has copied them.
-var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 2048); return &b }}
-
-func getBuf() *[]byte {
-	b := bufPool.Get().(*[]byte)
-	*b = (*b)[:0]
-	return b
-}
-
-// maxPooledBuf keeps one huge upload from pinning its buffer in the pool.
-const maxPooledBuf = 256 << 10
-
-func putBuf(b *[]byte) {
-	if cap(*b) > maxPooledBuf {
-		return
-	}
-	bufPool.Put(b)
 }

@@ -376,22 +376,7 @@ func (c *ctlConn) runWaker(ep string, quit <-chan struct{}, done chan<- struct{}
 
 // send sends one control message; false if there is no control connection
 // (or its queue is full), which is never worth waiting for.
-func (o *ctlOwner) send(msg string) bool {
-	if o.c.lapsed() {
-		return false // checkLease must run first (lease.go)
-	}
-	if o.needHello {
-		o.hello()
-	}
-	_, err := o.sock.Send(msg, zmq.DONTWAIT)
-	if err != nil && !isEAGAIN(err) {
-		o.c.fe.log.Warn("control: send", "msg", msg, "err", err)
-	}
-	if err == nil {
-		o.c.noteSent()
-	}
-	return err == nil
-}
+func (o *ctlOwner) send(msg string) bool { return o.sendBytes([]byte(msg)) }
 
 // sendBytes is send for a message built in a buffer.
 func (o *ctlOwner) sendBytes(msg []byte) bool {

@@ -99,10 +99,10 @@ func (r *Receiver) Close() {
 	r.msg = nil
 }
 
-// Recv receives one part into buf[:cap(buf)] (buf must be an allocation of
+// Recv receives one part into buf[:cap(buf)] and returns it, resliced, and
+// whether more parts of the message follow. buf must be an allocation of
 // its own, not a field beside Go pointers: cgo's pointer check covers the
-// whole object) and returns it, resliced, and
-// whether more parts of the message follow. flags are zmq4's (zmq.DONTWAIT).
+// whole object. flags are zmq4's (zmq.DONTWAIT).
 // A part bigger than cap(buf) gives ErrTooBig: call Size and Take next.
 // Errors are zmq.Errno values, as pebbe/zmq4 returns them.
 func (r *Receiver) Recv(buf []byte, flags zmq.Flag) (part []byte, more bool, err error) {
@@ -126,6 +126,16 @@ func (r *Receiver) Recv(buf []byte, flags zmq.Flag) (part []byte, more bool, err
 	return buf[:n], cmore != 0, nil
 }
 
+// RecvInto is Recv for callers that take any size: a part bigger than buf
+// comes in a new slice of its size instead of ErrTooBig.
+func (r *Receiver) RecvInto(buf []byte, flags zmq.Flag) (part []byte, more bool, err error) {
+	part, more, err = r.Recv(buf, flags)
+	if errors.Is(err, ErrTooBig) {
+		return r.Take(make([]byte, r.big)), more, nil
+	}
+	return part, more, err
+}
+
 // RecvCopy receives one part into a new slice of its exact size, for
 // callers that keep parts (two cgo calls at most, one up to 64 KiB).
 func (r *Receiver) RecvCopy(flags zmq.Flag) ([]byte, error) {
@@ -134,7 +144,7 @@ func (r *Receiver) RecvCopy(flags zmq.Flag) ([]byte, error) {
 	}
 	part, _, err := r.Recv(r.scratch, flags)
 	if errors.Is(err, ErrTooBig) {
-		return r.Take(make([]byte, r.big)), nil
+		return r.Take(make([]byte, r.big)), nil // a slice of its own already
 	}
 	if err != nil {
 		return nil, err

@@ -203,3 +203,27 @@ func TestReadiness(t *testing.T) {
 		t.Fatalf("WaitTimeout after Interrupt = %v, want ErrInterrupted", err)
 	}
 }
+
+// TestRecvInto: a part that fits lands in the buffer; a bigger one comes
+// in a slice of its own, with no ErrTooBig.
+func TestRecvInto(t *testing.T) {
+	tx, rx := pair(t)
+	r, err := NewReceiver(rx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	buf := make([]byte, 8)
+	for _, want := range [][]byte{[]byte("fits"), []byte("does not fit")} {
+		if _, err := tx.SendBytes(want, 0); err != nil {
+			t.Fatal(err)
+		}
+		got, _, err := r.RecvInto(buf, 0)
+		if err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("RecvInto = %q, %v; want %q", got, err, want)
+		}
+		if inBuf := &got[0] == &buf[0]; inBuf != (len(want) <= len(buf)) {
+			t.Fatalf("%q: in the caller's buffer = %v", want, inBuf)
+		}
+	}
+}

@@ -1,0 +1,66 @@
+package caddyzmq
+
+import (
+	"bytes"
+	"testing"
+)
+
+func TestNewFrameClass(t *testing.T) {
+	big := frameClasses[bigFrameClass]
+	tests := []struct {
+		n         int
+		wantClass int8
+	}{
+		{0, 0}, {1, 0}, {512, 0}, {513, 1}, {4 << 10, 1}, {4<<10 + 1, 2},
+		{32 << 10, 2}, {32<<10 + 1, 3}, {big, 3}, {big + 1, -1}, {4 << 20, -1},
+	}
+	for _, tc := range tests {
+		f := newFrame(tc.n)
+		if f.class != tc.wantClass || len(f.buf) != tc.n || f.refs.Load() != 1 {
+			t.Errorf("newFrame(%d): class %d, len %d, refs %d; want class %d, len %d, refs 1",
+				tc.n, f.class, len(f.buf), f.refs.Load(), tc.wantClass, tc.n)
+		}
+		if f.class >= 0 && cap(f.buf) != frameClasses[f.class] {
+			t.Errorf("newFrame(%d): cap %d, want the class size %d", tc.n, cap(f.buf), frameClasses[f.class])
+		}
+		f.release()
+	}
+}
+
+func TestFrameRefs(t *testing.T) {
+	f := newFrame(10)
+	f.retain()
+	f.retain()
+	f.release()
+	if n := f.refs.Load(); n != 2 {
+		t.Fatalf("refs = %d after 2 retains and 1 release, want 2", n)
+	}
+	f.release()
+	f.release()
+	if n := f.refs.Load(); n != 0 {
+		t.Fatalf("refs = %d, want 0", n)
+	}
+	var none *replyFrame
+	none.release() // a no-op, as for a body queued without a frame
+}
+
+// TestFrameOf: a small part is copied out of the scratch buffer, which is
+// kept; a big one takes the scratch buffer, and a fresh one replaces it.
+func TestFrameOf(t *testing.T) {
+	scratch := getFrame(bigFrameClass, 0)
+	small := append(scratch.buf[:0], "HTTP/1.1 200 OK\r\n\r\n"...)
+	f, next := frameOf(small, scratch)
+	if next != scratch || f == scratch || !bytes.Equal(f.buf, small) || f.class != 0 {
+		t.Fatalf("small part: frame %p (class %d, %q), next %p; scratch %p", f, f.class, f.buf, next, scratch)
+	}
+	n := frameClasses[bigFrameClass-1] + 1
+	large := scratch.buf[:n]
+	large[n-1] = 'z'
+	f, next = frameOf(large, scratch)
+	if f != scratch || next == scratch || len(f.buf) != n || f.buf[n-1] != 'z' {
+		t.Fatalf("big part: frame %p len %d, next %p; scratch %p", f, len(f.buf), next, scratch)
+	}
+	if int(next.class) != bigFrameClass || len(next.buf) != 0 || cap(next.buf) != frameClasses[bigFrameClass] {
+		t.Fatalf("new scratch: class %d, len %d, cap %d", next.class, len(next.buf), cap(next.buf))
+	}
+}
