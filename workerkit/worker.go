@@ -20,6 +20,7 @@ import (
 
 	zmq "github.com/pebbe/zmq4"
 
+	"github.com/zmqbridge/caddy-zmq/internal/zmqio"
 	"github.com/zmqbridge/caddy-zmq/workerkit/mongrel2"
 )
 
@@ -328,6 +329,7 @@ func (w *Worker) serve(ctx context.Context, force <-chan struct{}) error {
 		timeout = DefaultShutdownTimeout
 	}
 
+	zmqio.TuneMalloc() // libzmq's large frames; see there
 	zctx, err := zmq.NewContext()
 	if err != nil {
 		return fmt.Errorf("workerkit: new ZeroMQ context: %w", err)

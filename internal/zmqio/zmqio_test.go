@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"os"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -225,5 +226,35 @@ func TestRecvInto(t *testing.T) {
 		if inBuf := &got[0] == &buf[0]; inBuf != (len(want) <= len(buf)) {
 			t.Fatalf("%q: in the caller's buffer = %v", want, inBuf)
 		}
+	}
+}
+
+func TestUserTunedMalloc(t *testing.T) {
+	for _, tc := range []struct {
+		env  []string
+		want bool
+	}{
+		{nil, false},
+		{[]string{"PATH=/bin", "HOME=/root"}, false},
+		{[]string{"GLIBC_TUNABLES=glibc.malloc.mmap_threshold=65536"}, true},
+		{[]string{"GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX2"}, false},
+		{[]string{"GLIBC_TUNABLES=glibc.malloc.arena_max=2:glibc.malloc.trim_threshold=0"}, true},
+		{[]string{"MALLOC_TRIM_THRESHOLD_=0"}, true},
+		{[]string{"MALLOC_MMAP_THRESHOLD_=131072"}, true},
+		{[]string{"MALLOC_ARENA_MAX=2"}, false},
+	} {
+		if got := userTunedMalloc(tc.env); got != tc.want {
+			t.Errorf("userTunedMalloc(%q) = %v, want %v", tc.env, got, tc.want)
+		}
+	}
+}
+
+func TestTuneMallocOnce(t *testing.T) {
+	first := TuneMalloc()
+	if userTunedMalloc(os.Environ()) && first {
+		t.Fatal("TuneMalloc changed the user's malloc settings")
+	}
+	if TuneMalloc() {
+		t.Fatal("TuneMalloc applied twice")
 	}
 }
