@@ -49,7 +49,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		if cap(st.body) > maxPooledBody {
 			st.body = nil
 		}
-		clear(st.frames)
+		clear(st.frames[:cap(st.frames)]) // earlier, longer takes left pointers past len
 		st.rr.Release()
 		st.lazyBody, st.bodyConsumed = false, false
 		statePool.Put(st)
@@ -363,7 +363,7 @@ func (h *Handler) exchange(w http.ResponseWriter, r *http.Request, st *requestSt
 			return nil
 		}
 
-		frames, xerr := ex.take(st.frames)
+		frames, xerr := ex.take(st.frames[:0])
 		st.frames = frames
 		gotFrames = gotFrames || len(frames) > 0
 		for _, qf := range frames {

@@ -8,10 +8,12 @@ import (
 	"net/http/httptest"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+	"weak"
 
 	"github.com/caddyserver/caddy/v2"
 	zmq "github.com/pebbe/zmq4"
@@ -192,6 +194,91 @@ func TestServeRoundTrip(t *testing.T) {
 	}
 	if r.Sender != env.h.pools[0].sender || r.Path != "/a/b" {
 		t.Errorf("sender %q path %q", r.Sender, r.Path)
+	}
+}
+
+// Every exchange must be garbage once its request is served: nothing
+// long-lived (the pending map, worker tables, queues) may keep it. The chain
+// through the pooled per-request state that once kept them all is pinned
+// down by TestTakeKeepsNoExchangeAlive: here the GC may drop that state from
+// its pool, and the chain with it.
+func TestServedExchangesAreCollected(t *testing.T) {
+	env := newTestEnv(t, nil)
+	tr := env.h.pools[0].transport
+	var mu sync.Mutex
+	var served []weak.Pointer[exchange]
+	fw := startFakeWorker(t, env.reqEP, env.repEP, func(r *mongrel2.Request) [][]byte {
+		if r.IsDisconnect() {
+			return nil
+		}
+		if id, err := strconv.ParseUint(r.ConnID, 10, 64); err == nil {
+			if ex := tr.lookup(id); ex != nil {
+				mu.Lock()
+				served = append(served, weak.Make(ex))
+				mu.Unlock()
+			}
+		}
+		return okReply("ok")
+	})
+	env.waitForWorker(t)
+	drained := make(chan struct{})
+	defer close(drained)
+	go func() {
+		for {
+			select {
+			case <-fw.seen:
+			case <-drained:
+				return
+			}
+		}
+	}()
+	client := &http.Client{Timeout: testDeadline}
+	get := func(i int) {
+		resp, err := client.Get(env.srv.URL + "/" + strconv.Itoa(i))
+		if err != nil {
+			t.Fatal(err)
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != 200 {
+			t.Fatalf("request %d: status %d", i, resp.StatusCode)
+		}
+	}
+	const n = 50
+	mu.Lock()
+	served = served[:0] // not the readiness probes
+	mu.Unlock()
+	for i := range n {
+		get(i)
+	}
+	alive := func() int {
+		mu.Lock()
+		defer mu.Unlock()
+		if len(served) < n {
+			t.Fatalf("worker saw %d of the %d requests pending", len(served), n)
+		}
+		k := 0
+		for _, w := range served[:n] {
+			if w.Value() != nil {
+				k++
+			}
+		}
+		return k
+	}
+	// Requests keep coming between collections, as under load: the pooled
+	// per-request state stays in use instead of being dropped by the GC
+	// (which would hide a chain hanging off it).
+	deadline := time.Now().Add(testDeadline)
+	for i := n; ; i++ {
+		runtime.GC()
+		k := alive()
+		if k == 0 {
+			break
+		}
+		if time.Now().After(deadline) || i > 20*n {
+			t.Fatalf("%d of %d served exchanges still reachable", k, n)
+		}
+		get(i)
 	}
 }
 

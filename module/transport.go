@@ -648,15 +648,23 @@ func (ex *exchange) wake() {
 	}
 }
 
-// take returns the queued frames (reusing spare as the next queue) and the
-// error, if any, that ended the exchange. Frames queued before an error are
-// returned with it. The caller releases each frame once it is written.
-func (ex *exchange) take(spare []queuedFrame) ([]queuedFrame, error) {
+// take appends the queued frames to dst and empties the queue, returning
+// them with the error, if any, that ended the exchange. Frames queued
+// before an error are returned with it. The caller releases each frame once
+// it is written.
+//
+// The frames are copied, not handed over with the queue's backing array:
+// that array may be the exchange's own queueBuf, and a caller that kept it
+// for the next request (as the pooled requestState does) would make every
+// exchange keep the previous one alive, a chain as long as the process has
+// served requests.
+func (ex *exchange) take(dst []queuedFrame) ([]queuedFrame, error) {
 	ex.mu.Lock()
-	q := ex.queue
-	ex.queue = spare[:0]
+	dst = append(dst, ex.queue...)
+	clear(ex.queue)
+	ex.queue = ex.queue[:0]
 	ex.queuedBytes = 0
 	err := ex.err
 	ex.mu.Unlock()
-	return q, err
+	return dst, err
 }

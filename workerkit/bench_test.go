@@ -63,6 +63,7 @@ func BenchmarkRequestPath(b *testing.B) {
 				maxConc:  1,
 				sem:      make(chan struct{}, 1),
 				stop:     make(chan struct{}),
+				idle:     make(chan *flight),
 				base:     base,
 				inflight: make(map[flightKey]*flight),
 				members:  make(map[*member]struct{}),
@@ -94,6 +95,7 @@ func BenchmarkRequestPath(b *testing.B) {
 				}
 			}
 			s.sem <- struct{}{} // the last handler has finished
+			close(s.stop)       // and its goroutine exits
 			// CPU time is steadier than wall time on a busy machine.
 			b.ReportMetric(float64(cpuTime()-cpu0)/float64(b.N), "cpu-ns/op")
 		})

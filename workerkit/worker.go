@@ -191,7 +191,10 @@ type server struct {
 	base     context.Context
 	handlers sync.WaitGroup
 	running  atomic.Int64 // handlers running, for logs
-	rcvHWM   int
+	// idle hands a request to a handler goroutine waiting for its next one
+	// (see run); unbuffered, so a send succeeds only if one is waiting.
+	idle   chan *flight
+	rcvHWM int
 	// dropped counts requests never started: past their dispatch deadline
 	// (late), or not acknowledgeable although they carry one (unacked).
 	droppedLate, droppedUnacked atomic.Int64
@@ -344,6 +347,7 @@ func (w *Worker) serve(ctx context.Context, force <-chan struct{}) error {
 		maxConc:  maxConc,
 		sem:      make(chan struct{}, maxConc),
 		stop:     make(chan struct{}),
+		idle:     make(chan *flight),
 		errc:     make(chan error, 2*len(w.FrontEnds)),
 		base:     hardCtx,
 		rcvHWM:   maxConc,
@@ -1084,7 +1088,47 @@ func (s *server) start(fl *flight) {
 	}
 	s.handlers.Add(1)
 	s.running.Add(1)
-	go s.serveRequest(fl)
+	s.run(fl)
+}
+
+// handlerIdle is how long a handler goroutine waits for its next request
+// before it exits.
+const handlerIdle = 10 * time.Second
+
+// run serves fl on a handler goroutine that is waiting for work, or on a new
+// one. Goroutines are reused because a fresh one per request cost about a
+// tenth of a hello worker's CPU under load (pprof: newproc and the growth of
+// every new stack to the depth of net/http handlers); a waiting one already
+// has its stack. At most as many wait as ever ran at once (maxConc), and
+// only for handlerIdle.
+func (s *server) run(fl *flight) {
+	select {
+	case s.idle <- fl:
+	default:
+		go s.handlerLoop(fl)
+	}
+}
+
+func (s *server) handlerLoop(fl *flight) {
+	var idle *time.Timer
+	for {
+		s.serveRequest(fl)
+		if idle == nil {
+			idle = time.NewTimer(handlerIdle)
+		} else {
+			idle.Reset(handlerIdle)
+		}
+		select {
+		case fl = <-s.idle:
+		case <-idle.C:
+			return
+		case <-s.stop:
+			// Requests started from now on (those held at shutdown)
+			// find no waiting goroutine and get their own.
+			idle.Stop()
+			return
+		}
+	}
 }
 
 // discard forgets an admitted request that will not start.
