@@ -25,10 +25,7 @@ var transports = caddy.NewUsagePool()
 
 // zmqContext is the one libzmq context of the process (each context starts
 // I/O threads; sockets come and go with configs, the context stays).
-var zmqContext = sync.OnceValues(func() (*zmq.Context, error) {
-	zmqio.TuneMalloc() // libzmq's large frames; see there
-	return zmq.NewContext()
-})
+var zmqContext = sync.OnceValues(zmqio.NewContext)
 
 // recvPollInterval bounds how long an owner blocked in a receive or poll
 // (the control plane, the socket monitor) takes to notice it must stop,

@@ -332,8 +332,7 @@ func (w *Worker) serve(ctx context.Context, force <-chan struct{}) error {
 		timeout = DefaultShutdownTimeout
 	}
 
-	zmqio.TuneMalloc() // libzmq's large frames; see there
-	zctx, err := zmq.NewContext()
+	zctx, err := zmqio.NewContext()
 	if err != nil {
 		return fmt.Errorf("workerkit: new ZeroMQ context: %w", err)
 	}

@@ -17,6 +17,8 @@ import (
 	"os"
 	"strings"
 	"sync"
+
+	zmq "github.com/pebbe/zmq4"
 )
 
 // Thresholds for glibc's allocator, which libzmq uses for every message
@@ -33,26 +35,29 @@ const (
 	trimThreshold = 16 << 20
 )
 
+// NewContext makes a libzmq context, the first time in the process after
+// setting glibc's malloc thresholds for libzmq's large frames (see
+// mmapThreshold) unless the user set them.
+func NewContext() (*zmq.Context, error) {
+	tuneOnce.Do(func() { tuneMalloc(os.Environ()) })
+	return zmq.NewContext()
+}
+
 var tuneOnce sync.Once
 
-// TuneMalloc sets glibc's malloc thresholds for libzmq's large message
-// bodies (see mmapThreshold) once per process. It leaves them alone when
-// the user set either threshold (GLIBC_TUNABLES, or glibc's older
-// MALLOC_MMAP_THRESHOLD_ and MALLOC_TRIM_THRESHOLD_), and does nothing on a
-// C library other than glibc. It reports whether it changed them.
-func TuneMalloc() bool {
-	changed := false
-	tuneOnce.Do(func() {
-		if userTunedMalloc(os.Environ()) {
-			return
-		}
-		changed = C.zmqio_tune_malloc(C.int(mmapThreshold), C.int(trimThreshold)) != 0
-	})
-	return changed
+// tuneMalloc sets the thresholds unless env sets either of them
+// (GLIBC_TUNABLES, or glibc's older MALLOC_MMAP_THRESHOLD_ and
+// MALLOC_TRIM_THRESHOLD_); it does nothing on a C library other than glibc.
+// It reports whether it set them.
+func tuneMalloc(env []string) bool {
+	if userTunedMalloc(env) {
+		return false
+	}
+	return C.zmqio_tune_malloc(C.int(mmapThreshold), C.int(trimThreshold)) != 0
 }
 
 // userTunedMalloc reports whether env sets one of the thresholds
-// TuneMalloc would set.
+// tuneMalloc would set.
 func userTunedMalloc(env []string) bool {
 	for _, kv := range env {
 		name, value, _ := strings.Cut(kv, "=")
