@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -285,7 +286,7 @@ func TestReloadUnderLoad(t *testing.T) {
 				}
 				url := c.HTTPSURL("/load?sleep=" + sleep + "&token=" + tok)
 				r, reused, err := doTraced(client, url, tok)
-				if err != nil && (reused || errors.Is(err, io.EOF)) {
+				if err != nil && (reused || errors.Is(err, io.EOF) || errors.Is(err, syscall.ECONNRESET)) {
 					// An idle keep-alive connection closed by the old
 					// server just as this request went out on it (Caddy
 					// shows the same with reverse_proxy). Clients may
@@ -294,7 +295,8 @@ func TestReloadUnderLoad(t *testing.T) {
 					retried.Add(1)
 					// Also seen: EOF right after the TLS handshake of a
 					// fresh connection that the old server accepted as it
-					// shut down; no handler ran (nothing is logged).
+					// shut down; no handler ran (nothing is logged). Or,
+					// the same, a reset as the request is written to it.
 					t.Logf("client %d (%s): %v: no response started; retrying once", i, m.Name, err)
 					r, _, err = doTraced(client, url, tok)
 				}
