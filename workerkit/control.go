@@ -3,6 +3,7 @@ package workerkit
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -12,6 +13,8 @@ import (
 	"time"
 
 	zmq "github.com/pebbe/zmq4"
+
+	"github.com/zmqbridge/caddy-zmq/internal/zmqio"
 )
 
 // The control channel, protocol extension zmqx/1: one DEALER per front end,
@@ -189,6 +192,8 @@ type ctlOwner struct {
 	batch     []*flight // ACKs being sent; swapped with ctlConn.acks
 	grants    []ugrant  // UCREDITs being sent; swapped with ctlConn.grants
 	buf       []byte    // ACK message being built
+	rcv       *zmqio.Receiver
+	rbuf      *[]byte // the next message is received into it (ctlBufs)
 }
 
 // run owns the DEALER, its monitor and the receiving end of the waker.
@@ -249,11 +254,18 @@ func (c *ctlConn) run(ready chan<- error, quit <-chan struct{}) {
 			err = wakeRx.Bind(wakeEP)
 		}
 	}
+	var rcv *zmqio.Receiver
+	if err == nil {
+		rcv, err = zmqio.NewReceiver(dealer)
+	}
 	if err == nil {
 		err = dealer.Connect(fe.cfg.Control)
 	}
 	if err != nil {
 		err = fmt.Errorf("workerkit: control socket for %s: %w", fe.cfg.Control, err)
+		if rcv != nil {
+			rcv.Close()
+		}
 		closeAll()
 		ready <- err
 		return
@@ -265,7 +277,7 @@ func (c *ctlConn) run(ready chan<- error, quit <-chan struct{}) {
 	wakerDone := make(chan struct{})
 	go c.runWaker(wakeEP, quit, wakerDone)
 
-	o := &ctlOwner{c: c, sock: dealer}
+	o := &ctlOwner{c: c, sock: dealer, rcv: rcv}
 	poller := zmq.NewPoller()
 	dealerID := poller.Add(dealer, zmq.POLLIN)
 	poller.Add(mon, zmq.POLLIN)
@@ -281,6 +293,10 @@ func (c *ctlConn) run(ready chan<- error, quit <-chan struct{}) {
 			c.ackMu.Unlock()
 			_ = dealer.Monitor("", 0)
 			_ = dealer.SetLinger(ctlCloseLinger)
+			rcv.Close()
+			if o.rbuf != nil {
+				ctlBufs.Put(o.rbuf)
+			}
 			closeAll()
 			<-wakerDone
 			return
@@ -519,21 +535,31 @@ func (o *ctlOwner) drainAcks() {
 
 func (o *ctlOwner) receive() {
 	for {
-		msg, err := o.sock.RecvBytes(zmq.DONTWAIT)
-		if err != nil {
+		if o.rbuf == nil {
+			o.rbuf = ctlBufs.Get().(*[]byte)
+		}
+		msg, _, err := o.rcv.Recv(*o.rbuf, zmq.DONTWAIT)
+		switch {
+		case err == nil:
+			if o.handle(msg, o.rbuf) {
+				o.rbuf = nil
+			}
+		case errors.Is(err, zmqio.ErrTooBig):
+			o.handle(o.rcv.Take(make([]byte, o.rcv.Size())), nil)
+		default:
 			if !isEAGAIN(err) {
 				o.c.fe.log.Error("control: receive", "err", err)
 			}
 			return
 		}
-		o.handle(msg)
 	}
 }
 
 // handle acts on one message from the front end. Unknown verbs are ignored,
 // so that the front end can grow the protocol; empty frames (an envelope
-// delimiter) too.
-func (o *ctlOwner) handle(msg []byte) {
+// delimiter) too. msg lies in buf, a ctlBufs buffer, or in a slice of its
+// own if buf is nil; handle reports whether it kept buf.
+func (o *ctlOwner) handle(msg []byte, buf *[]byte) (kept bool) {
 	fe := o.c.fe
 	verb, rest, _ := bytes.Cut(msg, []byte{' '})
 	switch string(verb) {
@@ -554,8 +580,11 @@ func (o *ctlOwner) handle(msg []byte) {
 		// was admitted (registered) when its REQ arrived, before this.
 		fe.s.cancelFlights(flightKey{fe, string(rest)}, "")
 	case "REQ":
-		// msg is ours (a fresh buffer from RecvBytes): the request may
-		// alias it.
+		// The request may alias what it is given: a message in a
+		// reused buffer is copied out first.
+		if buf != nil {
+			rest = bytes.Clone(rest)
+		}
 		o.c.addressed(rest)
 	case "BODY":
 		// BODY <conn_id> <bytes>: the bytes may be anything, spaces too.
@@ -564,8 +593,9 @@ func (o *ctlOwner) handle(msg []byte) {
 			fe.log.Warn("control: malformed BODY", "msg", printable(msg, 100))
 			return
 		}
-		// msg is ours: the upload keeps data without copying it.
-		fe.s.deliverBody(flightKey{fe, string(conn)}, data)
+		// The upload keeps data, and buf with it, without copying.
+		fe.s.deliverBody(flightKey{fe, string(conn)}, bodyChunk{data: data, buf: buf})
+		return true
 	case "BODYEND", "BODYERR":
 		if !isConnID(rest) {
 			fe.log.Warn("control: malformed "+string(verb), "msg", printable(msg, 100))
@@ -592,6 +622,7 @@ func (o *ctlOwner) handle(msg []byte) {
 	default:
 		fe.log.Debug("control: ignoring unknown message", "msg", printable(msg, 100))
 	}
+	return false
 }
 
 func isConnID(b []byte) bool {

@@ -58,7 +58,7 @@ type upload struct {
 	length int64 // content-length, -1 if unknown
 
 	mu       sync.Mutex
-	chunks   [][]byte // delivered, not yet read; chunks[0][off:] is next
+	chunks   []bodyChunk // delivered, not yet read; chunks[0].data[off:] is next
 	off      int
 	buffered int64 // bytes in chunks, never more than window
 	received int64 // bytes delivered in all
@@ -89,12 +89,15 @@ func (u *upload) open() bool {
 	return !u.closed && u.end == nil
 }
 
-// deliver buffers one BODY message's bytes (p is the caller's to give: it is
-// kept, not copied). Called by the control channel's owner.
-func (u *upload) deliver(p []byte) {
+// deliver buffers one BODY message's bytes (c is the caller's to give: it is
+// kept, not copied, and released once read or dropped). Called by the
+// control channel's owner.
+func (u *upload) deliver(c bodyChunk) {
+	p := c.data
 	u.mu.Lock()
 	if u.closed || u.end != nil {
 		u.mu.Unlock()
+		c.release()
 		if testHookUploadDropped != nil {
 			testHookUploadDropped(u.connID)
 		}
@@ -105,14 +108,17 @@ func (u *upload) deliver(p []byte) {
 		// window, which is the whole point of it.
 		u.failLocked(errUploadOverrun)
 		u.mu.Unlock()
+		c.release()
 		u.ctl.fe.log.Warn("streamed request body: the front end sent beyond the window; failing the body",
 			"conn", u.connID, "window", u.window)
 		return
 	}
 	if len(p) > 0 {
-		u.chunks = append(u.chunks, p)
+		u.chunks = append(u.chunks, c)
 		u.buffered += int64(len(p))
 		u.received += int64(len(p))
+	} else {
+		c.release()
 	}
 	buffered := u.buffered
 	u.mu.Unlock()
@@ -141,31 +147,38 @@ func (u *upload) finish(err error) {
 // failLocked ends the body with err at once, dropping what is buffered.
 func (u *upload) failLocked(err error) {
 	u.end = err
-	clear(u.chunks)
-	u.chunks, u.off, u.buffered = nil, 0, 0
+	u.dropLocked()
 	u.signal()
 }
 
-// Read implements io.Reader for the handler. It blocks until some of the
-// body is there, and grants credit as the handler consumes it.
-func (u *upload) Read(p []byte) (int, error) {
-	u.mu.Lock()
-	defer u.mu.Unlock()
+// dropLocked releases everything buffered.
+func (u *upload) dropLocked() {
+	for _, c := range u.chunks {
+		c.release()
+	}
+	clear(u.chunks)
+	u.chunks, u.off, u.buffered = nil, 0, 0
+}
+
+// waitLocked waits, with u.mu held (and released while waiting), until
+// some of the body is buffered (nil) or it is over (why). empty reports a
+// zero-length read, which returns at once.
+func (u *upload) waitLocked(empty bool) error {
 	for {
 		if u.closed {
-			return 0, http.ErrBodyReadAfterClose
+			return http.ErrBodyReadAfterClose
 		}
 		if u.ctx.Err() != nil {
-			return 0, errClientGone
+			return errClientGone
 		}
 		if u.buffered > 0 {
-			break
+			return nil
 		}
 		if u.end != nil {
-			return 0, u.end
+			return u.end
 		}
-		if len(p) == 0 {
-			return 0, nil
+		if empty {
+			return errEmptyRead
 		}
 		// Everything delivered has been read. A front end that has used
 		// up its credit sends nothing more until it hears from us, so
@@ -178,13 +191,40 @@ func (u *upload) Read(p []byte) (int, error) {
 		}
 		u.mu.Lock()
 	}
+}
+
+// errEmptyRead ends waitLocked for a Read into an empty buffer.
+var errEmptyRead = errors.New("workerkit: empty read")
+
+// consumedLocked counts n bytes taken by the handler, and grants credit for
+// them in batches.
+func (u *upload) consumedLocked(n int) {
+	u.buffered -= int64(n)
+	u.owed += int64(n)
+	if u.owed >= u.batch {
+		u.grantLocked()
+	}
+}
+
+// Read implements io.Reader for the handler. It blocks until some of the
+// body is there, and grants credit as the handler consumes it.
+func (u *upload) Read(p []byte) (int, error) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if err := u.waitLocked(len(p) == 0); err != nil {
+		if err == errEmptyRead {
+			return 0, nil
+		}
+		return 0, err
+	}
 	n := 0
 	for n < len(p) && len(u.chunks) > 0 {
-		c := u.chunks[0][u.off:]
+		c := u.chunks[0].data[u.off:]
 		k := copy(p[n:], c)
 		n += k
 		if k == len(c) {
-			u.chunks[0] = nil
+			u.chunks[0].release()
+			u.chunks[0] = bodyChunk{}
 			u.chunks = u.chunks[1:]
 			u.off = 0
 		} else {
@@ -194,12 +234,45 @@ func (u *upload) Read(p []byte) (int, error) {
 	if len(u.chunks) == 0 {
 		u.chunks = nil // let the backing array go too
 	}
-	u.buffered -= int64(n)
-	u.owed += int64(n)
-	if u.owed >= u.batch {
-		u.grantLocked()
-	}
+	u.consumedLocked(n)
 	return n, nil
+}
+
+// WriteTo implements io.WriterTo, which io.Copy prefers: each BODY message
+// goes to w as it came, without the copy into a Read buffer. A chunk being
+// written is out of the window already, so the worker holds at most the
+// window plus one message.
+func (u *upload) WriteTo(w io.Writer) (int64, error) {
+	var total int64
+	for {
+		u.mu.Lock()
+		if err := u.waitLocked(false); err != nil {
+			u.mu.Unlock()
+			if err == io.EOF {
+				return total, nil
+			}
+			return total, err
+		}
+		c := u.chunks[0]
+		data := c.data[u.off:]
+		u.chunks[0] = bodyChunk{}
+		u.chunks = u.chunks[1:]
+		if len(u.chunks) == 0 {
+			u.chunks = nil
+		}
+		u.off = 0
+		u.consumedLocked(len(data))
+		u.mu.Unlock()
+		n, err := w.Write(data)
+		c.release()
+		total += int64(n)
+		if err == nil && n < len(data) {
+			err = io.ErrShortWrite
+		}
+		if err != nil {
+			return total, err
+		}
+	}
 }
 
 // grantLocked queues UCREDIT for what the handler has read and not been
@@ -223,8 +296,7 @@ func (u *upload) Close() error {
 	u.mu.Lock()
 	if !u.closed {
 		u.closed = true
-		clear(u.chunks)
-		u.chunks, u.off, u.buffered = nil, 0, 0
+		u.dropLocked()
 	}
 	u.mu.Unlock()
 	u.signal()
@@ -254,15 +326,16 @@ func (s *server) uploadFor(k flightKey) *upload {
 
 // deliverBody hands the bytes of a BODY message to their upload, or drops
 // them (the request is over, or unknown).
-func (s *server) deliverBody(k flightKey, p []byte) {
+func (s *server) deliverBody(k flightKey, c bodyChunk) {
 	if u := s.uploadFor(k); u != nil {
-		u.deliver(p)
+		u.deliver(c)
 		return
 	}
+	c.release()
 	if testHookUploadDropped != nil {
 		testHookUploadDropped(k.connID)
 	}
-	k.fe.log.Debug("dropping BODY for a request that is not receiving a body", "conn", k.connID, "bytes", len(p))
+	k.fe.log.Debug("dropping BODY for a request that is not receiving a body", "conn", k.connID, "bytes", len(c.data))
 }
 
 // endBody acts on BODYEND (err io.EOF) or BODYERR.
@@ -285,3 +358,29 @@ func (s *server) failUploads(fe *frontEnd, err error) {
 		u.finish(err)
 	}
 }
+
+// bodyChunk is the bytes of one BODY message, inside the buffer the
+// control channel received the message into. buf, if set, is a ctlBufs
+// buffer, returned to the pool once the bytes are read or dropped.
+type bodyChunk struct {
+	data []byte
+	buf  *[]byte
+}
+
+func (c bodyChunk) release() {
+	if c.buf != nil {
+		ctlBufs.Put(c.buf)
+	}
+}
+
+// ctlBufSize fits a BODY message of the front end's largest chunk (256 KiB)
+// with its verb and connection id; a larger message is received into a
+// buffer of its own size.
+const ctlBufSize = 256<<10 + 64
+
+// ctlBufs holds the control channel's receive buffers. BODY chunks keep
+// theirs until the handler has read them; everything else returns at once.
+var ctlBufs = sync.Pool{New: func() any {
+	b := make([]byte, ctlBufSize)
+	return &b
+}}

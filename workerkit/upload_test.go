@@ -191,10 +191,15 @@ func hexSum(p []byte) string {
 }
 
 // sumHandler answers "<bytes> <sha256> <content-length> <error>" for the
-// body it read.
+// body it read: with io.Copy, which takes the body's WriteTo, or with Read
+// calls only if the query has "read".
 func sumHandler(w http.ResponseWriter, r *http.Request) {
 	sum := sha256.New()
-	n, err := io.Copy(sum, r.Body)
+	var body io.Reader = r.Body
+	if r.URL.Query().Has("read") {
+		body = struct{ io.Reader }{r.Body}
+	}
+	n, err := io.Copy(sum, body)
 	fmt.Fprintf(w, "%d %x %d %v", n, sum.Sum(nil), r.ContentLength, err)
 }
 
@@ -222,9 +227,12 @@ func TestUploadStreamed(t *testing.T) {
 		size    int
 		chunked bool // no content-length
 		chunk   int  // BODY size
+		read    bool // the handler reads with Read, not WriteTo
 	}{
-		{"64 MiB with content-length", 64 << 20, false, 256 << 10},
-		{"chunked upload, odd message sizes", 3<<20 + 12345, true, 100_003},
+		{"64 MiB with content-length", 64 << 20, false, 256 << 10, false},
+		{"64 MiB read with Read", 64 << 20, false, 256 << 10, true},
+		{"chunked upload, odd message sizes", 3<<20 + 12345, true, 100_003, false},
+		{"chunked upload, odd message sizes, Read", 3<<20 + 12345, true, 100_003, true},
 	}
 	for i, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -236,7 +244,11 @@ func TestUploadStreamed(t *testing.T) {
 			if tt.chunked {
 				length, wantCL = -1, -1
 			}
-			f.request(conn, streamReq(window, length))
+			q := streamReq(window, length)
+			if tt.read {
+				q.uri += "?read"
+			}
+			f.request(conn, q)
 			f.ctlWaitAck(conn)
 			u := newUploader(f, id, conn, window, tt.chunk)
 			u.send(body)
