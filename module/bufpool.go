@@ -32,7 +32,7 @@ var (
 	// released by the send owner once libzmq has copied them.
 	requestFrames = &bytePool{newCap: 2048, maxCap: 256 << 10}
 	// bodyChunks: the BODY messages of streamed uploads, released by the
-	// control forwarder once libzmq has copied them, so an upload of any
+	// control channel's owner once libzmq has copied them, so an upload of any
 	// size makes no garbage per chunk. Kept apart from requestFrames so
 	// that small request frames do not each take a 256 KiB buffer.
 	bodyChunks = &bytePool{newCap: bodyChunkSize, maxCap: bodyChunkSize}

@@ -31,20 +31,19 @@ const workerDeadAfter = time.Second
 type ctlMsg struct {
 	worker  string
 	payload []byte
-	// pooled, when set, holds payload's buffer: the forwarder returns it
-	// to bodyChunks once libzmq has copied it.
+	// pooled, when set, holds payload's buffer: the owner returns it to
+	// bodyChunks once libzmq has copied it.
 	pooled *[]byte
 }
 
 // controlPlane owns the ROUTER socket. Requests hand it messages through a
-// channel; a forwarder goroutine relays them over an inproc pair so that the
-// owner can wait in one zmq Poll for both directions.
+// channel, which its owner goroutine serves in the same select that waits
+// for the socket.
 type controlPlane struct {
 	endpoint string
 	logger   *zap.Logger
 	t        *transport
 	in       chan ctlMsg
-	pairAddr string
 
 	mu      sync.Mutex
 	workers map[string]*workerInfo
@@ -76,15 +75,12 @@ type workerInfo struct {
 	trips        int // pauses since it last answered anything
 }
 
-var pairSeq atomic.Uint64
-
 func newControlPlane(t *transport, endpoint string) *controlPlane {
 	return &controlPlane{
 		endpoint: endpoint,
 		logger:   t.logger,
 		t:        t,
 		in:       make(chan ctlMsg, outQueueSize),
-		pairAddr: "inproc://caddy-zmq-control-" + strconv.FormatUint(pairSeq.Add(1), 10),
 		workers:  make(map[string]*workerInfo),
 	}
 }
@@ -96,8 +92,8 @@ func (c *controlPlane) send(worker string, payload []byte) {
 	c.enqueue(ctlMsg{worker: worker, payload: payload})
 }
 
-// sendPooled is send for a payload in a bodyChunks buffer, which the
-// forwarder recycles.
+// sendPooled is send for a payload in a bodyChunks buffer, which the owner
+// recycles.
 func (c *controlPlane) sendPooled(worker string, buf *[]byte) {
 	c.enqueue(ctlMsg{worker: worker, payload: *buf, pooled: buf})
 }
@@ -132,7 +128,9 @@ func (c *controlPlane) disconnect(worker string, id uint64) {
 	c.send(worker, p)
 }
 
-// run is the ROUTER owner. It also starts and stops the forwarder.
+// run is the ROUTER owner. It waits in one select for messages to send
+// (the Go channel), for the socket to signal (zmqio.Notifier), for the
+// sweep's tick and for quit; no goroutine sits in libzmq.
 func (c *controlPlane) run(zctx *zmq.Context, ready chan<- error, quit <-chan struct{}, wg *sync.WaitGroup) {
 	defer wg.Done()
 	router, err := zctx.NewSocket(zmq.ROUTER)
@@ -141,17 +139,9 @@ func (c *controlPlane) run(zctx *zmq.Context, ready chan<- error, quit <-chan st
 		return
 	}
 	defer router.Close()
-	pair, err := zctx.NewSocket(zmq.PAIR)
-	if err != nil {
-		ready <- fmt.Errorf("creating control relay: %w", err)
+	if err := router.SetLinger(0); err != nil {
+		ready <- err
 		return
-	}
-	defer pair.Close()
-	for _, s := range []*zmq.Socket{router, pair} {
-		if err := s.SetLinger(0); err != nil {
-			ready <- err
-			return
-		}
 	}
 	// Unroutable messages (a worker that left) fail instead of vanishing.
 	if err := router.SetRouterMandatory(1); err != nil {
@@ -172,119 +162,75 @@ func (c *controlPlane) run(zctx *zmq.Context, ready chan<- error, quit <-chan st
 		ready <- fmt.Errorf("binding control endpoint %s: %w", c.endpoint, err)
 		return
 	}
-	if err := pair.Bind(c.pairAddr); err != nil {
-		ready <- fmt.Errorf("binding control relay: %w", err)
-		return
-	}
-	fwdDone := make(chan struct{})
-	fwdReady := make(chan error, 1)
-	// The forwarder stops when this owner does, however it ends: waiting
-	// for quit alone turned a panic here into a hang.
-	ownerDone := make(chan struct{})
-	go c.forward(zctx, fwdReady, ownerDone, fwdDone)
-	if err := <-fwdReady; err != nil {
-		<-fwdDone
-		ready <- err
-		return
-	}
-	defer func() { close(ownerDone); <-fwdDone }()
-	relayIn, err := zmqio.NewReceiver(pair)
+	in, err := zmqio.NewReceiver(router)
 	if err != nil {
-		ready <- fmt.Errorf("control relay: %w", err)
+		ready <- fmt.Errorf("control socket: %w", err)
 		return
 	}
-	defer relayIn.Close()
-	scratch := &relayScratch{id: make([]byte, 256), payload: make([]byte, streamChunk+4<<10)}
+	defer in.Close()
+	notify, err := zmqio.NewNotifier(router)
+	if err != nil {
+		ready <- fmt.Errorf("control socket: %w", err)
+		return
+	}
+	defer notify.Close()
+	rs := &ctlScratch{id: make([]byte, 256), payload: make([]byte, 64<<10), extra: make([]byte, 256)}
 	ready <- nil
 
-	lastSweep := time.Now()
-	poller := zmq.NewPoller()
-	poller.Add(router, zmq.POLLIN)
-	poller.Add(pair, zmq.POLLIN)
-	for {
-		polled, err := poller.Poll(recvPollInterval)
-		select {
-		case <-quit:
-			return
-		default:
-		}
-		if err != nil {
-			c.logger.Error("polling control socket", zap.Error(err))
-			continue
-		}
-		if now := time.Now(); now.Sub(lastSweep) >= sweepInterval {
-			lastSweep = now
-			c.sweep(now)
-		}
-		for _, p := range polled {
-			if p.Socket == router {
-				c.receive(router)
-			} else {
-				c.relay(pair, router, relayIn, scratch)
-			}
-		}
-	}
-}
-
-// forward moves messages from the Go channel onto the inproc pair. It owns
-// the pair's connecting end.
-func (c *controlPlane) forward(zctx *zmq.Context, ready chan<- error, stop <-chan struct{}, done chan<- struct{}) {
-	defer close(done)
-	s, err := zctx.NewSocket(zmq.PAIR)
-	if err != nil {
-		ready <- err
-		return
-	}
-	defer s.Close()
-	_ = s.SetLinger(0)
-	if err := s.Connect(c.pairAddr); err != nil {
-		ready <- err
-		return
-	}
-	ready <- nil
+	tick := time.NewTicker(sweepInterval)
+	defer tick.Stop()
 	for {
 		select {
 		case m := <-c.in:
-			if _, err := s.SendBytes([]byte(m.worker), zmq.SNDMORE); err == nil {
-				_, _ = s.SendBytes(m.payload, 0)
+			c.deliver(router, m)
+			// Send what queued up meanwhile before looking at the socket.
+			for n := 0; n < 64; n++ {
+				select {
+				case m := <-c.in:
+					c.deliver(router, m)
+				default:
+					n = 64
+				}
 			}
-			bodyChunks.put(m.pooled)
-		case <-stop:
-			return
+		case <-notify.C():
+		case now := <-tick.C:
+			c.sweep(now)
+		case <-quit:
+			for {
+				select {
+				case m := <-c.in:
+					bodyChunks.put(m.pooled)
+				default:
+					return
+				}
+			}
 		}
+		// Whatever woke us: a send of ours may have taken the signal of
+		// what arrived meanwhile (zmqio.Notifier).
+		c.receive(in, rs)
 	}
 }
 
-func (c *controlPlane) relay(pair, router *zmq.Socket, in *zmqio.Receiver, scratch *relayScratch) {
-	for {
-		// Into reused buffers (libzmq copies again on send): a 256 KiB
-		// upload chunk allocates nothing.
-		id, _, err := in.RecvInto(scratch.id, zmq.DONTWAIT)
-		if err != nil {
-			return
-		}
-		payload, _, err := in.RecvInto(scratch.payload, 0)
-		if err != nil {
-			return
-		}
-		if _, err := router.SendBytes(id, zmq.SNDMORE|zmq.DONTWAIT); err != nil {
-			// EHOSTUNREACH: the worker is gone. A request addressed to it
-			// goes back to load balancing; other messages are moot.
-			c.undeliverable(payload)
-			continue
-		}
-		if _, err := router.SendBytes(payload, zmq.DONTWAIT); err != nil {
-			c.undeliverable(payload)
-		}
+// deliver sends one message to its worker, then recycles its buffer.
+func (c *controlPlane) deliver(router *zmq.Socket, m ctlMsg) {
+	defer bodyChunks.put(m.pooled)
+	if _, err := router.Send(m.worker, zmq.SNDMORE|zmq.DONTWAIT); err != nil {
+		// EHOSTUNREACH: the worker is gone. A request addressed to it
+		// goes back to load balancing; other messages are moot.
+		c.undeliverable(m.payload)
+		return
+	}
+	if _, err := router.SendBytes(m.payload, zmq.DONTWAIT); err != nil {
+		c.undeliverable(m.payload)
 	}
 }
 
-// relayScratch holds the buffers relay receives into. Each is an
-// allocation of its own: cgo checks the whole object a buffer lies in for
-// Go pointers.
-type relayScratch struct {
+// ctlScratch holds the buffers receive reads into. Each is an allocation
+// of its own: cgo checks the whole object a buffer lies in for Go pointers.
+type ctlScratch struct {
 	id      []byte
 	payload []byte
+	extra   []byte
 }
 
 // undeliverable fails the exchange of a REQ that could not be routed.
@@ -305,23 +251,27 @@ func (c *controlPlane) undeliverable(payload []byte) {
 	}
 }
 
-// receive reads every pending [identity, payload] message.
-func (c *controlPlane) receive(router *zmq.Socket) {
+// receive reads every pending [identity, payload] message. Workers send
+// short messages; a payload larger than the scratch buffer is received into
+// one of its own.
+func (c *controlPlane) receive(in *zmqio.Receiver, rs *ctlScratch) {
 	for {
-		id, err := router.RecvBytes(zmq.DONTWAIT)
+		id, more, err := in.RecvInto(rs.id, zmq.DONTWAIT)
 		if err != nil {
 			return
 		}
-		more, _ := router.GetRcvmore()
 		if !more {
 			continue
 		}
-		payload, err := router.RecvBytes(0)
+		payload, more, err := in.RecvInto(rs.payload, 0)
 		if err != nil {
 			return
 		}
-		for more, _ = router.GetRcvmore(); more; more, _ = router.GetRcvmore() {
-			_, _ = router.RecvBytes(0) // extra frames are not part of zmqx/1
+		for more {
+			// Extra frames are not part of zmqx/1.
+			if _, more, err = in.RecvInto(rs.extra, 0); err != nil {
+				return
+			}
 		}
 		c.handle(string(id), payload)
 	}

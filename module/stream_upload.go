@@ -107,30 +107,36 @@ func (h *Handler) pumpUpload(r *http.Request, t *transport, ex *exchange, done <
 		}
 	}
 	id := strconv.AppendUint(nil, ex.id, 10)
-	buf := make([]byte, streamChunk)
+	head := len("BODY ") + len(id) + 1
 	var sent int64
 	*consumed = true // from here on the body cannot be sent again
 	for {
-		n, err := fill(r.Body, buf)
-		if n > 0 {
-			if h.MaxRequestBody > 0 && sent+int64(n) > h.MaxRequestBody {
-				t.control.send(worker, append([]byte("BODYERR "), id...))
-				ex.fail(errUploadTooLarge)
-				return
-			}
-			for off := 0; off < n; {
-				c, ok := ex.upload.take(int64(n-off), done)
-				if !ok {
-					return
-				}
-				msg := bodyChunks.get()
-				*msg = append(*msg, "BODY "...)
-				*msg = append(*msg, id...)
-				*msg = append(*msg, ' ')
-				*msg = append(*msg, buf[off:off+int(c)]...)
-				t.control.sendPooled(worker, msg)
-				off += int(c)
-			}
+		// Credit first, then read the client's body straight into the
+		// message after its head: no copy between the two, and nothing
+		// is read from the client that the worker has no room for.
+		c, ok := ex.upload.take(streamChunk, done)
+		if !ok {
+			return
+		}
+		msg := bodyChunks.get()
+		m := append(*msg, "BODY "...)
+		m = append(m, id...)
+		m = append(m, ' ')
+		n, err := fill(r.Body, m[head:head+int(c)])
+		if int64(n) < c {
+			ex.upload.grant(c - int64(n)) // not used: keep it for the next read
+		}
+		switch {
+		case n == 0:
+			bodyChunks.put(msg)
+		case h.MaxRequestBody > 0 && sent+int64(n) > h.MaxRequestBody:
+			bodyChunks.put(msg)
+			t.control.send(worker, append([]byte("BODYERR "), id...))
+			ex.fail(errUploadTooLarge)
+			return
+		default:
+			*msg = m[:head+n]
+			t.control.sendPooled(worker, msg)
 			sent += int64(n)
 		}
 		if err == io.EOF {

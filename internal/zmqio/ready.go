@@ -32,26 +32,36 @@ var (
 // NewReadiness registers sock's ZMQ_FD (a duplicate: the original stays
 // libzmq's) with the poller. Close it before closing sock.
 func NewReadiness(sock *zmq.Socket) (*Readiness, error) {
+	f, rc, err := pollFD(sock)
+	if err != nil {
+		return nil, err
+	}
+	return &Readiness{sock: sock, f: f, rc: rc}, nil
+}
+
+// pollFD registers a duplicate of sock's ZMQ_FD (the original stays
+// libzmq's) with Go's network poller.
+func pollFD(sock *zmq.Socket) (*os.File, syscall.RawConn, error) {
 	fd, err := sock.GetFd()
 	if err != nil {
-		return nil, fmt.Errorf("zmqio: ZMQ_FD: %w", err)
+		return nil, nil, fmt.Errorf("zmqio: ZMQ_FD: %w", err)
 	}
 	dup, err := syscall.Dup(fd)
 	if err != nil {
-		return nil, fmt.Errorf("zmqio: dup ZMQ_FD: %w", err)
+		return nil, nil, fmt.Errorf("zmqio: dup ZMQ_FD: %w", err)
 	}
 	syscall.CloseOnExec(dup)
 	if err := syscall.SetNonblock(dup, true); err != nil {
 		_ = syscall.Close(dup)
-		return nil, fmt.Errorf("zmqio: ZMQ_FD non-blocking: %w", err)
+		return nil, nil, fmt.Errorf("zmqio: ZMQ_FD non-blocking: %w", err)
 	}
 	f := os.NewFile(uintptr(dup), "zmq-fd")
 	rc, err := f.SyscallConn()
 	if err != nil {
 		_ = f.Close()
-		return nil, fmt.Errorf("zmqio: ZMQ_FD: %w", err)
+		return nil, nil, fmt.Errorf("zmqio: ZMQ_FD: %w", err)
 	}
-	return &Readiness{sock: sock, f: f, rc: rc}, nil
+	return f, rc, nil
 }
 
 // Wait returns when the socket has a message to receive, or with
