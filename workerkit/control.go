@@ -50,11 +50,11 @@ const (
 var ctlSeq atomic.Uint64
 
 // ctlConn is the control channel of one front end. Its sockets belong to
-// the goroutine running run (and one to its waker); other goroutines talk to
-// it through the queues below and the wake channel.
+// the goroutine running run; other goroutines talk to it through the queues
+// below and the wake channel.
 type ctlConn struct {
 	fe   *frontEnd
-	wake chan struct{} // something is queued: poke the owner out of zmq_poll
+	wake chan struct{} // something is queued: wake the owner
 	dead chan struct{} // closed when the owner is gone
 	up   chan struct{} // closed at the first completed handshake
 
@@ -196,18 +196,17 @@ type ctlOwner struct {
 	rbuf      *[]byte // the next message is received into it (ctlBufs)
 }
 
-// run owns the DEALER, its monitor and the receiving end of the waker.
+// run owns the DEALER and its monitor.
 func (c *ctlConn) run(ready chan<- error, quit <-chan struct{}) {
 	defer close(c.dead)
 	fe := c.fe
 	s := fe.s
 	seq := ctlSeq.Add(1)
 	monEP := fmt.Sprintf("inproc://workerkit-ctl-monitor-%d", seq)
-	wakeEP := fmt.Sprintf("inproc://workerkit-ctl-wake-%d", seq)
 
-	var dealer, mon, wakeRx *zmq.Socket
+	var dealer, mon *zmq.Socket
 	closeAll := func() {
-		for _, sock := range []*zmq.Socket{wakeRx, mon, dealer} {
+		for _, sock := range []*zmq.Socket{mon, dealer} {
 			if sock != nil {
 				_ = sock.Close()
 			}
@@ -247,13 +246,6 @@ func (c *ctlConn) run(ready chan<- error, quit <-chan struct{}) {
 			err = mon.Connect(monEP)
 		}
 	}
-	if err == nil {
-		if wakeRx = newSock(zmq.PAIR); wakeRx == nil {
-			err = fmt.Errorf("cannot create waker socket")
-		} else {
-			err = wakeRx.Bind(wakeEP)
-		}
-	}
 	var rcv *zmqio.Receiver
 	if err == nil {
 		rcv, err = zmqio.NewReceiver(dealer)
@@ -272,16 +264,27 @@ func (c *ctlConn) run(ready chan<- error, quit <-chan struct{}) {
 	}
 	ready <- nil
 
-	// The waker turns Go-side events into a message on an inproc PAIR, so
-	// that the owner can sleep in zmq_poll and still hear about them.
-	wakerDone := make(chan struct{})
-	go c.runWaker(wakeEP, quit, wakerDone)
-
 	o := &ctlOwner{c: c, sock: dealer, rcv: rcv}
-	poller := zmq.NewPoller()
-	dealerID := poller.Add(dealer, zmq.POLLIN)
-	poller.Add(mon, zmq.POLLIN)
-	poller.Add(wakeRx, zmq.POLLIN)
+	// The owner waits in one select for Go-side events (c.wake), for both
+	// sockets (zmqio.Notifier: no goroutine sits in libzmq) and for the
+	// heartbeat; after any wake it looks at both sockets, which is what the
+	// notifiers need (a send of ours may take a socket's signal).
+	dealerN, err := zmqio.NewNotifier(dealer)
+	var monN *zmqio.Notifier
+	if err == nil {
+		if monN, err = zmqio.NewNotifier(mon); err != nil {
+			_ = dealerN.Close()
+		}
+	}
+	if err != nil {
+		fe.log.Error("control: cannot watch the control socket; running without control channel", "err", err)
+		rcv.Close()
+		closeAll()
+		<-quit
+		return
+	}
+	hb := time.NewTimer(ctlHeartbeat)
+	defer hb.Stop()
 	stop := s.stop
 	nextHB := time.Now().Add(ctlHeartbeat)
 	for {
@@ -293,12 +296,13 @@ func (c *ctlConn) run(ready chan<- error, quit <-chan struct{}) {
 			c.ackMu.Unlock()
 			_ = dealer.Monitor("", 0)
 			_ = dealer.SetLinger(ctlCloseLinger)
+			_ = dealerN.Close()
+			_ = monN.Close()
 			rcv.Close()
 			if o.rbuf != nil {
 				ctlBufs.Put(o.rbuf)
 			}
 			closeAll()
-			<-wakerDone
 			return
 		default:
 		}
@@ -320,72 +324,30 @@ func (c *ctlConn) run(ready chan<- error, quit <-chan struct{}) {
 		}
 		// Sends refuse while the lease is lapsed (a freeze may fall
 		// between the check above and a send): notice it now, not after
-		// the next poll.
+		// the next wait.
 		o.checkLease()
-		events := zmq.POLLIN
+		o.monitor(mon)
 		if o.needHello {
-			events |= zmq.POLLOUT // writable once the new pipe is attached
-		}
-		_, _ = poller.Update(dealerID, events)
-		// zmq_poll counts whole milliseconds: round up, never spin.
-		timeout := max(time.Until(nextHB), 0) + time.Millisecond - 1
-		polled, err := poller.Poll(timeout)
-		if err != nil {
-			fe.log.Error("control: poll", "err", err)
-			continue
-		}
-		for _, p := range polled {
-			switch p.Socket {
-			case dealer:
-				if p.Events&zmq.POLLOUT != 0 && o.needHello {
-					o.hello()
-				}
-				if p.Events&zmq.POLLIN != 0 {
-					o.receive()
-				}
-			case mon:
-				o.monitor(mon)
-			case wakeRx:
-				for {
-					if _, err := wakeRx.RecvBytes(zmq.DONTWAIT); err != nil {
-						break
-					}
-				}
+			// Writable once the new pipe is attached.
+			if ev, err := dealer.GetEvents(); err == nil && ev&zmq.POLLOUT != 0 {
+				o.hello()
 			}
 		}
-	}
-}
-
-// runWaker owns the sending end of the waker PAIR.
-func (c *ctlConn) runWaker(ep string, quit <-chan struct{}, done chan<- struct{}) {
-	defer close(done)
-	sock, err := c.fe.s.zctx.NewSocket(zmq.PAIR)
-	if err == nil {
-		err = firstErr(sock.SetLinger(0), sock.Connect(ep))
-	}
-	if err != nil {
-		c.fe.log.Error("control: waker socket", "err", err)
-		if sock != nil {
-			_ = sock.Close()
+		o.receive()
+		if !hb.Stop() {
+			select {
+			case <-hb.C:
+			default:
+			}
 		}
-		// Without a waker the owner still wakes for heartbeats; ACKs and
-		// BYE are then late, never lost.
-		<-quit
-		return
-	}
-	defer sock.Close()
-	poke := func() { _, _ = sock.SendBytes(nil, zmq.DONTWAIT) }
-	stop := c.fe.s.stop
-	for {
+		hb.Reset(max(time.Until(nextHB), 0))
 		select {
 		case <-c.wake:
-			poke()
 		case <-stop:
-			stop = nil
-			poke()
 		case <-quit:
-			poke()
-			return
+		case <-dealerN.C():
+		case <-monN.C():
+		case <-hb.C:
 		}
 	}
 }
