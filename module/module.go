@@ -35,7 +35,7 @@ const (
 	DefaultMaxRequestBody   = 10 << 20
 	DefaultMaxBufferedReply = 64 << 20
 	DefaultHeartbeat        = 200 * time.Millisecond
-	DefaultReplyWindow      = 1 << 20
+	DefaultReplyWindow      = 4 << 20
 	DefaultMaxInflight      = 10000
 	DefaultQueueTimeout     = 5 * time.Second
 	DefaultDispatchTimeout  = time.Second
@@ -68,7 +68,10 @@ type Handler struct {
 
 	// ReplyWindow is the reply credit, in bytes, that a worker on the
 	// control channel may have outstanding per request: a slow client
-	// slows the worker down instead of filling memory. Default: 1 MiB.
+	// slows the worker down instead of filling memory, and Caddy holds at
+	// most this much of a response per request. Default: 4 MiB (16 reply
+	// frames: enough to keep a fast download's pipeline full; 1 MiB gave
+	// ~15 % less throughput, 8 and 16 MiB no more than 4).
 	ReplyWindow int64 `json:"reply_window,omitempty"`
 
 	// Pools, when set, replace the endpoints above: each pool is a set of
