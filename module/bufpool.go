@@ -27,16 +27,8 @@ func (p *bytePool) put(b *[]byte) {
 	}
 }
 
-var (
-	// requestFrames: request frames, built by the request goroutine and
-	// released by the send owner once libzmq has copied them.
-	requestFrames = &bytePool{newCap: 2048, maxCap: 256 << 10}
-	// bodyChunks: the BODY messages of streamed uploads, released by the
-	// control channel's owner once libzmq has copied them, so an upload of any
-	// size makes no garbage per chunk. Kept apart from requestFrames so
-	// that small request frames do not each take a 256 KiB buffer.
-	bodyChunks = &bytePool{newCap: bodyChunkSize, maxCap: bodyChunkSize}
-)
-
-// bodyChunkSize fits "BODY <conn_id> " and a streamChunk of body.
-const bodyChunkSize = streamChunk + 64
+// requestFrames: request frames, built by the request goroutine and
+// released by the send owner once libzmq has copied them. (The BODY
+// messages of streamed uploads are built in C memory instead, which libzmq
+// sends without a copy: zmqio.CBuf.)
+var requestFrames = &bytePool{newCap: 2048, maxCap: 256 << 10}

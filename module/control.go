@@ -31,10 +31,15 @@ const workerDeadAfter = time.Second
 type ctlMsg struct {
 	worker  string
 	payload []byte
-	// pooled, when set, holds payload's buffer: the owner returns it to
-	// bodyChunks once libzmq has copied it.
-	pooled *[]byte
+	// body, when set, is the payload instead: its first bodyLen bytes, in
+	// C memory that libzmq sends without a copy and then frees (a BODY
+	// message of a streamed upload).
+	body    *zmqio.CBuf
+	bodyLen int
 }
+
+// release frees what m holds that the garbage collector does not see.
+func (m ctlMsg) release() { m.body.Free() }
 
 // controlPlane owns the ROUTER socket. Requests hand it messages through a
 // channel, which its owner goroutine serves in the same select that waits
@@ -92,10 +97,10 @@ func (c *controlPlane) send(worker string, payload []byte) {
 	c.enqueue(ctlMsg{worker: worker, payload: payload})
 }
 
-// sendPooled is send for a payload in a bodyChunks buffer, which the owner
-// recycles.
-func (c *controlPlane) sendPooled(worker string, buf *[]byte) {
-	c.enqueue(ctlMsg{worker: worker, payload: *buf, pooled: buf})
+// sendOwned is send for a payload of n bytes in C memory, which the
+// message takes over (sent without a copy, or freed).
+func (c *controlPlane) sendOwned(worker string, body *zmqio.CBuf, n int) {
+	c.enqueue(ctlMsg{worker: worker, body: body, bodyLen: n})
 }
 
 func (c *controlPlane) enqueue(m ctlMsg) {
@@ -103,7 +108,7 @@ func (c *controlPlane) enqueue(m ctlMsg) {
 	case c.in <- m:
 	default:
 		c.logger.Warn("control queue full, dropping message", zap.String("worker", m.worker))
-		bodyChunks.put(m.pooled)
+		m.release()
 	}
 }
 
@@ -199,7 +204,7 @@ func (c *controlPlane) run(zctx *zmq.Context, ready chan<- error, quit <-chan st
 			for {
 				select {
 				case m := <-c.in:
-					bodyChunks.put(m.pooled)
+					m.release()
 				default:
 					return
 				}
@@ -211,13 +216,19 @@ func (c *controlPlane) run(zctx *zmq.Context, ready chan<- error, quit <-chan st
 	}
 }
 
-// deliver sends one message to its worker, then recycles its buffer.
+// deliver sends one message to its worker.
 func (c *controlPlane) deliver(router *zmq.Socket, m ctlMsg) {
-	defer bodyChunks.put(m.pooled)
 	if _, err := router.Send(m.worker, zmq.SNDMORE|zmq.DONTWAIT); err != nil {
 		// EHOSTUNREACH: the worker is gone. A request addressed to it
 		// goes back to load balancing; other messages are moot.
+		m.release()
 		c.undeliverable(m.payload)
+		return
+	}
+	if m.body != nil {
+		// The worker's upload fails on its own once the control
+		// connection is gone; nothing to undo here.
+		_ = zmqio.SendOwned(router, m.body, m.bodyLen, zmq.DONTWAIT)
 		return
 	}
 	if _, err := router.SendBytes(m.payload, zmq.DONTWAIT); err != nil {

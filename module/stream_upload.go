@@ -7,6 +7,8 @@ import (
 	"sync"
 
 	"go.uber.org/zap"
+
+	"github.com/zmqbridge/caddy-zmq/internal/zmqio"
 )
 
 // Streamed uploads (zmqx/1): when every worker of the pool speaks the
@@ -118,25 +120,27 @@ func (h *Handler) pumpUpload(r *http.Request, t *transport, ex *exchange, done <
 		if !ok {
 			return
 		}
-		msg := bodyChunks.get()
-		m := append(*msg, "BODY "...)
-		m = append(m, id...)
-		m = append(m, ' ')
-		n, err := fill(r.Body, m[head:head+int(c)])
+		// The message is built in C memory that libzmq sends from and
+		// frees: no copy of the body in Caddy's user space at all.
+		msg := zmqio.NewCBuf(head + int(c))
+		m := msg.Bytes()
+		copy(m, "BODY ")
+		copy(m[len("BODY "):], id)
+		m[head-1] = ' '
+		n, err := fill(r.Body, m[head:])
 		if int64(n) < c {
 			ex.upload.grant(c - int64(n)) // not used: keep it for the next read
 		}
 		switch {
 		case n == 0:
-			bodyChunks.put(msg)
+			msg.Free()
 		case h.MaxRequestBody > 0 && sent+int64(n) > h.MaxRequestBody:
-			bodyChunks.put(msg)
+			msg.Free()
 			t.control.send(worker, append([]byte("BODYERR "), id...))
 			ex.fail(errUploadTooLarge)
 			return
 		default:
-			*msg = m[:head+n]
-			t.control.sendPooled(worker, msg)
+			t.control.sendOwned(worker, msg, head+n)
 			sent += int64(n)
 		}
 		if err == io.EOF {
