@@ -226,9 +226,11 @@ func (c *controlPlane) deliver(router *zmq.Socket, m ctlMsg) {
 		return
 	}
 	if m.body != nil {
-		// The worker's upload fails on its own once the control
-		// connection is gone; nothing to undo here.
-		_ = zmqio.SendOwned(router, m.body, m.bodyLen, zmq.DONTWAIT)
+		// On failure the worker's upload fails on its own (its control
+		// connection is gone); only the buffer is left to free.
+		if err := zmqio.SendOwned(router, m.body, m.bodyLen, zmq.DONTWAIT); err != nil {
+			m.release()
+		}
 		return
 	}
 	if _, err := router.SendBytes(m.payload, zmq.DONTWAIT); err != nil {

@@ -5,20 +5,26 @@ package zmqio
 #include <errno.h>
 #include <stdlib.h>
 
+// zmqio_keep is set by a thread that closes a message it failed to send:
+// the bytes stay the caller's. libzmq frees sent messages on its own
+// threads, where it is never set.
+static __thread int zmqio_keep;
+
 static void zmqio_free(void *data, void *hint) {
 	(void)hint;
-	free(data);
+	if (!zmqio_keep) {
+		free(data);
+	}
 }
 
 // zmqio_send_owned sends len bytes at data (from malloc) as one part
-// without copying them. libzmq frees them once they are sent, or here if
-// the send fails.
+// without copying them; libzmq frees them once they are sent. If the send
+// fails they are still the caller's.
 static int zmqio_send_owned(void *sock, void *data, size_t len, int flags, int *err) {
 	zmq_msg_t msg;
 	int n;
 	if (zmq_msg_init_data(&msg, data, len, zmqio_free, NULL) != 0) {
 		*err = zmq_errno();
-		free(data);
 		return -1;
 	}
 	do {
@@ -26,7 +32,9 @@ static int zmqio_send_owned(void *sock, void *data, size_t len, int flags, int *
 	} while (n < 0 && zmq_errno() == EINTR);
 	if (n < 0) {
 		*err = zmq_errno();
+		zmqio_keep = 1;
 		zmq_msg_close(&msg);
+		zmqio_keep = 0;
 		return -1;
 	}
 	return n;
@@ -75,23 +83,22 @@ func (b *CBuf) Free() {
 }
 
 // SendOwned sends the first n bytes of b as one part through sock, which
-// only its owner may use, and gives b's memory to libzmq: it is freed once
-// sent, or at once if the send fails. b is empty afterwards either way.
-// flags are zmq4's; errors are zmq.Errno values, as pebbe/zmq4 returns them.
+// only its owner may use. On success b's memory is libzmq's, which frees it
+// once sent, and b is empty; on failure b is still the caller's, to send
+// again or Free. flags are zmq4's; errors are zmq.Errno values, as
+// pebbe/zmq4 returns them.
 func SendOwned(sock *zmq.Socket, b *CBuf, n int, flags zmq.Flag) error {
 	if b.p == nil || n < 0 || n > b.size {
 		panic("zmqio: SendOwned of a freed buffer, or beyond it")
 	}
 	h, err := handle(sock)
 	if err != nil {
-		b.Free()
 		return err
 	}
-	p := b.p
-	b.p = nil
 	var cerr C.int
-	if C.zmqio_send_owned(h, p, C.size_t(n), C.int(flags), &cerr) < 0 {
+	if C.zmqio_send_owned(h, b.p, C.size_t(n), C.int(flags), &cerr) < 0 {
 		return zmq.Errno(syscall.Errno(cerr))
 	}
+	b.p = nil
 	return nil
 }

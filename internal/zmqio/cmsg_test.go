@@ -49,7 +49,7 @@ func TestSendOwned(t *testing.T) {
 }
 
 // A send that fails (a PUSH with no peer, DONTWAIT) reports EAGAIN and
-// still releases the buffer; a buffer never sent is released by Free.
+// leaves the buffer, intact, to the caller; Free then releases it.
 func TestSendOwnedFails(t *testing.T) {
 	ctx, err := zmq.NewContext()
 	if err != nil {
@@ -65,15 +65,22 @@ func TestSendOwnedFails(t *testing.T) {
 	// Each buffer is written whole, so that a leak (256 MiB in all) shows
 	// in the resident set.
 	before := rss(t)
-	for range 1000 {
+	for i := range 1000 {
 		b := NewCBuf(256 << 10)
-		clear(b.Bytes())
+		p := b.Bytes()
+		for j := range p {
+			p[j] = byte(i + j)
+		}
 		if err := SendOwned(sock, b, 1000, zmq.DONTWAIT); zmq.AsErrno(err) != zmq.Errno(syscall.EAGAIN) {
 			t.Fatalf("err = %v, want EAGAIN", err)
 		}
-		if b.p != nil {
-			t.Fatal("the buffer is still held after SendOwned")
+		if b.p == nil {
+			t.Fatal("a failed SendOwned took the buffer")
 		}
+		if p := b.Bytes(); p[0] != byte(i) || p[len(p)-1] != byte(i+len(p)-1) {
+			t.Fatal("a failed SendOwned changed or freed the buffer")
+		}
+		b.Free()
 	}
 	if grew := rss(t) - before; grew > 64<<20 {
 		t.Errorf("resident set grew %d MiB over 1000 failed sends of 256 KiB: the buffers leak", grew>>20)
