@@ -1,8 +1,11 @@
 package caddyzmq
 
 import (
+	"runtime"
 	"sync"
 	"sync/atomic"
+
+	"github.com/zmqbridge/caddy-zmq/internal/zmqio"
 )
 
 // replyFrame is one received reply message in a pooled buffer. One frame
@@ -17,6 +20,9 @@ type replyFrame struct {
 	buf   []byte
 	refs  atomic.Int32
 	class int8 // index into frameClasses; -1: not pooled
+	// msg, when set, holds buf in libzmq's memory (a big frame, received
+	// without a copy): the last release frees it.
+	msg *zmqio.Msg
 }
 
 // frameClasses are the pooled buffer sizes. The receiver reads every frame
@@ -54,14 +60,38 @@ func getFrame(class, n int) *replyFrame {
 	return f
 }
 
+// keptFrameMin is the size from which a reply frame stays in the memory
+// libzmq received it into instead of being copied to a Go buffer: body
+// frames of large responses, whose copy was a tenth of Caddy's CPU in a
+// download.
+const keptFrameMin = 64 << 10
+
+// keptFrame wraps a part received without a copy. Its memory is freed by
+// the last release; if a reference is dropped without one (a request that
+// ended early), by a cleanup once the frame is unreachable. Whoever uses
+// buf must hold the frame: buf alone, in C memory, keeps nothing alive.
+func keptFrame(m *zmqio.Msg) *replyFrame {
+	f := &replyFrame{buf: m.Bytes(), class: -1, msg: m}
+	f.refs.Store(1)
+	runtime.AddCleanup(f, (*zmqio.Msg).Close, m)
+	return f
+}
+
 func (f *replyFrame) retain() { f.refs.Add(1) }
 
-// release drops one reference; the last returns the buffer to its pool.
+// release drops one reference; the last returns the buffer to its pool, or
+// frees a kept one.
 func (f *replyFrame) release() {
-	if f == nil || f.refs.Add(-1) != 0 || f.class < 0 {
+	if f == nil || f.refs.Add(-1) != 0 {
 		return
 	}
-	framePools[f.class].Put(f)
+	if f.msg != nil {
+		f.msg.Close()
+		return
+	}
+	if f.class >= 0 {
+		framePools[f.class].Put(f)
+	}
 }
 
 // queuedFrame is a reply body queued on an exchange: body lies in frame's

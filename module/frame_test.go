@@ -2,7 +2,13 @@ package caddyzmq
 
 import (
 	"bytes"
+	"runtime"
 	"testing"
+	"time"
+
+	zmq "github.com/pebbe/zmq4"
+
+	"github.com/zmqbridge/caddy-zmq/internal/zmqio"
 )
 
 func TestNewFrameClass(t *testing.T) {
@@ -63,4 +69,73 @@ func TestFrameOf(t *testing.T) {
 	if int(next.class) != bigFrameClass || len(next.buf) != 0 || cap(next.buf) != frameClasses[bigFrameClass] {
 		t.Fatalf("new scratch: class %d, len %d, cap %d", next.class, len(next.buf), cap(next.buf))
 	}
+}
+
+// keptMsg receives a part of n bytes without a copy, through a real libzmq
+// pair.
+func keptMsg(t *testing.T, n int) *zmqio.Msg {
+	t.Helper()
+	ctx, err := zmq.NewContext()
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := "inproc://kept-frame-" + t.Name()
+	rx, _ := ctx.NewSocket(zmq.PULL)
+	tx, _ := ctx.NewSocket(zmq.PUSH)
+	defer func() { _ = tx.Close(); _ = rx.Close(); _ = ctx.Term() }()
+	if err := rx.Bind(addr); err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Connect(addr); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.SendBytes(bytes.Repeat([]byte{'k'}, n), 0); err != nil {
+		t.Fatal(err)
+	}
+	rcv, err := zmqio.NewReceiver(rx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rcv.Close()
+	_, m, _, err := rcv.RecvKeep(make([]byte, 1024), keptFrameMin, 0)
+	if err != nil || m == nil {
+		t.Fatalf("RecvKeep of %d bytes: kept %v, err %v", n, m, err)
+	}
+	return m
+}
+
+// A kept frame's memory is freed by its last release, and, when a
+// reference is dropped without one (a request that ended early), once the
+// frame is unreachable.
+func TestKeptFrameFreed(t *testing.T) {
+	t.Run("last release", func(t *testing.T) {
+		m := keptMsg(t, keptFrameMin)
+		f := keptFrame(m)
+		if len(f.buf) != keptFrameMin || f.buf[0] != 'k' {
+			t.Fatalf("frame holds %d bytes", len(f.buf))
+		}
+		f.retain()
+		f.release()
+		if m.Closed() {
+			t.Fatal("freed with a reference left")
+		}
+		f.release()
+		if !m.Closed() {
+			t.Fatal("not freed by the last release")
+		}
+	})
+	t.Run("dropped", func(t *testing.T) {
+		m := keptMsg(t, 256<<10)
+		f := keptFrame(m)
+		f.retain() // a reference that is never released
+		f = nil
+		deadline := time.Now().Add(10 * time.Second)
+		for !m.Closed() {
+			if time.Now().After(deadline) {
+				t.Fatal("an unreachable kept frame was never freed")
+			}
+			runtime.GC()
+			time.Sleep(10 * time.Millisecond)
+		}
+	})
 }

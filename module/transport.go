@@ -324,8 +324,15 @@ func (t *transport) runReceiver(zctx *zmq.Context, ready chan<- error) {
 	// in the network poller (zmqio explains why).
 	scratch := getFrame(bigFrameClass, 0)
 	for {
-		part, _, err := rcv.Recv(scratch.buf, zmq.DONTWAIT)
+		part, kept, _, err := rcv.RecvKeep(scratch.buf, keptFrameMin, zmq.DONTWAIT)
 		switch {
+		case err == nil && kept != nil:
+			t.dispatch(keptFrame(kept))
+			select {
+			case <-t.quit:
+				return
+			default:
+			}
 		case err == nil:
 			var f *replyFrame
 			f, scratch = frameOf(part, scratch)

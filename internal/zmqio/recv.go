@@ -8,10 +8,11 @@ package zmqio
 #include <stdlib.h>
 
 // zmqio_recv receives one message part into msg. If it fits in buf (cap
-// bytes) it is copied there and msg is closed; otherwise it stays in msg for
-// zmqio_take. Returns the part's size, or -1 with *err set; *more is set when
-// more parts follow.
-static int zmqio_recv(void *sock, zmq_msg_t *msg, void *buf, size_t cap, int flags, int *more, int *err) {
+// bytes) and is smaller than keep, it is copied there and msg is closed;
+// otherwise it stays in msg (for zmqio_take, or kept) and *data points at
+// its bytes. Returns the part's size, or -1 with *err set; *more is set
+// when more parts follow.
+static int zmqio_recv(void *sock, zmq_msg_t *msg, void *buf, size_t cap, size_t keep, int flags, int *more, int *err, void **data) {
 	int n;
 	zmq_msg_init(msg);
 	do {
@@ -23,13 +24,21 @@ static int zmqio_recv(void *sock, zmq_msg_t *msg, void *buf, size_t cap, int fla
 		return -1;
 	}
 	*more = zmq_msg_more(msg);
-	if ((size_t)n <= cap) {
+	if ((size_t)n <= cap && (size_t)n < keep) {
 		if (n > 0) {
 			memcpy(buf, zmq_msg_data(msg), (size_t)n);
 		}
 		zmq_msg_close(msg);
+	} else {
+		*data = zmq_msg_data(msg);
 	}
 	return n;
+}
+
+// zmqio_msg_free closes and frees a kept message.
+static void zmqio_msg_free(zmq_msg_t *msg) {
+	zmq_msg_close(msg);
+	free(msg);
 }
 
 // zmqio_take copies a part zmqio_recv left in msg to buf, and closes msg.
@@ -48,6 +57,8 @@ import "C"
 import (
 	"errors"
 	"fmt"
+	"math"
+	"sync/atomic"
 	"syscall"
 	"unsafe"
 
@@ -83,8 +94,7 @@ func NewReceiver(sock *zmq.Socket) (*Receiver, error) {
 	if err != nil {
 		return nil, err
 	}
-	msg := (*C.zmq_msg_t)(C.malloc(C.size_t(unsafe.Sizeof(C.zmq_msg_t{}))))
-	return &Receiver{sock: sock, h: h, msg: msg, big: -1}, nil
+	return &Receiver{sock: sock, h: h, msg: newMsg(), big: -1}, nil
 }
 
 // Close frees the receiver (and a part still waiting for Take).
@@ -106,8 +116,15 @@ func (r *Receiver) Close() {
 // A part bigger than cap(buf) gives ErrTooBig: call Size and Take next.
 // Errors are zmq.Errno values, as pebbe/zmq4 returns them.
 func (r *Receiver) Recv(buf []byte, flags zmq.Flag) (part []byte, more bool, err error) {
+	part, _, more, err = r.RecvKeep(buf, math.MaxInt, flags)
+	return part, more, err
+}
+
+// RecvKeep is Recv, except that a part of keep bytes or more is not copied:
+// it comes back as kept, in libzmq's memory, for the caller to Close.
+func (r *Receiver) RecvKeep(buf []byte, keep int, flags zmq.Flag) (part []byte, kept *Msg, more bool, err error) {
 	if r.big >= 0 {
-		return nil, false, errors.New("zmqio: Recv before Take of a big part")
+		return nil, nil, false, errors.New("zmqio: Recv before Take of a big part")
 	}
 	buf = buf[:cap(buf)]
 	var p unsafe.Pointer
@@ -115,15 +132,48 @@ func (r *Receiver) Recv(buf []byte, flags zmq.Flag) (part []byte, more bool, err
 		p = unsafe.Pointer(&buf[0])
 	}
 	var cmore, cerr C.int
-	n := int(C.zmqio_recv(r.h, r.msg, p, C.size_t(len(buf)), C.int(flags), &cmore, &cerr))
+	var data unsafe.Pointer
+	n := int(C.zmqio_recv(r.h, r.msg, p, C.size_t(len(buf)), C.size_t(keep), C.int(flags), &cmore, &cerr, &data))
 	if n < 0 {
-		return nil, false, zmq.Errno(syscall.Errno(cerr))
+		return nil, nil, false, zmq.Errno(syscall.Errno(cerr))
+	}
+	if n >= keep {
+		kept = &Msg{msg: r.msg, data: unsafe.Slice((*byte)(data), n)}
+		r.msg = newMsg()
+		return nil, kept, cmore != 0, nil
 	}
 	if n > len(buf) {
 		r.big = n
-		return nil, cmore != 0, ErrTooBig
+		return nil, nil, cmore != 0, ErrTooBig
 	}
-	return buf[:n], cmore != 0, nil
+	return buf[:n], nil, cmore != 0, nil
+}
+
+// Msg is a received part left in libzmq's memory: no copy was made. Its
+// bytes are valid until Close, which frees them; Go's garbage collector
+// does not see them, so every Msg must be closed (once; any goroutine).
+type Msg struct {
+	msg    *C.zmq_msg_t
+	data   []byte
+	closed atomic.Bool
+}
+
+func newMsg() *C.zmq_msg_t {
+	return (*C.zmq_msg_t)(C.malloc(C.size_t(unsafe.Sizeof(C.zmq_msg_t{}))))
+}
+
+// Bytes are the part's bytes. They must not be used after Close.
+func (m *Msg) Bytes() []byte { return m.data }
+
+// Closed reports whether Close was called.
+func (m *Msg) Closed() bool { return m.closed.Load() }
+
+// Close frees the part. Later calls do nothing.
+func (m *Msg) Close() {
+	if m.closed.Swap(true) {
+		return
+	}
+	C.zmqio_msg_free(m.msg)
 }
 
 // RecvInto is Recv for callers that take any size: a part bigger than buf
