@@ -1,7 +1,6 @@
 package caddyzmq
 
 import (
-	"runtime"
 	"sync"
 	"sync/atomic"
 
@@ -68,12 +67,11 @@ const keptFrameMin = 64 << 10
 
 // keptFrame wraps a part received without a copy. Its memory is freed by
 // the last release; if a reference is dropped without one (a request that
-// ended early), by a cleanup once the frame is unreachable. Whoever uses
-// buf must hold the frame: buf alone, in C memory, keeps nothing alive.
+// ended early), once the frame is unreachable (zmqio.Msg). Whoever uses buf
+// must hold the frame: buf alone, in C memory, keeps nothing alive.
 func keptFrame(m *zmqio.Msg) *replyFrame {
 	f := &replyFrame{buf: m.Bytes(), class: -1, msg: m}
 	f.refs.Store(1)
-	runtime.AddCleanup(f, (*zmqio.Msg).Close, m)
 	return f
 }
 

@@ -58,6 +58,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	"runtime"
 	"sync/atomic"
 	"syscall"
 	"unsafe"
@@ -138,7 +139,7 @@ func (r *Receiver) RecvKeep(buf []byte, keep int, flags zmq.Flag) (part []byte, 
 		return nil, nil, false, zmq.Errno(syscall.Errno(cerr))
 	}
 	if n >= keep {
-		kept = &Msg{msg: r.msg, data: unsafe.Slice((*byte)(data), n)}
+		kept = keepMsg(r.msg, unsafe.Slice((*byte)(data), n))
 		r.msg = newMsg()
 		return nil, kept, cmore != 0, nil
 	}
@@ -150,12 +151,31 @@ func (r *Receiver) RecvKeep(buf []byte, keep int, flags zmq.Flag) (part []byte, 
 }
 
 // Msg is a received part left in libzmq's memory: no copy was made. Its
-// bytes are valid until Close, which frees them; Go's garbage collector
-// does not see them, so every Msg must be closed (once; any goroutine).
+// bytes are valid until Close, which frees them. A Msg dropped without
+// Close is freed once it is unreachable, but whoever uses its bytes must
+// hold the Msg: the bytes, in C memory, keep nothing alive.
 type Msg struct {
+	data []byte
+	st   *msgState
+}
+
+// msgState is apart from Msg so that the cleanup can reach it while the Msg
+// is gone.
+type msgState struct {
 	msg    *C.zmq_msg_t
-	data   []byte
 	closed atomic.Bool
+}
+
+func (st *msgState) free() {
+	if !st.closed.Swap(true) {
+		C.zmqio_msg_free(st.msg)
+	}
+}
+
+func keepMsg(msg *C.zmq_msg_t, data []byte) *Msg {
+	m := &Msg{data: data, st: &msgState{msg: msg}}
+	runtime.AddCleanup(m, (*msgState).free, m.st)
+	return m
 }
 
 func newMsg() *C.zmq_msg_t {
@@ -165,16 +185,11 @@ func newMsg() *C.zmq_msg_t {
 // Bytes are the part's bytes. They must not be used after Close.
 func (m *Msg) Bytes() []byte { return m.data }
 
-// Closed reports whether Close was called.
-func (m *Msg) Closed() bool { return m.closed.Load() }
+// Closed reports whether the part was freed.
+func (m *Msg) Closed() bool { return m.st.closed.Load() }
 
-// Close frees the part. Later calls do nothing.
-func (m *Msg) Close() {
-	if m.closed.Swap(true) {
-		return
-	}
-	C.zmqio_msg_free(m.msg)
-}
+// Close frees the part. Later calls do nothing; any goroutine may call it.
+func (m *Msg) Close() { m.st.free() }
 
 // RecvInto is Recv for callers that take any size: a part bigger than buf
 // comes in a new slice of its size instead of ErrTooBig.

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -254,5 +255,56 @@ func TestTuneMalloc(t *testing.T) {
 	}
 	if !tuneMalloc(nil) {
 		t.Fatal("tuneMalloc did not set glibc's thresholds (mallopt refused, or not glibc)")
+	}
+}
+
+// RecvKeep leaves a part of keep bytes or more in libzmq's memory; Close
+// frees it, and so does dropping the Msg without Close, once unreachable.
+func TestRecvKeep(t *testing.T) {
+	tx, rx := pair(t)
+	r, err := NewReceiver(rx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	const keep = 1000
+	for _, n := range []int{keep - 1, keep, 64 << 10, keep} {
+		if _, err := tx.SendBytes(bytes.Repeat([]byte{'k'}, n), 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	buf := make([]byte, 4096)
+	part, m, _, err := r.RecvKeep(buf, keep, 0)
+	if err != nil || m != nil || len(part) != keep-1 {
+		t.Fatalf("below keep: %d bytes, kept %v, err %v; want a copy", len(part), m, err)
+	}
+	var states []*msgState
+	for i, want := range []int{keep, 64 << 10, keep} {
+		part, m, _, err := r.RecvKeep(buf, keep, 0)
+		if err != nil || m == nil || part != nil {
+			t.Fatalf("part %d: kept %v, err %v; want it kept", i, m, err)
+		}
+		if got := m.Bytes(); len(got) != want || got[0] != 'k' || got[want-1] != 'k' {
+			t.Fatalf("part %d: %d bytes, want %d", i, len(got), want)
+		}
+		states = append(states, m.st)
+		if i == 0 {
+			m.Close()
+			m.Close() // a no-op
+			if !m.Closed() {
+				t.Fatal("Close did not free it")
+			}
+		}
+		// The others are dropped without Close.
+	}
+	deadline := time.Now().Add(10 * time.Second)
+	for _, st := range states {
+		for !st.closed.Load() {
+			if time.Now().After(deadline) {
+				t.Fatal("a dropped Msg was never freed")
+			}
+			runtime.GC()
+			time.Sleep(10 * time.Millisecond)
+		}
 	}
 }
