@@ -500,8 +500,11 @@ func (o *ctlOwner) receive() {
 		if o.rbuf == nil {
 			o.rbuf = ctlBufs.Get().(*[]byte)
 		}
-		msg, _, err := o.rcv.Recv(*o.rbuf, zmq.DONTWAIT)
+		msg, kept, _, err := o.rcv.RecvKeep(*o.rbuf, ctlKeepMin, zmq.DONTWAIT)
 		switch {
+		case err == nil && kept != nil:
+			// A big message (a BODY chunk) stays in libzmq's memory.
+			o.handleKept(kept)
 		case err == nil:
 			if o.handle(msg, o.rbuf) {
 				o.rbuf = nil
@@ -515,6 +518,31 @@ func (o *ctlOwner) receive() {
 			return
 		}
 	}
+}
+
+// ctlKeepMin is the message size from which the control channel leaves a
+// message in libzmq's memory: BODY chunks of streamed uploads, which then
+// reach the handler without a copy in the worker.
+const ctlKeepMin = 64 << 10
+
+// handleKept acts on a message received without a copy. A BODY keeps it
+// until the handler has read it; anything else is copied out first.
+func (o *ctlOwner) handleKept(m *zmqio.Msg) {
+	msg := m.Bytes()
+	if rest, ok := bytes.CutPrefix(msg, []byte("BODY ")); ok {
+		fe := o.c.fe
+		conn, data, _ := bytes.Cut(rest, []byte{' '})
+		if !isConnID(conn) {
+			fe.log.Warn("control: malformed BODY", "msg", printable(msg, 100))
+			m.Close()
+			return
+		}
+		fe.s.deliverBody(flightKey{fe, string(conn)}, bodyChunk{data: data, kept: m})
+		return
+	}
+	own := bytes.Clone(msg)
+	m.Close()
+	o.handle(own, nil)
 }
 
 // handle acts on one message from the front end. Unknown verbs are ignored,

@@ -6,6 +6,8 @@ import (
 	"io"
 	"net/http"
 	"sync"
+
+	"github.com/zmqbridge/caddy-zmq/internal/zmqio"
 )
 
 // Streamed uploads (zmqx/1): a request whose body the front end streams
@@ -360,23 +362,28 @@ func (s *server) failUploads(fe *frontEnd, err error) {
 }
 
 // bodyChunk is the bytes of one BODY message, inside the buffer the
-// control channel received the message into. buf, if set, is a ctlBufs
-// buffer, returned to the pool once the bytes are read or dropped.
+// control channel received the message into: buf, a ctlBufs buffer
+// returned to the pool once the bytes are read or dropped, or kept, the
+// message in libzmq's memory (a big chunk, not copied), freed then.
+// Whoever uses data must hold the chunk.
 type bodyChunk struct {
 	data []byte
 	buf  *[]byte
+	kept *zmqio.Msg
 }
 
 func (c bodyChunk) release() {
 	if c.buf != nil {
 		ctlBufs.Put(c.buf)
 	}
+	if c.kept != nil {
+		c.kept.Close()
+	}
 }
 
-// ctlBufSize fits a BODY message of the front end's largest chunk (256 KiB)
-// with its verb and connection id; a larger message is received into a
-// buffer of its own size.
-const ctlBufSize = 256<<10 + 64
+// ctlBufSize is the control channel's receive buffer: messages up to
+// ctlKeepMin are copied into it; bigger ones are kept in libzmq's memory.
+const ctlBufSize = ctlKeepMin
 
 // ctlBufs holds the control channel's receive buffers. BODY chunks keep
 // theirs until the handler has read them; everything else returns at once.
