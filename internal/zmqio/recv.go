@@ -12,25 +12,34 @@ package zmqio
 // otherwise it stays in msg (for zmqio_take, or kept) and *data points at
 // its bytes. Returns the part's size, or -1 with *err set; *more is set
 // when more parts follow.
-static int zmqio_recv(void *sock, zmq_msg_t *msg, void *buf, size_t cap, size_t keep, int flags, int *more, int *err, void **data) {
+// zmqio_out holds zmqio_recv's results other than the size. It lives in C
+// memory: Go locals whose address went to C would each escape to the heap,
+// an allocation per receive.
+typedef struct {
+	int more;
+	int err;
+	void *data;
+} zmqio_out;
+
+static int zmqio_recv(void *sock, zmq_msg_t *msg, void *buf, size_t cap, size_t keep, int flags, zmqio_out *out) {
 	int n;
 	zmq_msg_init(msg);
 	do {
 		n = zmq_msg_recv(msg, sock, flags);
 	} while (n < 0 && zmq_errno() == EINTR);
 	if (n < 0) {
-		*err = zmq_errno();
+		out->err = zmq_errno();
 		zmq_msg_close(msg);
 		return -1;
 	}
-	*more = zmq_msg_more(msg);
+	out->more = zmq_msg_more(msg);
 	if ((size_t)n <= cap && (size_t)n < keep) {
 		if (n > 0) {
 			memcpy(buf, zmq_msg_data(msg), (size_t)n);
 		}
 		zmq_msg_close(msg);
 	} else {
-		*data = zmq_msg_data(msg);
+		out->data = zmq_msg_data(msg);
 	}
 	return n;
 }
@@ -75,6 +84,8 @@ type Receiver struct {
 	// copied between zmq_msg_recv and zmq_msg_close, and a part too big
 	// for the caller's buffer waits in it for Take.
 	msg *C.zmq_msg_t
+	// out receives zmqio_recv's results (C memory, like msg).
+	out *C.zmqio_out
 	// big is the size of a part waiting in msg, or -1.
 	big int
 	// scratch serves RecvCopy.
@@ -95,7 +106,8 @@ func NewReceiver(sock *zmq.Socket) (*Receiver, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &Receiver{sock: sock, h: h, msg: newMsg(), big: -1}, nil
+	out := (*C.zmqio_out)(C.malloc(C.size_t(unsafe.Sizeof(C.zmqio_out{}))))
+	return &Receiver{sock: sock, h: h, msg: newMsg(), out: out, big: -1}, nil
 }
 
 // Close frees the receiver (and a part still waiting for Take).
@@ -107,7 +119,8 @@ func (r *Receiver) Close() {
 		C.zmq_msg_close(r.msg)
 	}
 	C.free(unsafe.Pointer(r.msg))
-	r.msg = nil
+	C.free(unsafe.Pointer(r.out))
+	r.msg, r.out = nil, nil
 }
 
 // Recv receives one part into buf[:cap(buf)] and returns it, resliced, and
@@ -132,22 +145,22 @@ func (r *Receiver) RecvKeep(buf []byte, keep int, flags zmq.Flag) (part []byte, 
 	if len(buf) > 0 {
 		p = unsafe.Pointer(&buf[0])
 	}
-	var cmore, cerr C.int
-	var data unsafe.Pointer
-	n := int(C.zmqio_recv(r.h, r.msg, p, C.size_t(len(buf)), C.size_t(keep), C.int(flags), &cmore, &cerr, &data))
+	out := r.out
+	n := int(C.zmqio_recv(r.h, r.msg, p, C.size_t(len(buf)), C.size_t(keep), C.int(flags), out))
 	if n < 0 {
-		return nil, nil, false, zmq.Errno(syscall.Errno(cerr))
+		return nil, nil, false, zmq.Errno(syscall.Errno(out.err))
 	}
+	more = out.more != 0
 	if n >= keep {
-		kept = keepMsg(r.msg, unsafe.Slice((*byte)(data), n))
+		kept = keepMsg(r.msg, unsafe.Slice((*byte)(out.data), n))
 		r.msg = newMsg()
-		return nil, kept, cmore != 0, nil
+		return nil, kept, more, nil
 	}
 	if n > len(buf) {
 		r.big = n
-		return nil, nil, cmore != 0, ErrTooBig
+		return nil, nil, more, ErrTooBig
 	}
-	return buf[:n], nil, cmore != 0, nil
+	return buf[:n], nil, more, nil
 }
 
 // Msg is a received part left in libzmq's memory: no copy was made. Its
