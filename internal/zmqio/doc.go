@@ -1,7 +1,10 @@
 // Package zmqio is the hot path's access to libzmq, beside
-// github.com/pebbe/zmq4: receiving into a caller's buffer in one cgo call,
-// and waiting for a socket to become readable in Go's network poller
-// instead of in a thread blocked inside libzmq.
+// github.com/pebbe/zmq4: receiving into a caller's buffer in one cgo call
+// (Receiver), or keeping a big part in libzmq's memory without a copy
+// (RecvKeep, Msg); sending from C memory without a copy (CBuf, SendOwned);
+// and waiting for a socket in Go's network poller instead of in a thread
+// blocked inside libzmq, alone (Readiness) or in a select with channels
+// (Notifier).
 //
 // Why: pebbe/zmq4's RecvBytes makes four cgo calls and allocates a fresh
 // slice per message part, so a 256 KiB reply frame is a 256 KiB garbage
@@ -10,6 +13,11 @@
 // must then find a free P to run on (costly on 2 cores under load). Waiting
 // on the socket's ZMQ_FD through the poller lets the goroutine park like any
 // network reader and receive with ZMQ_DONTWAIT.
+//
+// Copies matter for bodies: every hop of a 256 KiB frame through Go memory
+// was a memcpy of it (a tenth of Caddy's CPU in a download each). C memory
+// is not the garbage collector's: a CBuf ends in SendOwned or Free, and a
+// Msg in Close or, if dropped, a cleanup once it is unreachable.
 //
 // The sockets stay pebbe/zmq4 sockets, used by their one owning goroutine;
 // this package only needs their libzmq handle (see handle).
