@@ -188,15 +188,7 @@ func (c *controlPlane) run(zctx *zmq.Context, ready chan<- error, quit <-chan st
 		select {
 		case m := <-c.in:
 			c.deliver(router, m)
-			// Send what queued up meanwhile before looking at the socket.
-			for n := 0; n < 64; n++ {
-				select {
-				case m := <-c.in:
-					c.deliver(router, m)
-				default:
-					n = 64
-				}
-			}
+			takeQueued(c.in, func(m ctlMsg) { c.deliver(router, m) })
 		case <-notify.C():
 		case now := <-tick.C:
 			c.sweep(now)

@@ -7,14 +7,17 @@ import (
 	"github.com/zmqbridge/caddy-zmq/internal/zmqio"
 )
 
-// replyFrame is one received reply message in a pooled buffer. One frame
-// may name up to 128 connections (fan-out): each exchange it is queued on
-// holds a reference, and the buffer goes back to its pool when the last
-// one has written it to its client. A reference that is never released
-// (a request that ended early) only means the buffer is left to the GC.
+// replyFrame is one received reply message, in a pooled buffer or, from
+// keptFrameMin up, in the memory libzmq received it into. One frame may
+// name up to 128 connections (fan-out): each exchange it is queued on
+// holds a reference, and the buffer goes back to its pool (or is freed)
+// when the last one has written it to its client. A reference that is
+// never released (a request that ended early) only means the buffer is
+// left to the GC (a kept one to zmqio.Msg's cleanup).
 //
-// Pooling matters for big bodies: a fresh 256 KiB slice per frame made the
-// GC the largest cost of a download (see the README's large-body figures).
+// Neither kind makes garbage per big frame: a fresh 256 KiB slice per frame
+// made the GC the largest cost of a download (see the README's large-body
+// figures).
 type replyFrame struct {
 	buf   []byte
 	refs  atomic.Int32
@@ -25,12 +28,11 @@ type replyFrame struct {
 }
 
 // frameClasses are the pooled buffer sizes. The receiver reads every frame
-// into a scratch buffer of the largest class; a frame that fits a smaller
-// class is copied into one, so that many small queued frames (SSE events
-// held back by a slow client) do not each pin a large buffer. The largest
-// class fits workerkit's biggest frame (256 KiB of body plus its prefix);
-// bigger frames (other Mongrel2 handlers) get a buffer of their own.
-var frameClasses = [...]int{512, 4 << 10, 32 << 10, 256<<10 + 4<<10}
+// smaller than keptFrameMin into a scratch buffer of the largest class; a
+// frame that fits a smaller class is copied into one, so that many small
+// queued frames (SSE events held back by a slow client) do not each pin a
+// large buffer. Bigger frames are kept where libzmq received them.
+var frameClasses = [...]int{512, 4 << 10, 32 << 10, keptFrameMin}
 
 const bigFrameClass = len(frameClasses) - 1
 

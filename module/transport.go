@@ -233,15 +233,7 @@ func (t *transport) runSender(zctx *zmq.Context, ready chan<- error) {
 		select {
 		case m := <-t.out:
 			t.send(sock, m)
-			// Drain what queued up meanwhile without going back to select.
-			for n := 0; n < 64; n++ {
-				select {
-				case m := <-t.out:
-					t.send(sock, m)
-				default:
-					n = 64
-				}
-			}
+			takeQueued(t.out, func(m outMsg) { t.send(sock, m) })
 		case <-t.quit:
 			for {
 				select {
@@ -321,31 +313,26 @@ func (t *transport) runReceiver(zctx *zmq.Context, ready chan<- error) {
 	}()
 	ready <- nil
 	// Receive without blocking while replies are there; in between, park
-	// in the network poller (zmqio explains why).
+	// in the network poller (zmqio explains why). A part that does not
+	// fit scratch is kept (scratch holds keptFrameMin bytes), so RecvKeep
+	// never reports ErrTooBig here.
 	scratch := getFrame(bigFrameClass, 0)
 	for {
 		part, kept, _, err := rcv.RecvKeep(scratch.buf, keptFrameMin, zmq.DONTWAIT)
 		switch {
-		case err == nil && kept != nil:
-			t.dispatch(keptFrame(kept))
-			select {
-			case <-t.quit:
-				return
-			default:
-			}
 		case err == nil:
 			var f *replyFrame
-			f, scratch = frameOf(part, scratch)
+			if kept != nil {
+				f = keptFrame(kept)
+			} else {
+				f, scratch = frameOf(part, scratch)
+			}
 			t.dispatch(f)
 			select {
 			case <-t.quit:
 				return
 			default:
 			}
-		case errors.Is(err, zmqio.ErrTooBig):
-			f := newFrame(rcv.Size())
-			rcv.Take(f.buf)
-			t.dispatch(f)
 		case zmq.AsErrno(err) == zmq.Errno(syscallEAGAIN):
 			if err := rd.Wait(); err != nil {
 				if errors.Is(err, zmqio.ErrInterrupted) {
@@ -378,6 +365,24 @@ func frameOf(part []byte, scratch *replyFrame) (f, next *replyFrame) {
 	scratch.buf = part
 	return scratch, getFrame(bigFrameClass, 0)
 }
+
+// takeQueued hands f what is already queued on ch, up to maxBurst values,
+// without waiting: an owner woken for one message sends those that came
+// meanwhile before it goes back to its select.
+func takeQueued[T any](ch <-chan T, f func(T)) {
+	for range maxBurst {
+		select {
+		case v := <-ch:
+			f(v)
+		default:
+			return
+		}
+	}
+}
+
+// maxBurst bounds a takeQueued burst, so that an owner also gets to its
+// other duties under a steady stream.
+const maxBurst = 64
 
 // sleepOrQuit waits d, unless quit closes first (false).
 func sleepOrQuit(quit <-chan struct{}, d time.Duration) bool {

@@ -3,7 +3,6 @@ package workerkit
 import (
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"math"
@@ -334,13 +333,7 @@ func (c *ctlConn) run(ready chan<- error, quit <-chan struct{}) {
 			}
 		}
 		o.receive()
-		if !hb.Stop() {
-			select {
-			case <-hb.C:
-			default:
-			}
-		}
-		hb.Reset(max(time.Until(nextHB), 0))
+		hb.Reset(max(time.Until(nextHB), 0)) // Go 1.23 timers: no stale tick to drain
 		select {
 		case <-c.wake:
 		case <-stop:
@@ -500,22 +493,26 @@ func (o *ctlOwner) receive() {
 		if o.rbuf == nil {
 			o.rbuf = ctlBufs.Get().(*[]byte)
 		}
+		// A message that does not fit rbuf (ctlKeepMin bytes) is kept in
+		// libzmq's memory, so RecvKeep never reports ErrTooBig here.
 		msg, kept, _, err := o.rcv.RecvKeep(*o.rbuf, ctlKeepMin, zmq.DONTWAIT)
-		switch {
-		case err == nil && kept != nil:
-			// A big message (a BODY chunk) stays in libzmq's memory.
-			o.handleKept(kept)
-		case err == nil:
-			if o.handle(msg, o.rbuf) {
-				o.rbuf = nil
-			}
-		case errors.Is(err, zmqio.ErrTooBig):
-			o.handle(o.rcv.Take(make([]byte, o.rcv.Size())), nil)
-		default:
+		if err != nil {
 			if !isEAGAIN(err) {
 				o.c.fe.log.Error("control: receive", "err", err)
 			}
 			return
+		}
+		hold := bodyChunk{buf: o.rbuf}
+		if kept != nil {
+			msg, hold = kept.Bytes(), bodyChunk{kept: kept}
+		}
+		switch {
+		case o.handle(msg, hold):
+			if kept == nil {
+				o.rbuf = nil // the upload has it now
+			}
+		case kept != nil:
+			kept.Close()
 		}
 	}
 }
@@ -525,31 +522,12 @@ func (o *ctlOwner) receive() {
 // reach the handler without a copy in the worker.
 const ctlKeepMin = 64 << 10
 
-// handleKept acts on a message received without a copy. A BODY keeps it
-// until the handler has read it; anything else is copied out first.
-func (o *ctlOwner) handleKept(m *zmqio.Msg) {
-	msg := m.Bytes()
-	if rest, ok := bytes.CutPrefix(msg, []byte("BODY ")); ok {
-		fe := o.c.fe
-		conn, data, _ := bytes.Cut(rest, []byte{' '})
-		if !isConnID(conn) {
-			fe.log.Warn("control: malformed BODY", "msg", printable(msg, 100))
-			m.Close()
-			return
-		}
-		fe.s.deliverBody(flightKey{fe, string(conn)}, bodyChunk{data: data, kept: m})
-		return
-	}
-	own := bytes.Clone(msg)
-	m.Close()
-	o.handle(own, nil)
-}
-
 // handle acts on one message from the front end. Unknown verbs are ignored,
 // so that the front end can grow the protocol; empty frames (an envelope
-// delimiter) too. msg lies in buf, a ctlBufs buffer, or in a slice of its
-// own if buf is nil; handle reports whether it kept buf.
-func (o *ctlOwner) handle(msg []byte, buf *[]byte) (kept bool) {
+// delimiter) too. msg lies in the buffer hold holds (a ctlBufs buffer, or
+// libzmq's message), which the caller reuses or frees unless handle
+// reports that it kept it (a BODY, whose upload releases it).
+func (o *ctlOwner) handle(msg []byte, hold bodyChunk) (kept bool) {
 	fe := o.c.fe
 	verb, rest, _ := bytes.Cut(msg, []byte{' '})
 	switch string(verb) {
@@ -570,12 +548,9 @@ func (o *ctlOwner) handle(msg []byte, buf *[]byte) (kept bool) {
 		// was admitted (registered) when its REQ arrived, before this.
 		fe.s.cancelFlights(flightKey{fe, string(rest)}, "")
 	case "REQ":
-		// The request may alias what it is given: a message in a
-		// reused buffer is copied out first.
-		if buf != nil {
-			rest = bytes.Clone(rest)
-		}
-		o.c.addressed(rest)
+		// The request may alias what it is given, and msg's buffer is
+		// reused: copy it out.
+		o.c.addressed(bytes.Clone(rest))
 	case "BODY":
 		// BODY <conn_id> <bytes>: the bytes may be anything, spaces too.
 		conn, data, _ := bytes.Cut(rest, []byte{' '})
@@ -583,8 +558,9 @@ func (o *ctlOwner) handle(msg []byte, buf *[]byte) (kept bool) {
 			fe.log.Warn("control: malformed BODY", "msg", printable(msg, 100))
 			return
 		}
-		// The upload keeps data, and buf with it, without copying.
-		fe.s.deliverBody(flightKey{fe, string(conn)}, bodyChunk{data: data, buf: buf})
+		// The upload keeps data, and its buffer with it, without copying.
+		hold.data = data
+		fe.s.deliverBody(flightKey{fe, string(conn)}, hold)
 		return true
 	case "BODYEND", "BODYERR":
 		if !isConnID(rest) {

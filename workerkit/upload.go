@@ -163,9 +163,10 @@ func (u *upload) dropLocked() {
 }
 
 // waitLocked waits, with u.mu held (and released while waiting), until
-// some of the body is buffered (nil) or it is over (why). empty reports a
-// zero-length read, which returns at once.
-func (u *upload) waitLocked(empty bool) error {
+// some of the body is buffered (nil) or it is over (why). With block false
+// (a zero-length Read) it does not wait: nil then may mean nothing is
+// buffered.
+func (u *upload) waitLocked(block bool) error {
 	for {
 		if u.closed {
 			return http.ErrBodyReadAfterClose
@@ -179,8 +180,8 @@ func (u *upload) waitLocked(empty bool) error {
 		if u.end != nil {
 			return u.end
 		}
-		if empty {
-			return errEmptyRead
+		if !block {
+			return nil
 		}
 		// Everything delivered has been read. A front end that has used
 		// up its credit sends nothing more until it hears from us, so
@@ -194,9 +195,6 @@ func (u *upload) waitLocked(empty bool) error {
 		u.mu.Lock()
 	}
 }
-
-// errEmptyRead ends waitLocked for a Read into an empty buffer.
-var errEmptyRead = errors.New("workerkit: empty read")
 
 // consumedLocked counts n bytes taken by the handler, and grants credit for
 // them in batches.
@@ -213,10 +211,7 @@ func (u *upload) consumedLocked(n int) {
 func (u *upload) Read(p []byte) (int, error) {
 	u.mu.Lock()
 	defer u.mu.Unlock()
-	if err := u.waitLocked(len(p) == 0); err != nil {
-		if err == errEmptyRead {
-			return 0, nil
-		}
+	if err := u.waitLocked(len(p) > 0); err != nil {
 		return 0, err
 	}
 	n := 0
@@ -248,7 +243,7 @@ func (u *upload) WriteTo(w io.Writer) (int64, error) {
 	var total int64
 	for {
 		u.mu.Lock()
-		if err := u.waitLocked(false); err != nil {
+		if err := u.waitLocked(true); err != nil {
 			u.mu.Unlock()
 			if err == io.EOF {
 				return total, nil

@@ -7,11 +7,6 @@ package zmqio
 #include <string.h>
 #include <stdlib.h>
 
-// zmqio_recv receives one message part into msg. If it fits in buf (cap
-// bytes) and is smaller than keep, it is copied there and msg is closed;
-// otherwise it stays in msg (for zmqio_take, or kept) and *data points at
-// its bytes. Returns the part's size, or -1 with *err set; *more is set
-// when more parts follow.
 // zmqio_out holds zmqio_recv's results other than the size. It lives in C
 // memory: Go locals whose address went to C would each escape to the heap,
 // an allocation per receive.
@@ -21,6 +16,11 @@ typedef struct {
 	void *data;
 } zmqio_out;
 
+// zmqio_recv receives one message part into msg. If it fits in buf (cap
+// bytes) and is smaller than keep, it is copied there and msg is closed;
+// otherwise it stays in msg (for zmqio_take, or kept) and out->data points
+// at its bytes. Returns the part's size, or -1 with out->err set;
+// out->more is set when more parts follow.
 static int zmqio_recv(void *sock, zmq_msg_t *msg, void *buf, size_t cap, size_t keep, int flags, zmqio_out *out) {
 	int n;
 	zmq_msg_init(msg);
