@@ -49,6 +49,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		if cap(st.body) > maxPooledBody {
 			st.body = nil
 		}
+		// Frames taken but not written (the request ended on an error or
+		// a panic before them) go back now, not when the GC finds them.
+		for _, qf := range st.frames {
+			qf.frame.release()
+		}
 		clear(st.frames[:cap(st.frames)]) // earlier, longer takes left pointers past len
 		st.rr.Release()
 		st.lazyBody, st.bodyConsumed = false, false
@@ -366,10 +371,11 @@ func (h *Handler) exchange(w http.ResponseWriter, r *http.Request, st *requestSt
 		frames, xerr := ex.take(st.frames[:0])
 		st.frames = frames
 		gotFrames = gotFrames || len(frames) > 0
-		for _, qf := range frames {
+		for i, qf := range frames {
 			owed += len(qf.body)
 			err := rr.Feed(qf.body)
 			qf.frame.release() // Feed keeps nothing of it
+			frames[i].frame = nil
 			if err != nil {
 				var ce httpreply.ClientError
 				if errors.As(err, &ce) {

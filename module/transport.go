@@ -517,6 +517,13 @@ func (t *transport) unregister(ex *exchange) {
 	t.mu.Lock()
 	delete(t.pending, ex.id)
 	t.mu.Unlock()
+	// Nothing is delivered to ex from here on (dispatch delivers under the
+	// read lock). Frames still queued, of a request that ended early (its
+	// client left, its reply failed), are released now: a kept frame is
+	// libzmq's memory, and waiting for the garbage collector to free it
+	// left an idle Caddy holding the in-flight window of every abandoned
+	// download.
+	ex.releaseQueued()
 }
 
 // submit queues a frame for the request socket without blocking.
@@ -655,6 +662,18 @@ func (ex *exchange) wake() {
 	case ex.signal <- struct{}{}:
 	default:
 	}
+}
+
+// releaseQueued releases the frames still queued.
+func (ex *exchange) releaseQueued() {
+	ex.mu.Lock()
+	for _, qf := range ex.queue {
+		qf.frame.release()
+	}
+	clear(ex.queue)
+	ex.queue = ex.queue[:0]
+	ex.queuedBytes = 0
+	ex.mu.Unlock()
 }
 
 // take appends the queued frames to dst and empties the queue, returning

@@ -54,3 +54,28 @@ func TestTakeEmptiesQueue(t *testing.T) {
 		t.Fatalf("second take = %d frames, want 0", len(again))
 	}
 }
+
+// An exchange that ends with frames still queued (its client left) gives
+// them back when it is unregistered: kept frames are libzmq's memory, and
+// the garbage collector may not run for minutes on an idle Caddy.
+func TestUnregisterReleasesQueued(t *testing.T) {
+	tr := &transport{pending: make(map[uint64]*exchange)}
+	ex := tr.register(0, false)
+	var frames []*replyFrame
+	for _, s := range []string{"a", "bb"} {
+		f := newFrame(len(s))
+		copy(f.buf, s)
+		ex.deliver(f.buf, f)
+		f.release() // dispatch's own reference
+		frames = append(frames, f)
+	}
+	tr.unregister(ex)
+	for i, f := range frames {
+		if n := f.refs.Load(); n != 0 {
+			t.Errorf("frame %d: %d references left after unregister, want 0", i, n)
+		}
+	}
+	if tr.lookup(ex.id) != nil || len(ex.queue) != 0 || ex.queuedBytes != 0 {
+		t.Fatal("unregister left the exchange registered or its queue full")
+	}
+}

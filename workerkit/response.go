@@ -13,7 +13,9 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
+	"github.com/zmqbridge/caddy-zmq/internal/zmqio"
 	"github.com/zmqbridge/caddy-zmq/workerkit/mongrel2"
 )
 
@@ -43,18 +45,53 @@ var (
 
 // frame is one reply message on its way to the reply socket's owner. Frames
 // are pooled: every reply needs one and most are about the same size.
-type frame struct{ b []byte }
+type frame struct {
+	b []byte
+	// c, when set, is the C memory b lies in (a frame with a large body):
+	// libzmq sends it without a copy. Such frames are not pooled.
+	c *zmqio.CBuf
+}
 
 var framePool = sync.Pool{New: func() any { return &frame{b: make([]byte, 0, 1024)} }}
 
 func getFrame() *frame { return framePool.Get().(*frame) }
 
+// putFrame recycles a frame, or frees the C memory of one that was not sent.
 func putFrame(f *frame) {
+	if f.c != nil {
+		f.c.Free()
+		return
+	}
 	if cap(f.b) > maxPooledFrame {
 		return
 	}
 	f.b = f.b[:0]
 	framePool.Put(f)
+}
+
+// cFrameMin is the body size from which a frame is built in C memory: one
+// copy (the handler's bytes into it) instead of two (into a Go frame, then
+// into libzmq's message).
+const cFrameMin = 64 << 10
+
+// toC moves f's bytes so far into C memory with room for need bytes in
+// all, and recycles f.
+func (f *frame) toC(need int) *frame {
+	c := zmqio.NewCBuf(need)
+	n := copy(c.Bytes(), f.b)
+	cf := &frame{b: c.Bytes()[:n], c: c}
+	putFrame(f)
+	return cf
+}
+
+// inC returns the C memory to send f from, or nil to send f.b (a Go frame,
+// or one whose appends outgrew its C memory, which cannot happen when toC
+// was given the right size, but must not be sent from freed memory).
+func (f *frame) inC() *zmqio.CBuf {
+	if f.c == nil || len(f.b) == 0 || unsafe.SliceData(f.b) != unsafe.SliceData(f.c.Bytes()) {
+		return nil
+	}
+	return f.c
 }
 
 // responseWriter renders a handler's response as the raw HTTP/1.1 stream the
@@ -346,6 +383,10 @@ func (rw *responseWriter) emit(a, b []byte, final bool) error {
 				// it must not loop): take waits for the whole window.
 				n = int(min(int64(n), rw.flow.window))
 			}
+		}
+		if n >= cFrameMin {
+			// chunkOverhead covers the chunk's framing and the last chunk.
+			f = f.toC(len(f.b) + n + chunkOverhead)
 		}
 		if n > 0 {
 			if rw.chunked {

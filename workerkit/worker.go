@@ -595,7 +595,13 @@ func (fe *frontEnd) runReplies(ready chan<- error, quit <-chan struct{}) {
 func (fe *frontEnd) send(sock *zmq.Socket, f *frame, topics map[string]int, deadline time.Time) {
 	defer putFrame(f)
 	for {
-		_, err := sock.SendBytes(f.b, 0)
+		var err error
+		if c := f.inC(); c != nil {
+			// On failure c is still ours: the loop may send it again.
+			err = zmqio.SendOwned(sock, c, len(f.b), 0)
+		} else {
+			_, err = sock.SendBytes(f.b, 0)
+		}
 		if err == nil {
 			return
 		}

@@ -3,27 +3,98 @@ package zmqio
 /*
 #include <zmq.h>
 #include <errno.h>
+#include <pthread.h>
 #include <stdlib.h>
+#include <sys/mman.h>
+
+// CBuf memory comes from mmap, not malloc. libzmq frees a sent CBuf on its
+// I/O thread while Go threads allocated it; glibc returns such a block to
+// the allocating thread's arena and keeps it there, up to the trim
+// threshold per arena and fragmented beyond it, so bursts of large bodies
+// left hundreds of MB resident for good (README, Known limits). Blocks of
+// the standard size are kept in a free list of at most zmqio_cache_max for
+// reuse (a fresh block costs a page fault per 4 KiB); everything else goes
+// back to the kernel at once. The list is shared by every thread: blocks
+// are taken on Go threads and given back on libzmq's.
+typedef struct zmqio_block { struct zmqio_block *next; } zmqio_block;
+
+static pthread_mutex_t zmqio_cache_mu = PTHREAD_MUTEX_INITIALIZER;
+static zmqio_block *zmqio_cache;
+static size_t zmqio_cache_len;
+static size_t zmqio_cache_max;
+static size_t zmqio_block_size;
+static long zmqio_mapped; // blocks mapped now, cached ones included
+
+static void zmqio_cbuf_config(size_t block, size_t max) {
+	zmqio_block_size = block;
+	zmqio_cache_max = max;
+}
+
+static void *zmqio_cbuf_alloc(size_t size) {
+	if (size == zmqio_block_size) {
+		pthread_mutex_lock(&zmqio_cache_mu);
+		zmqio_block *b = zmqio_cache;
+		if (b != NULL) {
+			zmqio_cache = b->next;
+			zmqio_cache_len--;
+		}
+		pthread_mutex_unlock(&zmqio_cache_mu);
+		if (b != NULL) {
+			return b;
+		}
+	}
+	void *p = mmap(NULL, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (p == MAP_FAILED) {
+		return NULL;
+	}
+	__atomic_add_fetch(&zmqio_mapped, 1, __ATOMIC_RELAXED);
+	return p;
+}
+
+static void zmqio_cbuf_release(void *p, size_t size) {
+	if (size == zmqio_block_size) {
+		pthread_mutex_lock(&zmqio_cache_mu);
+		if (zmqio_cache_len < zmqio_cache_max) {
+			zmqio_block *b = p;
+			b->next = zmqio_cache;
+			zmqio_cache = b;
+			zmqio_cache_len++;
+			pthread_mutex_unlock(&zmqio_cache_mu);
+			return;
+		}
+		pthread_mutex_unlock(&zmqio_cache_mu);
+	}
+	munmap(p, size);
+	__atomic_sub_fetch(&zmqio_mapped, 1, __ATOMIC_RELAXED);
+}
+
+static void zmqio_cbuf_stats(long *mapped, long *cached) {
+	pthread_mutex_lock(&zmqio_cache_mu);
+	*cached = (long)zmqio_cache_len;
+	pthread_mutex_unlock(&zmqio_cache_mu);
+	*mapped = __atomic_load_n(&zmqio_mapped, __ATOMIC_RELAXED);
+}
 
 // zmqio_keep is set by a thread that closes a message it failed to send:
 // the bytes stay the caller's. libzmq frees sent messages on its own
 // threads, where it is never set.
 static __thread int zmqio_keep;
 
+// zmqio_free is libzmq's free function for a sent CBuf; hint is the size
+// of its mapping.
 static void zmqio_free(void *data, void *hint) {
-	(void)hint;
 	if (!zmqio_keep) {
-		free(data);
+		zmqio_cbuf_release(data, (size_t)hint);
 	}
 }
 
-// zmqio_send_owned sends len bytes at data (from malloc) as one part
-// without copying them; libzmq frees them once they are sent. If the send
-// fails they are still the caller's.
-static int zmqio_send_owned(void *sock, void *data, size_t len, int flags, int *err) {
+// zmqio_send_owned sends len bytes at data (a CBuf mapping of mapped bytes)
+// as one part without copying them; libzmq releases them once they are
+// sent. If the send fails they are still the caller's.
+static int zmqio_send_owned(void *sock, void *data, size_t len, size_t mapped, int flags, int *err) {
 	zmq_msg_t msg;
 	int n;
-	if (zmq_msg_init_data(&msg, data, len, zmqio_free, NULL) != 0) {
+	if (zmq_msg_init_data(&msg, data, len, zmqio_free, (void *)mapped) != 0) {
 		*err = zmq_errno();
 		return -1;
 	}
@@ -51,22 +122,57 @@ import (
 
 // CBuf is a buffer in C memory that a message part can be sent from without
 // a copy: Go fills it (a read from a connection can land in it directly),
-// and SendOwned hands it to libzmq, which frees it once the bytes are on
+// and SendOwned hands it to libzmq, which releases it once the bytes are on
 // the wire. Until then it is the filler's, and Free releases it. Go's
 // garbage collector does not see it: every CBuf must end in SendOwned or
 // Free.
+//
+// The memory is mapped, not malloc'd (see zmqio_cbuf_alloc): buffers of
+// CBufBlock bytes or less take a standard block, and up to CBufCacheMax
+// released blocks are kept for reuse; larger buffers, and released blocks
+// beyond that, are unmapped. What stays resident after a burst of large
+// bodies is therefore at most CBufCacheMax blocks.
 type CBuf struct {
 	p    unsafe.Pointer
-	size int
+	size int // what the caller asked for
+	mapd int // the mapping: CBufBlock, or size rounded up to pages
 }
+
+const (
+	// CBufBlock is the standard block: a 256 KiB body part and the head
+	// in front of it (the module's BODY messages, workerkit's reply frames).
+	CBufBlock = 264 << 10
+	// CBufCacheMax bounds the blocks kept for reuse: 64 blocks (16.5 MiB)
+	// cover the frames in flight of a few fast streams (16 at the default
+	// 4 MiB window).
+	CBufCacheMax = 64
+)
+
+func init() { C.zmqio_cbuf_config(C.size_t(CBufBlock), C.size_t(CBufCacheMax)) }
 
 // NewCBuf allocates size bytes (size > 0) in C memory.
 func NewCBuf(size int) *CBuf {
-	p := C.malloc(C.size_t(size))
+	if size <= 0 {
+		panic("zmqio: NewCBuf of a non-positive size")
+	}
+	mapd := CBufBlock
+	if size > CBufBlock {
+		page := syscall.Getpagesize()
+		mapd = (size + page - 1) / page * page
+	}
+	p := C.zmqio_cbuf_alloc(C.size_t(mapd))
 	if p == nil {
 		panic("zmqio: out of C memory")
 	}
-	return &CBuf{p: p, size: size}
+	return &CBuf{p: p, size: size, mapd: mapd}
+}
+
+// CBufStats reports how many CBuf mappings exist (in use or cached) and how
+// many of them are cached for reuse.
+func CBufStats() (mapped, cached int) {
+	var m, c C.long
+	C.zmqio_cbuf_stats(&m, &c)
+	return int(m), int(c)
 }
 
 // Bytes is the whole buffer. It must not be used after SendOwned succeeded
@@ -77,7 +183,7 @@ func (b *CBuf) Bytes() []byte { return unsafe.Slice((*byte)(b.p), b.size) }
 // ignored.
 func (b *CBuf) Free() {
 	if b != nil && b.p != nil {
-		C.free(b.p)
+		C.zmqio_cbuf_release(b.p, C.size_t(b.mapd))
 		b.p = nil
 	}
 }
@@ -96,7 +202,7 @@ func SendOwned(sock *zmq.Socket, b *CBuf, n int, flags zmq.Flag) error {
 		return err
 	}
 	var cerr C.int
-	if C.zmqio_send_owned(h, b.p, C.size_t(n), C.int(flags), &cerr) < 0 {
+	if C.zmqio_send_owned(h, b.p, C.size_t(n), C.size_t(b.mapd), C.int(flags), &cerr) < 0 {
 		return zmq.Errno(syscall.Errno(cerr))
 	}
 	b.p = nil

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	zmq "github.com/pebbe/zmq4"
 )
@@ -106,4 +107,61 @@ func rss(t *testing.T) int64 {
 		t.Fatal(err)
 	}
 	return pages * int64(os.Getpagesize())
+}
+
+// Buffers released after a burst, by Free on Go threads or by libzmq once
+// sent, go back to the kernel beyond the cache's bound: the mappings left
+// are exactly the cached blocks, whatever the size of the burst. A buffer
+// larger than a block is never cached.
+func TestCBufCacheBounded(t *testing.T) {
+	tx, rx := pair(t)
+	const burst = 3 * CBufCacheMax
+	for round := range 2 {
+		bufs := make([]*CBuf, burst)
+		for i := range bufs {
+			bufs[i] = NewCBuf(CBufBlock - i) // every size up to a block takes one
+			bufs[i].Bytes()[0] = byte(i)     // touched: resident until unmapped
+		}
+		if mapped, _ := CBufStats(); mapped < burst {
+			t.Fatalf("round %d: %d mappings with %d buffers in use", round, mapped, burst)
+		}
+		for i, b := range bufs {
+			if i%2 == 0 {
+				b.Free()
+				continue
+			}
+			if err := SendOwned(tx, b, 1, 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+		for range burst / 2 {
+			if _, err := rx.RecvBytes(0); err != nil {
+				t.Fatal(err)
+			}
+		}
+		waitCBufs(t, CBufCacheMax, CBufCacheMax)
+	}
+	big := NewCBuf(CBufBlock + 1)
+	if big.mapd <= CBufBlock || big.mapd%os.Getpagesize() != 0 {
+		t.Fatalf("a %d-byte buffer maps %d bytes", CBufBlock+1, big.mapd)
+	}
+	big.Free()
+	waitCBufs(t, CBufCacheMax, CBufCacheMax)
+}
+
+// waitCBufs waits until CBufStats reports mapped and cached: libzmq
+// releases sent buffers on its I/O thread, a moment after the receive.
+func waitCBufs(t *testing.T, mapped, cached int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		m, c := CBufStats()
+		if m == mapped && c == cached {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("CBufStats = %d mapped, %d cached; want %d, %d", m, c, mapped, cached)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }

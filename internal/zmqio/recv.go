@@ -176,17 +176,19 @@ type Msg struct {
 // is gone.
 type msgState struct {
 	msg    *C.zmq_msg_t
+	size   int
 	closed atomic.Bool
 }
 
 func (st *msgState) free() {
 	if !st.closed.Swap(true) {
 		C.zmqio_msg_free(st.msg)
+		noteFreed(st.size)
 	}
 }
 
 func keepMsg(msg *C.zmq_msg_t, data []byte) *Msg {
-	m := &Msg{data: data, st: &msgState{msg: msg}}
+	m := &Msg{data: data, st: &msgState{msg: msg, size: len(data)}}
 	runtime.AddCleanup(m, (*msgState).free, m.st)
 	return m
 }

@@ -308,3 +308,54 @@ func TestRecvKeep(t *testing.T) {
 		}
 	}
 }
+
+// Freeing more than trimAfter bytes of kept parts schedules one trim of
+// glibc's heap (a burst of them, one trim); a few small parts do not.
+func TestKeptPartsTrimHeap(t *testing.T) {
+	tx, rx := pair(t)
+	r, err := NewReceiver(rx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.Close()
+	waitNoTrimPending(t)
+	before := trims.Load()
+	freedSinceTrim.Store(0)
+	part := make([]byte, 256<<10)
+	recvKept := func(n int) {
+		t.Helper()
+		for range n {
+			if _, err := tx.SendBytes(part, 0); err != nil {
+				t.Fatal(err)
+			}
+			_, m, _, err := r.RecvKeep(nil, len(part), 0)
+			if err != nil || m == nil {
+				t.Fatalf("kept %v, err %v", m, err)
+			}
+			m.Close()
+		}
+	}
+	recvKept(trimAfter/len(part) - 1)
+	if trimPending.Load() {
+		t.Fatal("less than trimAfter freed scheduled a trim")
+	}
+	recvKept(2 * trimAfter / len(part)) // a burst of twice the threshold
+	if !trimPending.Load() {
+		t.Fatal("no trim scheduled after freeing twice trimAfter")
+	}
+	waitNoTrimPending(t)
+	if got := trims.Load() - before; got != 1 {
+		t.Fatalf("%d trims after one burst, want 1", got)
+	}
+}
+
+func waitNoTrimPending(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for trimPending.Load() {
+		if time.Now().After(deadline) {
+			t.Fatal("the scheduled trim never ran")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
