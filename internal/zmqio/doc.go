@@ -19,6 +19,13 @@
 // is not the garbage collector's: a CBuf ends in SendOwned or Free, and a
 // Msg in Close or, if dropped, a cleanup once it is unreachable.
 //
+// Freed C memory must also leave the process. CBufs are allocated on Go
+// threads and freed on libzmq's I/O thread, which glibc's per-thread arenas
+// handle badly (freed blocks stay in the allocating thread's arena), so
+// they come from mmap'd blocks with a bounded cache of their own. libzmq's
+// receive buffers (Msg) come from its I/O thread's arena; once enough of
+// them were freed, a malloc_trim is scheduled (see noteFreed).
+//
 // The sockets stay pebbe/zmq4 sockets, used by their one owning goroutine;
 // this package only needs their libzmq handle (see handle).
 package zmqio
