@@ -382,7 +382,13 @@ func TestChatFanOut(t *testing.T) {
 // its control channel.
 func startEchoStreams(t *testing.T) (*caddy, *process) {
 	t.Helper()
-	c := startStreamsCaddy(t, false, nil)
+	return startEchoStreamsEnv(t, nil)
+}
+
+// startEchoStreamsEnv is startEchoStreams with env for streams.Caddyfile.
+func startEchoStreamsEnv(t *testing.T, env map[string]string) (*caddy, *process) {
+	t.Helper()
+	c := startStreamsCaddy(t, false, env)
 	w := startEchoWorker(t, c, "echo")
 	waitControlWorkers(t, c, 1, w)
 	client := c.Client(modeHTTP)
@@ -476,9 +482,7 @@ func TestAbandonedTransfersMemory(t *testing.T) {
 	)
 	// The default window (streams.Caddyfile has 1 MiB): 4 MiB in flight
 	// per transfer, 400 MiB for a burst.
-	c := startStreamsCaddy(t, false, map[string]string{"REPLY_WINDOW": "4MiB"})
-	w := startEchoWorker(t, c, "echo")
-	waitControlWorkers(t, c, 1, w)
+	c, w := startEchoStreamsEnv(t, map[string]string{"REPLY_WINDOW": "4MiB"})
 	client := bigClient()
 	defer client.CloseIdleConnections()
 	// Warm-up: pools and the Go heap at their working size.
