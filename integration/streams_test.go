@@ -466,13 +466,13 @@ func TestLargeDownload(t *testing.T) {
 // TestAbandonedTransfersMemory: clients that leave large downloads and
 // uploads in bursts must not leave Caddy or the worker holding memory.
 // Every such transfer had frames in flight (up to the credit window) when
-// its client went. Measured with this test: Caddy +101 MiB and the worker
-// +105 MiB stayed resident when upload chunks and reply frames came from
-// glibc's heap (freed on libzmq's I/O thread, kept by the arenas of the
-// threads that allocated them) and when an ended request's queued frames
-// waited for the garbage collector; +28 and +19 MiB with zmqio.CBuf's
-// bounded block cache, the trim after kept parts are freed, and the queue
-// released at unregister.
+// its client went. Measured with this test on binaries of commit 5a726f2:
+// Caddy +105 MiB and the worker +111 MiB stayed resident, since upload
+// chunks and reply frames came from glibc's heap (freed on libzmq's I/O
+// thread, kept by the arenas of the threads that allocated them) and an
+// ended request's queued frames waited for the garbage collector. Now
+// +22-28 and +16-19 MiB: zmqio.CBuf's bounded block cache, the trim after
+// kept parts are freed, and the queue released at unregister.
 func TestAbandonedTransfersMemory(t *testing.T) {
 	const (
 		bursts    = 12 // downloads and uploads alternate
