@@ -279,6 +279,18 @@ func poll(timeout time.Duration, abort func() error, f func() error) error {
 	}
 }
 
+// anyExited is a poll abort: it fails once one of procs has exited.
+func anyExited(procs []*process) func() error {
+	return func() error {
+		for _, p := range procs {
+			if p.Exited() {
+				return fmt.Errorf("%s exited: %v", p.name, p.err)
+			}
+		}
+		return nil
+	}
+}
+
 // ---------------------------------------------------------------------------
 // Caddy.
 
@@ -645,15 +657,7 @@ func waitWorker(t testing.TB, client *http.Client, url, name string, procs ...*p
 // pollGET GETs url (3 s per try) until check accepts the response and its
 // body, for startTimeout; it gives up early if one of procs exits.
 func pollGET(client *http.Client, url string, procs []*process, check func(*http.Response, []byte) error) error {
-	abort := func() error {
-		for _, p := range procs {
-			if p.Exited() {
-				return fmt.Errorf("%s exited: %v", p.name, p.err)
-			}
-		}
-		return nil
-	}
-	return poll(startTimeout, abort, func() error {
+	return poll(startTimeout, anyExited(procs), func() error {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Second)
 		defer cancel()
 		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)

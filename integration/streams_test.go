@@ -537,26 +537,26 @@ func TestAbandonedTransfersMemory(t *testing.T) {
 	// Both still serve, and what the abandoned transfers held is released
 	// (asynchronously: frames in flight drain, Go returns freed pages).
 	downloadBig(t, client, c.HTTPURL(fmt.Sprintf("/big?bytes=%d", 4*sMiB)))
-	deadline := time.Now().Add(15 * time.Second)
-	for {
+	procs := []*process{c.proc, w}
+	err := poll(15*time.Second, anyExited(procs), func() error {
 		var over []string
-		for _, p := range []*process{c.proc, w} {
+		for _, p := range procs {
 			rss, err := vmRSS(pidOf(p))
 			if err != nil {
-				t.Fatal(err)
+				return err
 			}
 			if grew := rss - base[p]; grew > rssLimit {
 				over = append(over, fmt.Sprintf("%s grew by %s (baseline %s, now %s)", p.name, fmtMiB(grew), fmtMiB(base[p]), fmtMiB(rss)))
 			}
 		}
-		if len(over) == 0 {
-			break
+		if len(over) > 0 {
+			return errors.New(strings.Join(over, "; "))
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("after %d bursts of %d abandoned transfers, more than %s stays resident: %s",
-				bursts, perBurst, fmtMiB(rssLimit), strings.Join(over, "; "))
-		}
-		time.Sleep(100 * time.Millisecond)
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("after %d bursts of %d abandoned transfers, more than %s stays resident: %v",
+			bursts, perBurst, fmtMiB(rssLimit), err)
 	}
 	t.Logf("after the bursts: Caddy %s (baseline %s), worker %s (baseline %s)",
 		rssOf(c.proc), fmtMiB(base[c.proc]), rssOf(w), fmtMiB(base[w]))

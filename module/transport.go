@@ -670,10 +670,16 @@ func (ex *exchange) releaseQueued() {
 	for _, qf := range ex.queue {
 		qf.frame.release()
 	}
+	ex.emptyQueue()
+	ex.mu.Unlock()
+}
+
+// emptyQueue drops the queued frames (not released: the caller took or
+// released them); ex.mu is held.
+func (ex *exchange) emptyQueue() {
 	clear(ex.queue)
 	ex.queue = ex.queue[:0]
 	ex.queuedBytes = 0
-	ex.mu.Unlock()
 }
 
 // take appends the queued frames to dst and empties the queue, returning
@@ -689,9 +695,7 @@ func (ex *exchange) releaseQueued() {
 func (ex *exchange) take(dst []queuedFrame) ([]queuedFrame, error) {
 	ex.mu.Lock()
 	dst = append(dst, ex.queue...)
-	clear(ex.queue)
-	ex.queue = ex.queue[:0]
-	ex.queuedBytes = 0
+	ex.emptyQueue()
 	err := ex.err
 	ex.mu.Unlock()
 	return dst, err

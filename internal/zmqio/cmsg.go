@@ -134,8 +134,7 @@ import (
 // bodies is therefore at most CBufCacheMax blocks.
 type CBuf struct {
 	p    unsafe.Pointer
-	size int // what the caller asked for
-	mapd int // the mapping: CBufBlock, or size rounded up to pages
+	size int
 }
 
 const (
@@ -155,16 +154,21 @@ func NewCBuf(size int) *CBuf {
 	if size <= 0 {
 		panic("zmqio: NewCBuf of a non-positive size")
 	}
-	mapd := CBufBlock
-	if size > CBufBlock {
-		page := syscall.Getpagesize()
-		mapd = (size + page - 1) / page * page
-	}
-	p := C.zmqio_cbuf_alloc(C.size_t(mapd))
+	p := C.zmqio_cbuf_alloc(C.size_t(mappingSize(size)))
 	if p == nil {
 		panic("zmqio: out of C memory")
 	}
-	return &CBuf{p: p, size: size, mapd: mapd}
+	return &CBuf{p: p, size: size}
+}
+
+// mappingSize is the mapping behind a CBuf of size bytes: a standard block,
+// or size rounded up to pages.
+func mappingSize(size int) int {
+	if size <= CBufBlock {
+		return CBufBlock
+	}
+	page := syscall.Getpagesize()
+	return (size + page - 1) / page * page
 }
 
 // CBufStats reports how many CBuf mappings exist (in use or cached) and how
@@ -183,7 +187,7 @@ func (b *CBuf) Bytes() []byte { return unsafe.Slice((*byte)(b.p), b.size) }
 // ignored.
 func (b *CBuf) Free() {
 	if b != nil && b.p != nil {
-		C.zmqio_cbuf_release(b.p, C.size_t(b.mapd))
+		C.zmqio_cbuf_release(b.p, C.size_t(mappingSize(b.size)))
 		b.p = nil
 	}
 }
@@ -202,7 +206,7 @@ func SendOwned(sock *zmq.Socket, b *CBuf, n int, flags zmq.Flag) error {
 		return err
 	}
 	var cerr C.int
-	if C.zmqio_send_owned(h, b.p, C.size_t(n), C.size_t(b.mapd), C.int(flags), &cerr) < 0 {
+	if C.zmqio_send_owned(h, b.p, C.size_t(n), C.size_t(mappingSize(b.size)), C.int(flags), &cerr) < 0 {
 		return zmq.Errno(syscall.Errno(cerr))
 	}
 	b.p = nil

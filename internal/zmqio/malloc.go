@@ -86,10 +86,12 @@ func userTunedMalloc(env []string) bool {
 // At most one is pending, so while bodies stream that is one trim a
 // second: the pages it gives back fault in again when reused, once a
 // second at most, where trimming after every frame would fault in every
-// frame (what mmapThreshold and trimThreshold are there to avoid). In the
-// large-body benchmark, Caddy's CPU per GiB as a multiple of
-// reverse_proxy's went 0.96 -> 1.05 down and 1.24 -> 1.30 up across the
-// change (one run each: within that benchmark's run-to-run noise).
+// frame (what mmapThreshold and trimThreshold are there to avoid). The
+// trim's own cost was not measured apart: in `go run ./integration/bench -large`, one run
+// before and one after the commit that brought it (with the CBuf blocks
+// and workerkit's C frames), Caddy's CPU per GiB as a multiple of
+// reverse_proxy's went 0.96 -> 1.05 down and 1.24 -> 1.30 up, within that
+// benchmark's run-to-run noise.
 const (
 	trimAfter = 4 << 20
 	trimDelay = time.Second

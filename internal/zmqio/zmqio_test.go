@@ -15,6 +15,31 @@ import (
 
 var pairSeq atomic.Int64
 
+// receiverPair is pair with a Receiver on rx, closed when the test ends.
+func receiverPair(t *testing.T) (*zmq.Socket, *Receiver) {
+	t.Helper()
+	tx, rx := pair(t)
+	r, err := NewReceiver(rx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.Close)
+	return tx, r
+}
+
+// eventually polls cond until it holds, failing the test with what after
+// 10 s: libzmq and the runtime free things on threads of their own.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatal(what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 // pair returns a connected PUSH (tx) and PULL (rx) over inproc.
 func pair(t *testing.T) (tx, rx *zmq.Socket) {
 	t.Helper()
@@ -66,12 +91,7 @@ func TestRecv(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			tx, rx := pair(t)
-			r, err := NewReceiver(rx)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer r.Close()
+			tx, r := receiverPair(t)
 			for i, p := range tc.parts {
 				flag := zmq.SNDMORE
 				if i == len(tc.parts)-1 {
@@ -110,12 +130,7 @@ func TestRecv(t *testing.T) {
 }
 
 func TestRecvCopy(t *testing.T) {
-	tx, rx := pair(t)
-	r, err := NewReceiver(rx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
+	tx, r := receiverPair(t)
 	small, big := []byte("request"), bytes.Repeat([]byte{'q'}, copyScratch+1)
 	for _, p := range [][]byte{small, big, small} {
 		if _, err := tx.SendBytes(p, 0); err != nil {
@@ -208,12 +223,7 @@ func TestReadiness(t *testing.T) {
 // TestRecvInto: a part that fits lands in the buffer; a bigger one comes
 // in a slice of its own, with no ErrTooBig.
 func TestRecvInto(t *testing.T) {
-	tx, rx := pair(t)
-	r, err := NewReceiver(rx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
+	tx, r := receiverPair(t)
 	buf := make([]byte, 8)
 	for _, want := range [][]byte{[]byte("fits"), []byte("does not fit")} {
 		if _, err := tx.SendBytes(want, 0); err != nil {
@@ -261,12 +271,7 @@ func TestTuneMalloc(t *testing.T) {
 // RecvKeep leaves a part of keep bytes or more in libzmq's memory; Close
 // frees it, and so does dropping the Msg without Close, once unreachable.
 func TestRecvKeep(t *testing.T) {
-	tx, rx := pair(t)
-	r, err := NewReceiver(rx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
+	tx, r := receiverPair(t)
 	const keep = 1000
 	for _, n := range []int{keep - 1, keep, 64 << 10, keep} {
 		if _, err := tx.SendBytes(bytes.Repeat([]byte{'k'}, n), 0); err != nil {
@@ -297,27 +302,18 @@ func TestRecvKeep(t *testing.T) {
 		}
 		// The others are dropped without Close.
 	}
-	deadline := time.Now().Add(10 * time.Second)
 	for _, st := range states {
-		for !st.closed.Load() {
-			if time.Now().After(deadline) {
-				t.Fatal("a dropped Msg was never freed")
-			}
+		eventually(t, "a dropped Msg was never freed", func() bool {
 			runtime.GC()
-			time.Sleep(10 * time.Millisecond)
-		}
+			return st.closed.Load()
+		})
 	}
 }
 
 // Freeing more than trimAfter bytes of kept parts schedules one trim of
 // glibc's heap (a burst of them, one trim); a few small parts do not.
 func TestKeptPartsTrimHeap(t *testing.T) {
-	tx, rx := pair(t)
-	r, err := NewReceiver(rx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
+	tx, r := receiverPair(t)
 	waitNoTrimPending(t)
 	before := trims.Load()
 	freedSinceTrim.Store(0)
@@ -351,11 +347,5 @@ func TestKeptPartsTrimHeap(t *testing.T) {
 
 func waitNoTrimPending(t *testing.T) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
-	for trimPending.Load() {
-		if time.Now().After(deadline) {
-			t.Fatal("the scheduled trim never ran")
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	eventually(t, "the scheduled trim never ran", func() bool { return !trimPending.Load() })
 }
