@@ -471,7 +471,7 @@ func TestLargeDownload(t *testing.T) {
 // chunks and reply frames came from glibc's heap (freed on libzmq's I/O
 // thread, kept by the arenas of the threads that allocated them) and an
 // ended request's queued frames waited for the garbage collector. Now
-// +22-28 and +16-19 MiB: zmqio.CBuf's bounded block cache, the trim after
+// +19-28 and +16-22 MiB (five runs): zmqio.CBuf's bounded block cache, the trim after
 // kept parts are freed, and the queue released at unregister.
 func TestAbandonedTransfersMemory(t *testing.T) {
 	const (
