@@ -317,37 +317,44 @@ func (t *transport) runReceiver(zctx *zmq.Context, ready chan<- error) {
 	// fit scratch is kept (scratch holds keptFrameMin bytes), so RecvKeep
 	// never reports ErrTooBig here.
 	scratch := getFrame(bigFrameClass, 0)
+	var (
+		part []byte
+		kept *zmqio.Msg
+		rerr error
+	)
+	recv := func() bool {
+		part, kept, _, rerr = rcv.RecvKeep(scratch.buf, keptFrameMin, zmq.DONTWAIT)
+		return zmq.AsErrno(rerr) != zmq.Errno(syscallEAGAIN)
+	}
 	for {
-		part, kept, _, err := rcv.RecvKeep(scratch.buf, keptFrameMin, zmq.DONTWAIT)
-		switch {
-		case err == nil:
-			var f *replyFrame
-			if kept != nil {
-				f = keptFrame(kept)
-			} else {
-				f, scratch = frameOf(part, scratch)
-			}
-			t.dispatch(f)
-			select {
-			case <-t.quit:
+		if werr := rd.Await(recv); werr != nil {
+			if errors.Is(werr, zmqio.ErrInterrupted) {
 				return
-			default:
 			}
-		case zmq.AsErrno(err) == zmq.Errno(syscallEAGAIN):
-			if err := rd.Wait(); err != nil {
-				if errors.Is(err, zmqio.ErrInterrupted) {
-					return
-				}
-				t.logger.Error("waiting for replies", zap.Error(err))
-				if !sleepOrQuit(t.quit, recvPollInterval) {
-					return
-				}
-			}
-		default:
-			t.logger.Error("receiving reply", zap.Error(err))
+			t.logger.Error("waiting for replies", zap.Error(werr))
 			if !sleepOrQuit(t.quit, recvPollInterval) {
 				return
 			}
+			continue
+		}
+		if rerr != nil {
+			t.logger.Error("receiving reply", zap.Error(rerr))
+			if !sleepOrQuit(t.quit, recvPollInterval) {
+				return
+			}
+			continue
+		}
+		var f *replyFrame
+		if kept != nil {
+			f = keptFrame(kept)
+		} else {
+			f, scratch = frameOf(part, scratch)
+		}
+		t.dispatch(f)
+		select {
+		case <-t.quit:
+			return
+		default:
 		}
 	}
 }

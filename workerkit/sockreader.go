@@ -16,6 +16,10 @@ import (
 type socketReader struct {
 	rcv *zmqio.Receiver
 	rd  *zmqio.Readiness
+	// try receives into msg and err; made once (zmqio.Readiness.Await).
+	try func() bool
+	msg []byte
+	err error
 }
 
 func newSocketReader(sock *zmq.Socket) (*socketReader, error) {
@@ -28,7 +32,12 @@ func newSocketReader(sock *zmq.Socket) (*socketReader, error) {
 		rcv.Close()
 		return nil, err
 	}
-	return &socketReader{rcv: rcv, rd: rd}, nil
+	r := &socketReader{rcv: rcv, rd: rd}
+	r.try = func() bool {
+		r.msg, r.err = r.rcv.RecvCopy(zmq.DONTWAIT)
+		return !isEAGAIN(r.err)
+	}
+	return r, nil
 }
 
 var errRecvTimeout = zmq.Errno(syscall.EAGAIN)
@@ -37,18 +46,15 @@ var errRecvTimeout = zmq.Errno(syscall.EAGAIN)
 // timeout the error is EAGAIN, as a blocking receive with ZMQ_RCVTIMEO
 // gives.
 func (r *socketReader) recv(d time.Duration) ([]byte, error) {
-	for {
-		msg, err := r.rcv.RecvCopy(zmq.DONTWAIT)
-		if !isEAGAIN(err) {
-			return msg, err
+	if err := r.rd.AwaitTimeout(d, r.try); err != nil {
+		if errors.Is(err, zmqio.ErrTimeout) || errors.Is(err, zmqio.ErrInterrupted) {
+			return nil, errRecvTimeout
 		}
-		if err := r.rd.WaitTimeout(d); err != nil {
-			if errors.Is(err, zmqio.ErrTimeout) || errors.Is(err, zmqio.ErrInterrupted) {
-				return nil, errRecvTimeout
-			}
-			return nil, err
-		}
+		return nil, err
 	}
+	msg := r.msg
+	r.msg = nil
+	return msg, r.err
 }
 
 func (r *socketReader) close() {

@@ -173,12 +173,24 @@ func TestReadiness(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer r.Close()
+	var got []byte
+	tries := 0
+	recv := func() bool {
+		tries++
+		m, _, err := r.Recv(make([]byte, 16), zmq.DONTWAIT)
+		if err != nil && zmq.AsErrno(err) != zmq.Errno(syscall.EAGAIN) {
+			t.Errorf("Recv: %v", err)
+			return true
+		}
+		got = m
+		return err == nil
+	}
 
-	if err := rd.WaitTimeout(20 * time.Millisecond); !errors.Is(err, ErrTimeout) {
-		t.Fatalf("idle socket: WaitTimeout = %v, want ErrTimeout", err)
+	if err := rd.AwaitTimeout(20*time.Millisecond, recv); !errors.Is(err, ErrTimeout) {
+		t.Fatalf("idle socket: AwaitTimeout = %v, want ErrTimeout", err)
 	}
 	// A message sent while the owner waits wakes it; so does one sent
-	// before it waits (the edge came earlier).
+	// before it waits (then the first try takes it, with no wait).
 	for i, delay := range []time.Duration{50 * time.Millisecond, 0} {
 		sent := make(chan error, 1)
 		go func() {
@@ -191,12 +203,15 @@ func TestReadiness(t *testing.T) {
 				t.Fatal(err)
 			}
 		}
-		if err := rd.WaitTimeout(5 * time.Second); err != nil {
-			t.Fatalf("round %d: WaitTimeout = %v, want readable", i, err)
+		got, tries = nil, 0
+		if err := rd.AwaitTimeout(5*time.Second, recv); err != nil {
+			t.Fatalf("round %d: AwaitTimeout = %v, want a message", i, err)
 		}
-		m, _, err := r.Recv(make([]byte, 16), zmq.DONTWAIT)
-		if err != nil || string(m) != "ping" {
-			t.Fatalf("round %d: Recv = %q, %v", i, m, err)
+		if string(got) != "ping" {
+			t.Fatalf("round %d: received %q", i, got)
+		}
+		if delay == 0 && tries != 1 {
+			t.Errorf("round %d: %d tries for a message that was there", i, tries)
 		}
 		if delay != 0 {
 			if err := <-sent; err != nil {
@@ -204,19 +219,42 @@ func TestReadiness(t *testing.T) {
 			}
 		}
 	}
+	// Many messages, each sent only once the owner has taken the one
+	// before: every one must wake a park (none is lost between a try
+	// that found nothing and the park after it).
+	echo := make(chan struct{})
+	go func() {
+		for range 200 {
+			if _, err := tx.SendBytes([]byte("ping"), 0); err != nil {
+				t.Error(err)
+				return
+			}
+			if _, ok := <-echo; !ok {
+				return
+			}
+		}
+	}()
+	for i := range 200 {
+		got = nil
+		if err := rd.AwaitTimeout(5*time.Second, recv); err != nil || string(got) != "ping" {
+			close(echo)
+			t.Fatalf("message %d: AwaitTimeout = %v, received %q", i, err, got)
+		}
+		echo <- struct{}{}
+	}
 	done := make(chan error, 1)
-	go func() { done <- rd.Wait() }()
+	go func() { done <- rd.Await(recv) }()
 	rd.Interrupt()
 	select {
 	case err := <-done:
 		if !errors.Is(err, ErrInterrupted) {
-			t.Fatalf("Wait after Interrupt = %v", err)
+			t.Fatalf("Await after Interrupt = %v", err)
 		}
 	case <-time.After(5 * time.Second):
-		t.Fatal("Interrupt did not end Wait")
+		t.Fatal("Interrupt did not end Await")
 	}
-	if err := rd.WaitTimeout(time.Second); !errors.Is(err, ErrInterrupted) {
-		t.Fatalf("WaitTimeout after Interrupt = %v, want ErrInterrupted", err)
+	if err := rd.AwaitTimeout(time.Second, recv); !errors.Is(err, ErrInterrupted) {
+		t.Fatalf("AwaitTimeout after Interrupt = %v, want ErrInterrupted", err)
 	}
 }
 
