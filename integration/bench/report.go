@@ -71,8 +71,11 @@ type CaseReport struct {
 	CPUPerReq float64 `json:"cpu_per_request_us_median"` // -1: unknown
 	// CPUByProc is the median per process of Run.CPU.ByProcess.
 	CPUByProc map[string]float64 `json:"cpu_per_request_us_by_process,omitempty"`
-	Flagged   bool               `json:"flagged"` // failed runs or errors: do not trust the numbers
-	Runs      []Run              `json:"runs"`
+	// SwitchesByProc is the median per process of
+	// Run.CPU.SwitchesByProcess.
+	SwitchesByProc map[string]float64 `json:"switches_per_request_by_process,omitempty"`
+	Flagged        bool               `json:"flagged"` // failed runs or errors: do not trust the numbers
+	Runs           []Run              `json:"runs"`
 }
 
 // Check is one ratio or latency comparison, with its target if it has one.
@@ -105,6 +108,27 @@ var ratioTargets = []struct {
 	{"HTTPS", "mongrel2", 1.0},
 }
 
+// medianByProcess is, per process name, the median over the successful
+// runs of the figure that of picks; nil if no run has one.
+func medianByProcess(runs []Run, of func(cpuShares) map[string]float64) map[string]float64 {
+	byProc := map[string][]float64{}
+	for _, r := range runs {
+		if r.Wrk != nil {
+			for name, v := range of(r.CPU) {
+				byProc[name] = append(byProc[name], v)
+			}
+		}
+	}
+	var m map[string]float64
+	for name, v := range byProc {
+		if m == nil {
+			m = map[string]float64{}
+		}
+		m[name] = median(v)
+	}
+	return m
+}
+
 // finish computes the per-case summaries and the checks.
 func (rep *Report) finish(cases []Case, results [][]Run) {
 	rep.DurationSeconds = time.Since(rep.Started).Seconds()
@@ -130,20 +154,8 @@ func (rep *Report) finish(cases []Case, results [][]Run) {
 		if len(cpu) > 0 {
 			cr.CPUPerReq = median(cpu)
 		}
-		byProc := map[string][]float64{}
-		for _, r := range results[i] {
-			if r.Wrk != nil {
-				for name, us := range r.CPU.ByProcess {
-					byProc[name] = append(byProc[name], us)
-				}
-			}
-		}
-		for name, v := range byProc {
-			if cr.CPUByProc == nil {
-				cr.CPUByProc = map[string]float64{}
-			}
-			cr.CPUByProc[name] = median(v)
-		}
+		cr.CPUByProc = medianByProcess(results[i], func(c cpuShares) map[string]float64 { return c.ByProcess })
+		cr.SwitchesByProc = medianByProcess(results[i], func(c cpuShares) map[string]float64 { return c.SwitchesByProcess })
 		if len(rps) > 0 {
 			cr.RPSMedian, cr.RPSMin, cr.RPSMax = median(rps), slices.Min(rps), slices.Max(rps)
 			cr.P50US, cr.P99US = median(p50), median(p99)
@@ -330,7 +342,8 @@ func printReport(w io.Writer, rep *Report) {
 		worst = max(worst, c.OtherCPU)
 	}
 	fmt.Fprintln(w, "cpu/req: CPU time of the measured processes (not wrk) per request, median; it depends much less on")
-	fmt.Fprintln(w, "other load than req/s does. \"by cpu/req\" below is each ratio computed from it. By process:")
+	fmt.Fprintln(w, "other load than req/s does. \"by cpu/req\" below is each ratio computed from it. By process, with")
+	fmt.Fprintln(w, "its context switches per request (\"sw\", all its threads): each is a thread hand-off, several µs here.")
 	for _, c := range rep.Cases {
 		if len(c.CPUByProc) == 0 {
 			continue
@@ -339,6 +352,9 @@ func printReport(w io.Writer, rep *Report) {
 		parts := make([]string, len(names))
 		for i, n := range names {
 			parts[i] = fmt.Sprintf("%s %s", n, fmtMicros(c.CPUByProc[n]))
+			if sw, ok := c.SwitchesByProc[n]; ok {
+				parts[i] += fmt.Sprintf(" %.2f sw", sw)
+			}
 		}
 		fmt.Fprintf(w, "  %-20s %s\n", c.Name, strings.Join(parts, ", "))
 	}
