@@ -138,13 +138,15 @@ type CBuf struct {
 }
 
 const (
-	// CBufBlock is the standard block: a 256 KiB body part and the head
-	// in front of it (the module's BODY messages, workerkit's reply frames).
-	CBufBlock = 264 << 10
-	// CBufCacheMax bounds the blocks kept for reuse: 64 blocks (16.5 MiB)
-	// cover the frames in flight of a few fast streams (16 at the default
-	// 4 MiB window).
-	CBufCacheMax = 64
+	// CBufBlock is the standard block: a 512 KiB body part and the head
+	// in front of it (the module's BODY messages; workerkit's reply frames,
+	// of at most 256 KiB, touch only the first half, and only touched
+	// pages are resident).
+	CBufBlock = 520 << 10
+	// CBufCacheMax bounds the blocks kept for reuse: 32 blocks (16.25 MiB)
+	// cover the messages in flight of a few fast streams (8 upload chunks
+	// or 16 reply frames at the default 4 MiB window).
+	CBufCacheMax = 32
 )
 
 func init() { C.zmqio_cbuf_config(C.size_t(CBufBlock), C.size_t(CBufCacheMax)) }
