@@ -77,11 +77,9 @@ func procSwitches(pid int) uint64 {
 		if err != nil {
 			continue // the thread exited meanwhile
 		}
-		for _, line := range strings.Split(string(b), "\n") {
-			if v, ok := strings.CutPrefix(line, "voluntary_ctxt_switches:"); ok {
-				c, _ := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
-				n += c
-			} else if v, ok := strings.CutPrefix(line, "nonvoluntary_ctxt_switches:"); ok {
+		for line := range strings.Lines(string(b)) {
+			// voluntary_ctxt_switches and nonvoluntary_ctxt_switches
+			if key, v, ok := strings.Cut(line, ":"); ok && strings.HasSuffix(key, "voluntary_ctxt_switches") {
 				c, _ := strconv.ParseUint(strings.TrimSpace(v), 10, 64)
 				n += c
 			}
@@ -132,7 +130,7 @@ type cpuShares struct {
 func (m cpuMeter) shares(s *Stack, wrkCPU time.Duration, requests int64) cpuShares {
 	busy, total, ok := cpuTicks()
 	if !m.ok || !ok || total <= m.total {
-		return cpuShares{-1, -1, -1, -1, -1, nil, nil}
+		return cpuShares{Other: -1, Idle: -1, Ours: -1, Wrk: -1, PerRequestUS: -1}
 	}
 	capacity := float64(total - m.total)
 	// float: a process that died meanwhile takes its ticks with it.

@@ -41,7 +41,7 @@ func eventually(t *testing.T, what string, cond func() bool) {
 }
 
 // pair returns a connected PUSH (tx) and PULL (rx) over inproc.
-func pair(t *testing.T) (tx, rx *zmq.Socket) {
+func pair(t testing.TB) (tx, rx *zmq.Socket) {
 	t.Helper()
 	ctx, err := zmq.NewContext()
 	if err != nil {
@@ -386,4 +386,42 @@ func TestKeptPartsTrimHeap(t *testing.T) {
 func waitNoTrimPending(t *testing.T) {
 	t.Helper()
 	eventually(t, "the scheduled trim never ran", func() bool { return !trimPending.Load() })
+}
+
+// BenchmarkAwaitTimeoutReady is the owner's cost for a message that is
+// already there (the loaded case: replies queue while the owner works).
+func BenchmarkAwaitTimeoutReady(b *testing.B) {
+	tx, rx := pair(b)
+	rd, err := NewReadiness(rx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer rd.Close()
+	r, err := NewReceiver(rx)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer r.Close()
+	buf := make([]byte, 16)
+	recv := func() bool {
+		_, _, err := r.Recv(buf, zmq.DONTWAIT)
+		return err == nil
+	}
+	for b.Loop() {
+		b.StopTimer()
+		if _, err := tx.SendBytes([]byte("ping"), 0); err != nil {
+			b.Fatal(err)
+		}
+		for !recvReady(rx) {
+		}
+		b.StartTimer()
+		if err := rd.AwaitTimeout(time.Second, recv); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func recvReady(s *zmq.Socket) bool {
+	ev, _ := s.GetEvents()
+	return ev&zmq.POLLIN != 0
 }
