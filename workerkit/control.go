@@ -351,6 +351,7 @@ func (o *ctlOwner) send(msg string) bool { return o.sendBytes([]byte(msg)) }
 
 // sendBytes is send for a message built in a buffer.
 func (o *ctlOwner) sendBytes(msg []byte) bool {
+	at := monoNow()
 	if o.c.lapsed() {
 		return false // checkLease must run first (lease.go)
 	}
@@ -362,7 +363,7 @@ func (o *ctlOwner) sendBytes(msg []byte) bool {
 		o.c.fe.log.Warn("control: send", "msg", printable(msg, 100), "err", err)
 	}
 	if err == nil {
-		o.c.noteSent()
+		o.c.noteSent(at)
 	}
 	return err == nil
 }
@@ -370,6 +371,7 @@ func (o *ctlOwner) sendBytes(msg []byte) bool {
 // hello greets a new connection: first after every handshake, before any
 // other message on it.
 func (o *ctlOwner) hello() {
+	at := monoNow()
 	if o.c.lapsed() {
 		return // checkLease first; the owner polls for POLLOUT again
 	}
@@ -377,7 +379,7 @@ func (o *ctlOwner) hello() {
 		return // pipe not attached yet: poll for POLLOUT and retry
 	}
 	o.needHello = false
-	o.c.noteSent()
+	o.c.noteSent(at)
 	o.c.connected.Store(true)
 	o.c.warnedUnacked.Store(false)
 	// A new connection starts unpaused: a front end that still finds us

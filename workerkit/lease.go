@@ -57,8 +57,10 @@ const (
 	ackDropped              // its ACK will not be sent; the flight is cancelled
 )
 
-// noteSent renews the lease: the control owner sent a message just now.
-func (c *ctlConn) noteSent() { c.lastSend.Store(monoNow()) }
+// noteSent renews the lease as of at, the lease clock read before the
+// send: a freeze between the send and this call must not count as time
+// the front end heard from us (it heard nothing meanwhile).
+func (c *ctlConn) noteSent(at int64) { c.lastSend.Store(at) }
 
 // lapsed reports whether the control connection has been silent past the
 // lease, which the front end may have taken for this worker's death.
