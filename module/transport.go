@@ -252,6 +252,14 @@ func (t *transport) runSender(zctx *zmq.Context, ready chan<- error) {
 
 func (t *transport) send(sock *zmq.Socket, m outMsg) {
 	_, err := sock.SendBytes(*m.buf, zmq.DONTWAIT)
+	if err != nil && zmq.AsErrno(err) == zmq.Errno(syscallEAGAIN) {
+		// The pipe of a worker that just finished its handshake arrives as
+		// a command to the socket, which a send processes at most once a
+		// millisecond or so (libzmq throttles it); reading ZMQ_EVENTS
+		// processes it now. Only then does EAGAIN mean no worker.
+		_, _ = sock.GetEvents()
+		_, err = sock.SendBytes(*m.buf, zmq.DONTWAIT)
+	}
 	requestFrames.put(m.buf)
 	if err == nil {
 		t.sent.Add(1)
@@ -405,12 +413,26 @@ func sleepOrQuit(quit <-chan struct{}, d time.Duration) bool {
 
 var monitorSeq atomic.Uint64
 
+// monitoredEvents are the socket events that count peers. A connection is
+// counted once its ZMTP handshake ends, not when it is accepted: libzmq
+// attaches a bound socket's pipe to a peer only after the handshake, and a
+// send in between fails with EAGAIN, which would be a 503 from a pool that
+// looked live. libzmq ends every connection with DISCONNECTED, and before it
+// emits exactly one of HANDSHAKE_SUCCEEDED or HANDSHAKE_FAILED_* (the latter
+// also for ZMTP 1.0/2.0 peers, libzmq 2 and 3, which are never counted: a
+// lone pool is tried anyway, but among several pools one served only by
+// such workers is never live). Counting +1 on
+// either outcome and -1 on DISCONNECTED thus counts handshaken connections,
+// but for the moment between a failure and its disconnect.
+const monitoredEvents = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL |
+	zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_DISCONNECTED
+
 // startMonitor counts the peers of sock through libzmq's socket monitor.
 // The reader owns its PAIR socket and is connected before sock binds, so no
 // event is missed. It stops with the transport.
 func (t *transport) startMonitor(zctx *zmq.Context, sock *zmq.Socket) (<-chan struct{}, error) {
 	addr := "inproc://caddy-zmq-monitor-" + strconv.FormatUint(monitorSeq.Add(1), 10)
-	if err := sock.Monitor(addr, zmq.EVENT_ACCEPTED|zmq.EVENT_CONNECTED|zmq.EVENT_DISCONNECTED); err != nil {
+	if err := sock.Monitor(addr, monitoredEvents); err != nil {
 		return nil, err
 	}
 	done := make(chan struct{})
@@ -433,11 +455,10 @@ func (t *transport) startMonitor(zctx *zmq.Context, sock *zmq.Socket) (<-chan st
 		for {
 			ev, _, _, err := mon.RecvEvent(0)
 			if err == nil {
-				switch ev {
-				case zmq.EVENT_ACCEPTED, zmq.EVENT_CONNECTED:
-					t.peers.Add(1)
-				case zmq.EVENT_DISCONNECTED:
+				if ev == zmq.EVENT_DISCONNECTED {
 					t.peers.Add(-1)
+				} else {
+					t.peers.Add(1)
 				}
 				continue
 			}
