@@ -118,6 +118,9 @@ type cpuShares struct {
 	// PerRequestUS is the measured processes' CPU time per request (µs),
 	// which other processes disturb much less than requests/s.
 	PerRequestUS float64 `json:"per_request_us"`
+	// WrkPerRequestUS is wrk's CPU time per request (µs): on a machine
+	// whose cores the load generator shares, part of every case's cost.
+	WrkPerRequestUS float64 `json:"wrk_per_request_us"`
 	// ByProcess splits PerRequestUS by process name (e.g. caddy, worker).
 	ByProcess map[string]float64 `json:"per_request_us_by_process,omitempty"`
 	// SwitchesByProcess is each process's context switches per request
@@ -130,17 +133,18 @@ type cpuShares struct {
 func (m cpuMeter) shares(s *Stack, wrkCPU time.Duration, requests int64) cpuShares {
 	busy, total, ok := cpuTicks()
 	if !m.ok || !ok || total <= m.total {
-		return cpuShares{Other: -1, Idle: -1, Ours: -1, Wrk: -1, PerRequestUS: -1}
+		return cpuShares{Other: -1, Idle: -1, Ours: -1, Wrk: -1, PerRequestUS: -1, WrkPerRequestUS: -1}
 	}
 	capacity := float64(total - m.total)
 	// float: a process that died meanwhile takes its ticks with it.
 	ours := max(0, float64(s.ownTicks())-float64(m.own))
 	wrk := wrkCPU.Seconds() * ticksPerSecond
 	b := float64(busy - m.busy)
-	perReq := -1.0
+	perReq, wrkPerReq := -1.0, -1.0
 	var byProc, swByProc map[string]float64
 	if requests > 0 {
 		perReq = ours / ticksPerSecond * 1e6 / float64(requests)
+		wrkPerReq = wrkCPU.Seconds() * 1e6 / float64(requests)
 		byProc, swByProc = map[string]float64{}, map[string]float64{}
 		for i, p := range s.procs {
 			if i < len(m.procs) {
@@ -153,6 +157,7 @@ func (m cpuMeter) shares(s *Stack, wrkCPU time.Duration, requests int64) cpuShar
 	}
 	return cpuShares{
 		PerRequestUS:      perReq,
+		WrkPerRequestUS:   wrkPerReq,
 		ByProcess:         byProc,
 		SwitchesByProcess: swByProc,
 		Other:             100 * max(0, b-ours-wrk) / capacity,
