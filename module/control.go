@@ -422,7 +422,9 @@ func (c *controlPlane) sweep(now time.Time) {
 // deadlines. A Mongrel2 handler among them would not, and a request it
 // runs late must not be sent twice.
 func (c *controlPlane) coversPeers() bool {
-	peers := c.t.peers.Load()
+	// All connections, those in their handshake too: they are about to
+	// take requests.
+	peers := c.t.conns.Load()
 	if peers <= 0 {
 		return false
 	}

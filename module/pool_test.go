@@ -237,54 +237,54 @@ func startBindingWorker(t *testing.T, we WorkerEndpoints, name string) {
 // it lands in that window if there is one.
 func TestLiveMeansSendable(t *testing.T) {
 	for round := range 20 {
-		h, srv, pools := poolEnv(t, 2, `{"policy":"first"}`)
-		pull, err := zmq.NewSocket(zmq.PULL)
+		liveMeansSendable(t, round)
+	}
+}
+
+func liveMeansSendable(t *testing.T, round int) {
+	h, srv, pools := poolEnv(t, 2, `{"policy":"first"}`)
+	pull, err := zmq.NewSocket(zmq.PULL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pull.Close()
+	_ = pull.SetLinger(0)
+	_ = pull.SetRcvtimeo(10 * time.Millisecond)
+	if err := pull.Connect(pools[1].RequestEndpoint); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(testDeadline)
+	for !h.pools[1].live() {
+		if time.Now().After(deadline) {
+			t.Fatalf("round %d: pool never saw its worker", round)
+		}
+		runtime.Gosched() // spinning, to land in any window
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	status := make(chan int, 1)
+	defer func() { cancel(); <-status }()
+	go func() {
+		req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL, nil)
+		resp, err := http.DefaultClient.Do(req)
 		if err != nil {
-			t.Fatal(err)
+			status <- 0 // cancelled, after the worker got it
+			return
 		}
-		_ = pull.SetLinger(0)
-		_ = pull.SetRcvtimeo(10 * time.Millisecond)
-		if err := pull.Connect(pools[1].RequestEndpoint); err != nil {
-			t.Fatal(err)
+		resp.Body.Close()
+		status <- resp.StatusCode
+	}()
+	for {
+		if _, err := pull.RecvBytes(0); err == nil {
+			return
 		}
-		deadline := time.Now().Add(testDeadline)
-		for !h.pools[1].live() {
-			if time.Now().After(deadline) {
-				t.Fatalf("round %d: pool never saw its worker", round)
-			}
-			runtime.Gosched() // spinning, to land in any window
+		select {
+		case code := <-status:
+			status <- code // for the deferred wait
+			t.Fatalf("round %d: status %d, and the live pool's worker got no request", round, code)
+		default:
 		}
-		ctx, cancel := context.WithCancel(context.Background())
-		status := make(chan int, 1)
-		go func() {
-			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, srv.URL, nil)
-			resp, err := http.DefaultClient.Do(req)
-			if err != nil {
-				status <- 0 // cancelled below, after the worker got it
-				return
-			}
-			resp.Body.Close()
-			status <- resp.StatusCode
-		}()
-		for {
-			if _, err := pull.RecvBytes(0); err == nil {
-				break
-			}
-			select {
-			case code := <-status:
-				cancel()
-				t.Fatalf("round %d: status %d, and the live pool's worker got no request", round, code)
-			default:
-			}
-			if time.Now().After(deadline) {
-				cancel()
-				t.Fatalf("round %d: the live pool's worker got no request", round)
-			}
+		if time.Now().After(deadline) {
+			t.Fatalf("round %d: the live pool's worker got no request", round)
 		}
-		cancel()
-		<-status
-		pull.Close()
-		srv.Close()
-		h.Cleanup()
 	}
 }

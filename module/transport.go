@@ -113,9 +113,11 @@ type transport struct {
 	mu      sync.RWMutex
 	pending map[uint64]*exchange
 
-	// peers counts the workers connected to the request socket, from
-	// libzmq's socket monitor; a pool with none is skipped.
-	peers atomic.Int64
+	// peers counts the workers connected to the request socket that can
+	// take a request (their handshake ended), conns all connected ones,
+	// from libzmq's socket monitor (see peerCounter); a pool with no
+	// peers is skipped.
+	peers, conns atomic.Int64
 
 	// stats, read by metrics and tests.
 	sent, sendFailed, replies, unknownReplies, badReplies atomic.Uint64
@@ -413,20 +415,6 @@ func sleepOrQuit(quit <-chan struct{}, d time.Duration) bool {
 
 var monitorSeq atomic.Uint64
 
-// monitoredEvents are the socket events that count peers. A connection is
-// counted once its ZMTP handshake ends, not when it is accepted: libzmq
-// attaches a bound socket's pipe to a peer only after the handshake, and a
-// send in between fails with EAGAIN, which would be a 503 from a pool that
-// looked live. libzmq ends every connection with DISCONNECTED, and before it
-// emits exactly one of HANDSHAKE_SUCCEEDED or HANDSHAKE_FAILED_* (the latter
-// also for ZMTP 1.0/2.0 peers, libzmq 2 and 3, which are never counted: a
-// lone pool is tried anyway, but among several pools one served only by
-// such workers is never live). Counting +1 on
-// either outcome and -1 on DISCONNECTED thus counts handshaken connections,
-// but for the moment between a failure and its disconnect.
-const monitoredEvents = zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL |
-	zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH | zmq.EVENT_DISCONNECTED
-
 // startMonitor counts the peers of sock through libzmq's socket monitor.
 // The reader owns its PAIR socket and is connected before sock binds, so no
 // event is missed. It stops with the transport.
@@ -452,14 +440,17 @@ func (t *transport) startMonitor(zctx *zmq.Context, sock *zmq.Socket) (<-chan st
 			return
 		}
 		ready <- nil
+		var count peerCounter
 		for {
 			ev, _, _, err := mon.RecvEvent(0)
+			now := time.Now()
 			if err == nil {
-				if ev == zmq.EVENT_DISCONNECTED {
-					t.peers.Add(-1)
-				} else {
-					t.peers.Add(1)
-				}
+				count.event(ev, now)
+			}
+			count.settle(now)
+			t.conns.Store(count.conns)
+			t.peers.Store(count.ready)
+			if err == nil {
 				continue
 			}
 			select {

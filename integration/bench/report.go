@@ -230,13 +230,16 @@ func (rep *Report) checks() []Check {
 			if z.CPUPerReq > 0 && d.CPUPerReq > 0 {
 				ck.ByCPU = fmt.Sprintf("%.2f", d.CPUPerReq/z.CPUPerReq)
 			}
-			if c, ok := ceiling(z, d, rep.find(t.group, "respond")); ok {
-				ck.Ceiling = fmt.Sprintf("%.2f", c)
-			}
 			if t.min > 0 {
 				ck.Status = passMiss(ck.Value >= t.min)
 			}
 			ck.Note = note(z, d)
+			if resp := rep.find(t.group, "respond"); resp != nil {
+				if c, ok := ceiling(z, d, resp); ok {
+					ck.Ceiling = fmt.Sprintf("%.2f", c)
+					ck.Note = note(z, d, resp) // the ceiling rests on respond's run too
+				}
+			}
 		}
 		out = append(out, ck)
 	}
@@ -262,8 +265,9 @@ func (rep *Report) checks() []Check {
 // ceiling is the ratio z/d from CPU time per request, wrk's included, with
 // z's Caddy costing what respond's Caddy costs: what zmq could reach here if
 // the module's own work were free, its worker and wrk being what they are.
+// Both sides are sums of per-process medians.
 func ceiling(z, d, respond *CaseReport) (float64, bool) {
-	if respond == nil || respond.OK == 0 || d.CPUPerReq <= 0 || d.WrkPerReq <= 0 || z.WrkPerReq <= 0 {
+	if respond == nil || respond.OK == 0 || d.WrkPerReq <= 0 || z.WrkPerReq <= 0 || len(d.CPUByProc) == 0 {
 		return 0, false
 	}
 	caddy, ok := respond.CPUByProc["caddy"]
@@ -276,7 +280,11 @@ func ceiling(z, d, respond *CaseReport) (float64, bool) {
 			floor += us
 		}
 	}
-	return (d.CPUPerReq + d.WrkPerReq) / floor, true
+	den := d.WrkPerReq
+	for _, us := range d.CPUByProc {
+		den += us
+	}
+	return den / floor, true
 }
 
 // noisyPercent: a run during which other processes used more of the CPU is

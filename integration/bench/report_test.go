@@ -21,6 +21,7 @@ func TestCeiling(t *testing.T) {
 		{"no respond case", zmq, m2, nil, 0, false},
 		{"respond failed", zmq, m2, &CaseReport{}, 0, false},
 		{"no wrk figure", &CaseReport{OK: 5, WrkPerReq: -1, CPUByProc: map[string]float64{"caddy": 83}}, m2, respond, 0, false},
+		{"no per-process figures", zmq, &CaseReport{OK: 5, CPUPerReq: 80, WrkPerReq: 23}, respond, 0, false},
 	} {
 		got, ok := ceiling(tc.z, tc.d, tc.resp)
 		if ok != tc.ok || math.Abs(got-tc.want) > 1e-9 {

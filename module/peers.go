@@ -1,0 +1,66 @@
+package caddyzmq
+
+import (
+	"time"
+
+	zmq "github.com/pebbe/zmq4"
+)
+
+// monitoredEvents are the request socket's events that peerCounter counts.
+const monitoredEvents = zmq.EVENT_ACCEPTED | zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED |
+	zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL |
+	zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
+
+// handshakeSettle is libzmq's default ZMQ_HANDSHAKE_IVL (the module does
+// not change it) plus a margin: a connection older than that has ended its
+// handshake, or libzmq has dropped it.
+const handshakeSettle = 31 * time.Second
+
+// peerCounter turns a request socket's monitor events into two counts.
+//
+// conns counts connections exactly (ACCEPTED or CONNECTED, then
+// DISCONNECTED): a connection still in its handshake is a worker that will
+// take requests, which coversPeers must not overlook.
+//
+// ready counts the connections that can take a request now. libzmq attaches
+// a bound socket's pipe to a peer only once the ZMTP handshake has ended,
+// and a send before that fails with EAGAIN: counted on accept, a pool looked
+// live and answered 503. libzmq emits one of HANDSHAKE_SUCCEEDED or
+// HANDSHAKE_FAILED_* per connection before its DISCONNECTED, so +1 on either
+// outcome and -1 on DISCONNECTED counts handshaken connections (a failed one
+// for the moment before its disconnect). Not quite always: a few protocol
+// errors (a peer announcing a huge frame during the handshake, an ERROR
+// command with an unknown reason, a bad frame from a ZMTP 1.0/2.0 peer) end a
+// connection with no outcome event, which would leave ready one too low for
+// good. So ready is kept within [0, conns], and once no connection has
+// arrived for handshakeSettle every connection is taken as ready. ZMTP
+// 1.0/2.0 peers (libzmq 2 and 3) get no outcome event at all and are never
+// counted as ready; libzmq 4.3.4 also drops them every handshake interval.
+type peerCounter struct {
+	conns, ready int64
+	lastConn     time.Time
+}
+
+func (c *peerCounter) event(ev zmq.Event, now time.Time) {
+	switch ev {
+	case zmq.EVENT_ACCEPTED, zmq.EVENT_CONNECTED:
+		c.conns++
+		c.lastConn = now
+	case zmq.EVENT_DISCONNECTED:
+		c.conns--
+		c.ready--
+	case zmq.EVENT_HANDSHAKE_SUCCEEDED, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
+		zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+		c.ready++
+	}
+	c.conns = max(c.conns, 0)
+	c.ready = min(max(c.ready, 0), c.conns)
+}
+
+// settle marks every connection ready once none arrived for
+// handshakeSettle; see peerCounter.
+func (c *peerCounter) settle(now time.Time) {
+	if c.ready < c.conns && now.Sub(c.lastConn) > handshakeSettle {
+		c.ready = c.conns
+	}
+}
