@@ -352,7 +352,7 @@ func (o *ctlOwner) send(msg string) bool { return o.sendBytes([]byte(msg)) }
 // sendBytes is send for a message built in a buffer.
 func (o *ctlOwner) sendBytes(msg []byte) bool {
 	at := monoNow()
-	if o.c.lapsed() {
+	if o.c.lapsedAt(at) {
 		return false // checkLease must run first (lease.go)
 	}
 	if o.needHello {
@@ -372,7 +372,7 @@ func (o *ctlOwner) sendBytes(msg []byte) bool {
 // other message on it.
 func (o *ctlOwner) hello() {
 	at := monoNow()
-	if o.c.lapsed() {
+	if o.c.lapsedAt(at) {
 		return // checkLease first; the owner polls for POLLOUT again
 	}
 	if _, err := o.sock.Send("HELLO "+strconv.Itoa(o.c.fe.s.maxConc), zmq.DONTWAIT); err != nil {

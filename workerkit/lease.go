@@ -64,9 +64,12 @@ func (c *ctlConn) noteSent(at int64) { c.lastSend.Store(at) }
 
 // lapsed reports whether the control connection has been silent past the
 // lease, which the front end may have taken for this worker's death.
-func (c *ctlConn) lapsed() bool {
+func (c *ctlConn) lapsed() bool { return c.lapsedAt(monoNow()) }
+
+// lapsedAt is lapsed as of now, a reading of the lease clock.
+func (c *ctlConn) lapsedAt(now int64) bool {
 	last := c.lastSend.Load()
-	return last != 0 && monoNow()-last > int64(leaseLapse)
+	return last != 0 && now-last > int64(leaseLapse)
 }
 
 // checkLease is run by the control owner before it sends anything.

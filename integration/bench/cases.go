@@ -70,7 +70,8 @@ func helloCases() []Case {
 		{Name: "https/zmq", Kind: "zmq", TLS: true, Default: true, Setup: setupZmq(true)},
 		{Name: "https/reverse_proxy", Kind: "reverse_proxy", TLS: true, Default: true, Setup: setupReverseProxy(true)},
 		{Name: "https/mongrel2", Kind: "mongrel2", TLS: true, Default: true, Setup: setupMongrel2(true)},
-		// The HTTPS ceiling, which the checks' ceiling column needs.
+		// The most any Caddy handler serves over HTTPS; the checks' ceiling
+		// column needs it.
 		{Name: "https/respond", Kind: "respond", TLS: true, Default: true, Setup: setupRespond(true)},
 		// Not in the default set: zmq with the control channel (zmqx/1:
 		// ACKs and reply credit) switched on.
@@ -146,7 +147,7 @@ func setupReverseProxy(tls bool) func(context.Context, *Stack, *Env) (string, er
 	}
 }
 
-// setupRespond: Caddy answering by itself, the ceiling for any handler.
+// setupRespond: Caddy answering by itself, the most any Caddy handler serves.
 func setupRespond(tls bool) func(context.Context, *Stack, *Env) (string, error) {
 	return func(ctx context.Context, s *Stack, env *Env) (string, error) {
 		// A Caddyfile quoted token may span lines: this is the body with its

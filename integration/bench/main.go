@@ -2,7 +2,7 @@
 //
 //	zmq            bin/caddy `zmq` -> bin/hello-worker (workerkit)
 //	reverse_proxy  bin/caddy `reverse_proxy` -> bin/hello-worker -http (net/http, same handler)
-//	respond        bin/caddy `respond "Hello, world!"` (the ceiling for a Caddy handler)
+//	respond        bin/caddy `respond "Hello, world!"` (the most any Caddy handler serves)
 //	mongrel2       Mongrel2 1.12 -> bin/hello-worker
 //	direct         wrk straight at bin/hello-worker -http
 //

@@ -160,13 +160,7 @@ func (rep *Report) finish(cases []Case, results [][]Run) {
 				wrkCPU = append(wrkCPU, r.CPU.WrkPerRequestUS)
 			}
 		}
-		cr.CPUPerReq, cr.WrkPerReq = -1, -1
-		if len(cpu) > 0 {
-			cr.CPUPerReq = median(cpu)
-		}
-		if len(wrkCPU) > 0 {
-			cr.WrkPerReq = median(wrkCPU)
-		}
+		cr.CPUPerReq, cr.WrkPerReq = medianOrUnknown(cpu), medianOrUnknown(wrkCPU)
 		cr.CPUByProc = medianByProcess(results[i], func(c cpuShares) map[string]float64 { return c.ByProcess })
 		cr.SwitchesByProc = medianByProcess(results[i], func(c cpuShares) map[string]float64 { return c.SwitchesByProcess })
 		if len(rps) > 0 {
@@ -303,6 +297,14 @@ func passMiss(ok bool) string {
 		return "PASS"
 	}
 	return "MISS"
+}
+
+// medianOrUnknown is the median of v, -1 (unknown) when v is empty.
+func medianOrUnknown(v []float64) float64 {
+	if len(v) == 0 {
+		return -1
+	}
+	return median(v)
 }
 
 func median(v []float64) float64 {

@@ -163,16 +163,7 @@ func TestHandleChecksLayout(t *testing.T) {
 
 func TestReadiness(t *testing.T) {
 	tx, rx := pair(t)
-	rd, err := NewReadiness(rx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer rd.Close()
-	r, err := NewReceiver(rx)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer r.Close()
+	rd, r := readinessOf(t, rx)
 	var got []byte
 	tries := 0
 	recv := func() bool {
@@ -392,16 +383,7 @@ func waitNoTrimPending(t *testing.T) {
 // already there (the loaded case: replies queue while the owner works).
 func BenchmarkAwaitTimeoutReady(b *testing.B) {
 	tx, rx := pair(b)
-	rd, err := NewReadiness(rx)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer rd.Close()
-	r, err := NewReceiver(rx)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer r.Close()
+	rd, r := readinessOf(b, rx)
 	buf := make([]byte, 16)
 	recv := func() bool {
 		_, _, err := r.Recv(buf, zmq.DONTWAIT)
@@ -419,6 +401,23 @@ func BenchmarkAwaitTimeoutReady(b *testing.B) {
 			b.Fatal(err)
 		}
 	}
+}
+
+// readinessOf returns a Readiness and a Receiver on rx, closed when the
+// test ends.
+func readinessOf(t testing.TB, rx *zmq.Socket) (*Readiness, *Receiver) {
+	t.Helper()
+	rd, err := NewReadiness(rx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = rd.Close() })
+	r, err := NewReceiver(rx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.Close)
+	return rd, r
 }
 
 func recvReady(s *zmq.Socket) bool {
