@@ -33,7 +33,7 @@ CADDY_VERSION := $(shell sed -n 's/.*"caddy"[[:space:]]*:[[:space:]]*"\([^"]*\)"
 XCADDY_GOPROXY = $(shell $(GO) env GOPROXY | cut -d, -f1)|off
 
 # Everything that ends up in bin/caddy (test files do not).
-CADDY_SRCS := $(shell find module workerkit/mongrel2 internal -name '*.go' ! -name '*_test.go' 2>/dev/null)
+CADDY_SRCS := $(shell find module internal -name '*.go' ! -name '*_test.go' 2>/dev/null)
 # Everything that ends up in the workers.
 WORKERKIT_SRCS := $(shell find workerkit internal -name '*.go' ! -name '*_test.go' ! -path 'workerkit/examples/*' 2>/dev/null)
 

@@ -13,7 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/zmqbridge/caddy-zmq/internal/zmqio"
-	"github.com/zmqbridge/caddy-zmq/workerkit/mongrel2"
+	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
 )
 
 // The control channel is this project's extension to Mongrel2's protocol

@@ -14,7 +14,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	zmq "github.com/pebbe/zmq4"
 
-	"github.com/zmqbridge/caddy-zmq/workerkit/mongrel2"
+	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
 )
 
 // ctlWorker is a fake zmqx/1 worker: PULL + PUB + DEALER, all owned by its

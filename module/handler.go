@@ -13,7 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/zmqbridge/caddy-zmq/module/internal/httpreply"
-	"github.com/zmqbridge/caddy-zmq/workerkit/mongrel2"
+	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
 )
 
 // requestState is the per-request scratch space, pooled so that the hot

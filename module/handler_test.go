@@ -18,7 +18,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	zmq "github.com/pebbe/zmq4"
 
-	"github.com/zmqbridge/caddy-zmq/workerkit/mongrel2"
+	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
 )
 
 // fakeWorker is a minimal Mongrel2 handler over real libzmq: it connects a

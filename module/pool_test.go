@@ -15,7 +15,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	zmq "github.com/pebbe/zmq4"
 
-	"github.com/zmqbridge/caddy-zmq/workerkit/mongrel2"
+	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
 )
 
 // poolEnv provisions a handler with n pools on ipc endpoints.

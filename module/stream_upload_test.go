@@ -15,7 +15,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	zmq "github.com/pebbe/zmq4"
 
-	"github.com/zmqbridge/caddy-zmq/workerkit/mongrel2"
+	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
 )
 
 // TestStreamedUpload: with a zmqx worker, a large body goes over the

@@ -14,7 +14,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/zmqbridge/caddy-zmq/internal/zmqio"
-	"github.com/zmqbridge/caddy-zmq/workerkit/mongrel2"
+	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
 )
 
 // transports holds the bound socket pairs, keyed by endpoints and sender, so

@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/zmqbridge/caddy-zmq/workerkit/mongrel2"
+	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
 )
 
 // TestTempFileUpload: a body over upload_threshold reaches the handler as

@@ -12,7 +12,7 @@ import (
 
 	zmq "github.com/pebbe/zmq4"
 
-	"github.com/zmqbridge/caddy-zmq/workerkit/mongrel2"
+	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
 )
 
 // browserHeaders are what a browser's GET typically carries, as the front

@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/zmqbridge/caddy-zmq/workerkit/mongrel2"
+	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
 )
 
 // HELLO on connect (and again after the front end's control socket comes

@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/zmqbridge/caddy-zmq/workerkit/mongrel2"
+	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
 )
 
 // gate is the handler of the dispatch tests: it reports every request that

@@ -8,7 +8,7 @@ import (
 	"strconv"
 	"sync"
 
-	"github.com/zmqbridge/caddy-zmq/workerkit/mongrel2"
+	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
 )
 
 var (

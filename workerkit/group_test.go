@@ -14,7 +14,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/zmqbridge/caddy-zmq/workerkit/mongrel2"
+	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
 )
 
 // sseHandler joins g the way a server-sent events endpoint does; other

@@ -16,7 +16,7 @@ import (
 	"unsafe"
 
 	"github.com/zmqbridge/caddy-zmq/internal/zmqio"
-	"github.com/zmqbridge/caddy-zmq/workerkit/mongrel2"
+	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
 )
 
 const (

@@ -17,7 +17,7 @@ import (
 
 	zmq "github.com/pebbe/zmq4"
 
-	"github.com/zmqbridge/caddy-zmq/workerkit/mongrel2"
+	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
 )
 
 // uploader plays the sending side of a streamed upload as the module does:

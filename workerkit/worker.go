@@ -21,7 +21,7 @@ import (
 	zmq "github.com/pebbe/zmq4"
 
 	"github.com/zmqbridge/caddy-zmq/internal/zmqio"
-	"github.com/zmqbridge/caddy-zmq/workerkit/mongrel2"
+	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
 )
 
 const (

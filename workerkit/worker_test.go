@@ -18,7 +18,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/zmqbridge/caddy-zmq/workerkit/mongrel2"
+	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
 )
 
 // requestDump is what dumpHandler reports about the *http.Request it got.
