@@ -12,8 +12,8 @@ import (
 	zmq "github.com/pebbe/zmq4"
 	"go.uber.org/zap"
 
-	"github.com/zmqbridge/caddy-zmq/internal/zmqio"
 	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
+	"github.com/zmqbridge/caddy-zmq/internal/zmqio"
 )
 
 // The control channel is this project's extension to Mongrel2's protocol

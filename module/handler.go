@@ -12,8 +12,8 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
-	"github.com/zmqbridge/caddy-zmq/module/internal/httpreply"
 	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
+	"github.com/zmqbridge/caddy-zmq/module/internal/httpreply"
 )
 
 // requestState is the per-request scratch space, pooled so that the hot

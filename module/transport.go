@@ -13,8 +13,8 @@ import (
 	zmq "github.com/pebbe/zmq4"
 	"go.uber.org/zap"
 
-	"github.com/zmqbridge/caddy-zmq/internal/zmqio"
 	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
+	"github.com/zmqbridge/caddy-zmq/internal/zmqio"
 )
 
 // transports holds the bound socket pairs, keyed by endpoints and sender, so

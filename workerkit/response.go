@@ -15,8 +15,8 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/zmqbridge/caddy-zmq/internal/zmqio"
 	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
+	"github.com/zmqbridge/caddy-zmq/internal/zmqio"
 )
 
 const (
