@@ -93,6 +93,9 @@ type Worker struct {
 	// same front end must not share an ID. At most 255 printable ASCII
 	// characters without spaces.
 	ID string
+	// PinnedSessions, if set, runs each session's requests on one OS
+	// thread of its own (see PinnedSessions). Default: off.
+	PinnedSessions *PinnedSessions
 }
 
 // NewWorkerID returns a random worker id, "wk-" and 16 lowercase hex digits,
@@ -204,6 +207,8 @@ type server struct {
 	// members are the responses that joined a Group; ended at shutdown.
 	members       map[*member]struct{}
 	membersClosed bool // shutting down: Join fails
+
+	sessions *sessionTable // nil without Worker.PinnedSessions (pinned.go)
 }
 
 // frontEnd is the run-time state of one FrontEnd. Its request socket is
@@ -353,6 +358,7 @@ func (w *Worker) serve(ctx context.Context, force <-chan struct{}) error {
 		inflight: make(map[flightKey]*flight),
 		members:  make(map[*member]struct{}),
 	}
+	s.sessions = newSessionTable(s, w.PinnedSessions)
 	nSockets := 0
 	for i, f := range w.FrontEnds {
 		fe := &frontEnd{
@@ -1093,6 +1099,9 @@ func (s *server) start(fl *flight) {
 	}
 	s.handlers.Add(1)
 	s.running.Add(1)
+	if s.sessions != nil && s.sessions.route(fl) {
+		return
+	}
 	s.run(fl)
 }
 
@@ -1216,7 +1225,11 @@ func (s *server) unregister(fl *flight) {
 	s.mu.Unlock()
 }
 
-func (s *server) serveRequest(fl *flight) {
+func (s *server) serveRequest(fl *flight) { s.serveWith(fl, s.h) }
+
+// serveWith answers fl with h and reports whether h returned normally (it
+// did not panic).
+func (s *server) serveWith(fl *flight, h http.Handler) (ok bool) {
 	// flow and upload were set before this goroutine started, and stay.
 	fe, req, ctx, flow, up := fl.key.fe, fl.req, fl.ctx, fl.flow, fl.upload
 	fl.req, fl.ctx = nil, nil // a Group member keeps its flight, not the request
@@ -1249,7 +1262,7 @@ func (s *server) serveRequest(fl *flight) {
 		rw.flow = flow
 		rw.errorResponse(http.StatusBadRequest, "Bad Request\n")
 		rw.release()
-		return
+		return true
 	}
 	if fl.stream {
 		r.ContentLength = fl.length
@@ -1273,23 +1286,25 @@ func (s *server) serveRequest(fl *flight) {
 	if r.Method == "WEBSOCKET_HANDSHAKE" {
 		rw.errorResponse(http.StatusNotImplemented, "WebSocket is not supported by this worker\n")
 		rw.release()
-		return
+		return true
 	}
-	if s.runHandler(rw, r) {
+	ok = s.runHandler(rw, r, h)
+	if ok {
 		rw.finish()
 	}
 	if rw.joined {
 		// The Group owns the response now; the writer is not recycled, as
 		// the handler's goroutines might still hold it.
 		joined = true
-		return
+		return ok
 	}
 	rw.release()
+	return ok
 }
 
 // runHandler calls the handler and reports whether it returned normally. A
 // panic must cost one response, never the worker.
-func (s *server) runHandler(rw *responseWriter, r *http.Request) (ok bool) {
+func (s *server) runHandler(rw *responseWriter, r *http.Request, h http.Handler) (ok bool) {
 	defer func() {
 		if ok {
 			return
@@ -1302,7 +1317,7 @@ func (s *server) runHandler(rw *responseWriter, r *http.Request) (ok bool) {
 		}
 		rw.fail(abort)
 	}()
-	s.h.ServeHTTP(rw, r)
+	h.ServeHTTP(rw, r)
 	return true
 }
 
