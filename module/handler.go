@@ -220,6 +220,7 @@ func (h *Handler) exchange(w http.ResponseWriter, r *http.Request, st *requestSt
 	if streaming {
 		st.enc.Add("ZMQX_BODY", "stream")
 	}
+	h.addSessionHeader(&st.enc, r, t)
 	buf := requestFrames.get()
 	*buf = mongrel2.AppendRequest(*buf, p.sender, string(connID), path, st.enc.Bytes(), body)
 
