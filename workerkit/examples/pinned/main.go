@@ -7,6 +7,8 @@
 //	GET /        {"worker","pid","tid","session","pinned","fresh","count","broadcast"}
 //	GET /end     the same, then ends the session (its thread exits)
 //	GET /panic   panics: 500, and the session's thread exits
+//	?sleep=D     on any path: wait D (a Go duration) first, or until the
+//	             request is cancelled (for the broadcast tests)
 //
 // The session is the front end's affinity key (Caddyfile: affinity header
 // X-Session, or a cookie); requests without one run on any thread.
@@ -24,6 +26,7 @@ import (
 	"os/signal"
 	"runtime"
 	"syscall"
+	"time"
 
 	"github.com/zmqbridge/caddy-zmq/workerkit"
 )
@@ -51,6 +54,15 @@ type answer struct {
 // handler answers for the worker named id.
 func handler(id string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if d, err := time.ParseDuration(r.URL.Query().Get("sleep")); err == nil && d > 0 {
+			t := time.NewTimer(d)
+			select {
+			case <-t.C:
+			case <-r.Context().Done():
+				t.Stop()
+				return
+			}
+		}
 		a := answer{Worker: id, PID: os.Getpid(), TID: syscall.Gettid(), Count: countCall()}
 		_, a.Broadcast = workerkit.BroadcastFromContext(r.Context())
 		s := workerkit.SessionFromContext(r.Context())
