@@ -79,18 +79,16 @@ func (h *Handler) validateBroadcast() error {
 	return nil
 }
 
-// liveWorkers lists the workers a request may be addressed to now (see
-// isLive), sorted.
+// liveWorkers lists the workers a request may be addressed to now (those
+// isLive accepts), sorted.
 func (c *controlPlane) liveWorkers() []string {
-	cutoff := time.Now().Add(-workerDeadAfter)
 	c.mu.Lock()
-	var ids []string
-	for id, wi := range c.workers {
-		if !wi.draining && !wi.paused && !wi.lastSeen.Before(cutoff) {
-			ids = append(ids, id)
-		}
+	ids := make([]string, 0, len(c.workers))
+	for id := range c.workers {
+		ids = append(ids, id)
 	}
 	c.mu.Unlock()
+	ids = slices.DeleteFunc(ids, func(id string) bool { return !c.isLive(id) })
 	slices.Sort(ids)
 	return ids
 }
