@@ -131,12 +131,18 @@ func TestPinnedSessions(t *testing.T) {
 		}
 	})
 	t.Run("no session key: not pinned", func(t *testing.T) {
-		conn++
-		c := strconv.Itoa(conn)
-		f.request(c, treq{uri: "/"})
-		st, a := readPinned(t, f, c)
-		eq(t, "status", st, 200)
-		eq(t, "pinned", a.Pinned, false)
+		for _, q := range []treq{
+			{uri: "/"},
+			// A client's header arrives lower-cased: not the front end's key.
+			{uri: "/", headers: []mongrel2.Field{{Name: "zmqx_session", Values: []string{"a"}}}},
+		} {
+			conn++
+			c := strconv.Itoa(conn)
+			f.request(c, q)
+			st, a := readPinned(t, f, c)
+			eq(t, "status", st, 200)
+			eq(t, "pinned", a.Pinned, false)
+		}
 	})
 	t.Run("a panic answers 500 and ends the thread", func(t *testing.T) {
 		_, before := ask("p", "/")
