@@ -106,6 +106,7 @@ type bcTarget struct {
 	pool   *poolRuntime
 	worker string
 	ex     *exchange
+	err    error // why it was not sent (no in-flight slot)
 }
 
 // bcLine is one NDJSON line of a broadcast response.
@@ -166,7 +167,8 @@ func (h *Handler) serveBroadcast(w http.ResponseWriter, r *http.Request) error {
 	_ = rc.Flush()
 
 	results := make(chan bcLine, len(targets))
-	h.sendBroadcast(r, targets, body, len(targets))
+	// The broadcast's timeout bounds the wait for in-flight slots too.
+	h.sendBroadcast(r.WithContext(ctx), targets, body, len(targets))
 	for _, tg := range targets {
 		go func() { results <- h.gather(ctx, r, tg) }()
 	}
@@ -204,8 +206,8 @@ func (h *Handler) serveBroadcast(w http.ResponseWriter, r *http.Request) error {
 }
 
 // sendBroadcast registers an exchange per target and addresses the
-// request to its worker. A target whose pool has no free in-flight slot
-// keeps a nil exchange (gather reports it failed).
+// request to its worker. A target whose pool had no free in-flight slot in
+// time keeps a nil exchange and the reason (gather reports it failed).
 func (h *Handler) sendBroadcast(r *http.Request, targets []*bcTarget, body []byte, asked int) {
 	var enc mongrel2.HeaderEncoder
 	path := r.URL.EscapedPath()
@@ -214,6 +216,7 @@ func (h *Handler) sendBroadcast(r *http.Request, targets []*bcTarget, body []byt
 	headers := enc.Bytes()
 	for _, tg := range targets {
 		if err := tg.pool.acquire(r, time.Duration(h.QueueTimeout)); err != nil {
+			tg.err = err // gather reports it failed
 			continue
 		}
 		t := tg.pool.transport
@@ -234,7 +237,7 @@ func (h *Handler) sendBroadcast(r *http.Request, targets []*bcTarget, body []byt
 func (h *Handler) gather(ctx context.Context, r *http.Request, tg *bcTarget) bcLine {
 	line := bcLine{Worker: tg.worker, Pool: tg.pool.Name}
 	if tg.ex == nil {
-		line.Type, line.Error = "failed", errBusy.Error()
+		line.Type, line.Error = "failed", "not sent: "+tg.err.Error()
 		return line
 	}
 	defer tg.pool.release()
