@@ -1,7 +1,7 @@
-// Package zmqx names the parts of zmqx/1, this project's extension to
-// Mongrel2's handler protocol, that both the front end (module) and the
-// workers (workerkit) speak.
 package zmqx
+
+// The trusted headers of thread-pinned sessions and broadcasts (the rest of
+// the protocol is defined in the package's other files).
 
 // Trusted request headers. The front end writes its own keys in upper case
 // and lower-cases every client header name, so a client can never send one
