@@ -1,9 +1,6 @@
 package zmqx
 
-// The trusted headers of thread-pinned sessions and broadcasts (the rest of
-// the protocol is defined in the package's other files).
-
-// Trusted request headers. The front end writes its own keys in upper case
+// Trusted request headers of thread-pinned sessions and broadcasts. The front end writes its own keys in upper case
 // and lower-cases every client header name, so a client can never send one
 // of these.
 const (
