@@ -1,8 +1,8 @@
 package zmqx
 
-// Trusted request headers of thread-pinned sessions and broadcasts. The front end writes its own keys in upper case
-// and lower-cases every client header name, so a client can never send one
-// of these.
+// Trusted request headers of thread-pinned sessions and broadcasts. The
+// front end writes its own keys in upper case and lower-cases every client
+// header name, so a client can never send one of these.
 const (
 	// HeaderSession carries the front end's affinity session key (the
 	// cookie or header value named by the zmq handler's affinity), so that
