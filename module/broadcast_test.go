@@ -105,10 +105,10 @@ func TestBroadcastFailsWithItsWorker(t *testing.T) {
 	}
 }
 
-// hbWorker is a fake zmqx/1 worker that heartbeats and answers every
-// request with its id (and whether it carried the broadcast marker), until
-// the test ends.
-func startHBWorker(t *testing.T, env *testEnv, ctlEP, id string) {
+// startHBWorker runs a fake zmqx/1 worker that heartbeats and answers
+// every request with its id and the broadcast marker's value, until the
+// test ends; a mute one acknowledges requests and answers none (hung).
+func startHBWorker(t *testing.T, env *testEnv, ctlEP, id string, mute bool) {
 	t.Helper()
 	stop, done, ready := make(chan struct{}), make(chan struct{}), make(chan error, 1)
 	go func() {
@@ -153,6 +153,9 @@ func startHBWorker(t *testing.T, env *testEnv, ctlEP, id string) {
 					continue
 				}
 				dealer.SendBytes([]byte("ACK "+req.ConnID), 0)
+				if mute {
+					continue
+				}
 				body := id + " " + req.Header(zmqx.HeaderBroadcast)
 				reply := "HTTP/1.1 200 OK\r\nContent-Length: " + itoa(len(body)) + "\r\n\r\n" + body
 				pub.SendBytes(mongrel2.AppendReplyOne(nil, req.Sender, req.ConnID, []byte(reply)), 0)
@@ -176,8 +179,8 @@ func TestBroadcastAsksEveryWorker(t *testing.T) {
 		// Caddy's subscription is lost (slow joiner).
 		h.Broadcast = &Broadcast{Timeout: caddy.Duration(time.Second)}
 	})
-	startHBWorker(t, env, ctlEP, "wk-1")
-	startHBWorker(t, env, ctlEP, "wk-2")
+	startHBWorker(t, env, ctlEP, "wk-1", false)
+	startHBWorker(t, env, ctlEP, "wk-2", false)
 	deadline := time.Now().Add(testDeadline)
 	for {
 		resp, err := http.Get(env.srv.URL + "/all")
@@ -212,6 +215,78 @@ func TestBroadcastAsksEveryWorker(t *testing.T) {
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("no broadcast reached both workers: status %d, lines %v", resp.StatusCode, lines)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// getBroadcast sends GET url and returns the lines of a 200 (nil for
+// another status).
+func getBroadcast(t *testing.T, url string) []map[string]any {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return nil
+	}
+	var lines []map[string]any
+	sc := bufio.NewScanner(resp.Body)
+	for sc.Scan() {
+		var l map[string]any
+		if err := json.Unmarshal(sc.Bytes(), &l); err != nil {
+			t.Fatalf("%v: %q", err, sc.Text())
+		}
+		lines = append(lines, l)
+	}
+	return lines
+}
+
+// TestBroadcastReportsHungWorker: a worker that heartbeats but answers
+// nothing is found hung (hung_timeout) and reported failed then, not timed
+// out at the broadcast's timeout; the other worker's answer is there.
+func TestBroadcastReportsHungWorker(t *testing.T) {
+	ctlEP := "ipc://" + filepath.Join(t.TempDir(), "ctl")
+	// A short timeout: a try whose answer is lost to the slow joiner
+	// costs that much.
+	const hungAfter, timeout = 300 * time.Millisecond, 5 * time.Second
+	env := newTestEnv(t, func(h *Handler) {
+		h.ControlEndpoint = ctlEP
+		h.HungTimeout = caddy.Duration(hungAfter)
+		h.Broadcast = &Broadcast{Timeout: caddy.Duration(timeout)}
+	})
+	startHBWorker(t, env, ctlEP, "wk-ok", false)
+	startHBWorker(t, env, ctlEP, "wk-hung", true)
+	deadline := time.Now().Add(testDeadline)
+	for {
+		start := time.Now()
+		lines := getBroadcast(t, env.srv.URL+"/all")
+		took := time.Since(start)
+		byWorker := map[string]map[string]any{}
+		for _, l := range lines {
+			if w, ok := l["worker"].(string); ok {
+				byWorker[w] = l
+			}
+		}
+		// Until both have joined, and wk-ok's subscription is in (slow
+		// joiner), a try may see one worker, or wk-ok time out.
+		if len(lines) == 3 && byWorker["wk-ok"]["type"] == "answer" {
+			hung := byWorker["wk-hung"]
+			if hung["type"] != "failed" || !strings.Contains(hung["error"].(string), "hung") {
+				t.Errorf("the hung worker's line: %v", hung)
+			}
+			if s := lines[2]; s["type"] != "summary" || s["asked"] != float64(2) || s["answered"] != float64(1) || s["failed"] != float64(1) {
+				t.Errorf("summary %v", s)
+			}
+			// "failed" (not "timed_out") is the proof that it was reported
+			// when found hung, before the timeout.
+			t.Logf("the broadcast took %v (hung_timeout %v, timeout %v)", took, hungAfter, timeout)
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no broadcast with an answer from wk-ok and a line for wk-hung: %v", lines)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
