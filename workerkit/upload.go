@@ -19,13 +19,6 @@ import (
 // as the handler read. So the worker buffers at most a window per upload,
 // and a slow handler slows the client down.
 
-const (
-	// bodyHeader is the trusted request header that announces a streamed
-	// body; bodyStream is its only value.
-	bodyHeader = "ZMQX_BODY"
-	bodyStream = "stream"
-)
-
 var (
 	errUploadFailed = errors.New("workerkit: the request body failed at the front end (the client's upload broke, or exceeded the front end's limit)")
 	// errUploadUnavailable: the front end streams the body only to a worker

@@ -22,6 +22,7 @@ import (
 
 	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
 	"github.com/zmqbridge/caddy-zmq/internal/zmqio"
+	"github.com/zmqbridge/caddy-zmq/internal/zmqx"
 )
 
 const (
@@ -893,9 +894,6 @@ func (fe *frontEnd) waitActive(kick <-chan struct{}) bool {
 }
 
 const (
-	// deadlineHeader is the trusted request header that bounds when the
-	// request may start: unix time in milliseconds.
-	deadlineHeader = "ZMQX_DEADLINE"
 	// maxDeadline keeps deadline arithmetic (in microseconds) far from
 	// overflow; later deadlines are nonsense.
 	maxDeadline = 1 << 50
@@ -920,11 +918,11 @@ func (s *server) admit(fe *frontEnd, msg []byte) *flight {
 		switch h := &req.Headers[i]; h.Name {
 		case "METHOD":
 			method = h.Value()
-		case windowHeader:
+		case zmqx.HeaderWindow:
 			window = h.Value()
-		case deadlineHeader:
+		case zmqx.HeaderDeadline:
 			deadline = h.Value()
-		case bodyHeader:
+		case zmqx.HeaderBody:
 			body = h.Value()
 		case "content-length":
 			length = h.Value()
@@ -944,7 +942,7 @@ func (s *server) admit(fe *frontEnd, msg []byte) *flight {
 	}
 	ctx, cancel := context.WithCancel(s.base)
 	fl := &flight{key: flightKey{fe, req.ConnID}, sender: req.Sender, cancel: cancel, req: req,
-		stream: body == bodyStream}
+		stream: body == zmqx.BodyStream}
 	fl.ctx, fl.base = ctx, ctx
 	if fe.ctl != nil {
 		fl.leaseCtx = flightCtx{Context: ctx, fl: fl} // no allocation of its own
@@ -958,20 +956,20 @@ func (s *server) admit(fe *frontEnd, msg []byte) *flight {
 			fl.length = n
 		}
 	} else if body != "" {
-		fe.log.Warn("ignoring unknown "+bodyHeader+" header", "value", body, "conn", req.ConnID)
+		fe.log.Warn("ignoring unknown "+zmqx.HeaderBody+" header", "value", body, "conn", req.ConnID)
 	}
 	if window != "" && fe.ctl != nil {
-		if n, err := strconv.ParseInt(window, 10, 64); err == nil && n > 0 {
+		if n, ok := zmqx.ParseWindow(window); ok {
 			fl.window = n
 		} else {
-			fe.log.Warn("ignoring invalid "+windowHeader+" header", "value", window, "conn", req.ConnID)
+			fe.log.Warn("ignoring invalid "+zmqx.HeaderWindow+" header", "value", window, "conn", req.ConnID)
 		}
 	}
 	if deadline != "" {
-		if n, err := strconv.ParseInt(deadline, 10, 64); err == nil && n > 0 && n < maxDeadline {
+		if n, ok := zmqx.ParseDeadline(deadline); ok && n < maxDeadline {
 			fl.deadline = n
 		} else {
-			fe.log.Warn("ignoring invalid "+deadlineHeader+" header", "value", deadline, "conn", req.ConnID)
+			fe.log.Warn("ignoring invalid "+zmqx.HeaderDeadline+" header", "value", deadline, "conn", req.ConnID)
 		}
 	}
 	s.mu.Lock()
@@ -1262,7 +1260,7 @@ func (s *server) serveRequest(fl *flight) {
 			if fe.ctl == nil {
 				why = "this front end has no control channel"
 			} else if fl.window == 0 {
-				why = "the request has no " + windowHeader
+				why = "the request has no " + zmqx.HeaderWindow
 			}
 			fe.log.Warn("streamed request body cannot be received: the handler's reads fail", "conn", req.ConnID, "reason", why)
 			r.Body = failedBody{errUploadUnavailable}
