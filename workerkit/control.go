@@ -44,7 +44,7 @@ var ctlSeq atomic.Uint64
 // the goroutine running run; other goroutines talk to it through the queues
 // below and the wake channel.
 type ctlConn struct {
-	fe   *frontEnd
+	fe   *frontEndConn
 	wake chan struct{} // something is queued: wake the owner
 	dead chan struct{} // closed when the owner is gone
 	up   chan struct{} // closed at the first completed handshake
@@ -78,7 +78,7 @@ type ugrant struct {
 	n      int64
 }
 
-func newCtlConn(fe *frontEnd) *ctlConn {
+func newCtlConn(fe *frontEndConn) *ctlConn {
 	return &ctlConn{
 		fe:      fe,
 		wake:    make(chan struct{}, 1),
@@ -648,7 +648,7 @@ func (c *ctlConn) nextAddressed(close bool) *flight {
 // before it heard BYE) until drainTimeout passes without one, within
 // drainMax, as the request socket's owner drains its queue; then it closes
 // the queue.
-func (fe *frontEnd) runAddressed() {
+func (fe *frontEndConn) runAddressed() {
 	s, c := fe.s, fe.ctl
 	stop := s.stop
 	drainTimer := time.NewTimer(time.Hour)

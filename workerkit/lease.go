@@ -100,7 +100,7 @@ func (o *ctlOwner) checkLease() {
 
 // cancelAcked cancels the requests of fe that were acknowledged (or were
 // about to be), and reports how many.
-func (s *server) cancelAcked(fe *frontEnd) int {
+func (s *server) cancelAcked(fe *frontEndConn) int {
 	n := 0
 	s.flightsOf(fe, func(f *flight) {
 		if f.ackState.CompareAndSwap(ackQueued, ackDropped) || f.ackState.Load() == ackSent {

@@ -337,7 +337,7 @@ func (s *server) endBody(k flightKey, err error) {
 
 // failUploads ends every streaming body of fe with err: its control
 // connection is gone, and with it BODY messages in flight.
-func (s *server) failUploads(fe *frontEnd, err error) {
+func (s *server) failUploads(fe *frontEndConn, err error) {
 	var us []*upload
 	s.flightsOf(fe, func(f *flight) {
 		if f.upload != nil {

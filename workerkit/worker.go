@@ -153,7 +153,7 @@ func Serve(h http.Handler, frontEnds ...FrontEnd) error {
 			}
 		}
 	}()
-	err := w.serve(ctx, force)
+	err := w.serveUntil(ctx, force)
 	close(done)
 	wg.Wait()
 	return err
@@ -164,7 +164,7 @@ func Serve(h http.Handler, frontEnds ...FrontEnd) error {
 // for running handlers (up to ShutdownTimeout) and returns nil; it returns
 // an error if it could not start, or if handlers were still running after
 // their contexts had been cancelled.
-func (w *Worker) Serve(ctx context.Context) error { return w.serve(ctx, nil) }
+func (w *Worker) Serve(ctx context.Context) error { return w.serveUntil(ctx, nil) }
 
 func (w *Worker) logger() *slog.Logger {
 	if w.Logger != nil {
@@ -178,7 +178,7 @@ type server struct {
 	h       http.Handler
 	log     *slog.Logger
 	zctx    *zmq.Context
-	fes     []*frontEnd
+	fes     []*frontEndConn
 	id      string // worker id on control channels
 	maxConc int
 
@@ -207,11 +207,11 @@ type server struct {
 	membersClosed bool // shutting down: Join fails
 }
 
-// frontEnd is the run-time state of one FrontEnd. Its request socket is
+// frontEndConn is the run-time state of one FrontEnd. Its request socket is
 // owned by runRequests and its reply socket by runReplies, each for its
 // whole life; everything shared between goroutines here is a channel or an
 // atomic.
-type frontEnd struct {
+type frontEndConn struct {
 	s     *server
 	cfg   FrontEnd
 	index int
@@ -244,7 +244,7 @@ type frontEnd struct {
 // messages name the connection only (ids are unique per front end); a
 // Mongrel2 notice also names the sender, which is checked on the flight.
 type flightKey struct {
-	fe     *frontEnd
+	fe     *frontEndConn
 	connID string
 }
 
@@ -304,7 +304,9 @@ var testHookActive func(index int, active bool)
 // front end in bind mode.
 var testHookSubs func(index, subs int)
 
-func (w *Worker) serve(ctx context.Context, force <-chan struct{}) error {
+// serveUntil is Serve; a close of force (a second signal) cancels the running
+// handlers at once instead of after ShutdownTimeout.
+func (w *Worker) serveUntil(ctx context.Context, force <-chan struct{}) error {
 	if w.Handler == nil {
 		return errors.New("workerkit: Worker.Handler is nil")
 	}
@@ -356,7 +358,7 @@ func (w *Worker) serve(ctx context.Context, force <-chan struct{}) error {
 	}
 	nSockets := 0
 	for i, f := range w.FrontEnds {
-		fe := &frontEnd{
+		fe := &frontEndConn{
 			s:     s,
 			cfg:   f,
 			index: i,
@@ -485,7 +487,7 @@ func isEAGAIN(err error) bool { return zmq.AsErrno(err) == zmq.Errno(syscall.EAG
 // end's SUB, or bound in bind mode). It publishes replies from fe.out and
 // watches subscription frames, which are the only reliable sign that the
 // front end can hear us.
-func (fe *frontEnd) runReplies(ready chan<- error, quit <-chan struct{}) {
+func (fe *frontEndConn) runReplies(ready chan<- error, quit <-chan struct{}) {
 	defer close(fe.dead)
 	sock, err := fe.s.zctx.NewSocket(zmq.XPUB)
 	if err == nil {
@@ -503,7 +505,7 @@ func (fe *frontEnd) runReplies(ready chan<- error, quit <-chan struct{}) {
 			err = firstErr(
 				// Every subscription and unsubscription, not only the first
 				// and last of a topic: front ends connecting with the same
-				// sender id count one each (see frontEnd.subs). A front end
+				// sender id count one each (see frontEndConn.subs). A front end
 				// that goes away is unsubscribed from its topics.
 				sock.SetXpubVerboser(1),
 				sock.Bind(fe.cfg.Replies),
@@ -593,7 +595,7 @@ func (fe *frontEnd) runReplies(ready chan<- error, quit <-chan struct{}) {
 // send publishes one reply frame. With XPUB_NODROP a full queue blocks for
 // sendTimeout; meanwhile the front end may have gone away, which is the only
 // case in which a reply is dropped.
-func (fe *frontEnd) send(sock *zmq.Socket, f *frame, topics map[string]int, deadline time.Time) {
+func (fe *frontEndConn) send(sock *zmq.Socket, f *frame, topics map[string]int, deadline time.Time) {
 	defer putFrame(f)
 	for {
 		var err error
@@ -624,7 +626,7 @@ func (fe *frontEnd) send(sock *zmq.Socket, f *frame, topics map[string]int, dead
 // each topic: in connect mode the XPUB reports only the first and the last,
 // so a count is 0 or 1; in bind mode (XPUB_VERBOSER) it is the number of
 // front ends subscribed to it.
-func (fe *frontEnd) readSubs(sock *zmq.Socket, topics map[string]int) {
+func (fe *frontEndConn) readSubs(sock *zmq.Socket, topics map[string]int) {
 	was := len(topics) > 0
 	changed := false
 	for {
@@ -701,7 +703,7 @@ func (fe *frontEnd) readSubs(sock *zmq.Socket, topics map[string]int) {
 
 // runRequests owns the front end's request socket (PULL connected to the
 // front end's PUSH).
-func (fe *frontEnd) runRequests(ready chan<- error) {
+func (fe *frontEndConn) runRequests(ready chan<- error) {
 	s := fe.s
 	sock, err := s.zctx.NewSocket(zmq.PULL)
 	if err == nil {
@@ -754,7 +756,7 @@ func (fe *frontEnd) runRequests(ready chan<- error) {
 // receive is the request socket owner's working life: it returns when the
 // worker stops, with the requests already queued locally (admitted, not
 // started). gate is set in bind mode, where the socket is already bound.
-func (fe *frontEnd) receive(sock *zmq.Socket, gate *bindGate) (held []*flight) {
+func (fe *frontEndConn) receive(sock *zmq.Socket, gate *bindGate) (held []*flight) {
 	s := fe.s
 	connected := gate != nil
 	wait := func() bool { return fe.waitActive(fe.kick) }
@@ -866,7 +868,7 @@ func (fe *frontEnd) receive(sock *zmq.Socket, gate *bindGate) (held []*flight) {
 }
 
 // resumed wakes the request socket's owner when its pause changes.
-func (fe *frontEnd) wakeOwner() {
+func (fe *frontEndConn) wakeOwner() {
 	select {
 	case fe.kick <- struct{}{}:
 	default:
@@ -875,7 +877,7 @@ func (fe *frontEnd) wakeOwner() {
 
 // waitActive blocks until the front end is subscribed; false means stop.
 // kick is the caller's wake-up channel (each waiter has its own).
-func (fe *frontEnd) waitActive(kick <-chan struct{}) bool {
+func (fe *frontEndConn) waitActive(kick <-chan struct{}) bool {
 	for {
 		select {
 		case <-fe.s.stop:
@@ -905,7 +907,7 @@ const (
 // finds the request it follows, even one still waiting for a handler slot.
 // It handles the frames that are not requests to run (notices, unsupported
 // or malformed messages) and returns nil for them. It takes no slot.
-func (s *server) admit(fe *frontEnd, msg []byte) *flight {
+func (s *server) admit(fe *frontEndConn, msg []byte) *flight {
 	req, err := mongrel2.ParseRequest(msg)
 	if err != nil {
 		fe.log.Warn("dropping malformed request frame", "err", err, "len", len(msg), "start", printable(msg, 64))
@@ -1170,7 +1172,7 @@ func (s *server) grant(k flightKey, n int64) {
 }
 
 // flightsOf calls fn, under s.mu, for every registered request of fe.
-func (s *server) flightsOf(fe *frontEnd, fn func(*flight)) {
+func (s *server) flightsOf(fe *frontEndConn, fn func(*flight)) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for k, f := range s.inflight {
@@ -1186,7 +1188,7 @@ func (s *server) flightsOf(fe *frontEnd, fn func(*flight)) {
 // liftFlows ends flow control for every windowed request of fe: its control
 // connection is gone, so no more credit can come, and the front end falls
 // back to buffering (max_buffered_reply) or has gone away entirely.
-func (s *server) liftFlows(fe *frontEnd) {
+func (s *server) liftFlows(fe *frontEndConn) {
 	s.flightsOf(fe, func(f *flight) {
 		if f.flow != nil {
 			f.flow.lift()
