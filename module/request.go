@@ -9,16 +9,19 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
+	"github.com/zmqbridge/caddy-zmq/module/internal/hopbyhop"
 )
 
-// requestHopHeaders describe the client's connection to Caddy, not a request
-// to a worker; like reverse_proxy, they are not passed on.
-var requestHopHeaders = map[string]bool{
-	"Connection": true, "Keep-Alive": true, "Proxy-Connection": true, "Te": true,
-	"Transfer-Encoding": true, "Upgrade": true, "Trailer": true,
-	// Rewritten below from what Caddy knows, never taken from the client.
-	"X-Forwarded-For": true, "Content-Length": true,
-	"X-Mongrel2-Upload-Start": true, "X-Mongrel2-Upload-Done": true,
+// frontEndHeaders are written by the front end from what Caddy knows, never
+// taken from the client: a handler trusts them (it opens the upload files
+// they name, it logs the address). The forwarding ones are in forwarded.go.
+var frontEndHeaders = map[string]bool{
+	"Content-Length":          true,
+	"X-Mongrel2-Upload-Start": true,
+	"X-Mongrel2-Upload-Done":  true,
+	"X-Forwarded-For":         true,
+	"X-Forwarded-Proto":       true,
+	"X-Forwarded-Host":        true,
 }
 
 // encodeHeaders writes the Mongrel2 header block for r. Client header names
@@ -30,8 +33,14 @@ func (h *Handler) encodeHeaders(e *mongrel2.HeaderEncoder, r *http.Request, path
 	// Mongrel2 writes PATH first in its JSON block; keep its byte order.
 	e.Add("PATH", path)
 	e.Add("host", r.Host)
+	// Hop-by-hop fields describe the client's connection to Caddy, not a
+	// request to a worker; like reverse_proxy, the front end drops them and
+	// every field the client names in Connection.
+	connection := r.Header["Connection"]
+	fwd := forwardingOf(r, connection)
 	for name, values := range r.Header {
-		if requestHopHeaders[name] || len(values) == 0 {
+		if len(values) == 0 || frontEndHeaders[name] || hopbyhop.Drop(connection, name) ||
+			!fwd.trusted && proxyOnlyHeaders[name] {
 			continue
 		}
 		e.AddList(lowerHeaderName(name), values)
@@ -43,13 +52,13 @@ func (h *Handler) encodeHeaders(e *mongrel2.HeaderEncoder, r *http.Request, path
 	}
 	if up != nil {
 		// Written by Caddy, never taken from the client (see
-		// requestHopHeaders): a handler opens the file they name.
+		// frontEndHeaders): a handler opens the file they name.
 		e.Add(hdrUploadStart, up.path)
 		if uploadDone {
 			e.Add(hdrUploadDone, up.path)
 		}
 	}
-	e.Add("x-forwarded-for", clientIP)
+	fwd.encode(e)
 	e.Add("METHOD", r.Method)
 	e.Add("VERSION", protoVersion(r))
 	// URI follows the (possibly rewritten) path, as Mongrel2's does.
