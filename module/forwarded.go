@@ -11,14 +11,6 @@ import (
 	"github.com/zmqbridge/caddy-zmq/module/internal/hopbyhop"
 )
 
-// proxyOnlyHeaders tell who the client is or what it asked for as an
-// earlier proxy saw it. Any client can write them, so a worker sees them
-// only when they come from a peer in the server's trusted_proxies.
-var proxyOnlyHeaders = map[string]bool{
-	"X-Real-Ip": true,
-	"Forwarded": true,
-}
-
 // forwarding is what the X-Forwarded-* fields tell a worker, worked out as
 // reverse_proxy's addForwardedHeaders does: from what Caddy knows of the
 // connection, extended by the client's own values only when the peer is in

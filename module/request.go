@@ -12,16 +12,32 @@ import (
 	"github.com/zmqbridge/caddy-zmq/module/internal/hopbyhop"
 )
 
-// frontEndHeaders are written by the front end from what Caddy knows, never
-// taken from the client: a handler trusts them (it opens the upload files
-// they name, it logs the address). The forwarding ones are in forwarded.go.
-var frontEndHeaders = map[string]bool{
-	"Content-Length":          true,
-	"X-Mongrel2-Upload-Start": true,
-	"X-Mongrel2-Upload-Done":  true,
-	"X-Forwarded-For":         true,
-	"X-Forwarded-Proto":       true,
-	"X-Forwarded-Host":        true,
+// clientHeaderRule says what becomes of a client header of that name,
+// besides the hop-by-hop ones (module/internal/hopbyhop).
+type clientHeaderRule uint8
+
+const (
+	passOn clientHeaderRule = iota
+	// frontEndOnly headers are written by the front end from what Caddy
+	// knows, never taken from the client: a handler trusts them (it opens
+	// the upload files they name, it logs the address).
+	frontEndOnly
+	// trustedProxyOnly headers tell who the client is, or what it asked
+	// for, as an earlier proxy saw it. Any client can write them, so they
+	// pass only from a peer in the server's trusted_proxies.
+	trustedProxyOnly
+)
+
+// clientHeaderRules: one map, so that each client header costs one lookup.
+var clientHeaderRules = map[string]clientHeaderRule{
+	"Content-Length":          frontEndOnly,
+	"X-Mongrel2-Upload-Start": frontEndOnly,
+	"X-Mongrel2-Upload-Done":  frontEndOnly,
+	"X-Forwarded-For":         frontEndOnly, // forwarded.go
+	"X-Forwarded-Proto":       frontEndOnly,
+	"X-Forwarded-Host":        frontEndOnly,
+	"X-Real-Ip":               trustedProxyOnly,
+	"Forwarded":               trustedProxyOnly,
 }
 
 // encodeHeaders writes the Mongrel2 header block for r. Client header names
@@ -39,9 +55,16 @@ func (h *Handler) encodeHeaders(e *mongrel2.HeaderEncoder, r *http.Request, path
 	connection := r.Header["Connection"]
 	fwd := forwardingOf(r, connection)
 	for name, values := range r.Header {
-		if len(values) == 0 || frontEndHeaders[name] || hopbyhop.Drop(connection, name) ||
-			!fwd.trusted && proxyOnlyHeaders[name] {
+		if len(values) == 0 || hopbyhop.Drop(connection, name) {
 			continue
+		}
+		switch clientHeaderRules[name] {
+		case frontEndOnly:
+			continue
+		case trustedProxyOnly:
+			if !fwd.trusted {
+				continue
+			}
 		}
 		e.AddList(lowerHeaderName(name), values)
 	}
@@ -52,7 +75,7 @@ func (h *Handler) encodeHeaders(e *mongrel2.HeaderEncoder, r *http.Request, path
 	}
 	if up != nil {
 		// Written by Caddy, never taken from the client (see
-		// frontEndHeaders): a handler opens the file they name.
+		// clientHeaderRules): a handler opens the file they name.
 		e.Add(hdrUploadStart, up.path)
 		if uploadDone {
 			e.Add(hdrUploadDone, up.path)
