@@ -77,6 +77,8 @@ func TestForwardingHeaders(t *testing.T) {
 		"X-Forwarded-Host":  {"bank.example"},
 		"X-Real-Ip":         {"203.0.113.66"},
 		"Forwarded":         {"for=203.0.113.66;proto=https;host=bank.example"},
+		// CGI-style gateways read this as X-Forwarded-For.
+		"X_forwarded_for": {"203.0.113.66"},
 	}
 	for _, tc := range []struct {
 		name    string
@@ -89,6 +91,7 @@ func TestForwardingHeaders(t *testing.T) {
 			trusted: "192.0.2.0/24",
 			want: map[string]string{
 				"x-forwarded-for": "127.0.0.1", "x-forwarded-proto": "http", "x-real-ip": "", "forwarded": "",
+				"x_forwarded_for": "",
 			},
 			remote: "127.0.0.1:0",
 		},
@@ -98,7 +101,7 @@ func TestForwardingHeaders(t *testing.T) {
 			want: map[string]string{
 				"x-forwarded-for": "203.0.113.66, 127.0.0.1", "x-forwarded-proto": "https",
 				"x-forwarded-host": "bank.example", "x-real-ip": "203.0.113.66",
-				"forwarded": "for=203.0.113.66;proto=https;host=bank.example",
+				"forwarded": "for=203.0.113.66;proto=https;host=bank.example", "x_forwarded_for": "",
 			},
 			remote: "203.0.113.66:0",
 		},

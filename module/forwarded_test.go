@@ -3,6 +3,7 @@ package caddyzmq
 import (
 	"context"
 	"crypto/tls"
+	"fmt"
 	"net/http"
 	"net/http/httptest"
 	"testing"
@@ -172,6 +173,45 @@ func TestForwardingHeaders(t *testing.T) {
 					t.Errorf("%s reached the worker: %q", name, got)
 				case want != "" && (len(got) != 1 || got[0] != want):
 					t.Errorf("%s = %q, want %q", name, got, want)
+				}
+			}
+		})
+	}
+}
+
+// A header spelled with underscores is judged as its dashed twin: CGI-style
+// gateways merge the two spellings.
+func TestUnderscoreTwins(t *testing.T) {
+	for _, tc := range []struct {
+		trusted bool
+		gone    []string
+		kept    []string
+	}{
+		{
+			trusted: false,
+			gone:    []string{"x_forwarded_for", "x_forwarded_proto", "x_real_ip", "proxy_authorization", "content_length", "x_mongrel2_upload_start"},
+			kept:    []string{"x_custom_thing"},
+		},
+		{
+			trusted: true,
+			gone:    []string{"x_forwarded_for", "proxy_authorization", "content_length"},
+			kept:    []string{"x_real_ip", "x_custom_thing"},
+		},
+	} {
+		t.Run(fmt.Sprintf("trusted=%v", tc.trusted), func(t *testing.T) {
+			h := map[string][]string{}
+			for _, n := range append(append([]string{}, tc.gone...), tc.kept...) {
+				h[n] = []string{"v"}
+			}
+			seen := workerView(t, requestFrom("192.0.2.1:5000", tc.trusted, "192.0.2.1", h))
+			for _, n := range tc.gone {
+				if v, ok := seen[n]; ok {
+					t.Errorf("%s reached the worker: %q", n, v)
+				}
+			}
+			for _, n := range tc.kept {
+				if _, ok := seen[n]; !ok {
+					t.Errorf("%s did not reach the worker", n)
 				}
 			}
 		})

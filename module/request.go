@@ -12,16 +12,16 @@ import (
 	"github.com/zmqbridge/caddy-zmq/module/internal/hopbyhop"
 )
 
-// clientHeaderRule says what becomes of a client header of that name,
-// besides the hop-by-hop ones (module/internal/hopbyhop).
-type clientHeaderRule uint8
+// headerRule says what becomes of a client header of that name, besides
+// the hop-by-hop ones (module/internal/hopbyhop).
+type headerRule uint8
 
 const (
-	passOn clientHeaderRule = iota
-	// frontEndOnly headers are written by the front end from what Caddy
-	// knows, never taken from the client: a handler trusts them (it opens
-	// the upload files they name, it logs the address).
-	frontEndOnly
+	passOn headerRule = iota
+	// neverFromClient headers are written by the front end from what
+	// Caddy knows, never taken from the client: a handler trusts them (it
+	// opens the upload files they name, it logs the address).
+	neverFromClient
 	// trustedProxyOnly headers tell who the client is, or what it asked
 	// for, as an earlier proxy saw it. Any client can write them, so they
 	// pass only from a peer in the server's trusted_proxies.
@@ -29,15 +29,30 @@ const (
 )
 
 // clientHeaderRules: one map, so that each client header costs one lookup.
-var clientHeaderRules = map[string]clientHeaderRule{
-	"Content-Length":          frontEndOnly,
-	"X-Mongrel2-Upload-Start": frontEndOnly,
-	"X-Mongrel2-Upload-Done":  frontEndOnly,
-	"X-Forwarded-For":         frontEndOnly, // forwarded.go
-	"X-Forwarded-Proto":       frontEndOnly,
-	"X-Forwarded-Host":        frontEndOnly,
+var clientHeaderRules = map[string]headerRule{
+	"Content-Length":          neverFromClient,
+	"X-Mongrel2-Upload-Start": neverFromClient,
+	"X-Mongrel2-Upload-Done":  neverFromClient,
+	"X-Forwarded-For":         neverFromClient, // forwarded.go
+	"X-Forwarded-Proto":       neverFromClient,
+	"X-Forwarded-Host":        neverFromClient,
 	"X-Real-Ip":               trustedProxyOnly,
 	"Forwarded":               trustedProxyOnly,
+}
+
+// ruleFor is the rule for a client header name. A name spelled
+// with underscores gets the rule of its dashed twin: CGI-style gateways
+// (WSGI, Rack, PHP) turn both X-Forwarded-For and X_Forwarded_For into
+// HTTP_X_FORWARDED_FOR, so the underscore spelling must not slip past a rule.
+func ruleFor(name string) headerRule {
+	if rule, ok := clientHeaderRules[name]; ok || strings.IndexByte(name, '_') < 0 {
+		return rule
+	}
+	dashed := http.CanonicalHeaderKey(strings.ReplaceAll(name, "_", "-"))
+	if hopbyhop.Is(dashed) {
+		return neverFromClient
+	}
+	return clientHeaderRules[dashed]
 }
 
 // encodeHeaders writes the Mongrel2 header block for r. Client header names
@@ -58,8 +73,8 @@ func (h *Handler) encodeHeaders(e *mongrel2.HeaderEncoder, r *http.Request, path
 		if len(values) == 0 || hopbyhop.Drop(connection, name) {
 			continue
 		}
-		switch clientHeaderRules[name] {
-		case frontEndOnly:
+		switch ruleFor(name) {
+		case neverFromClient:
 			continue
 		case trustedProxyOnly:
 			if !fwd.trusted {
