@@ -184,6 +184,8 @@ test: deps-test build vet unit fuzz-short
 # one build of the package tree (a cold build of Caddy's tree takes minutes).
 vet: deps-run
 	CGO_ENABLED=1 $(GO) vet -race ./...
+	@# go.mod and go.sum must be what `go mod tidy` makes of them.
+	@$(GO) mod tidy -diff || { echo "vet: run go mod tidy and commit go.mod and go.sum"; exit 1; }
 
 # ZMQ_INTEGRATION=1 turns a missing bin/caddy into a failure instead of a skip.
 unit: deps-test build
