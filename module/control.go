@@ -17,8 +17,8 @@ import (
 )
 
 // The control channel is this project's extension to Mongrel2's protocol
-// (zmqx/1: package internal/zmqx, docs/zmqx.md): Caddy binds a ROUTER, each workerkit worker
-// connects a DEALER whose identity is its worker id. Over it a worker says
+// (zmqx/1: package internal/zmqx, docs/zmqx.md): Caddy binds a ROUTER, each
+// workerkit worker connects a DEALER whose identity is its worker id. Over it a worker says
 // which requests it took (ACK) and that it lives (HB); Caddy grants reply
 // credit and forwards disconnects to exactly that worker. Mongrel2
 // handlers never connect to it and are unaffected.
