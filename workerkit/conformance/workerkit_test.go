@@ -1,4 +1,4 @@
-package conformance_test
+package conformance
 
 import (
 	"context"
@@ -9,12 +9,11 @@ import (
 	"testing"
 
 	"github.com/zmqbridge/caddy-zmq/workerkit"
-	"github.com/zmqbridge/caddy-zmq/workerkit/conformance"
 )
 
-// testMux is the application the kit's cases expect: / answers, /big is
+// testHandler is the application the kit's cases expect: / answers, /big is
 // large, /upload reads its whole body first.
-func testMux() http.Handler {
+func testHandler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		_, _ = io.WriteString(w, "Hello, world!\n")
@@ -40,13 +39,13 @@ func testMux() http.Handler {
 
 // startWorkerkit runs a workerkit worker on ep (control channel too, unless
 // plain) and returns its stop function.
-func startWorkerkit(t testing.TB, ep conformance.Endpoints, plain bool) func() {
+func startWorkerkit(t testing.TB, ep Endpoints, plain bool) func() {
 	fe := workerkit.FrontEnd{Requests: ep.Requests, Replies: ep.Replies, Control: ep.Control}
 	if plain {
 		fe.Control = ""
 	}
 	ctx, cancel := context.WithCancel(context.Background())
-	w := &workerkit.Worker{FrontEnds: []workerkit.FrontEnd{fe}, Handler: testMux(), MaxConcurrent: 4, ID: "wk-conformance"}
+	w := &workerkit.Worker{FrontEnds: []workerkit.FrontEnd{fe}, Handler: testHandler(), MaxConcurrent: 4, ID: "wk-conformance"}
 	done := make(chan error, 1)
 	go func() { done <- w.Serve(ctx) }()
 	return func() {
@@ -58,10 +57,10 @@ func startWorkerkit(t testing.TB, ep conformance.Endpoints, plain bool) func() {
 }
 
 func TestWorkerkitConforms(t *testing.T) {
-	rep := conformance.Test(t, conformance.Config{BigPath: "/big", UploadPath: "/upload"},
-		func(ep conformance.Endpoints) func() { return startWorkerkit(t, ep, false) })
+	rep := Test(t, Config{BigPath: "/big", UploadPath: "/upload"},
+		func(ep Endpoints) func() { return startWorkerkit(t, ep, false) })
 	for _, r := range rep.Results {
-		if r.Status != conformance.Pass {
+		if r.Status != Pass {
 			t.Errorf("%s: %s %s (every case must pass for workerkit)", r.Case, r.Status, r.Detail)
 		}
 	}
@@ -70,12 +69,12 @@ func TestWorkerkitConforms(t *testing.T) {
 // A worker without control channel passes the Mongrel2 cases, and the
 // others report it instead of failing.
 func TestPlainWorkerHasNoControl(t *testing.T) {
-	rep := conformance.Test(t, conformance.Config{ControlWait: 300e6},
-		func(ep conformance.Endpoints) func() { return startWorkerkit(t, ep, true) })
+	rep := Test(t, Config{ControlWait: 300e6},
+		func(ep Endpoints) func() { return startWorkerkit(t, ep, true) })
 	for _, r := range rep.Results {
-		want := conformance.NoControl
+		want := NoControl
 		if strings.HasPrefix(r.Case, "mongrel2/") {
-			want = conformance.Pass
+			want = Pass
 		}
 		if r.Status != want {
 			t.Errorf("%s: %s %s, want %s", r.Case, r.Status, r.Detail, want)
