@@ -6,7 +6,6 @@ import (
 	"fmt"
 	"io"
 	"math"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,25 +13,18 @@ import (
 	zmq "github.com/pebbe/zmq4"
 
 	"github.com/zmqbridge/caddy-zmq/internal/zmqio"
+	"github.com/zmqbridge/caddy-zmq/internal/zmqx"
 )
 
-// The control channel, protocol extension zmqx/1: one DEALER per front end,
-// connected to the front end's ROUTER, with the worker id as its identity.
-// Every message is one frame of text.
-//
-//	worker -> front end: HELLO <max_concurrent> | HB | ACK <conn_id> [<conn_id> ...] | BYE |
-//	                     UCREDIT <conn_id> <bytes> | NACK <conn_id> [<conn_id> ...] | RESET
-//	front end -> worker: CREDIT <conn_id> <bytes> | DISCONNECT <conn_id> | REQ <request frame> |
-//	                     BODY <conn_id> <bytes> | BODYEND <conn_id> | BODYERR <conn_id> |
-//	                     PAUSE | RESUME
+// The control channel, protocol extension zmqx/1 (package internal/zmqx,
+// docs/zmqx.md): one DEALER per front end, connected to the front end's
+// ROUTER, with the worker id as its identity. Every message is one frame of
+// text.
 
 const (
-	// windowHeader is the trusted request header that asks for flow
-	// control of the reply: its value is the window in bytes.
-	windowHeader = "ZMQX_WINDOW"
 	// ctlHeartbeat is how often a worker says HB; the front end declares it
-	// dead after 1 s of silence.
-	ctlHeartbeat = 250 * time.Millisecond
+	// dead after zmqx.LivenessBound of silence.
+	ctlHeartbeat = zmqx.HeartbeatInterval
 	// ctlCloseLinger lets BYE and the last messages leave at shutdown.
 	ctlCloseLinger = 200 * time.Millisecond
 	// ctlStartWait is how long a fresh worker waits for the control
@@ -52,7 +44,7 @@ var ctlSeq atomic.Uint64
 // the goroutine running run; other goroutines talk to it through the queues
 // below and the wake channel.
 type ctlConn struct {
-	fe   *frontEnd
+	fe   *frontEndConn
 	wake chan struct{} // something is queued: wake the owner
 	dead chan struct{} // closed when the owner is gone
 	up   chan struct{} // closed at the first completed handshake
@@ -86,7 +78,7 @@ type ugrant struct {
 	n      int64
 }
 
-func newCtlConn(fe *frontEnd) *ctlConn {
+func newCtlConn(fe *frontEndConn) *ctlConn {
 	return &ctlConn{
 		fe:      fe,
 		wake:    make(chan struct{}, 1),
@@ -191,6 +183,7 @@ type ctlOwner struct {
 	batch     []*flight // ACKs being sent; swapped with ctlConn.acks
 	grants    []ugrant  // UCREDITs being sent; swapped with ctlConn.grants
 	buf       []byte    // ACK message being built
+	greeting  []byte    // HELLO or BYE being built: hello runs while buf is being sent
 	rcv       *zmqio.Receiver
 	rbuf      *[]byte // the next message is received into it (ctlBufs)
 }
@@ -310,7 +303,7 @@ func (c *ctlConn) run(ready chan<- error, quit <-chan struct{}) {
 			case <-stop:
 				stop = nil
 				o.bye = true
-				o.send("BYE")
+				o.send(zmqx.AppendBye(o.buf[:0]))
 				fe.log.Debug("control: said BYE")
 			default:
 			}
@@ -318,7 +311,7 @@ func (c *ctlConn) run(ready chan<- error, quit <-chan struct{}) {
 		o.checkLease()
 		o.drainAcks()
 		if now := time.Now(); !now.Before(nextHB) {
-			o.send("HB")
+			o.send(zmqx.AppendHeartbeat(o.buf[:0]))
 			nextHB = now.Add(ctlHeartbeat)
 		}
 		// Sends refuse while the lease is lapsed (a freeze may fall
@@ -347,10 +340,7 @@ func (c *ctlConn) run(ready chan<- error, quit <-chan struct{}) {
 
 // send sends one control message; false if there is no control connection
 // (or its queue is full), which is never worth waiting for.
-func (o *ctlOwner) send(msg string) bool { return o.sendBytes([]byte(msg)) }
-
-// sendBytes is send for a message built in a buffer.
-func (o *ctlOwner) sendBytes(msg []byte) bool {
+func (o *ctlOwner) send(msg []byte) bool {
 	at := monoNow()
 	if o.c.lapsedAt(at) {
 		return false // checkLease must run first (lease.go)
@@ -375,7 +365,8 @@ func (o *ctlOwner) hello() {
 	if o.c.lapsedAt(at) {
 		return // checkLease first; the owner polls for POLLOUT again
 	}
-	if _, err := o.sock.Send("HELLO "+strconv.Itoa(o.c.fe.s.maxConc), zmq.DONTWAIT); err != nil {
+	o.greeting = zmqx.AppendHello(o.greeting[:0], o.c.fe.s.maxConc)
+	if _, err := o.sock.SendBytes(o.greeting, zmq.DONTWAIT); err != nil {
 		return // pipe not attached yet: poll for POLLOUT and retry
 	}
 	o.needHello = false
@@ -391,7 +382,8 @@ func (o *ctlOwner) hello() {
 		close(o.c.up)
 	}
 	if o.bye {
-		_, _ = o.sock.Send("BYE", zmq.DONTWAIT)
+		o.greeting = zmqx.AppendBye(o.greeting[:0])
+		_, _ = o.sock.SendBytes(o.greeting, zmq.DONTWAIT)
 	}
 }
 
@@ -419,12 +411,8 @@ func (o *ctlOwner) drainAcks() {
 	c.nacks = nil
 	c.ackMu.Unlock()
 	if len(nacks) > 0 {
-		o.buf = append(o.buf[:0], "NACK"...)
-		for _, id := range nacks {
-			o.buf = append(o.buf, ' ')
-			o.buf = append(o.buf, id...)
-		}
-		o.sendBytes(o.buf)
+		o.buf = zmqx.AppendNack(o.buf[:0], nacks...)
+		o.send(o.buf)
 	}
 	// Not when the lease lapsed, nor so late that the front end may have
 	// re-sent the request (lease.go): those are cancelled instead. A
@@ -452,12 +440,11 @@ func (o *ctlOwner) drainAcks() {
 	}
 	for rest := keep; len(rest) > 0; {
 		n := min(len(rest), maxAckIDs)
-		o.buf = append(o.buf[:0], "ACK"...)
+		o.buf = zmqx.AppendAck(o.buf[:0])
 		for _, fl := range rest[:n] {
-			o.buf = append(o.buf, ' ')
-			o.buf = append(o.buf, fl.key.connID...)
+			o.buf = zmqx.AppendID(o.buf, fl.key.connID)
 		}
-		if !o.sendBytes(o.buf) {
+		if !o.send(o.buf) {
 			// No control connection after all (it broke just now), or the
 			// front end does not read: no credit will come for these. One
 			// with a dispatch deadline will be re-sent by the front end:
@@ -476,11 +463,8 @@ func (o *ctlOwner) drainAcks() {
 	o.batch = batch[:0]
 	// After the ACKs: a grant is for a request acknowledged earlier.
 	for _, g := range grants {
-		o.buf = append(o.buf[:0], "UCREDIT "...)
-		o.buf = append(o.buf, g.connID...)
-		o.buf = append(o.buf, ' ')
-		o.buf = strconv.AppendInt(o.buf, g.n, 10)
-		if !o.sendBytes(o.buf) {
+		o.buf = zmqx.AppendUploadCredit(o.buf[:0], g.connID, g.n)
+		if !o.send(o.buf) {
 			// The connection broke (its uploads fail with it), or the
 			// front end does not read.
 			c.fe.log.Debug("control: could not send UCREDIT", "conn", g.connID, "bytes", g.n)
@@ -531,50 +515,37 @@ const ctlKeepMin = 64 << 10
 // reports that it kept it (a BODY, whose upload releases it).
 func (o *ctlOwner) handle(msg []byte, hold bodyChunk) (kept bool) {
 	fe := o.c.fe
-	verb, rest, _ := bytes.Cut(msg, []byte{' '})
-	switch string(verb) {
-	case "CREDIT":
-		conn, n, ok := bytes.Cut(rest, []byte{' '})
-		grant, err := strconv.ParseInt(string(n), 10, 64)
-		if !ok || err != nil || grant <= 0 || !isConnID(conn) {
-			fe.log.Warn("control: malformed CREDIT", "msg", printable(msg, 100))
-			return
-		}
-		fe.s.grant(flightKey{fe, string(conn)}, min(grant, maxGrant))
-	case "DISCONNECT":
-		if !isConnID(rest) {
-			fe.log.Warn("control: malformed DISCONNECT", "msg", printable(msg, 100))
-			return
-		}
+	m, err := zmqx.Parse(msg)
+	switch {
+	case err == zmqx.ErrMalformed:
+		fe.log.Warn("control: malformed "+m.Verb.String(), "msg", printable(msg, 100))
+		return false
+	case err != nil && len(msg) > 0:
+		fe.log.Debug("control: ignoring unknown message", "msg", printable(msg, 100))
+		return false
+	}
+	switch m.Verb {
+	case zmqx.Credit:
+		fe.s.grant(flightKey{fe, string(m.ID)}, min(m.N, maxGrant))
+	case zmqx.Disconnect:
 		// Also finds an addressed request still waiting for a slot: it
 		// was admitted (registered) when its REQ arrived, before this.
-		fe.s.cancelFlights(flightKey{fe, string(rest)}, "")
-	case "REQ":
+		fe.s.cancelFlights(flightKey{fe, string(m.ID)}, "")
+	case zmqx.Req:
 		// The request may alias what it is given, and msg's buffer is
 		// reused: copy it out.
-		o.c.addressed(bytes.Clone(rest))
-	case "BODY":
-		// BODY <conn_id> <bytes>: the bytes may be anything, spaces too.
-		conn, data, _ := bytes.Cut(rest, []byte{' '})
-		if !isConnID(conn) {
-			fe.log.Warn("control: malformed BODY", "msg", printable(msg, 100))
-			return
-		}
-		// The upload keeps data, and its buffer with it, without copying.
-		hold.data = data
-		fe.s.deliverBody(flightKey{fe, string(conn)}, hold)
+		o.c.addressed(bytes.Clone(m.Data))
+	case zmqx.Body:
+		// The upload keeps the bytes, and their buffer with them, without
+		// copying.
+		hold.data = m.Data
+		fe.s.deliverBody(flightKey{fe, string(m.ID)}, hold)
 		return true
-	case "BODYEND", "BODYERR":
-		if !isConnID(rest) {
-			fe.log.Warn("control: malformed "+string(verb), "msg", printable(msg, 100))
-			return
-		}
-		err := io.EOF
-		if string(verb) == "BODYERR" {
-			err = errUploadFailed
-		}
-		fe.s.endBody(flightKey{fe, string(rest)}, err)
-	case "PAUSE":
+	case zmqx.BodyEnd:
+		fe.s.endBody(flightKey{fe, string(m.ID)}, io.EOF)
+	case zmqx.BodyErr:
+		fe.s.endBody(flightKey{fe, string(m.ID)}, errUploadFailed)
+	case zmqx.Pause:
 		// The front end sees no answers from us (hung handlers): take no
 		// more requests from it until it says RESUME.
 		if !fe.paused.Swap(true) {
@@ -582,27 +553,15 @@ func (o *ctlOwner) handle(msg []byte, hold bodyChunk) (kept bool) {
 				"control", fe.cfg.Control, "running", fe.s.running.Load())
 			fe.wakeOwner() // wakes an owner waiting for a slot, to hand it back
 		}
-	case "RESUME":
+	case zmqx.Resume:
 		if fe.paused.Swap(false) {
 			fe.log.Info("front end resumed us", "control", fe.cfg.Control)
 		}
-	case "":
+	case zmqx.VerbUnknown: // an empty frame (an envelope delimiter)
 	default:
-		fe.log.Debug("control: ignoring unknown message", "msg", printable(msg, 100))
+		fe.log.Debug("control: ignoring a worker's message", "msg", printable(msg, 100))
 	}
 	return false
-}
-
-func isConnID(b []byte) bool {
-	if len(b) == 0 || len(b) > 20 {
-		return false
-	}
-	for _, c := range b {
-		if c < '0' || c > '9' {
-			return false
-		}
-	}
-	return true
 }
 
 // monitor reads the DEALER's connection events.
@@ -689,7 +648,7 @@ func (c *ctlConn) nextAddressed(close bool) *flight {
 // before it heard BYE) until drainTimeout passes without one, within
 // drainMax, as the request socket's owner drains its queue; then it closes
 // the queue.
-func (fe *frontEnd) runAddressed() {
+func (fe *frontEndConn) runAddressed() {
 	s, c := fe.s, fe.ctl
 	stop := s.stop
 	drainTimer := time.NewTimer(time.Hour)
