@@ -3,6 +3,8 @@ package conformance
 import (
 	"bytes"
 	"time"
+
+	"github.com/zmqbridge/caddy-zmq/internal/zmqx"
 )
 
 type caseDef struct {
@@ -79,14 +81,13 @@ func hello(s *session) Result {
 	s.fe.mu.Lock()
 	defer s.fe.mu.Unlock()
 	first := s.fe.ctl[0]
-	if first.verb != verbHello {
-		return fail("the first control message is %q, not %s", first.verb, verbHello)
+	if first.msg.Verb != zmqx.Hello {
+		return fail("the first control message is %.40q, not %s", first.payload, zmqx.Hello)
 	}
-	n, ok := parseHello(first.args)
-	if !ok {
-		return fail("%s %q: max_concurrent must be a positive integer", verbHello, first.args)
+	if first.err != nil || first.msg.N <= 0 {
+		return fail("%.60q: max_concurrent must be a positive integer", first.payload)
 	}
-	return pass("%s %d from %q", verbHello, n, first.worker)
+	return pass("%s %d from %q", zmqx.Hello, first.msg.N, first.worker)
 }
 
 // heartbeat: the worker is never silent for the lease (1 s) over an
@@ -105,7 +106,7 @@ func heartbeat(s *session) Result {
 		if ev.worker != s.worker || !ev.at.After(start) {
 			continue
 		}
-		if ev.verb == verbHB {
+		if ev.msg.Verb == zmqx.Heartbeat {
 			hbs++
 		}
 		maxGap = max(maxGap, ev.at.Sub(last))
@@ -113,12 +114,12 @@ func heartbeat(s *session) Result {
 	}
 	maxGap = max(maxGap, end.Sub(last))
 	if hbs == 0 {
-		return fail("no %s within %s", verbHB, window)
+		return fail("no %s within %s", zmqx.Heartbeat, window)
 	}
 	if maxGap > lease {
 		return fail("silent for %s on the control channel (a front end declares a worker lost after %s)", maxGap.Round(time.Millisecond), lease)
 	}
-	return pass("%d %s in %s, longest silence %s", hbs, verbHB, window, maxGap.Round(time.Millisecond))
+	return pass("%d %s in %s, longest silence %s", hbs, zmqx.Heartbeat, window, maxGap.Round(time.Millisecond))
 }
 
 // ignoresUnknown: an unknown control verb and an unknown trusted header
@@ -157,15 +158,15 @@ func ack(s *session) Result {
 			return fail("%v", err)
 		}
 		if !s.awaitAcked(x) {
-			return fail("request %s (with %s) answered but never acknowledged", x.id, headerWindow)
+			return fail("request %s (with %s) answered but never acknowledged", x.id, zmqx.HeaderWindow)
 		}
 	}
 	if s.plainID != "" {
 		s.fe.mu.Lock()
 		defer s.fe.mu.Unlock()
 		for _, ev := range s.fe.ctl {
-			if ev.verb == verbAck && hasID(ev.args, s.plainID) {
-				return fail("acknowledged request %s, which had no %s", s.plainID, headerWindow)
+			if ev.msg.Verb == zmqx.Ack && hasID(ev.msg.IDs, s.plainID) {
+				return fail("acknowledged request %s, which had no %s", s.plainID, zmqx.HeaderWindow)
 			}
 		}
 	}
@@ -297,7 +298,7 @@ const maxTestedConcurrency = 512
 func maxConcurrent(s *session) Result {
 	n := s.maxConc
 	if n <= 0 {
-		return fail("no valid %s, so no max_concurrent to check", verbHello)
+		return fail("no valid %s, so no max_concurrent to check", zmqx.Hello)
 	}
 	if n > maxTestedConcurrency {
 		return skip("max_concurrent %d is more than the kit holds (%d)", n, maxTestedConcurrency)
@@ -345,10 +346,10 @@ func disconnect(s *session) Result {
 		return fail("%v", err)
 	}
 	if !s.fe.await(s.ctx, s.cfg.Timeout, func() bool { return s.countAcked(xs) >= n+1 }) {
-		return fail("after %s %s, the waiting request did not start within %s: the request was not cancelled", verbDisconnect, running[0].id, s.cfg.Timeout)
+		return fail("after %s %s, the waiting request did not start within %s: the request was not cancelled", zmqx.Disconnect, running[0].id, s.cfg.Timeout)
 	}
 	if len(running) < 2 {
-		return pass("%s freed a slot (max_concurrent 1: the notice is not tried)", verbDisconnect)
+		return pass("%s freed a slot (max_concurrent 1: the notice is not tried)", zmqx.Disconnect)
 	}
 	if err := s.fe.sendFrame(appendDisconnectNotice(s.cfg.SenderID, running[1].id), s.cfg.Timeout); err != nil {
 		return fail("%v", err)
@@ -363,18 +364,18 @@ func disconnect(s *session) Result {
 	// The cancelled ones send nothing more, even with credit.
 	_ = s.fe.grant(s.worker, running[0], 1<<20)
 	if !s.fe.holds(s.ctx, s.cfg.Quiet, func() bool { return running[0].complete }) {
-		return fail("request %s completed after %s", running[0].id, verbDisconnect)
+		return fail("request %s completed after %s", running[0].id, zmqx.Disconnect)
 	}
-	return pass("%s and the notice each freed a slot", verbDisconnect)
+	return pass("%s and the notice each freed a slot", zmqx.Disconnect)
 }
 
 // pauseResume: after PAUSE the worker starts nothing new and hands requests
 // back (NACK); after RESUME it serves again.
 func pauseResume(s *session) Result {
-	if err := s.fe.control(s.worker, pausePayload()); err != nil {
+	if err := s.fe.control(s.worker, zmqx.AppendPause(nil)); err != nil {
 		return fail("%v", err)
 	}
-	defer func() { _ = s.fe.control(s.worker, resumePayload()) }()
+	defer func() { _ = s.fe.control(s.worker, zmqx.AppendResume(nil)) }()
 	spec := requestSpec{method: "GET", path: s.cfg.Path, window: 4 << 20}
 	// The PAUSE and the requests travel on different sockets: requests
 	// may still be served until the worker has read it.
@@ -386,14 +387,14 @@ func pauseResume(s *session) Result {
 			return fail("%v", err)
 		}
 		if !s.fe.await(s.ctx, s.cfg.Timeout, func() bool { return s.nacked(x) || x.complete }) {
-			return fail("request %s sent after %s: neither handed back (%s) nor answered within %s", x.id, verbPause, verbNack, s.cfg.Timeout)
+			return fail("request %s sent after %s: neither handed back (%s) nor answered within %s", x.id, zmqx.Pause, zmqx.Nack, s.cfg.Timeout)
 		}
 		s.fe.mu.Lock()
 		paused = s.nacked(x)
 		s.fe.mu.Unlock()
 	}
 	if !paused {
-		return fail("the worker kept serving for %s after %s", s.cfg.Timeout, verbPause)
+		return fail("the worker kept serving for %s after %s", s.cfg.Timeout, zmqx.Pause)
 	}
 	for range 2 {
 		x, err := s.send(spec)
@@ -410,7 +411,7 @@ func pauseResume(s *session) Result {
 			return fail("paused: started request %s", x.id)
 		}
 	}
-	if err := s.fe.control(s.worker, resumePayload()); err != nil {
+	if err := s.fe.control(s.worker, zmqx.AppendResume(nil)); err != nil {
 		return fail("%v", err)
 	}
 	until = time.Now().Add(s.cfg.Timeout)
@@ -420,19 +421,19 @@ func pauseResume(s *session) Result {
 			return fail("%v", err)
 		}
 		if !s.fe.await(s.ctx, s.cfg.Timeout, func() bool { return s.nacked(x) || x.complete }) {
-			return fail("request %s after %s: neither handed back nor answered within %s", x.id, verbResume, s.cfg.Timeout)
+			return fail("request %s after %s: neither handed back nor answered within %s", x.id, zmqx.Resume, s.cfg.Timeout)
 		}
 		s.fe.mu.Lock()
 		served := x.complete && !s.nacked(x)
 		s.fe.mu.Unlock()
 		if served {
 			if !s.awaitAcked(x) {
-				return fail("request %s served after %s but not acknowledged", x.id, verbResume)
+				return fail("request %s served after %s but not acknowledged", x.id, zmqx.Resume)
 			}
-			return pass("handed requests back while paused, served again after %s", verbResume)
+			return pass("handed requests back while paused, served again after %s", zmqx.Resume)
 		}
 	}
-	return fail("still handing requests back %s after %s", s.cfg.Timeout, verbResume)
+	return fail("still handing requests back %s after %s", s.cfg.Timeout, zmqx.Resume)
 }
 
 // upload: a streamed body (BODY/BODYEND under UCREDIT) reaches the worker,
@@ -450,10 +451,8 @@ func upload(s *session) Result {
 	granted := func() int64 { // under fe.mu
 		var g int64
 		for _, ev := range s.fe.ctl {
-			if ev.verb == verbUCredit && ev.worker == s.worker {
-				if id, n, ok := parseIDCount(ev.args); ok && id == x.id {
-					g += n
-				}
+			if ev.msg.Verb == zmqx.UploadCredit && ev.err == nil && ev.worker == s.worker && string(ev.msg.ID) == x.id {
+				g += ev.msg.N
 			}
 		}
 		return g
@@ -470,7 +469,7 @@ func upload(s *session) Result {
 		}
 		if room <= 0 {
 			if !s.fe.await(s.ctx, s.cfg.Timeout, func() bool { return window+granted()-sent > 0 || x.complete }) {
-				return fail("sent %d of %d bytes; no %s for %s (the handler reads the body?)", sent, size, verbUCredit, s.cfg.Timeout)
+				return fail("sent %d of %d bytes; no %s for %s (the handler reads the body?)", sent, size, zmqx.UploadCredit, s.cfg.Timeout)
 			}
 			continue
 		}
@@ -508,19 +507,13 @@ func bye(s *session) Result {
 	go s.cfg.Stop()
 	if !s.fe.await(s.ctx, s.cfg.Timeout, func() bool {
 		for _, ev := range s.fe.ctl {
-			if ev.worker == s.worker && ev.verb == verbBye {
+			if ev.worker == s.worker && ev.msg.Verb == zmqx.Bye {
 				return true
 			}
 		}
 		return false
 	}) {
-		return fail("no %s within %s of being told to stop", verbBye, s.cfg.Timeout)
+		return fail("no %s within %s of being told to stop", zmqx.Bye, s.cfg.Timeout)
 	}
-	return pass("%s on drain", verbBye)
+	return pass("%s on drain", zmqx.Bye)
 }
-
-// unknownVerb and unknownHeader stand for what a later version may add.
-const (
-	unknownVerb   = "ZMQXFUTUREVERB"
-	unknownHeader = "ZMQX_FUTURE_HEADER"
-)

@@ -15,6 +15,7 @@ import (
 	zmq "github.com/pebbe/zmq4"
 
 	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
+	"github.com/zmqbridge/caddy-zmq/internal/zmqx"
 )
 
 // Endpoints are the three sockets the kit binds, as a worker connects to
@@ -27,10 +28,11 @@ type Endpoints struct {
 
 // ctlEvent is one control message from a worker.
 type ctlEvent struct {
-	at     time.Time
-	worker string
-	verb   string
-	args   []byte
+	at      time.Time
+	worker  string
+	msg     zmqx.Message // aliases payload
+	err     error        // from zmqx.Parse
+	payload []byte
 }
 
 // exchange is what the kit knows of one request it sent.
@@ -254,8 +256,8 @@ func (f *frontEnd) readControl(router *zmq.Socket) {
 		if len(parts) < 2 {
 			continue
 		}
-		verb, args, _ := bytes.Cut(parts[1], []byte{' '})
-		ev := ctlEvent{at: time.Now(), worker: string(parts[0]), verb: string(verb), args: bytes.Clone(args)}
+		ev := ctlEvent{at: time.Now(), worker: string(parts[0]), payload: parts[1]}
+		ev.msg, ev.err = zmqx.Parse(ev.payload)
 		f.mu.Lock()
 		f.ctl = append(f.ctl, ev)
 		f.notifyLocked()
@@ -313,7 +315,7 @@ func (x *exchange) onFrame(body []byte) {
 // workerHint is the worker that acknowledged x, "" if none yet.
 func (x *exchange) workerHint(f *frontEnd) string {
 	for _, ev := range f.ctl {
-		if ev.verb == verbAck && hasID(ev.args, x.id) {
+		if ev.msg.Verb == zmqx.Ack && hasID(ev.msg.IDs, x.id) {
 			return ev.worker
 		}
 	}
@@ -321,7 +323,7 @@ func (x *exchange) workerHint(f *frontEnd) string {
 }
 
 func hasID(args []byte, id string) bool {
-	for a, rest := mongrel2.NextID(args); a != nil; a, rest = mongrel2.NextID(rest) {
+	for a, rest := zmqx.NextID(args); a != nil; a, rest = zmqx.NextID(rest) {
 		if string(a) == id {
 			return true
 		}

@@ -7,6 +7,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/zmqbridge/caddy-zmq/internal/zmqx"
 )
 
 // Config says where the kit binds and what the worker's application
@@ -259,7 +261,7 @@ func Test(t testing.TB, cfg Config, start func(Endpoints) (stop func())) Report 
 		k.cfg.Logf = t.Logf
 	}
 	rep := k.Run(context.Background())
-	t.Logf("zmqx/1 conformance:\n%s", rep.Table())
+	t.Logf("%s conformance:\n%s", zmqx.Version, rep.Table())
 	for _, r := range rep.Results {
 		if r.Status == Fail {
 			t.Errorf("conformance case %s failed: %s", r.Case, r.Detail)

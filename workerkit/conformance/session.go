@@ -3,7 +3,8 @@ package conformance
 import (
 	"context"
 	"fmt"
-	"time"
+
+	"github.com/zmqbridge/caddy-zmq/internal/zmqx"
 )
 
 // session is the state the cases share: what the kit learned of the worker.
@@ -40,8 +41,8 @@ func (s *session) controlKnown() bool {
 		if len(s.fe.ctl) > 0 {
 			s.worker = s.fe.ctl[0].worker
 			for _, ev := range s.fe.ctl {
-				if ev.worker == s.worker && ev.verb == verbHello {
-					s.maxConc, _ = parseHello(ev.args)
+				if ev.worker == s.worker && ev.msg.Verb == zmqx.Hello && ev.err == nil {
+					s.maxConc = int(ev.msg.N)
 					break
 				}
 			}
@@ -77,9 +78,9 @@ func (s *session) cleanup() {
 }
 
 // ctlFor reports whether the worker sent verb naming x.
-func (s *session) ctlFor(verb string, x *exchange) bool {
+func (s *session) ctlFor(verb zmqx.Verb, x *exchange) bool {
 	for _, ev := range s.fe.ctl {
-		if ev.verb == verb && ev.worker == s.worker && hasID(ev.args, x.id) {
+		if ev.msg.Verb == verb && ev.worker == s.worker && hasID(ev.msg.IDs, x.id) {
 			return true
 		}
 	}
@@ -87,8 +88,8 @@ func (s *session) ctlFor(verb string, x *exchange) bool {
 }
 
 // acked, nacked: under fe.mu.
-func (s *session) acked(x *exchange) bool  { return s.ctlFor(verbAck, x) }
-func (s *session) nacked(x *exchange) bool { return s.ctlFor(verbNack, x) }
+func (s *session) acked(x *exchange) bool  { return s.ctlFor(zmqx.Ack, x) }
+func (s *session) nacked(x *exchange) bool { return s.ctlFor(zmqx.Nack, x) }
 
 // awaitDone waits for x's whole response.
 func (s *session) awaitDone(x *exchange) error {
@@ -170,4 +171,4 @@ func skip(format string, args ...any) Result {
 }
 
 // lease is how long a front end lets a worker be silent (zmqx/1 section 11).
-const lease = time.Second
+const lease = zmqx.LivenessBound

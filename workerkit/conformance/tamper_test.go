@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -12,6 +11,7 @@ import (
 	zmq "github.com/pebbe/zmq4"
 
 	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
+	"github.com/zmqbridge/caddy-zmq/internal/zmqx"
 	"github.com/zmqbridge/caddy-zmq/workerkit"
 )
 
@@ -150,18 +150,18 @@ func runTamper(t *testing.T, ctx context.Context, up Endpoints, tp tamper) Endpo
 	return down
 }
 
-func dropVerb(verb string) func([]byte) ([]byte, [][]byte) {
+func dropVerb(verb zmqx.Verb) func([]byte) ([]byte, [][]byte) {
 	return func(p []byte) ([]byte, [][]byte) {
-		if v, _, _ := bytes.Cut(p, []byte{' '}); string(v) == verb {
+		if isVerb(p, verb) {
 			return nil, nil
 		}
 		return p, nil
 	}
 }
 
-func isVerb(p []byte, verb string) bool {
-	v, _, _ := bytes.Cut(p, []byte{' '})
-	return string(v) == verb
+func isVerb(p []byte, verb zmqx.Verb) bool {
+	m, _ := zmqx.Parse(p)
+	return m.Verb == verb
 }
 
 // withoutHeader re-encodes a request frame without the named header.
@@ -202,46 +202,46 @@ func TestEachCaseCanFail(t *testing.T) {
 			}
 			return f, nil
 		}}},
-		{"no HELLO", "zmqx/hello", tamper{up: dropVerb(verbHello)}},
-		{"no heartbeat", "zmqx/heartbeat", tamper{up: dropVerb(verbHB)}},
+		{"no HELLO", "zmqx/hello", tamper{up: dropVerb(zmqx.Hello)}},
+		{"no heartbeat", "zmqx/heartbeat", tamper{up: dropVerb(zmqx.Heartbeat)}},
 		{"chokes on unknown headers", "zmqx/ignores-unknown", tamper{request: func(f []byte) ([]byte, []byte) {
 			if hasHeader(f, unknownHeader) {
 				return nil, nil
 			}
 			return f, nil
 		}}},
-		{"never ACKs", "zmqx/ack", tamper{up: dropVerb(verbAck)}},
+		{"never ACKs", "zmqx/ack", tamper{up: dropVerb(zmqx.Ack)}},
 		{"ignores the dispatch deadline", "zmqx/deadline", tamper{request: func(f []byte) ([]byte, []byte) {
-			return withoutHeader(f, headerDeadline), nil
+			return withoutHeader(f, zmqx.HeaderDeadline), nil
 		}}},
 		{"ignores credit", "zmqx/credit", tamper{up: func(p []byte) ([]byte, [][]byte) {
-			if !isVerb(p, verbAck) {
+			if !isVerb(p, zmqx.Ack) {
 				return p, nil
 			}
-			_, ids, _ := bytes.Cut(p, []byte{' '})
+			m, _ := zmqx.Parse(p)
 			var inject [][]byte
-			for _, id := range strings.Fields(string(ids)) {
-				inject = append(inject, creditPayload(id, 1<<30))
+			for id, rest := zmqx.NextID(m.IDs); id != nil; id, rest = zmqx.NextID(rest) {
+				inject = append(inject, creditPayload(string(id), 1<<30))
 			}
 			return p, inject
 		}}},
 		{"runs more than max_concurrent", "zmqx/max-concurrent", tamper{up: func(p []byte) ([]byte, [][]byte) {
-			if isVerb(p, verbHello) {
-				return []byte(verbHello + " 2"), nil
+			if isVerb(p, zmqx.Hello) {
+				return zmqx.AppendHello(nil, 2), nil
 			}
 			return p, nil
 		}}},
 		{"ignores disconnects", "zmqx/disconnect", tamper{
-			down: func(p []byte) bool { return !isVerb(p, verbDisconnect) },
+			down: func(p []byte) bool { return !isVerb(p, zmqx.Disconnect) },
 			request: func(f []byte) ([]byte, []byte) {
 				if req, err := mongrel2.ParseRequest(f); err == nil && req.IsDisconnect() {
 					return nil, nil
 				}
 				return f, nil
 			}}},
-		{"ignores PAUSE", "zmqx/pause-resume", tamper{down: func(p []byte) bool { return !isVerb(p, verbPause) }}},
-		{"never grants upload credit", "zmqx/upload", tamper{up: dropVerb(verbUCredit)}},
-		{"no BYE", "zmqx/bye", tamper{up: dropVerb(verbBye)}},
+		{"ignores PAUSE", "zmqx/pause-resume", tamper{down: func(p []byte) bool { return !isVerb(p, zmqx.Pause) }}},
+		{"never grants upload credit", "zmqx/upload", tamper{up: dropVerb(zmqx.UploadCredit)}},
+		{"no BYE", "zmqx/bye", tamper{up: dropVerb(zmqx.Bye)}},
 	}
 	covered := map[string]bool{}
 	for _, tt := range tests {

@@ -1,63 +1,38 @@
 package conformance
 
 import (
-	"bytes"
 	"strconv"
+	"strings"
+
+	"github.com/zmqbridge/caddy-zmq/internal/zmqx"
 )
 
-// Until internal/zmqx lands: the names, in one place, to be replaced by its
-// constants.
-const (
-	verbHello      = "HELLO"
-	verbHB         = "HB"
-	verbAck        = "ACK"
-	verbNack       = "NACK"
-	verbUCredit    = "UCREDIT"
-	verbBye        = "BYE"
-	verbReset      = "RESET"
-	verbCredit     = "CREDIT"
-	verbDisconnect = "DISCONNECT"
-	verbReq        = "REQ"
-	verbBody       = "BODY"
-	verbBodyEnd    = "BODYEND"
-	verbBodyErr    = "BODYERR"
-	verbPause      = "PAUSE"
-	verbResume     = "RESUME"
+// The zmqx/1 vocabulary comes from internal/zmqx, the one package that
+// spells it; these helpers adapt it to the kit's string connection ids.
 
-	headerWindow   = "ZMQX_WINDOW"
-	headerDeadline = "ZMQX_DEADLINE"
-	headerBody     = "ZMQX_BODY"
-	bodyStream     = "stream"
+func connNum(id string) uint64 {
+	n, _ := strconv.ParseUint(id, 10, 64)
+	return n
+}
+
+func creditPayload(id string, n int64) []byte { return zmqx.AppendCredit(nil, connNum(id), n) }
+
+func disconnectPayload(id string) []byte { return zmqx.AppendDisconnect(nil, connNum(id)) }
+
+func bodyPayload(id string, data []byte) []byte { return zmqx.AppendBody(nil, connNum(id), data) }
+
+func bodyEndPayload(id string) []byte { return zmqx.AppendBodyEnd(nil, connNum(id)) }
+
+// unknownVerb and unknownHeader stand for what a later version may add: a
+// verb zmqx/1 does not know, and a trusted header with zmqx's prefix that it
+// does not define.
+var (
+	unknownVerb   = "ZMQXFUTUREVERB"
+	unknownHeader = headerPrefix() + "FUTURE_EXTENSION"
 )
 
-func creditPayload(id string, n int64) []byte {
-	return []byte(verbCredit + " " + id + " " + strconv.FormatInt(n, 10))
-}
-
-func disconnectPayload(id string) []byte { return []byte(verbDisconnect + " " + id) }
-
-func bodyPayload(id string, data []byte) []byte {
-	return append([]byte(verbBody+" "+id+" "), data...)
-}
-
-func bodyEndPayload(id string) []byte { return []byte(verbBodyEnd + " " + id) }
-
-func pausePayload() []byte  { return []byte(verbPause) }
-func resumePayload() []byte { return []byte(verbResume) }
-
-// parseIDCount parses "<conn_id> <count>" (CREDIT, UCREDIT).
-func parseIDCount(args []byte) (string, int64, bool) {
-	id, n, ok := bytes.Cut(args, []byte{' '})
-	if !ok {
-		return "", 0, false
-	}
-	v, err := strconv.ParseInt(string(n), 10, 64)
-	return string(id), v, err == nil && v > 0
-}
-
-// parseHello parses HELLO's argument: max_concurrent, the first token.
-func parseHello(args []byte) (int, bool) {
-	first, _, _ := bytes.Cut(args, []byte{' '})
-	n, err := strconv.Atoi(string(first))
-	return n, err == nil && n > 0
+// headerPrefix is what every trusted header name starts with.
+func headerPrefix() string {
+	i := strings.IndexByte(zmqx.HeaderWindow, '_')
+	return zmqx.HeaderWindow[:i+1]
 }

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
+	"github.com/zmqbridge/caddy-zmq/internal/zmqx"
 )
 
 // requestSpec describes one request the kit sends.
@@ -47,13 +48,13 @@ func appendRequest(dst []byte, sender, connID string, r requestSpec) []byte {
 	e.Add("URL_SCHEME", "http")
 	e.Add("REMOTE_ADDR", "192.0.2.1")
 	if r.window > 0 {
-		e.Add(headerWindow, strconv.FormatInt(r.window, 10))
+		e.Add(zmqx.HeaderWindow, strconv.FormatInt(r.window, 10))
 	}
 	if !r.deadline.IsZero() {
-		e.Add(headerDeadline, strconv.FormatInt(r.deadline.UnixMilli(), 10))
+		e.Add(zmqx.HeaderDeadline, string(zmqx.AppendDeadline(nil, r.deadline)))
 	}
 	if r.stream > 0 {
-		e.Add(headerBody, bodyStream)
+		e.Add(zmqx.HeaderBody, zmqx.BodyStream)
 	}
 	for _, kv := range r.extra {
 		e.Add(kv[0], kv[1])
