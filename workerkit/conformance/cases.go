@@ -36,7 +36,11 @@ var allCases = []caseDef{
 // complete HTTP/1.x response.
 func roundTrip(s *session) Result {
 	before := s.strays()
-	x, err := s.send(requestSpec{method: "GET", path: s.cfg.Path})
+	// The first request waits for the worker to connect.
+	x, err := s.fe.send(requestSpec{method: "GET", path: s.cfg.Path}, s.cfg.WorkerWait)
+	if x != nil {
+		s.live = append(s.live, x)
+	}
 	if err != nil {
 		return fail("%v", err)
 	}

@@ -44,6 +44,9 @@ type Config struct {
 	// ControlWait is how long after its first reply the kit waits for a
 	// worker's HELLO before it reports "no control channel". Default 2s.
 	ControlWait time.Duration
+	// WorkerWait is how long the first case waits for the worker to
+	// connect. Default: Timeout.
+	WorkerWait time.Duration
 	// Cases, if not empty, runs only the cases named (see CaseNames).
 	Cases []string
 	// Stop, if set, makes the worker drain and exit; the bye case calls
@@ -74,6 +77,9 @@ func (c *Config) defaults() {
 	}
 	if c.ControlWait <= 0 {
 		c.ControlWait = 2 * time.Second
+	}
+	if c.WorkerWait <= 0 {
+		c.WorkerWait = c.Timeout
 	}
 }
 
@@ -189,6 +195,13 @@ func Start(cfg Config) (*Kit, error) {
 // Endpoints are the bound endpoints, for the worker to connect to.
 func (k *Kit) Endpoints() Endpoints { return k.fe.ep }
 
+// SetStop sets Config.Stop once the worker is started on Endpoints.
+func (k *Kit) SetStop(stop func()) { k.cfg.Stop = stop }
+
+// SetWorkerWait sets Config.WorkerWait, for a worker started by hand once
+// the endpoints are printed.
+func (k *Kit) SetWorkerWait(d time.Duration) { k.cfg.WorkerWait = d }
+
 // Close unbinds the sockets.
 func (k *Kit) Close() { k.fe.close() }
 
@@ -256,7 +269,7 @@ func Test(t testing.TB, cfg Config, start func(Endpoints) (stop func())) Report 
 	var once sync.Once
 	stopOnce := func() { once.Do(stop) }
 	defer stopOnce()
-	k.cfg.Stop = stopOnce
+	k.SetStop(stopOnce)
 	if k.cfg.Logf == nil {
 		k.cfg.Logf = t.Logf
 	}
