@@ -77,6 +77,10 @@ type frontEnd struct {
 	ctl       []ctlEvent
 	exchanges map[string]*exchange
 	stray     []string // reply frames the kit cannot match, described
+	// stalls are the owner's own delays (time between two turns of its
+	// loop beyond its poll), so that the kit's slowness is not blamed on
+	// the worker.
+	stalls    []stall
 	forgotten map[string]bool
 	nextID    uint64
 }
@@ -175,7 +179,14 @@ func (f *frontEnd) run(want Endpoints, ready chan<- error) {
 	poller.Add(sub, zmq.POLLIN)
 	poller.Add(router, zmq.POLLIN)
 	var waiting []outMsg // requests waiting for a peer
+	last := time.Now()
 	for {
+		if now := time.Now(); now.Sub(last) > ownerStall {
+			f.mu.Lock()
+			f.stalls = append(f.stalls, stall{at: now, d: now.Sub(last)})
+			f.mu.Unlock()
+		}
+		last = time.Now()
 		select {
 		case <-f.quit:
 			for _, m := range waiting {
@@ -203,6 +214,26 @@ func (f *frontEnd) run(want Endpoints, ready chan<- error) {
 		f.readReplies(sub)
 		f.readControl(router)
 	}
+}
+
+type stall struct {
+	at time.Time
+	d  time.Duration
+}
+
+// ownerStall is a delay of the owner's loop worth recording: well beyond
+// its poll.
+const ownerStall = 50 * time.Millisecond
+
+// stalledSince sums the owner's delays after t; under f.mu.
+func (f *frontEnd) stalledSince(t time.Time) time.Duration {
+	var d time.Duration
+	for _, s := range f.stalls {
+		if s.at.After(t) {
+			d += s.d
+		}
+	}
+	return d
 }
 
 func (m outMsg) reply(err error) {
