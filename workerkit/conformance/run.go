@@ -185,6 +185,11 @@ type Kit struct {
 // call Run.
 func Start(cfg Config) (*Kit, error) {
 	cfg.defaults()
+	for _, name := range cfg.Cases {
+		if !isCase(name) {
+			return nil, fmt.Errorf("conformance: no case %q (cases: %s)", name, strings.Join(CaseNames(), ", "))
+		}
+	}
 	fe, err := newFrontEnd(cfg.Endpoints, cfg.SenderID)
 	if err != nil {
 		return nil, err
@@ -239,6 +244,15 @@ func (k *Kit) selected(name string) bool {
 	}
 	for _, n := range k.cfg.Cases {
 		if n == name {
+			return true
+		}
+	}
+	return false
+}
+
+func isCase(name string) bool {
+	for _, c := range allCases {
+		if c.name == name {
 			return true
 		}
 	}
