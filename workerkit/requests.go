@@ -173,7 +173,7 @@ func (fe *frontEndConn) receive(sock *zmq.Socket, gate *bindGate) (held []*fligh
 	return held
 }
 
-// resumed wakes the request socket's owner when its pause changes.
+// wakeOwner wakes the request socket's owner when its pause changes.
 func (fe *frontEndConn) wakeOwner() {
 	select {
 	case fe.kick <- struct{}{}:

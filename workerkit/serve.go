@@ -17,6 +17,24 @@ import (
 	"github.com/zmqbridge/caddy-zmq/internal/zmqio"
 )
 
+// The path of one request through the package, for maintainers:
+//
+//   - requests.go: the request socket's owner (runRequests, receive) reads a
+//     frame;
+//   - admission.go: admit parses it and registers its flight (flight.go);
+//     takeSlot waits for a handler slot; start checks the dispatch deadline
+//     and queues the ACK (control.go);
+//   - handlers.go: run hands the flight to a handler goroutine; serveRequest
+//     builds the http.Request (request.go) and calls the Handler;
+//   - response.go: the responseWriter frames the reply, paced by CREDIT
+//     (flow.go), and hands it to the reply socket's owner (replies.go).
+//
+// Around it: ctlowner.go owns the control channel's DEALER (ACK, HB,
+// UCREDIT out; CREDIT, DISCONNECT, REQ, BODY, PAUSE in), addressed.go runs
+// requests addressed to this worker (REQ), upload.go streamed bodies,
+// lease.go the liveness lease, bind.go bind mode, group.go Groups; this
+// file starts and stops it all.
+
 const (
 	// hardGrace is how long Serve waits for handlers after cancelling their
 	// contexts before it gives up on them.
