@@ -23,6 +23,7 @@ var allCases = []caseDef{
 	{"zmqx/ignores-unknown", true, ignoresUnknown},
 	{"zmqx/ack", true, ack},
 	{"zmqx/deadline", true, deadline},
+	{"zmqx/deadline-queued", true, deadlineQueued},
 	{"zmqx/credit", true, credit},
 	{"zmqx/max-concurrent", true, maxConcurrent},
 	{"zmqx/disconnect", true, disconnect},
@@ -199,6 +200,45 @@ func deadline(s *session) Result {
 			late.id, s.acked(late), len(late.frames))
 	}
 	return pass("late request dropped, the next one served")
+}
+
+// deadlineQueued: a request that waits for a handler slot past its
+// deadline is not run when the slot frees (the worker checks the deadline
+// when it would start the request, not only when it arrives).
+func deadlineQueued(s *session) Result {
+	n := s.maxConc
+	if n <= 0 || n > maxTestedConcurrency {
+		return skip("needs max_concurrent between 1 and %d (got %d)", maxTestedConcurrency, n)
+	}
+	held, res, ok := s.saturate(n, n)
+	if !ok {
+		return res
+	}
+	by := time.Now().Add(s.cfg.Quiet)
+	late, err := s.send(requestSpec{method: "GET", path: s.cfg.Path, window: 4 << 20, deadline: by})
+	if err != nil {
+		return fail("%v", err)
+	}
+	// Every slot stays busy until the deadline has passed: the request can
+	// never start in time.
+	s.fe.holds(s.ctx, time.Until(by)+s.cfg.Quiet, func() bool { return false })
+	if s.fe.await(s.ctx, 0, func() bool { return s.acked(late) }) {
+		return fail("started request %s while every slot was busy (max_concurrent %d)", late.id, n)
+	}
+	for _, x := range held {
+		s.fe.disconnect(s.worker, x)
+	}
+	probe, err := s.send(requestSpec{method: "GET", path: s.cfg.Path, window: 4 << 20})
+	if err != nil {
+		return fail("%v", err)
+	}
+	if err := s.awaitDone(probe); err != nil {
+		return fail("after the held requests were disconnected: %v", err)
+	}
+	if !s.fe.holds(s.ctx, s.cfg.Quiet, func() bool { return s.acked(late) || len(late.frames) > 0 }) {
+		return fail("ran request %s once a slot freed, after its deadline had passed", late.id)
+	}
+	return pass("the request that waited past its deadline was dropped")
 }
 
 // credit: the reply of a windowed request stays within its credit and

@@ -40,6 +40,8 @@
 //     of the first case is not.
 //   - zmqx/deadline: a request past its ZMQX_DEADLINE gets neither ACK nor
 //     reply; the one sent after it is served.
+//   - zmqx/deadline-queued: a request that waits for a handler slot (all
+//     busy) past its deadline is not run once a slot frees.
 //   - zmqx/credit: with a window of a quarter of the response, the reply
 //     stays within its credit (no frame while outstanding bytes plus the
 //     frame exceed the window, except one frame when nothing is

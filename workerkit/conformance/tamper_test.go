@@ -214,6 +214,20 @@ func TestEachCaseCanFail(t *testing.T) {
 		{"ignores the dispatch deadline", "zmqx/deadline", tamper{request: func(f []byte) ([]byte, []byte) {
 			return withoutHeader(f, zmqx.HeaderDeadline), nil
 		}}},
+		{"checks the deadline only on arrival", "zmqx/deadline-queued", tamper{request: func(f []byte) ([]byte, []byte) {
+			req, err := mongrel2.ParseRequest(f)
+			if err != nil {
+				return f, nil
+			}
+			ms, ok := zmqx.ParseDeadline(req.Header(zmqx.HeaderDeadline))
+			if !ok {
+				return f, nil
+			}
+			if time.Now().UnixMilli() > ms {
+				return nil, nil // late on arrival: dropped
+			}
+			return withoutHeader(f, zmqx.HeaderDeadline), nil // and never checked again
+		}}},
 		{"ignores credit", "zmqx/credit", tamper{up: func(p []byte) ([]byte, [][]byte) {
 			if !isVerb(p, zmqx.Ack) {
 				return p, nil
