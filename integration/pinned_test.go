@@ -271,3 +271,54 @@ func TestPinnedSessions(t *testing.T) {
 		}
 	})
 }
+
+// TestPinnedSessionsBounded: a worker with -max-threads 1 keeps its one
+// session thread for session A; a new session B waits -wait, then gets 503
+// with Retry-After through Caddy, while A goes on on its thread. Once A
+// ends (its handler calls Session.End), B gets a thread.
+func TestPinnedSessionsBounded(t *testing.T) {
+	c := startCaddy(t, caddyOpts{Config: "caddyfiles/pinned.Caddyfile", Endpoints: []string{"ZMQ_CONTROL"},
+		Env: map[string]string{"REPLY_TIMEOUT": "20s"}})
+	w := startPinnedWorker(t, "pin-bounded", c.controlFrontEnd(), "-max-threads", "1", "-wait", "100ms", "-idle", "1h")
+	client := c.Client(modeHTTP)
+	t.Cleanup(client.CloseIdleConnections)
+	a := fmt.Sprintf("a-%d", os.Getpid())
+	var first pinnedAnswer
+	err := poll(startTimeout, anyExited([]*process{w, c.proc}), func() error {
+		st, ans, err := pinnedGet(client, c.HTTPURL("/"), a)
+		if err != nil || st != http.StatusOK {
+			return fmt.Errorf("status %d, %v", st, err)
+		}
+		first = ans
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("session A: %v", err)
+	}
+	req, _ := http.NewRequest(http.MethodGet, c.HTTPURL("/"), nil)
+	req.Header.Set("X-Session", fmt.Sprintf("b-%d", os.Getpid()))
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusServiceUnavailable || resp.Header.Get("Retry-After") == "" {
+		t.Errorf("session B past max-threads: status %d, Retry-After %q; want 503 with Retry-After", resp.StatusCode, resp.Header.Get("Retry-After"))
+	}
+	st, again, err := pinnedGet(client, c.HTTPURL("/end"), a)
+	if err != nil || st != http.StatusOK || again.TID != first.TID || again.Fresh {
+		t.Errorf("session A meanwhile: %d %v %+v, want its thread %d", st, err, again, first.TID)
+	}
+	// A's thread is freed once its /end returns: B gets it within -wait,
+	// or on a later try.
+	err = poll(requestTimeout, anyExited([]*process{w, c.proc}), func() error {
+		st, b, err := pinnedGet(client, c.HTTPURL("/"), fmt.Sprintf("b-%d", os.Getpid()))
+		if err != nil || st != http.StatusOK || !b.Fresh {
+			return fmt.Errorf("session B: status %d, %v, %+v", st, err, b)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Error(err)
+	}
+}
