@@ -2,6 +2,7 @@ package caddyzmq
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -16,6 +17,7 @@ import (
 	"weak"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	zmq "github.com/pebbe/zmq4"
 
 	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
@@ -102,16 +104,30 @@ func newTestEnv(t *testing.T, configure func(*Handler)) *testEnv {
 	dir := t.TempDir()
 	env := &testEnv{reqEP: "ipc://" + filepath.Join(dir, "req"), repEP: "ipc://" + filepath.Join(dir, "rep")}
 	env.h = env.provision(t, configure)
-	env.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if err := env.h.ServeHTTP(w, r, nil); err != nil {
-			t.Errorf("ServeHTTP: %v", err)
-		}
-	}))
+	env.srv = httptest.NewServer(serveLikeCaddy(env.h))
 	t.Cleanup(func() {
 		env.srv.Close()
 		env.h.Cleanup()
 	})
 	return env
+}
+
+// serveLikeCaddy serves h as Caddy's server does: the request carries a
+// replacer, and a handler error becomes its status (as with no
+// handle_errors routes). Unlike Caddy, the error's text is the body, for
+// the tests to check.
+func serveLikeCaddy(h *Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		r = r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, caddy.NewReplacer()))
+		if err := h.ServeHTTP(w, r, nil); err != nil {
+			status := http.StatusInternalServerError
+			var he caddyhttp.HandlerError
+			if errors.As(err, &he) {
+				status = he.StatusCode
+			}
+			http.Error(w, err.Error(), status)
+		}
+	})
 }
 
 func (env *testEnv) provision(t *testing.T, configure func(*Handler)) *Handler {
@@ -377,7 +393,7 @@ func TestServeErrors(t *testing.T) {
 		}
 		b, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		if resp.StatusCode != 502 || !strings.Contains(string(b), "invalid reply") {
+		if resp.StatusCode != 502 || !strings.Contains(string(b), "bad reply from a worker of pool default") {
 			t.Fatalf("status %d body %q", resp.StatusCode, b)
 		}
 	})

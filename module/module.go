@@ -309,7 +309,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			t.pins.mu.Unlock()
 		}
 		pr := &poolRuntime{Pool: p, transport: t, poolKey: key, upstream: &reverseproxy.Upstream{Dial: p.Name},
-			slots: make(chan struct{}, h.MaxInflight), sender: cfg.sender}
+			slots: make(chan struct{}, h.MaxInflight), sender: cfg.sender, nameValue: p.Name}
 		h.pools = append(h.pools, pr)
 		h.hasControl = h.hasControl || t.control != nil
 		h.poolsByDial[p.Name] = pr
