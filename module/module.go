@@ -302,10 +302,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if t.control != nil {
 			t.control.hungAfter.Store(int64(max(time.Duration(h.HungTimeout), 0)))
 		}
-		if h.Affinity != nil && h.Affinity.TTL != "" {
-			ttl, _ := time.ParseDuration(h.Affinity.TTL)
+		if h.Affinity != nil {
 			t.pins.mu.Lock()
-			t.pins.ttl = ttl
+			t.pins.ttl = h.Affinity.ttl()
 			t.pins.mu.Unlock()
 		}
 		pr := &poolRuntime{Pool: p, transport: t, poolKey: key, upstream: &reverseproxy.Upstream{Dial: p.Name},
