@@ -143,3 +143,66 @@ func checkUploadWithin(t *testing.T, client *http.Client, url string, n int64) {
 		t.Errorf("an upload within the limit: the worker read %d bytes, sha256 %s; sent %d, sha256 %s", got.Bytes, got.SHA256, n, sum)
 	}
 }
+
+// TestErrorsCaddyfile: caddyfiles/errors.Caddyfile end to end.
+//   - No worker: the site's handle_errors 503 route serves its own page,
+//     with {http.zmq.pool} and {http.error.*} filled in, and Retry-After.
+//   - An echo worker on the control channel: a 200 carries the deferred
+//     headers made of the placeholders: the pool, the id of the worker that
+//     took the request (the one Caddy logged joining), no retries or
+//     re-sends.
+//   - A request the worker holds past reply_timeout: the catch-all
+//     handle_errors route answers 504, naming the worker that held it.
+func TestErrorsCaddyfile(t *testing.T) {
+	c := startCaddy(t, caddyOpts{Config: "caddyfiles/errors.Caddyfile", Env: map[string]string{"REPLY_TIMEOUT": "2s"}})
+	client := c.Client(modeHTTP)
+	defer client.CloseIdleConnections()
+
+	r := mustDo(t, client, http.MethodGet, c.HTTPURL("/nobody"), nil, nil)
+	body := string(r.Body)
+	if r.StatusCode != http.StatusServiceUnavailable || !strings.Contains(body, "<h1>Back in a moment</h1>") {
+		t.Fatalf("no worker: %s %q, want 503 and the custom page", r.Status, tail(body, 500))
+	}
+	for _, want := range []string{"No worker of pool default could take your request", "503 Service Unavailable, error "} {
+		if !strings.Contains(body, want) {
+			t.Errorf("the 503 page lacks %q (placeholders not filled?): %q", want, body)
+		}
+	}
+	if strings.Contains(body, "{http.") {
+		t.Errorf("the 503 page has a placeholder left: %q", body)
+	}
+	if got := r.Header.Get("Retry-After"); got != "5" {
+		t.Errorf("503 Retry-After %q, want 5", got)
+	}
+	if got := r.Header.Get("Content-Type"); !strings.HasPrefix(got, "text/html") {
+		t.Errorf("503 Content-Type %q, want text/html", got)
+	}
+	if got := r.Header.Get("X-Zmq-Pool"); got != "default" {
+		t.Errorf("503 X-Zmq-Pool %q, want default", got)
+	}
+
+	w := startEchoWorker(t, c, "echo")
+	waitControlWorkers(t, c, 1, w)
+	waitStatusOK(t, client, c.HTTPURL("/ready"), nil, c.proc, w)
+	r = mustDo(t, client, http.MethodGet, c.HTTPURL("/anything"), nil, nil)
+	if r.StatusCode != http.StatusOK {
+		t.Fatalf("GET /anything: %s %q", r.Status, tail(string(r.Body), 300))
+	}
+	worker := r.Header.Get("X-Zmq-Worker")
+	if worker == "" || !strings.Contains(c.proc.out.String(), `"worker":"`+worker+`"`) {
+		t.Errorf("X-Zmq-Worker %q is not the worker Caddy saw join", worker)
+	}
+	for name, want := range map[string]string{"X-Zmq-Pool": "default", "X-Zmq-Retries": "0", "X-Zmq-Resends": "0"} {
+		if got := r.Header.Get(name); got != want {
+			t.Errorf("200: %s %q, want %q", name, got, want)
+		}
+	}
+
+	r = mustDo(t, client, http.MethodGet, c.HTTPURL("/wait?t="+newToken("timeout")), nil, nil)
+	if r.StatusCode != http.StatusGatewayTimeout || !strings.HasPrefix(string(r.Body), "504 Gateway Timeout (error ") {
+		t.Errorf("a request held past reply_timeout: %s %q, want 504 from the handle_errors route", r.Status, r.Body)
+	}
+	if got := r.Header.Get("X-Zmq-Worker"); got != worker {
+		t.Errorf("504: X-Zmq-Worker %q, want the worker that held it, %q", got, worker)
+	}
+}
