@@ -184,18 +184,28 @@ func TestErrorsCaddyfile(t *testing.T) {
 	w := startEchoWorker(t, c, "echo")
 	waitControlWorkers(t, c, 1, w)
 	waitStatusOK(t, client, c.HTTPURL("/ready"), nil, c.proc, w)
-	r = mustDo(t, client, http.MethodGet, c.HTTPURL("/anything"), nil, nil)
-	if r.StatusCode != http.StatusOK {
-		t.Fatalf("GET /anything: %s %q", r.Status, tail(string(r.Body), 300))
-	}
-	worker := r.Header.Get("X-Zmq-Worker")
-	if worker == "" || !strings.Contains(c.proc.out.String(), `"worker":"`+worker+`"`) {
-		t.Errorf("X-Zmq-Worker %q is not the worker Caddy saw join", worker)
-	}
-	for name, want := range map[string]string{"X-Zmq-Pool": "default", "X-Zmq-Retries": "0", "X-Zmq-Resends": "0"} {
-		if got := r.Header.Get(name); got != want {
-			t.Errorf("200: %s %q, want %q", name, got, want)
+	// The worker's id is known once its ACK has arrived, which a reply
+	// may overtake (they travel on different sockets): poll for it.
+	var worker string
+	err := pollGET(client, c.HTTPURL("/anything"), []*process{c.proc, w}, func(resp *http.Response, b []byte) error {
+		if resp.StatusCode != http.StatusOK {
+			return fmt.Errorf("GET /anything: %s %q", resp.Status, tail(string(b), 300))
 		}
+		for name, want := range map[string]string{"X-Zmq-Pool": "default", "X-Zmq-Retries": "0", "X-Zmq-Resends": "0"} {
+			if got := resp.Header.Get(name); got != want {
+				t.Errorf("200: %s %q, want %q", name, got, want)
+			}
+		}
+		if worker = resp.Header.Get("X-Zmq-Worker"); worker == "" {
+			return fmt.Errorf("no X-Zmq-Worker")
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(c.proc.out.String(), `"worker":"`+worker+`"`) {
+		t.Errorf("X-Zmq-Worker %q is not the worker Caddy saw join", worker)
 	}
 
 	r = mustDo(t, client, http.MethodGet, c.HTTPURL("/wait?t="+newToken("timeout")), nil, nil)

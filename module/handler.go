@@ -263,10 +263,10 @@ func (c *call) begin(p *poolRuntime) {
 	c.repl.Set(placeholderPool, p.nameValue)
 	c.repl.Set(placeholderRetries, c.retries)
 	c.repl.Set(placeholderResends, c.resends)
-	if c.workerNoted {
-		c.repl.Set(placeholderWorkerID, "") // an earlier attempt's
-		c.workerNoted = false
-	}
+	// Set even while unknown: Caddy leaves an unknown placeholder in a
+	// header as it is. This also drops an earlier attempt's worker.
+	c.repl.Set(placeholderWorkerID, "")
+	c.workerNoted = false
 }
 
 // noteWorker shows the worker that acknowledged ex in the placeholders.

@@ -65,7 +65,7 @@ const (
 // Placeholder | Description
 // ------------|-------------
 // `{http.zmq.pool}` | The name of the pool of the last attempt (empty when no pool could be tried)
-// `{http.zmq.worker_id}` | The control-channel identity of the worker that took the request; empty for workers that do not speak zmqx/1 (Mongrel2 handlers) and when none took it
+// `{http.zmq.worker_id}` | The control-channel identity of the worker that took the request, once its acknowledgement has arrived (a reply may overtake it: a response header may lack it); empty for workers that do not speak zmqx/1 (Mongrel2 handlers)
 // `{http.zmq.retries}` | How many times the request was sent again after a worker had taken it (lost or hung): it may have run more than once (idempotent methods only)
 // `{http.zmq.resends}` | How many times the request was sent again because no worker had started it (dispatch deadline passed, handed back, pool unable to take it, pinned worker gone): it ran at most once
 type Handler struct {
