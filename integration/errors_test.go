@@ -180,6 +180,8 @@ func TestErrorsCaddyfile(t *testing.T) {
 	if got := r.Header.Get("X-Zmq-Pool"); got != "default" {
 		t.Errorf("503 X-Zmq-Pool %q, want default", got)
 	}
+	// The access log has the placeholders too (log_append).
+	waitAccessLog(t, c, "/nobody", `"status":503`, `"zmq_pool":"default"`, `"zmq_retries":0`, `"zmq_resends":0`)
 
 	w := startEchoWorker(t, c, "echo")
 	waitControlWorkers(t, c, 1, w)
@@ -207,6 +209,7 @@ func TestErrorsCaddyfile(t *testing.T) {
 	if !strings.Contains(c.proc.out.String(), `"worker":"`+worker+`"`) {
 		t.Errorf("X-Zmq-Worker %q is not the worker Caddy saw join", worker)
 	}
+	waitAccessLog(t, c, "/anything", `"status":200`, `"zmq_pool":"default"`, `"zmq_worker":"`+worker+`"`)
 
 	r = mustDo(t, client, http.MethodGet, c.HTTPURL("/wait?t="+newToken("timeout")), nil, nil)
 	if r.StatusCode != http.StatusGatewayTimeout || !strings.HasPrefix(string(r.Body), "504 Gateway Timeout (error ") {
@@ -214,5 +217,29 @@ func TestErrorsCaddyfile(t *testing.T) {
 	}
 	if got := r.Header.Get("X-Zmq-Worker"); got != worker {
 		t.Errorf("504: X-Zmq-Worker %q, want the worker that held it, %q", got, worker)
+	}
+}
+
+// waitAccessLog waits for a line of Caddy's access log for uri that
+// contains every one of want.
+func waitAccessLog(t *testing.T, c *caddy, uri string, want ...string) {
+	t.Helper()
+	err := poll(lineTimeout, anyExited([]*process{c.proc}), func() error {
+	lines:
+		for _, l := range strings.Split(c.proc.out.String(), "\n") {
+			if !strings.Contains(l, `"logger":"http.log.access`) || !strings.Contains(l, `"uri":"`+uri+`"`) {
+				continue
+			}
+			for _, w := range want {
+				if !strings.Contains(l, w) {
+					continue lines
+				}
+			}
+			return nil
+		}
+		return fmt.Errorf("no access log line for %s with %s", uri, strings.Join(want, " "))
+	})
+	if err != nil {
+		t.Error(err)
 	}
 }
