@@ -37,17 +37,17 @@ type attempt struct {
 	rc   *http.ResponseController
 }
 
-// attempt sends the request to pool p and relays the reply. It returns
+// try sends the request to pool p and relays the reply. It returns
 // errNoWorker, errQueueFull or errBusy, with nothing written, when the pool
-// could not take the request, and other sentinel errors that run acts on.
-func (c *call) attempt(p *poolRuntime) error {
+// could not take the request, and other sentinel errors that serve acts on.
+func (c *call) try(p *poolRuntime) error {
 	if err := p.acquire(c.r, time.Duration(c.h.QueueTimeout)); err != nil {
 		return err
 	}
 	a := attempt{call: c, p: p, t: p.transport}
 	a.ex = a.t.register(int(c.h.MaxBufferedReply), c.retryable())
 	defer a.end()
-	if err := a.send(); err != nil {
+	if err := a.submitRequest(); err != nil {
 		return err
 	}
 	if err := a.sendBody(); err != nil {
@@ -77,9 +77,9 @@ func (a *attempt) end() {
 	a.p.release()
 }
 
-// send hands the request's first message to the workers: addressed to the
+// submitRequest hands the request's first message to the workers: addressed to the
 // worker its session is pinned to, or pushed to whichever takes it.
-func (a *attempt) send() error {
+func (a *attempt) submitRequest() error {
 	h, t, ex := a.h, a.t, a.ex
 	// A dispatch deadline lets Caddy re-send, safely, what no worker took:
 	// only when every worker of the pool honours it (speaks zmqx/1).
@@ -193,7 +193,7 @@ func (a *attempt) sendBody() error {
 	case a.st.lazyBody:
 		a.startPump()
 	case a.up != nil:
-		return a.spool()
+		return a.spoolBody()
 	}
 	return nil
 }
@@ -208,10 +208,10 @@ func (a *attempt) startPump() {
 	}()
 }
 
-// spool writes the body to the upload file now that the start message is
+// spoolBody writes the body to the upload file now that the start message is
 // out (the handler may answer meanwhile to refuse it), then says it is
 // done.
-func (a *attempt) spool() error {
+func (a *attempt) spoolBody() error {
 	up, ex := a.up, a.ex
 	if !up.done {
 		chunk := make([]byte, 64<<10)
@@ -219,9 +219,9 @@ func (a *attempt) spool() error {
 		if err != nil {
 			a.t.notifyDisconnect(ex)
 			if errors.Is(err, errUploadTooLarge) {
-				return a.fail(http.StatusRequestEntityTooLarge, err)
+				return a.statusError(http.StatusRequestEntityTooLarge, err)
 			}
-			return a.fail(http.StatusBadRequest, err)
+			return a.statusError(http.StatusBadRequest, err)
 		}
 		if stopped {
 			a.h.logger.Debug("worker answered before the upload was complete", zap.Uint64("conn_id", ex.id))

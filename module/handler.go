@@ -17,12 +17,14 @@ import (
 )
 
 // The path of one request: ServeHTTP decides how its body travels
-// (call.takeBody), then call.run picks a pool and makes attempts until one
-// answers or the request fails. An attempt (attempt.go) sends the request
-// (send, with session affinity in pin), its body (sendBody: streamed or
-// spooled) and relays the reply (relay.go). Failures go back to Caddy as
-// caddyhttp.Error, so a site's handle_errors routes and Caddy's error log
-// see them.
+// (call.takeBody), then call.serve picks a pool and tries it (call.try)
+// until one answers or the request fails. An attempt (attempt.go) submits
+// the request (submitRequest, with session affinity in pin and settlePin),
+// sends its body (sendBody: streamed by a pump, or spooled to a file) and
+// relays the reply (relay.go: relay, write, flush; ended, timedOut,
+// clientLeft and abort for the ways it stops early). Failures go back to
+// Caddy as caddyhttp.Error (statusError), so a site's handle_errors routes
+// and Caddy's error log see them.
 
 // requestState is the per-request scratch space, pooled so that the hot
 // path allocates little.
@@ -136,28 +138,28 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	if c.up != nil {
 		defer c.up.remove()
 	}
-	return c.run()
+	return c.serve()
 }
 
 // takeBody decides how the body travels: through a temporary file
 // (upload_temp_store), streamed on the control channel once a worker took
-// the request (decided for good per pool, in run), or inline, read now.
+// the request (decided for good per pool, in serve), or inline, read now.
 func (c *call) takeBody() error {
 	h, r := c.h, c.r
 	switch {
 	case h.needsSpool(r):
 		if r.ContentLength > h.MaxRequestBody {
-			return c.fail(http.StatusRequestEntityTooLarge, errBodyTooLarge(r.ContentLength, h.MaxRequestBody))
+			return c.statusError(http.StatusRequestEntityTooLarge, errBodyTooLarge(r.ContentLength, h.MaxRequestBody))
 		}
 		up, err := newUploadSpool(h.UploadTempStore)
 		if err != nil {
-			return c.fail(http.StatusInternalServerError, err)
+			return c.statusError(http.StatusInternalServerError, err)
 		}
 		c.up = up
 	case h.hasControl && r.Body != nil && r.Body != http.NoBody &&
 		(r.ContentLength < 0 || r.ContentLength > streamThreshold):
 		if r.ContentLength > h.MaxRequestBody {
-			return c.fail(http.StatusRequestEntityTooLarge, errBodyTooLarge(r.ContentLength, h.MaxRequestBody))
+			return c.statusError(http.StatusRequestEntityTooLarge, errBodyTooLarge(r.ContentLength, h.MaxRequestBody))
 		}
 		c.st.lazyBody = true
 	default:
@@ -172,7 +174,7 @@ func (c *call) bufferBody() error {
 	c.st.body, c.body = body, body
 	c.st.lazyBody = false
 	if err != nil {
-		return c.fail(status, err)
+		return c.statusError(status, err)
 	}
 	return nil
 }
@@ -181,11 +183,11 @@ func errBodyTooLarge(n, limit int64) error {
 	return fmt.Errorf("request body of %d bytes exceeds max_request_body %d", n, limit)
 }
 
-// run picks a pool and makes attempts until one answers or the request
+// serve picks a pool and makes attempts until one answers or the request
 // fails. A pool whose request socket cannot take the request (no worker,
 // queues full) is left for the next one: nothing was executed, so this is
 // safe for every method.
-func (c *call) run() error {
+func (c *call) serve() error {
 	h, r := c.h, c.r
 	c.path = r.URL.EscapedPath()
 	c.ip = clientIP(r)
@@ -195,7 +197,7 @@ func (c *call) run() error {
 	for {
 		p := h.selectPool(r, c.w, tried)
 		if p == nil {
-			return c.fail(http.StatusServiceUnavailable, lastErr)
+			return c.statusError(http.StatusServiceUnavailable, lastErr)
 		}
 		if c.st.lazyBody && !h.streamsUpload(r, p.transport) {
 			// This pool cannot take a streamed body: buffer it after all.
@@ -204,7 +206,7 @@ func (c *call) run() error {
 			}
 		}
 		c.begin(p)
-		err := c.attempt(p)
+		err := c.try(p)
 		if err == nil {
 			return nil
 		}
@@ -225,7 +227,7 @@ func (c *call) run() error {
 			// (or hangs: it was told to drop it). Repeating is only safe
 			// where the method says so.
 			if !isIdempotent(r.Method) || c.lostRetries >= h.Retries || c.st.bodyConsumed {
-				return c.fail(http.StatusBadGateway, err)
+				return c.statusError(http.StatusBadGateway, err)
 			}
 			msg := "retrying idempotent request after losing its worker"
 			if errors.Is(err, errWorkerHung) {
@@ -239,9 +241,9 @@ func (c *call) run() error {
 			h.logger.Warn(msg, zap.String("method", r.Method), zap.String("uri", r.RequestURI), zap.Int("retries", c.lostRetries))
 			c.retryNext = true
 		case errors.Is(err, errStopped):
-			return c.fail(http.StatusServiceUnavailable, err)
+			return c.statusError(http.StatusServiceUnavailable, err)
 		default:
-			return c.fail(http.StatusBadGateway, err)
+			return c.statusError(http.StatusBadGateway, err)
 		}
 	}
 }
@@ -286,11 +288,11 @@ func (c *call) retryable() bool {
 	return isIdempotent(c.r.Method) && c.lostRetries < c.h.Retries && c.up == nil && !c.st.lazyBody
 }
 
-// fail is the error handed to Caddy for status: Caddy logs it and runs the
+// statusError is the error handed to Caddy for status: Caddy logs it and runs the
 // site's handle_errors routes, or writes the bare status. A client that
 // went away gets 499, as with reverse_proxy (Caddy logs 4xx at debug
 // level only: nothing to act on).
-func (c *call) fail(status int, err error) error {
+func (c *call) statusError(status int, err error) error {
 	if c.r.Context().Err() != nil {
 		status = statusClientClosed
 	}

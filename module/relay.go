@@ -88,7 +88,7 @@ func (a *attempt) write(frames []queuedFrame) (bool, error) {
 				return false, a.abort(zapcore.ErrorLevel, err)
 			}
 			a.t.notifyDisconnect(a.ex)
-			return false, a.fail(http.StatusBadGateway, err)
+			return false, a.statusError(http.StatusBadGateway, err)
 		}
 		if rr.Done() {
 			return true, nil
@@ -116,18 +116,18 @@ func (a *attempt) flush() error {
 }
 
 // ended acts on the error that ended the exchange before the reply was
-// complete: sentinel errors for run to act on, or the client's status.
+// complete: sentinel errors for serve to act on, or the client's status.
 func (a *attempt) ended(err error) error {
 	switch {
 	case a.st.rr.HeadDone():
 		return a.abort(zapcore.ErrorLevel, err)
 	case errors.Is(err, errPinnedGone):
 		a.t.pins.forget(a.session)
-		return err // run sends it again, balanced
+		return err // serve sends it again, balanced
 	case errors.Is(err, errNoWorker), errors.Is(err, errWorkerLost):
-		return err // run tries another pool, or retries
+		return err // serve tries another pool, or retries
 	case errors.Is(err, errNotTaken):
-		return err // handed back (NACK): run re-sends it
+		return err // handed back (NACK): serve re-sends it
 	case errors.Is(err, errWorkerHung):
 		a.t.notifyDisconnect(a.ex) // its handler must not run it too
 		return err
@@ -135,12 +135,12 @@ func (a *attempt) ended(err error) error {
 		// The pump told the worker (BODYERR) before it failed the
 		// exchange; this ends the handler, should it ignore that.
 		a.t.notifyDisconnect(a.ex)
-		return a.fail(http.StatusRequestEntityTooLarge, err)
+		return a.statusError(http.StatusRequestEntityTooLarge, err)
 	case errors.Is(err, errStopped):
-		return a.fail(http.StatusServiceUnavailable, err)
+		return a.statusError(http.StatusServiceUnavailable, err)
 	}
 	a.t.notifyDisconnect(a.ex)
-	return a.fail(http.StatusBadGateway, fmt.Errorf("pool %s: %w", a.p.Name, err))
+	return a.statusError(http.StatusBadGateway, fmt.Errorf("pool %s: %w", a.p.Name, err))
 }
 
 // timedOut ends an attempt whose reply did not start within reply_timeout
@@ -150,7 +150,7 @@ func (a *attempt) timedOut() error {
 		return a.abort(zapcore.ErrorLevel, fmt.Errorf("no reply frame within stream_timeout %s", time.Duration(a.h.StreamTimeout)))
 	}
 	a.t.notifyDisconnect(a.ex)
-	return a.fail(http.StatusGatewayTimeout,
+	return a.statusError(http.StatusGatewayTimeout,
 		fmt.Errorf("no reply from a worker of pool %s within reply_timeout %s", a.p.Name, time.Duration(a.h.ReplyTimeout)))
 }
 
@@ -161,7 +161,7 @@ func (a *attempt) clientLeft(err error) error {
 		return a.abort(zapcore.DebugLevel, fmt.Errorf("client went away: %w", err))
 	}
 	a.t.notifyDisconnect(a.ex)
-	return a.fail(statusClientClosed, fmt.Errorf("client went away before the reply: %w", err))
+	return a.statusError(statusClientClosed, fmt.Errorf("client went away before the reply: %w", err))
 }
 
 // abort ends a response that has already started: the client must not take
