@@ -223,29 +223,38 @@ func (c *call) serve() error {
 		case errors.Is(err, errPinnedGone):
 			// Nothing was delivered: balance it like a first request.
 		case errors.Is(err, errWorkerLost), errors.Is(err, errWorkerHung):
-			// The worker took the request and vanished before answering
-			// (or hangs: it was told to drop it). Repeating is only safe
-			// where the method says so.
-			if !isIdempotent(r.Method) || c.lostRetries >= h.Retries || c.st.bodyConsumed {
-				return c.statusError(http.StatusBadGateway, err)
+			if err := c.retryAfterLoss(err); err != nil {
+				return err
 			}
-			msg := "retrying idempotent request after losing its worker"
-			if errors.Is(err, errWorkerHung) {
-				// Not counted: the hung worker was told to drop it, and
-				// it is taken back only while the budget allows. The
-				// reply timeout still bounds the whole.
-				msg = "retrying idempotent request taken back from a hung worker"
-			} else {
-				c.lostRetries++
-			}
-			h.logger.Warn(msg, zap.String("method", r.Method), zap.String("uri", r.RequestURI), zap.Int("retries", c.lostRetries))
-			c.retryNext = true
 		case errors.Is(err, errStopped):
 			return c.statusError(http.StatusServiceUnavailable, err)
 		default:
 			return c.statusError(http.StatusBadGateway, err)
 		}
 	}
+}
+
+// retryAfterLoss decides about a request whose worker took it and vanished
+// before answering (or hangs: it was told to drop it): repeating it is only
+// safe where the method says so, and within Handler.Retries. It returns nil
+// for a retry, or the client's status.
+func (c *call) retryAfterLoss(err error) error {
+	h, r := c.h, c.r
+	if !isIdempotent(r.Method) || c.lostRetries >= h.Retries || c.st.bodyConsumed {
+		return c.statusError(http.StatusBadGateway, err)
+	}
+	msg := "retrying idempotent request after losing its worker"
+	if errors.Is(err, errWorkerHung) {
+		// Not counted: the hung worker was told to drop it, and it is
+		// taken back only while the budget allows. The reply timeout
+		// still bounds the whole.
+		msg = "retrying idempotent request taken back from a hung worker"
+	} else {
+		c.lostRetries++
+	}
+	h.logger.Warn(msg, zap.String("method", r.Method), zap.String("uri", r.RequestURI), zap.Int("retries", c.lostRetries))
+	c.retryNext = true
+	return nil
 }
 
 // begin counts an attempt on pool p and shows it in the placeholders.
