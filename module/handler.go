@@ -219,7 +219,7 @@ func (c *call) serve() error {
 			h.logger.Debug("re-sending a request no worker took in time", zap.String("uri", r.RequestURI))
 		case errors.Is(err, errNoWorker), errors.Is(err, errQueueFull), errors.Is(err, errBusy):
 			tried |= 1 << h.poolIndex(p)
-			lastErr = err
+			lastErr = fmt.Errorf("pool %s: %w", p.Name, err)
 		case errors.Is(err, errPinnedGone):
 			// Nothing was delivered: balance it like a first request.
 		case errors.Is(err, errWorkerLost), errors.Is(err, errWorkerHung):
