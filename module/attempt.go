@@ -8,6 +8,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
+	"github.com/zmqbridge/caddy-zmq/internal/zmqx"
 )
 
 // attempt is one try of a call on one pool: the request goes out under a
@@ -118,7 +119,7 @@ func (a *attempt) frame(bodyLen int64, body []byte, uploadDone bool) *[]byte {
 	connID := mongrel2.AppendUint(st.idBuf[:0], a.ex.id)
 	a.h.encodeHeaders(&st.enc, a.r, a.path, bodyLen, a.ip, a.p.ControlEndpoint != "", a.dispatchBy, a.up, uploadDone)
 	if st.lazyBody {
-		st.enc.Add("ZMQX_BODY", "stream")
+		st.enc.Add(zmqx.HeaderBody, zmqx.BodyStream)
 	}
 	buf := requestFrames.get()
 	*buf = mongrel2.AppendRequest(*buf, a.p.sender, string(connID), a.path, st.enc.Bytes(), body)

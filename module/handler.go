@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
+	"github.com/zmqbridge/caddy-zmq/internal/zmqx"
 	"github.com/zmqbridge/caddy-zmq/module/internal/httpreply"
 )
 
@@ -314,7 +315,7 @@ const statusClientClosed = 499
 
 // dispatchGrace covers the ACK's trip back from a worker that started a
 // request just before its deadline.
-const dispatchGrace = 250 * time.Millisecond
+const dispatchGrace = zmqx.DispatchGrace
 
 var errNotTaken = errors.New("no worker took the request by its dispatch deadline")
 
