@@ -13,6 +13,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
 	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
@@ -138,7 +139,7 @@ func (h *Handler) serveBroadcast(w http.ResponseWriter, r *http.Request) error {
 	started := time.Now()
 	body, status, err := h.readBody(r, nil)
 	if err != nil {
-		return h.fail(w, r, status, err)
+		return broadcastError(r, status, err)
 	}
 	var targets []*bcTarget
 	for _, p := range h.pools {
@@ -149,7 +150,7 @@ func (h *Handler) serveBroadcast(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	if len(targets) == 0 {
-		return h.fail(w, r, http.StatusServiceUnavailable, errors.New("broadcast: no live worker on a control channel"))
+		return broadcastError(r, http.StatusServiceUnavailable, errors.New("broadcast: no live worker on a control channel"))
 	}
 	timeout := time.Duration(h.Broadcast.Timeout)
 	if timeout <= 0 {
@@ -203,6 +204,15 @@ func (h *Handler) serveBroadcast(w http.ResponseWriter, r *http.Request) error {
 	_ = enc.Encode(summary)
 	_ = rc.Flush()
 	return nil
+}
+
+// broadcastError is the error handed to Caddy before the response has
+// started, as call.statusError does for other requests.
+func broadcastError(r *http.Request, status int, err error) error {
+	if r.Context().Err() != nil {
+		status = statusClientClosed
+	}
+	return caddyhttp.Error(status, fmt.Errorf("zmq: %w", err))
 }
 
 // sendBroadcast registers an exchange per target and addresses the
