@@ -95,7 +95,10 @@ func newControlPlane(t *transport, endpoint string) *controlPlane {
 
 // send queues a control message without blocking; control messages are
 // advisory (a lost CREDIT is re-granted with the next one, a lost
-// DISCONNECT falls back on timeouts), so a full queue drops.
+// DISCONNECT falls back on timeouts), so a full queue drops. A request
+// (REQ) is not advisory: dropped, its exchange fails as one the worker
+// could not be reached for, so it is balanced again (a pinned request) or
+// reported failed (a broadcast) instead of waiting for a timeout.
 func (c *controlPlane) send(worker string, payload []byte) {
 	c.enqueue(ctlMsg{worker: worker, payload: payload})
 }
@@ -106,6 +109,7 @@ func (c *controlPlane) enqueue(m ctlMsg) {
 	default:
 		c.logger.Warn("control queue full, dropping message", zap.String("worker", m.worker))
 		m.release()
+		c.undeliverable(m.payload)
 	}
 }
 

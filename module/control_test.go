@@ -3,16 +3,19 @@ package caddyzmq
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	zmq "github.com/pebbe/zmq4"
+	"go.uber.org/zap"
 
 	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
 )
@@ -325,5 +328,26 @@ func TestDispatchDeadlineResends(t *testing.T) {
 	}
 	if d := <-deadlines; d == "" {
 		t.Fatal("no ZMQX_DEADLINE header")
+	}
+}
+
+// TestDroppedRequestFailsExchange: a REQ that the full control queue drops
+// fails its exchange at once (errPinnedGone: serve balances it again, a
+// broadcast reports it failed) rather than leaving the client to wait for
+// the reply timeout; an advisory message dropped fails nothing.
+func TestDroppedRequestFailsExchange(t *testing.T) {
+	tr := &transport{pending: map[uint64]*exchange{}}
+	c := &controlPlane{t: tr, logger: zap.NewNop(), in: make(chan ctlMsg, 1)}
+	tr.control = c
+	c.in <- ctlMsg{worker: "wk"} // the queue is full
+	ex := tr.register(1<<20, false)
+	c.credit("wk", ex.id, 10)
+	if _, err := ex.take(nil); err != nil {
+		t.Fatalf("a dropped CREDIT failed the exchange: %v", err)
+	}
+	frame := mongrel2.AppendRequest(nil, "uuid", strconv.FormatUint(ex.id, 10), "/", []byte("{}"), nil)
+	c.sendRequest("wk", frame)
+	if _, err := ex.take(nil); !errors.Is(err, errPinnedGone) {
+		t.Fatalf("exchange error after its REQ was dropped = %v, want errPinnedGone", err)
 	}
 }
