@@ -168,9 +168,13 @@ func (h *Handler) serveBroadcast(w http.ResponseWriter, r *http.Request) error {
 	_ = rc.Flush()
 
 	results := make(chan bcLine, len(targets))
+	headers := h.broadcastHeaders(r, len(body), len(targets))
 	// The broadcast's timeout bounds the wait for in-flight slots too.
-	h.sendBroadcast(r.WithContext(ctx), targets, body, len(targets))
+	slotReq := r.WithContext(ctx)
 	for _, tg := range targets {
+		h.sendBroadcast(slotReq, tg, headers, body)
+		// Gathered at once: its slot comes free with its answer, for a
+		// target further down that waits for one of the same pool.
 		go func() { results <- h.gather(ctx, r, tg) }()
 	}
 	enc := json.NewEncoder(w)
@@ -215,32 +219,34 @@ func broadcastError(r *http.Request, status int, err error) error {
 	return caddyhttp.Error(status, fmt.Errorf("zmq: %w", err))
 }
 
-// sendBroadcast registers an exchange per target and addresses the
-// request to its worker. A target whose pool had no free in-flight slot in
-// time keeps a nil exchange and the reason (gather reports it failed).
-func (h *Handler) sendBroadcast(r *http.Request, targets []*bcTarget, body []byte, asked int) {
+// broadcastHeaders encodes the header block every target of a broadcast
+// of r gets, marked with the number of workers asked.
+func (h *Handler) broadcastHeaders(r *http.Request, bodyLen, asked int) []byte {
 	var enc mongrel2.HeaderEncoder
-	path := r.URL.EscapedPath()
-	h.encodeHeaders(&enc, r, path, int64(len(body)), clientIP(r), true, time.Time{}, nil, false)
+	h.encodeHeaders(&enc, r, r.URL.EscapedPath(), int64(bodyLen), clientIP(r), true, time.Time{}, nil, false)
 	enc.Add(zmqx.HeaderBroadcast, strconv.Itoa(asked))
-	headers := enc.Bytes()
-	for _, tg := range targets {
-		if err := tg.pool.acquire(r, time.Duration(h.QueueTimeout)); err != nil {
-			tg.err = err // gather reports it failed
-			continue
-		}
-		t := tg.pool.transport
-		// Retryable as far as hung detection goes: a broadcast request
-		// held by a hung worker is taken back, which reports it failed.
-		ex := t.register(int(h.MaxBufferedReply), true)
-		ex.addressed = tg.worker
-		ex.mu.Lock()
-		ex.broadcastTo = tg.worker
-		ex.mu.Unlock()
-		tg.ex = ex
-		frame := mongrel2.AppendRequest(nil, tg.pool.sender, strconv.FormatUint(ex.id, 10), path, headers, body)
-		t.control.sendRequest(tg.worker, frame)
+	return enc.Bytes()
+}
+
+// sendBroadcast registers an exchange for tg and addresses the request to
+// its worker. A target whose pool had no free in-flight slot in time keeps
+// a nil exchange and the reason (gather reports it failed).
+func (h *Handler) sendBroadcast(r *http.Request, tg *bcTarget, headers, body []byte) {
+	if err := tg.pool.acquire(r, time.Duration(h.QueueTimeout)); err != nil {
+		tg.err = err // gather reports it failed
+		return
 	}
+	t := tg.pool.transport
+	// Retryable as far as hung detection goes: a broadcast request
+	// held by a hung worker is taken back, which reports it failed.
+	ex := t.register(int(h.MaxBufferedReply), true)
+	ex.addressed = tg.worker
+	ex.mu.Lock()
+	ex.broadcastTo = tg.worker
+	ex.mu.Unlock()
+	tg.ex = ex
+	frame := mongrel2.AppendRequest(nil, tg.pool.sender, strconv.FormatUint(ex.id, 10), r.URL.EscapedPath(), headers, body)
+	t.control.sendRequest(tg.worker, frame)
 }
 
 // gather waits for one target's answer and returns its line.

@@ -291,3 +291,37 @@ func TestBroadcastReportsHungWorker(t *testing.T) {
 		time.Sleep(20 * time.Millisecond)
 	}
 }
+
+// TestBroadcastSharesInFlightSlots: with one in-flight slot for two
+// workers, the second target waits for the slot the first one's answer
+// frees, and both answer; before, the first answer was read only once
+// every target had been sent, so the second waited out its slot and was
+// reported "not sent".
+func TestBroadcastSharesInFlightSlots(t *testing.T) {
+	ctlEP := "ipc://" + filepath.Join(t.TempDir(), "ctl")
+	env := newTestEnv(t, func(h *Handler) {
+		h.ControlEndpoint = ctlEP
+		h.MaxInflight = 1
+		h.QueueTimeout = caddy.Duration(time.Minute) // bounded by the broadcast's timeout
+		h.Broadcast = &Broadcast{Timeout: caddy.Duration(2 * time.Second)}
+	})
+	startHBWorker(t, env, ctlEP, "wk-1", false)
+	startHBWorker(t, env, ctlEP, "wk-2", false)
+	deadline := time.Now().Add(testDeadline)
+	for {
+		lines := getBroadcast(t, env.srv.URL+"/all")
+		answered := 0
+		for _, l := range lines {
+			if l["type"] == "answer" {
+				answered++
+			}
+		}
+		if len(lines) == 3 && answered == 2 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no broadcast answered by both workers through one slot: %v", lines)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
