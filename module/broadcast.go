@@ -13,7 +13,6 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
 	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
@@ -139,7 +138,7 @@ func (h *Handler) serveBroadcast(w http.ResponseWriter, r *http.Request) error {
 	started := time.Now()
 	body, status, err := h.readBody(r, nil)
 	if err != nil {
-		return broadcastError(r, status, err)
+		return statusErrorFor(r, status, err)
 	}
 	var targets []*bcTarget
 	for _, p := range h.pools {
@@ -150,7 +149,7 @@ func (h *Handler) serveBroadcast(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	if len(targets) == 0 {
-		return broadcastError(r, http.StatusServiceUnavailable, errors.New("broadcast: no live worker on a control channel"))
+		return statusErrorFor(r, http.StatusServiceUnavailable, errors.New("broadcast: no live worker on a control channel"))
 	}
 	timeout := time.Duration(h.Broadcast.Timeout)
 	if timeout <= 0 {
@@ -208,15 +207,6 @@ func (h *Handler) serveBroadcast(w http.ResponseWriter, r *http.Request) error {
 	_ = enc.Encode(summary)
 	_ = rc.Flush()
 	return nil
-}
-
-// broadcastError is the error handed to Caddy before the response has
-// started, as call.statusError does for other requests.
-func broadcastError(r *http.Request, status int, err error) error {
-	if r.Context().Err() != nil {
-		status = statusClientClosed
-	}
-	return caddyhttp.Error(status, fmt.Errorf("zmq: %w", err))
 }
 
 // broadcastHeaders encodes the header block every target of a broadcast

@@ -305,8 +305,11 @@ func (c *call) retryable() bool {
 // site's handle_errors routes, or writes the bare status. A client that
 // went away gets 499, as with reverse_proxy (Caddy logs 4xx at debug
 // level only: nothing to act on).
-func (c *call) statusError(status int, err error) error {
-	if c.r.Context().Err() != nil {
+func (c *call) statusError(status int, err error) error { return statusErrorFor(c.r, status, err) }
+
+// statusErrorFor is statusError for r, for a broadcast too.
+func statusErrorFor(r *http.Request, status int, err error) error {
+	if r.Context().Err() != nil {
 		status = statusClientClosed
 	}
 	return caddyhttp.Error(status, fmt.Errorf("zmq: %w", err))
