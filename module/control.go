@@ -234,9 +234,9 @@ func (c *controlPlane) sendTo(router *zmq.Socket, m ctlMsg) bool {
 	return true
 }
 
-// deliverUpload sends one message of a streamed upload. A chunk that
-// cannot be sent (the worker's queue is full, or it left) is not the end of
-// the body: the exchange fails at once (the client gets 502, never a reply
+// deliverUpload sends one message of a streamed upload. A chunk (or the
+// body's end) that cannot be sent (the worker's queue is full, or it left)
+// is not the end of the body: the exchange fails at once (the client gets 502, never a reply
 // the worker made of part of the body), the chunks after it are dropped,
 // and the end the pump sends becomes BODYERR, so the worker never takes a
 // truncated body for a complete one. Runs on the owner, which sees an
@@ -251,7 +251,8 @@ func (c *controlPlane) deliverUpload(router *zmq.Socket, m ctlMsg) {
 		}
 		m.payload = zmqx.AppendBodyErr(m.payload[:0], m.upload.id)
 	}
-	if !c.sendTo(router, m) && !end {
+	// A refused end fails it too: the worker would wait for it for good.
+	if !c.sendTo(router, m) {
 		flow.lost.Store(true)
 		m.upload.fail(errUploadLost)
 	}

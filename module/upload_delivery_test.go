@@ -17,38 +17,7 @@ import (
 // dropped, and the body's end reaches the worker as BODYERR, never BODYEND:
 // a worker must not take a truncated body for a complete one.
 func TestUploadChunkLostEndsInBodyErr(t *testing.T) {
-	zctx, err := zmq.NewContext()
-	if err != nil {
-		t.Fatal(err)
-	}
-	ep := "ipc://" + filepath.Join(t.TempDir(), "ctl")
-	router, err := zctx.NewSocket(zmq.ROUTER)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer router.Close()
-	router.SetLinger(0)
-	router.SetRouterMandatory(1)
-	router.SetSndhwm(2)
-	if err := router.Bind(ep); err != nil {
-		t.Fatal(err)
-	}
-	dealer, err := zctx.NewSocket(zmq.DEALER)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dealer.Close()
-	dealer.SetLinger(0)
-	dealer.SetRcvhwm(2)
-	dealer.SetIdentity("wk")
-	if err := dealer.Connect(ep); err != nil {
-		t.Fatal(err)
-	}
-	// The route exists once the dealer's first message has arrived.
-	dealer.SendBytes(zmqx.AppendHeartbeat(nil), 0)
-	if _, err := router.RecvMessageBytes(0); err != nil {
-		t.Fatal(err)
-	}
+	router, dealer := routerToSilentDealer(t)
 
 	c := &controlPlane{}
 	ex := newExchange(7, 1<<20)
@@ -107,4 +76,66 @@ func TestUploadChunkLostEndsInBodyErr(t *testing.T) {
 	if m, err := zmqx.Parse(end); err != nil || m.Verb != zmqx.BodyErr {
 		t.Fatalf("worker got %q after the lost chunk, want BODYERR", end)
 	}
+}
+
+// TestUploadEndRefusedFailsExchange: a BODYEND that libzmq refuses (the
+// worker's queue is full) fails the exchange like a refused chunk: the
+// worker would otherwise wait for the body's end, and the client for the
+// reply timeout.
+func TestUploadEndRefusedFailsExchange(t *testing.T) {
+	router, _ := routerToSilentDealer(t)
+	c := &controlPlane{}
+	// The dealer reads nothing: fill its queue with heartbeats-sized
+	// messages until one is refused.
+	for deadline := time.Now().Add(10 * time.Second); c.sendTo(router, ctlMsg{worker: "wk", payload: zmqx.AppendHeartbeat(nil)}); {
+		if time.Now().After(deadline) {
+			t.Fatal("no message refused")
+		}
+	}
+	ex := newExchange(8, 1<<20)
+	ex.upload = newUploadFlow(1 << 20)
+	c.deliver(router, ctlMsg{worker: "wk", upload: ex, payload: zmqx.AppendBodyEnd(nil, ex.id)})
+	if _, err := ex.take(nil); !errors.Is(err, errUploadLost) {
+		t.Fatalf("exchange error = %v, want errUploadLost", err)
+	}
+}
+
+// routerToSilentDealer returns a mandatory ROUTER with a small send queue
+// and a DEALER "wk" connected to it that has sent one message (so the
+// route exists) and reads nothing until the test does.
+func routerToSilentDealer(t *testing.T) (router, dealer *zmq.Socket) {
+	t.Helper()
+	zctx, err := zmq.NewContext()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ep := "ipc://" + filepath.Join(t.TempDir(), "ctl")
+	router, err = zctx.NewSocket(zmq.ROUTER)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { router.Close() })
+	router.SetLinger(0)
+	router.SetRouterMandatory(1)
+	router.SetSndhwm(2)
+	if err := router.Bind(ep); err != nil {
+		t.Fatal(err)
+	}
+	dealer, err = zctx.NewSocket(zmq.DEALER)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { dealer.Close() })
+	dealer.SetLinger(0)
+	dealer.SetRcvhwm(2)
+	dealer.SetIdentity("wk")
+	if err := dealer.Connect(ep); err != nil {
+		t.Fatal(err)
+	}
+	// The route exists once the dealer's first message has arrived.
+	dealer.SendBytes(zmqx.AppendHeartbeat(nil), 0)
+	if _, err := router.RecvMessageBytes(0); err != nil {
+		t.Fatal(err)
+	}
+	return router, dealer
 }
