@@ -26,7 +26,7 @@ var allCases = []caseDef{
 	{"zmqx/deadline-queued", true, deadlineQueued},
 	{"zmqx/credit", true, credit},
 	{"zmqx/max-concurrent", true, maxConcurrent},
-	{"zmqx/disconnect", true, disconnect},
+	{"zmqx/disconnect", true, disconnectCancels},
 	{"zmqx/pause-resume", true, pauseResume},
 	{"zmqx/upload", true, upload},
 	{"zmqx/bye", true, bye},
@@ -366,9 +366,9 @@ func maxConcurrent(s *session) Result {
 	return pass("%d running, %d more waiting (%d handed back)", s.inflight(xs), len(xs)-s.inflight(xs)-nacked, nacked)
 }
 
-// disconnect: DISCONNECT, and the Mongrel2 notice, cancel a running
+// disconnectCancels: DISCONNECT, and the Mongrel2 notice, cancel a running
 // request: its slot goes to a waiting one.
-func disconnect(s *session) Result {
+func disconnectCancels(s *session) Result {
 	n := s.maxConc
 	if n <= 0 || n > maxTestedConcurrency {
 		return skip("needs max_concurrent between 1 and %d (got %d)", maxTestedConcurrency, n)
