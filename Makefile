@@ -153,7 +153,7 @@ $(BIN)/testworker: $(WORKERKIT_SRCS) $(wildcard integration/testworker/*.go) go.
 	$(call go_build,./integration/testworker)
 
 # The zmqx/1 conformance kit as a command (the kit is in WORKERKIT_SRCS).
-$(BIN)/zmqx-conformance: $(WORKERKIT_SRCS) go.mod go.sum | deps
+$(BIN)/zmqx-conformance: $(WORKERKIT_SRCS) go.mod go.sum | deps-run
 	$(call go_build,./workerkit/cmd/zmqx-conformance)
 
 # ---------------------------------------------------------------------------
