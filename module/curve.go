@@ -1,7 +1,6 @@
 package caddyzmq
 
 import (
-	"crypto/ecdh"
 	"fmt"
 	"maps"
 	"net"
@@ -16,6 +15,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	zmq "github.com/pebbe/zmq4"
 	"go.uber.org/zap"
+
+	"github.com/zmqbridge/caddy-zmq/internal/zcert"
 )
 
 // Curve turns on CurveZMQ on every socket of the bridge (request, reply and
@@ -92,12 +93,12 @@ func (c *Curve) validate() error {
 		return fmt.Errorf("zmq: curve: set secret_key or secret_key_file, not both")
 	}
 	if c.SecretKey != "" {
-		if err := checkKey(c.SecretKey); err != nil {
+		if err := zcert.CheckKey(c.SecretKey); err != nil {
 			return fmt.Errorf("zmq: curve: secret_key: %w", err)
 		}
 	}
 	for _, k := range c.Allow {
-		if err := checkKey(k); err != nil {
+		if err := zcert.CheckKey(k); err != nil {
 			return fmt.Errorf("zmq: curve: allow %q: %w", k, err)
 		}
 	}
@@ -109,21 +110,21 @@ func (c *Curve) validate() error {
 func (c *Curve) frontEndKey(ctx caddy.Context, logger *zap.Logger) (keyPair, error) {
 	switch {
 	case c.SecretKey != "":
-		pub, err := publicOf(c.SecretKey)
+		pub, err := zcert.PublicOf(c.SecretKey)
 		return keyPair{public: pub, secret: c.SecretKey}, err
 	case c.SecretKeyFile != "":
 		data, err := os.ReadFile(c.SecretKeyFile)
 		if err != nil {
 			return keyPair{}, fmt.Errorf("curve secret_key_file: %w", err)
 		}
-		zc, err := parseZcert(data)
-		if err == nil && zc.secret == "" {
+		zc, err := zcert.Parse(data)
+		if err == nil && zc.Secret == "" {
 			err = fmt.Errorf("no secret-key (is it the public .key file? use the .key_secret one)")
 		}
 		if err != nil {
 			return keyPair{}, fmt.Errorf("curve secret_key_file %s: %w", c.SecretKeyFile, err)
 		}
-		return keyPair{public: zc.public, secret: zc.secret}, nil
+		return keyPair{public: zc.Public, secret: zc.Secret}, nil
 	}
 	kp, created, err := loadOrCreateFrontEndKey(ctx, ctx.Storage())
 	if err != nil {
@@ -333,15 +334,6 @@ func (w *workerKeys) forget(worker string) {
 	w.mu.Lock()
 	delete(w.keys, worker)
 	w.mu.Unlock()
-}
-
-// publicFromSecret derives a CURVE public key: CURVE's keys are X25519.
-func publicFromSecret(secret []byte) ([]byte, error) {
-	k, err := ecdh.X25519().NewPrivateKey(secret)
-	if err != nil {
-		return nil, err
-	}
-	return k.PublicKey().Bytes(), nil
 }
 
 // admit reports whether a control message from worker, sent with CURVE key

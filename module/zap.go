@@ -125,7 +125,12 @@ func (h *zapHandler) answer(req [][]byte) [6]any {
 		if a.allows(key) {
 			status, text, user = "200", "OK", key
 		} else {
-			text = "key not allowed"
+			// 300, "temporary failure", not 400: libzmq gives up on a
+			// connection refused with 400 for good, on both sides, so a
+			// worker allowed by a later reload would never get in (nor a
+			// binding worker that Caddy connects to). With 300 the
+			// handshake times out and libzmq dials again by itself.
+			status, text = "300", "key not allowed (yet)"
 			a.refuse(refusedUnknownKey, address, key)
 		}
 	}

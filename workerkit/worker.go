@@ -495,7 +495,12 @@ func (fe *frontEnd) runReplies(ready chan<- error, quit <-chan struct{}) {
 			sock.SetSndtimeo(sendTimeout),
 			sock.SetHeartbeatIvl(heartbeatIvl),
 			sock.SetHeartbeatTimeout(heartbeatTimeout),
+			fe.secure(sock),
 		)
+	}
+	var stopWatch func()
+	if err == nil {
+		stopWatch, err = fe.watchCurve(sock)
 	}
 	if err == nil {
 		if fe.cfg.Bind {
@@ -522,11 +527,15 @@ func (fe *frontEnd) runReplies(ready chan<- error, quit <-chan struct{}) {
 	}
 	ready <- err
 	if err != nil {
+		if stopWatch != nil {
+			stopWatch()
+		}
 		if sock != nil {
 			_ = sock.Close()
 		}
 		return
 	}
+	defer stopWatch()
 
 	topics := make(map[string]int)
 	delay := subCheckMin
@@ -711,6 +720,7 @@ func (fe *frontEnd) runRequests(ready chan<- error) {
 			sock.SetRcvtimeo(recvTimeout),
 			sock.SetHeartbeatIvl(heartbeatIvl),
 			sock.SetHeartbeatTimeout(heartbeatTimeout),
+			fe.secure(sock),
 		)
 	}
 	var gate *bindGate
