@@ -1,7 +1,9 @@
 package caddyzmq
 
 import (
+	"errors"
 	"fmt"
+	"io/fs"
 	"maps"
 	"net"
 	"net/url"
@@ -145,6 +147,11 @@ func (c *Curve) allowed() (map[string]string, error) {
 	}
 	if c.AllowDir != "" {
 		dir, err := loadKeyDir(c.AllowDir)
+		if errors.Is(err, fs.ErrNotExist) {
+			// A fresh setup: no worker is allowed yet, which the
+			// authorizer logs with how to allow one.
+			return keys, nil
+		}
 		if err != nil {
 			return nil, fmt.Errorf("zmq: curve allow_dir: %w", err)
 		}
@@ -402,7 +409,7 @@ func (h *Handler) attachCurve(t *transport, cfg transportConfig, cs *curveSetup,
 // CURVE handshake failures as libzmq's monitor reports them
 // (HANDSHAKE_FAILED_PROTOCOL's value, zmq.h ZMQ_PROTOCOL_ERROR_ZMTP_*).
 const (
-	protocolErrMechanismMismatch = 0x11000000 // the peer is plaintext (NULL)
+	protocolErrMechanismMismatch = 0x11000002 // the peer is plaintext (NULL)
 	protocolErrCryptographic     = 0x11000001 // its HELLO does not decrypt: wrong server key
 )
 
@@ -426,7 +433,9 @@ func (t *transport) noteHandshake(ev zmq.Event, endpoint string, value int) {
 			t.auth.refuse(refusedHandshake, endpoint, "")
 		}
 	case zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
-		t.auth.refuse(refusedHandshake, endpoint, "")
+		// A peer that hung up mid-handshake: also how a worker whose key
+		// was refused (already logged by ZAP) gives up on its try.
+		t.auth.count(refusedHandshake)
 	}
 }
 

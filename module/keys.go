@@ -69,7 +69,7 @@ func loadKeyDir(dir string) (map[string]string, error) {
 		return nil, err
 	}
 	if _, err := os.Stat(dir); err != nil {
-		return nil, fmt.Errorf("allowed keys directory: %w", err)
+		return nil, err
 	}
 	sort.Strings(paths)
 	keys := make(map[string]string, len(paths))

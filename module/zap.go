@@ -196,15 +196,20 @@ func (a *authorizer) allows(key string) bool {
 // nameOf is the name an allowed key was given (its file), or "".
 func (a *authorizer) nameOf(key string) string { return (*a.allowed.Load())[key] }
 
+// count counts a refusal without logging it.
+func (a *authorizer) count(reason string) {
+	a.refused.Add(1)
+	if hook := AuthRefusedHook; hook != nil {
+		hook(a.pool, reason)
+	}
+}
+
 // refuse counts a refusal and logs it the first time for this reason and
 // key (or peer address, when there is no key). A worker refused over and
 // over (libzmq retries a failed handshake every 100 ms or so) writes one
 // line, not one per retry.
 func (a *authorizer) refuse(reason, peer, key string) {
-	a.refused.Add(1)
-	if hook := AuthRefusedHook; hook != nil {
-		hook(a.pool, reason)
-	}
+	a.count(reason)
 	id := reason + "|" + key
 	if key == "" {
 		id += peer

@@ -5,7 +5,6 @@ import (
 	"flag"
 	"fmt"
 	"os"
-	"strings"
 	"time"
 
 	zmq "github.com/pebbe/zmq4"
@@ -138,7 +137,7 @@ func curveFailure(ev zmq.Event, value int) string {
 	switch {
 	case ev == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
 		return fmt.Sprintf("the front end refused this worker's CURVE key (ZAP status %d): ask its operator to allow public_key", value)
-	case ev == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL && value == 0x11000000:
+	case ev == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL && value == 0x11000002:
 		return "the front end does not speak CURVE (plaintext) but this worker was given a server key"
 	default:
 		return "CURVE handshake with the front end failed: either this worker's public_key is not on its allow-list " +
@@ -178,7 +177,7 @@ func (c *CurveFlags) Apply(fes []FrontEnd) error {
 		return errors.New("workerkit: -curve-server-key and -curve-key go together")
 	}
 	server := c.ServerKey
-	if len(server) != zcert.KeyLen || strings.ContainsAny(server, "/") {
+	if zcert.CheckKey(server) != nil { // not a key: a file holding it
 		cert, err := readCert(server)
 		if err != nil {
 			return fmt.Errorf("workerkit: -curve-server-key: %w", err)
