@@ -43,9 +43,11 @@ var zapHandlers struct {
 
 // startZAP binds the ZAP handler in zctx once, before any CURVE socket
 // binds or connects (a handshake that finds no handler is let through).
+// A ROUTER, not a REP: a REP whose reply fails half way refuses every later
+// receive, and every handshake in the process would then hang.
 func startZAP(zctx *zmq.Context) (*zapHandler, error) {
 	zapHandlers.once.Do(func() {
-		sock, err := zctx.NewSocket(zmq.REP)
+		sock, err := zctx.NewSocket(zmq.ROUTER)
 		if err == nil {
 			err = firstError(sock.SetLinger(0), sock.Bind(zapEndpoint))
 		}
@@ -87,15 +89,20 @@ func (h *zapHandler) unregister(domain string, a *authorizer) {
 // request that cannot be parsed is refused, never let through.
 func (h *zapHandler) serve(sock *zmq.Socket) {
 	for {
-		req, err := sock.RecvMessageBytes(0)
+		msg, err := sock.RecvMessageBytes(0)
 		if err != nil {
 			if zmq.AsErrno(err) == zmq.ETERM {
 				return
 			}
 			continue
 		}
-		reply := h.answer(req)
-		_, _ = sock.SendMessage(reply[:]...)
+		// [peer routing id, empty delimiter, ZAP request frames...]
+		if len(msg) < 3 || len(msg[1]) != 0 {
+			continue
+		}
+		reply := h.answer(msg[2:])
+		frames := append([]any{msg[0], ""}, reply[:]...)
+		_, _ = sock.SendMessage(frames...)
 	}
 }
 
@@ -116,6 +123,11 @@ func (h *zapHandler) answer(req [][]byte) [6]any {
 	h.mu.RUnlock()
 	status, text, user := "400", "unknown ZAP domain", ""
 	switch {
+	case a == nil && mechanism == "NULL":
+		// A plaintext pool's socket: libzmq asks ZAP about NULL
+		// handshakes too once a handler is bound in the context, and
+		// those pools let everyone in, as Mongrel2 does.
+		status, text = "200", "OK"
 	case a == nil:
 	case mechanism != "CURVE" || len(req) != 7 || len(req[6]) != 32:
 		text = "CURVE required"
