@@ -334,3 +334,42 @@ func (c *loopCapture) stop() (found, packets int) {
 	syscall.Close(c.fd)
 	return c.found, c.packets
 }
+
+// withCurve writes a copy of a Caddyfile (relative to the repository) whose
+// zmq block has curve on, allowing the keys in keyDir, and returns its path.
+func withCurve(t testing.TB, config, keyDir string) string {
+	t.Helper()
+	data, err := os.ReadFile(repoPath(config))
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := string(data)
+	i := strings.Index(s, "\tzmq {\n")
+	if i < 0 {
+		t.Fatalf("%s has no zmq block", config)
+	}
+	i += len("\tzmq {\n")
+	s = s[:i] + "\t\tcurve {\n\t\t\tallow_dir " + keyDir + "\n\t\t}\n" + s[i:]
+	out := filepath.Join(t.TempDir(), filepath.Base(config))
+	if err := os.WriteFile(out, []byte(s), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// curveWorkerKeys returns the flags of a worker named name: a key of its
+// own, made and allowed on first use (Caddy reloaded), and the front end's
+// public key.
+func curveWorkerKeys(t testing.TB, c *caddy, keyDir string) func(name string) []string {
+	serverKey := curveFrontEndKey(t, c)
+	secrets := t.TempDir()
+	return func(name string) []string {
+		base := filepath.Join(secrets, name)
+		curveKeygen(t, base)
+		allowKey(t, keyDir, base)
+		if err := c.Reload(nil); err != nil {
+			t.Fatal(err)
+		}
+		return []string{"-curve-server-key", serverKey, "-curve-key", base + ".key_secret"}
+	}
+}
