@@ -25,11 +25,20 @@ func CheckKey(s string) error {
 	if len(s) != KeyLen {
 		return fmt.Errorf("a CURVE key is %d characters of Z85, got %d", KeyLen, len(s))
 	}
-	if len(zmq.Z85decode(s)) != 32 {
+	for i := 0; i < len(s); i++ {
+		if !strings.ContainsRune(z85Alphabet, rune(s[i])) {
+			return fmt.Errorf("%q is not Z85 (character %q)", s, s[i])
+		}
+	}
+	// A group of 5 characters may encode more than 32 bits: only a key
+	// that encodes back to itself is one.
+	if b := zmq.Z85decode(s); len(b) != 32 || zmq.Z85encode(b) != s {
 		return fmt.Errorf("%q is not Z85", s)
 	}
 	return nil
 }
+
+const z85Alphabet = "0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ.-:+=^!/*?&<>()[]{}@%$#"
 
 // PublicOf derives the public key of a Z85 secret key.
 func PublicOf(secret string) (string, error) {
