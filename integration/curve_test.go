@@ -373,3 +373,47 @@ func curveWorkerKeys(t testing.TB, c *caddy, keyDir string) func(name string) []
 		return []string{"-curve-server-key", serverKey, "-curve-key", base + ".key_secret"}
 	}
 }
+
+// TestCurveWorkersBind: the other topology, workers bind and Caddy
+// connects (caddyfiles/workers-bind.Caddyfile with curve on). Caddy is
+// still the CURVE server: the allowed binding worker serves every request,
+// the one with an unknown key gets none.
+func TestCurveWorkersBind(t *testing.T) {
+	caddyBin(t)
+	bin := testworkerBin(t)
+	dir := t.TempDir()
+	keyDir := filepath.Join(dir, "allowed")
+	if err := os.Mkdir(keyDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	allowed, stranger := filepath.Join(dir, "allowed-worker"), filepath.Join(dir, "stranger")
+	curveKeygen(t, allowed)
+	strangerPub := curveKeygen(t, stranger)
+	allowKey(t, keyDir, allowed)
+	c := startCaddy(t, caddyOpts{Config: withCurve(t, "caddyfiles/workers-bind.Caddyfile", keyDir),
+		Endpoints: []string{"WORKER1_REQUESTS", "WORKER1_REPLIES", "WORKER2_REQUESTS", "WORKER2_REPLIES"},
+		Env:       map[string]string{"REPLY_TIMEOUT": "10s"}})
+	serverKey := curveFrontEndKey(t, c)
+	startBound := func(n int, name, key string) *process {
+		fe := "bind:" + c.Endpoint(fmt.Sprintf("WORKER%d_REQUESTS", n)) + "," + c.Endpoint(fmt.Sprintf("WORKER%d_REPLIES", n))
+		p := startProcess(t, name, command(t, bin, "-name", name, "-frontend", fe,
+			"-curve-server-key", serverKey, "-curve-key", key+".key_secret"))
+		p.MustWaitFor("bound; waiting for front ends", startTimeout)
+		return p
+	}
+	w1 := startBound(1, "bound-allowed", allowed)
+	w2 := startBound(2, "bound-stranger", stranger)
+	client := c.Client(modeHTTP)
+	t.Cleanup(client.CloseIdleConnections)
+	waitWorker(t, client, c.HTTPURL("/ready"), "bound-allowed", w1, w2, c.proc)
+	c.proc.MustWaitFor(strangerPub, startTimeout)
+	for i := range 20 {
+		h := rtSend(client, http.MethodPost, c.HTTPURL("/bind/{tok}"), "body {tok}", nil, 15*time.Second)
+		if !h.ok() || h.Worker != "bound-allowed" {
+			t.Fatalf("request %d: %v, want 200 from bound-allowed", i, h)
+		}
+	}
+	if strings.Contains(w2.out.String(), "front end subscribed") || strings.Contains(w2.out.String(), "subscriptions changed") {
+		t.Errorf("the refused binding worker was subscribed to:\n%s", w2.out.String())
+	}
+}
