@@ -216,7 +216,8 @@ const (
 	maxControlMsg   = 256 << 10
 	maxRequestInMsg = 4 << 10
 	// replyFrameSlack covers a reply frame's sender, ids and netstring
-	// around a body of max_buffered_reply bytes.
+	// around a body of max_buffered_reply (or reply_window, if larger)
+	// bytes: a bigger frame could never be delivered anyway.
 	replyFrameSlack = 64 << 10
 )
 

@@ -297,7 +297,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			controlEndpoint: p.ControlEndpoint,
 			sender:          h.senderFor(p),
 			heartbeat:       max(time.Duration(h.Heartbeat), 0),
-			maxReplyFrame:   h.MaxBufferedReply + replyFrameSlack,
+			maxReplyFrame:   max(h.MaxBufferedReply, h.ReplyWindow) + replyFrameSlack,
 		}
 		if curve != nil && !p.Plaintext {
 			cfg.curveSecret = curve.kp.secret
