@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/http/httptest"
 	"path/filepath"
 	"strings"
 	"sync/atomic"
@@ -367,4 +368,41 @@ func provisionErr(t *testing.T, h *Handler) error {
 
 func newCaddyContext() (caddy.Context, context.CancelFunc) {
 	return caddy.NewContext(caddy.Context{Context: context.Background()})
+}
+
+// TestPlaintextPoolBesideCurve: a pool marked plaintext serves a plain
+// Mongrel2 handler while another pool of the same handler runs CURVE (and
+// so the process's ZAP handler).
+func TestPlaintextPoolBesideCurve(t *testing.T) {
+	server := mustKeyPair(t)
+	dir := t.TempDir()
+	ep := func(name string) string { return "ipc://" + filepath.Join(dir, name) }
+	h := &Handler{ReplyTimeout: caddy.Duration(testDeadline),
+		Curve: &Curve{SecretKey: server.secret},
+		Pools: []Pool{
+			{Name: "secure", RequestEndpoint: ep("sreq"), ReplyEndpoint: ep("srep")},
+			{Name: "legacy", RequestEndpoint: ep("lreq"), ReplyEndpoint: ep("lrep"), Plaintext: true},
+		}}
+	ctx, cancel := newCaddyContext()
+	t.Cleanup(cancel)
+	if err := h.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { h.Cleanup() })
+	if h.pools[0].transport.auth == nil || h.pools[1].transport.auth != nil {
+		t.Fatal("curve is not on the secure pool only")
+	}
+	startFakeWorker(t, ep("lreq"), ep("lrep"), func(*mongrel2.Request) [][]byte { return okReply("legacy") })
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { h.ServeHTTP(w, r, nil) }))
+	t.Cleanup(srv.Close)
+	client := &http.Client{Timeout: 2 * time.Second}
+	waitFor(t, "the plaintext handler to answer", func() bool {
+		resp, err := client.Get(srv.URL + "/")
+		if err != nil {
+			return false
+		}
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode == 200 && string(b) == "legacy"
+	})
 }

@@ -124,9 +124,9 @@ func (h *zapHandler) answer(req [][]byte) [6]any {
 	status, text, user := "400", "unknown ZAP domain", ""
 	switch {
 	case a == nil && mechanism == "NULL":
-		// A plaintext pool's socket: libzmq asks ZAP about NULL
-		// handshakes too once a handler is bound in the context, and
-		// those pools let everyone in, as Mongrel2 does.
+		// A plaintext pool's socket, should libzmq ask about it (4.3.4
+		// does not for sockets without a ZAP domain, which plaintext
+		// pools never set): those pools let everyone in, as Mongrel2.
 		status, text = "200", "OK"
 	case a == nil:
 	case mechanism != "CURVE" || len(req) != 7 || len(req[6]) != 32:
