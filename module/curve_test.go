@@ -206,6 +206,8 @@ func rogueWorkerAttack(t *testing.T, curve bool) {
 	}
 }
 
+var testMonitorSeq atomic.Uint64
+
 func mustUint(t *testing.T, s string) uint64 {
 	t.Helper()
 	n, ok := mongrel2.ParseUint([]byte(s))
@@ -258,8 +260,11 @@ func TestCurveZAP(t *testing.T) {
 			}
 			pub.SetHandshakeIvl(time.Second)
 		}
-		addr := fmt.Sprintf("inproc://curve-test-mon-%p", pub)
-		pub.Monitor(addr, zmq.EVENT_HANDSHAKE_SUCCEEDED|zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL|zmq.EVENT_HANDSHAKE_FAILED_AUTH|zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL|zmq.EVENT_DISCONNECTED)
+		addr := fmt.Sprintf("inproc://curve-test-mon-%d", testMonitorSeq.Add(1))
+		if err := pub.Monitor(addr, zmq.EVENT_HANDSHAKE_SUCCEEDED|zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL|
+			zmq.EVENT_HANDSHAKE_FAILED_AUTH|zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL|zmq.EVENT_DISCONNECTED); err != nil {
+			t.Fatal(err)
+		}
 		mon, _ := zmq.NewSocket(zmq.PAIR)
 		defer mon.Close()
 		mon.SetRcvtimeo(testDeadline)
@@ -313,15 +318,22 @@ func TestCurveZAP(t *testing.T) {
 // TestReplyFrameCap: a peer announcing a frame over the cap is cut off
 // before Caddy takes it in (ZMQ_MAXMSGSIZE), and nothing is dispatched.
 func TestReplyFrameCap(t *testing.T) {
-	env := newTestEnv(t, func(h *Handler) { h.MaxBufferedReply = 256 << 10 })
+	// The cap is max(max_buffered_reply, reply_window) plus slack.
+	env := newTestEnv(t, func(h *Handler) { h.MaxBufferedReply, h.ReplyWindow = 256<<10, 256<<10 })
+	if c := env.h.pools[0].transport.cfg.maxReplyFrame; c >= 4<<20 {
+		t.Fatalf("frame cap %d: the test's frame would fit", c)
+	}
 	tr := env.h.pools[0].transport
 	pub, _ := zmq.NewSocket(zmq.PUB)
 	defer func() { pub.SetLinger(0); pub.Close() }()
-	pub.Monitor("inproc://cap-mon", zmq.EVENT_HANDSHAKE_SUCCEEDED|zmq.EVENT_DISCONNECTED)
+	addr := fmt.Sprintf("inproc://curve-test-mon-%d", testMonitorSeq.Add(1))
+	if err := pub.Monitor(addr, zmq.EVENT_HANDSHAKE_SUCCEEDED|zmq.EVENT_DISCONNECTED); err != nil {
+		t.Fatal(err)
+	}
 	mon, _ := zmq.NewSocket(zmq.PAIR)
 	defer mon.Close()
 	mon.SetRcvtimeo(testDeadline)
-	mon.Connect("inproc://cap-mon")
+	mon.Connect(addr)
 	if err := pub.Connect(env.repEP); err != nil {
 		t.Fatal(err)
 	}
