@@ -434,9 +434,10 @@ func (t *transport) noteHandshake(ev zmq.Event, endpoint string, value int) {
 			t.auth.refuse(refusedHandshake, endpoint, "")
 		}
 	case zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
-		// A peer that hung up mid-handshake: also how a worker whose key
-		// was refused (already logged by ZAP) gives up on its try.
-		t.auth.count(refusedHandshake)
+		// A peer that hung up mid-handshake. A plaintext peer often
+		// does (it sees the mismatch first and gives up for good), so
+		// this is logged too, once per endpoint.
+		t.auth.refuse(refusedHandshake, endpoint, "")
 	}
 }
 

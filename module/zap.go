@@ -262,6 +262,7 @@ func refusalMessage(reason string) string {
 	case refusedWrongServer:
 		return "refused a worker that failed the CURVE handshake, most likely configured with a wrong front end public key ('caddy zmq frontend-key' prints the right one)"
 	default:
-		return "refused a worker connection that failed its handshake"
+		return "a worker connection ended during its handshake: a plaintext worker (it needs the front end's public key and a keypair), " +
+			"or a CURVE worker that gave up (wrong server key, or a key not allowed yet)"
 	}
 }
