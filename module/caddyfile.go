@@ -46,6 +46,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    dispatch_timeout   <duration>|off   # re-send what no zmqx worker started by then
 //	    hung_timeout       <duration>|off   # pause a zmqx worker that answers nothing for this long
 //	    affinity           cookie|header <name> [<ttl>]   # pin sessions to one worker
+//	    broadcast          [<timeout> [<max_answer bytes>]]  # ask every live worker (NDJSON)
 //	    retries            <n>              # idempotent requests whose worker was lost
 //	    heartbeat          <duration>|off
 //	    curve {                             # CurveZMQ on every socket (docs/security.md)
@@ -165,10 +166,19 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			h.Affinity = &Affinity{Source: args[0], Name: args[1]}
 			if len(args) == 3 {
-				h.Affinity.TTL = args[2]
+				ttl, err := caddy.ParseDuration(args[2])
+				if err != nil {
+					return d.Errf("bad affinity ttl %q: %v", args[2], err)
+				}
+				h.Affinity.TTL = caddy.Duration(ttl)
 			}
 			if err := h.Affinity.validate(); err != nil {
 				return d.Err(err.Error())
+			}
+			continue
+		case "broadcast":
+			if err := h.unmarshalBroadcast(d); err != nil {
+				return err
 			}
 			continue
 		case "retries":

@@ -9,6 +9,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
+	"github.com/zmqbridge/caddy-zmq/internal/zmqx"
 	"github.com/zmqbridge/caddy-zmq/module/internal/hopbyhop"
 )
 
@@ -116,11 +117,11 @@ func (h *Handler) encodeHeaders(e *mongrel2.HeaderEncoder, r *http.Request, path
 	}
 	e.Add("REMOTE_ADDR", clientIP)
 	if control {
-		e.Add("ZMQX_WINDOW", h.windowHeader)
+		e.Add(zmqx.HeaderWindow, h.windowHeader)
 	}
 	if !dispatchBy.IsZero() {
 		var b [20]byte
-		e.Add("ZMQX_DEADLINE", string(mongrel2.AppendUint(b[:0], uint64(dispatchBy.UnixMilli()))))
+		e.Add(zmqx.HeaderDeadline, string(zmqx.AppendDeadline(b[:0], dispatchBy)))
 	}
 }
 

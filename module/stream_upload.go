@@ -1,14 +1,16 @@
 package caddyzmq
 
 import (
+	"errors"
 	"io"
 	"net/http"
-	"strconv"
 	"sync"
+	"sync/atomic"
 
 	"go.uber.org/zap"
 
 	"github.com/zmqbridge/caddy-zmq/internal/zmqio"
+	"github.com/zmqbridge/caddy-zmq/internal/zmqx"
 )
 
 // Streamed uploads (zmqx/1): when every worker of the pool speaks the
@@ -38,6 +40,28 @@ type uploadFlow struct {
 	mu     sync.Mutex
 	credit int64
 	signal chan struct{}
+	// lost: a chunk could not be handed to the worker (deliverUpload).
+	lost atomic.Bool
+}
+
+var errUploadLost = errors.New("a chunk of the streamed upload could not be handed to the worker")
+
+// sendUpload queues a message of ex's streamed upload for worker. Unlike
+// other control messages it is never dropped for a full queue: the pump
+// waits (credit already bounds what it has in flight) until the message is
+// queued or the exchange is over (done).
+func (t *transport) sendUpload(ex *exchange, worker string, m ctlMsg, done <-chan struct{}) {
+	m.worker, m.upload = worker, ex
+	select {
+	case t.control.in <- m:
+		return
+	default:
+	}
+	select {
+	case t.control.in <- m:
+	case <-done:
+		m.release()
+	}
 }
 
 func newUploadFlow(window int64) *uploadFlow {
@@ -113,8 +137,8 @@ func (h *Handler) pumpUpload(r *http.Request, t *transport, ex *exchange, done <
 			return
 		}
 	}
-	id := strconv.AppendUint(nil, ex.id, 10)
-	head := len("BODY ") + len(id) + 1
+	bodyHead := zmqx.AppendBodyHead(nil, ex.id)
+	head := len(bodyHead)
 	var sent int64
 	*consumed = true // from here on the body cannot be sent again
 	for {
@@ -129,9 +153,7 @@ func (h *Handler) pumpUpload(r *http.Request, t *transport, ex *exchange, done <
 		// frees: no copy of the body in Caddy's user space at all.
 		msg := zmqio.NewCBuf(head + int(c))
 		m := msg.Bytes()
-		copy(m, "BODY ")
-		copy(m[len("BODY "):], id)
-		m[head-1] = ' '
+		copy(m, bodyHead)
 		n, err := fill(r.Body, m[head:])
 		if int64(n) < c {
 			ex.upload.grant(c - int64(n)) // not used: keep it for the next read
@@ -141,21 +163,28 @@ func (h *Handler) pumpUpload(r *http.Request, t *transport, ex *exchange, done <
 			msg.Free()
 		case h.MaxRequestBody > 0 && sent+int64(n) > h.MaxRequestBody:
 			msg.Free()
-			t.control.send(worker, append([]byte("BODYERR "), id...))
+			// The exchange fails first: a reply the worker makes of the
+			// broken body must not reach the client, who gets 413.
 			ex.fail(errUploadTooLarge)
+			t.sendUpload(ex, worker, ctlMsg{payload: zmqx.AppendBodyErr(nil, ex.id)}, done)
 			return
 		default:
-			t.control.sendOwned(worker, msg, head+n)
+			t.sendUpload(ex, worker, ctlMsg{body: msg, bodyLen: head + n}, done)
 			sent += int64(n)
 		}
 		if err == io.EOF {
-			t.control.send(worker, append([]byte("BODYEND "), id...))
+			t.sendUpload(ex, worker, ctlMsg{payload: zmqx.AppendBodyEnd(nil, ex.id)}, done)
 			return
 		}
 		if err != nil {
-			h.logger.Info("client request body failed during a streamed upload",
-				zap.Uint64("conn_id", ex.id), zap.Error(err))
-			t.control.send(worker, append([]byte("BODYERR "), id...))
+			var mbe *http.MaxBytesError
+			if errors.As(err, &mbe) {
+				ex.fail(errUploadTooLarge) // Caddy's own request_body limit
+			} else {
+				h.logger.Info("client request body failed during a streamed upload",
+					zap.Uint64("conn_id", ex.id), zap.Error(err))
+			}
+			t.sendUpload(ex, worker, ctlMsg{payload: zmqx.AppendBodyErr(nil, ex.id)}, done)
 			return
 		}
 	}

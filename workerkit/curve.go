@@ -62,7 +62,7 @@ func (f FrontEnd) publicKey() string {
 
 // secure makes sock a CURVE client of the front end (before it connects
 // or binds). A front end without CURVE leaves sock as it is.
-func (fe *frontEnd) secure(sock *zmq.Socket) error {
+func (fe *frontEndConn) secure(sock *zmq.Socket) error {
 	f := fe.cfg
 	if !f.curveOn() {
 		return nil
@@ -78,7 +78,7 @@ func (fe *frontEnd) secure(sock *zmq.Socket) error {
 // watchCurve logs, once until a handshake succeeds again, why CURVE
 // handshakes with the front end fail; libzmq keeps dialling meanwhile.
 // The returned stop waits for the watcher; call it before closing sock.
-func (fe *frontEnd) watchCurve(sock *zmq.Socket) (stop func(), err error) {
+func (fe *frontEndConn) watchCurve(sock *zmq.Socket) (stop func(), err error) {
 	if !fe.cfg.curveOn() {
 		return func() {}, nil
 	}
