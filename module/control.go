@@ -365,7 +365,7 @@ func (c *controlPlane) handleFrom(worker, key string, payload []byte) {
 			}
 			c.acks.Add(1)
 			if ex := c.t.lookup(n); ex != nil {
-				if !c.mayHold(ex, worker, key, "ACK") {
+				if !c.mayHold(ex, worker, key, zmqx.Ack) {
 					continue
 				}
 				ex.setWorker(worker, wi)
@@ -389,7 +389,7 @@ func (c *controlPlane) handleFrom(worker, key string, payload []byte) {
 			if !ok {
 				continue
 			}
-			if ex := c.t.lookup(n); ex != nil && c.mayHold(ex, worker, key, "NACK") && ex.workerID() == "" {
+			if ex := c.t.lookup(n); ex != nil && c.mayHold(ex, worker, key, zmqx.Nack) && ex.workerID() == "" {
 				ex.fail(errNotTaken)
 			}
 		}
@@ -399,7 +399,7 @@ func (c *controlPlane) handleFrom(worker, key string, payload []byte) {
 		if !ok {
 			return
 		}
-		if ex := c.t.lookup(id); ex != nil && ex.upload != nil && c.mayHold(ex, worker, key, "UCREDIT") {
+		if ex := c.t.lookup(id); ex != nil && ex.upload != nil && c.mayHold(ex, worker, key, zmqx.UploadCredit) {
 			ex.upload.grant(m.N)
 		}
 	case zmqx.Reset:

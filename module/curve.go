@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/zmqbridge/caddy-zmq/internal/zcert"
+	"github.com/zmqbridge/caddy-zmq/internal/zmqx"
 )
 
 // Curve turns on CurveZMQ on every socket of the bridge (request, reply and
@@ -371,15 +372,15 @@ func (c *controlPlane) admit(worker, key string) bool {
 // mayHold reports whether worker (with CURVE key key) may send verb about
 // ex: a request that another worker acknowledged, or (with CURVE) whose
 // reply came from another key, is not its business.
-func (c *controlPlane) mayHold(ex *exchange, worker, key, verb string) bool {
+func (c *controlPlane) mayHold(ex *exchange, worker, key string, verb zmqx.Verb) bool {
 	if w := ex.workerID(); w != "" && w != worker {
 		c.t.warnPeer("dropping a control message about a request another worker holds", key,
-			zap.String("verb", verb), zap.String("worker", worker), zap.String("holder", w), zap.Uint64("conn_id", ex.id))
+			zap.Stringer("verb", verb), zap.String("worker", worker), zap.String("holder", w), zap.Uint64("conn_id", ex.id))
 		return false
 	}
 	if !ex.holderOK(key) {
 		c.t.warnPeer("dropping a control message about a request another worker key holds", key,
-			zap.String("verb", verb), zap.String("worker", worker), zap.Uint64("conn_id", ex.id))
+			zap.Stringer("verb", verb), zap.String("worker", worker), zap.Uint64("conn_id", ex.id))
 		return false
 	}
 	return true

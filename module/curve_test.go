@@ -16,6 +16,7 @@ import (
 	zmq "github.com/pebbe/zmq4"
 
 	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
+	"github.com/zmqbridge/caddy-zmq/internal/zmqx"
 )
 
 func mustKeyPair(t *testing.T) keyPair {
@@ -111,7 +112,7 @@ func rogueWorkerAttack(t *testing.T, curve bool) {
 				release = nil
 			default:
 			}
-			dealer.SendBytes([]byte("HB"), zmq.DONTWAIT)
+			dealer.SendBytes(zmqx.AppendHeartbeat(nil), zmq.DONTWAIT)
 			msg, err := pull.RecvBytes(0)
 			if err != nil {
 				continue
@@ -120,7 +121,7 @@ func rogueWorkerAttack(t *testing.T, curve bool) {
 			if err != nil || req.IsDisconnect() {
 				continue
 			}
-			dealer.SendBytes([]byte("ACK "+req.ConnID), 0)
+			dealer.SendBytes(zmqx.AppendAck(nil, req.ConnID), 0)
 			if req.Path != "/held" {
 				pub.SendBytes(mongrel2.AppendReplyOne(nil, req.Sender, req.ConnID, okReply("ready")[0]), 0)
 				continue
@@ -178,14 +179,20 @@ func rogueWorkerAttack(t *testing.T, curve bool) {
 			return tr.badReplies.Load() > before
 		})
 	}
-	for _, m := range []string{"HELLO 1", "NACK " + req.ConnID, "ACK " + req.ConnID, "UCREDIT " + req.ConnID + " 1000000", "RESET"} {
-		if _, err := dealer.SendBytes([]byte(m), 0); err != nil {
+	for _, m := range [][]byte{
+		zmqx.AppendHello(nil, 1),
+		zmqx.AppendNack(nil, req.ConnID),
+		zmqx.AppendAck(nil, req.ConnID),
+		zmqx.AppendUploadCredit(nil, req.ConnID, 1000000),
+		zmqx.AppendReset(nil),
+	} {
+		if _, err := dealer.SendBytes(m, 0); err != nil {
 			t.Fatal(err)
 		}
 	}
 	// Messages of one DEALER are handled in order: once this one is in,
 	// so is the attack.
-	dealer.SendBytes([]byte("HELLO 7"), 0)
+	dealer.SendBytes(zmqx.AppendHello(nil, 7), 0)
 	waitFor(t, "the rogue's messages to be handled", func() bool {
 		c := tr.control
 		c.mu.Lock()
