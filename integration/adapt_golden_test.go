@@ -24,10 +24,11 @@ const goldenUpdateCommand = "make build && go test ./integration/ -run TestCaddy
 // {$NAME:default}.
 var envVarRef = regexp.MustCompile(`\{\$([A-Za-z_][A-Za-z0-9_]*)`)
 
-// TestCaddyfilesGolden: `bin/caddy adapt` turns each file in caddyfiles/
-// into exactly the JSON checked in as integration/testdata/adapt/<file>.json,
-// so that a change in what a Caddyfile means (or in how the zmq directive
-// parses it) shows up in review. Every {$VAR} the file names is removed from
+// TestCaddyfilesGolden: `bin/caddy adapt` turns each file in caddyfiles/,
+// without a warning (e.g. "input is not formatted"), into JSON that uses the
+// zmq handler and is exactly the JSON checked in as
+// integration/testdata/adapt/<file>.json, so that a change in what a
+// Caddyfile means (or in how the zmq directive parses it) shows up in review. Every {$VAR} the file names is removed from
 // the environment, so the defaults written in the file apply whatever the
 // caller's environment holds.
 func TestCaddyfilesGolden(t *testing.T) {
@@ -47,6 +48,9 @@ func TestCaddyfilesGolden(t *testing.T) {
 		want[filepath.Base(golden)] = true
 		t.Run(name, func(t *testing.T) {
 			got := adaptNormalised(t, bin, f)
+			if !bytes.Contains(got, []byte(`"handler": "zmq"`)) {
+				t.Errorf(`adapted JSON has no "handler": "zmq":\n%s`, got)
+			}
 			if *updateGolden {
 				if err := os.MkdirAll(dir, 0o755); err != nil {
 					t.Fatal(err)
@@ -107,6 +111,11 @@ func adaptNormalised(t *testing.T, bin, file string) []byte {
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	if err := cmd.Run(); err != nil {
 		t.Fatalf("caddy adapt: %v\n%s", err, stderr.String())
+	}
+	// Caddy logs JSON ("level":"warn") when stderr is not a terminal, as
+	// here, and "WARN" on one.
+	if s := strings.TrimSpace(stderr.String()); strings.Contains(strings.ToLower(s), "warn") {
+		t.Errorf("caddy adapt warned:\n%s", s)
 	}
 	var v any
 	if err := json.Unmarshal(stdout.Bytes(), &v); err != nil {
