@@ -664,3 +664,13 @@ func sortedKeys[V any](m map[string]V) []string {
 	slices.Sort(keys)
 	return keys
 }
+
+// maxReadmeLines keeps the README readable in one sitting (issue 15): a
+// reference, with guides and lab notes in docs/.
+const maxReadmeLines = 400
+
+func TestReadmeShort(t *testing.T) {
+	if n := strings.Count(readReadme(t), "\n"); n > maxReadmeLines {
+		t.Errorf("README.md has %d lines, more than %d: move detail to docs/", n, maxReadmeLines)
+	}
+}
