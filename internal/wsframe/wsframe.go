@@ -56,25 +56,37 @@ func AcceptKey(key string) string {
 	return base64.StdEncoding.EncodeToString(sum[:])
 }
 
-// Errors a Reader returns; each maps to a close code with CloseCode.
+// ProtocolError is a client frame the server must refuse; Code is the
+// close code to send.
+type ProtocolError struct {
+	msg  string
+	Code int
+}
+
+func (e *ProtocolError) Error() string { return "websocket: " + e.msg }
+
+func protocolError(msg string) error { return &ProtocolError{msg: msg, Code: CloseProtocolError} }
+
+// Errors a Reader returns; each is a *ProtocolError.
 var (
-	ErrUnmasked          = errors.New("websocket: client frame is not masked")
-	ErrFragmentedControl = errors.New("websocket: fragmented control frame")
-	ErrControlTooLong    = errors.New("websocket: control frame payload over 125 bytes")
-	ErrStrayContinuation = errors.New("websocket: continuation frame without a message to continue")
-	ErrExpectedContinue  = errors.New("websocket: new data frame in the middle of a fragmented message")
-	ErrBadOpcode         = errors.New("websocket: reserved opcode")
-	ErrTooBig            = errors.New("websocket: message exceeds the size limit")
-	ErrBadLength         = errors.New("websocket: 64-bit length with the top bit set")
+	ErrUnmasked          = protocolError("client frame is not masked")
+	ErrFragmentedControl = protocolError("fragmented control frame")
+	ErrControlTooLong    = protocolError("control frame payload over 125 bytes")
+	ErrStrayContinuation = protocolError("continuation frame without a message to continue")
+	ErrExpectedContinue  = protocolError("new data frame in the middle of a fragmented message")
+	ErrBadOpcode         = protocolError("reserved opcode")
+	ErrBadLength         = protocolError("64-bit length with the top bit set")
+	ErrTooBig            = error(&ProtocolError{msg: "message exceeds the size limit", Code: CloseMessageTooBig})
 )
 
-// CloseCode is the close code a server sends for a Reader error: 1009 for
-// an oversized message, 1002 for a protocol violation.
+// CloseCode is the close code a server sends for a Reader error, and 0 for
+// errors that are not the client's protocol violations (I/O errors).
 func CloseCode(err error) int {
-	if errors.Is(err, ErrTooBig) {
-		return CloseMessageTooBig
+	var pe *ProtocolError
+	if errors.As(err, &pe) {
+		return pe.Code
 	}
-	return CloseProtocolError
+	return 0
 }
 
 // Message is one client message as Mongrel2 hands it to a handler. Flags

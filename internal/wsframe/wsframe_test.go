@@ -108,7 +108,7 @@ func TestReadMessage(t *testing.T) {
 }
 
 func TestCloseCode(t *testing.T) {
-	if CloseCode(ErrTooBig) != 1009 || CloseCode(ErrUnmasked) != 1002 {
+	if CloseCode(ErrTooBig) != 1009 || CloseCode(ErrUnmasked) != 1002 || CloseCode(io.ErrUnexpectedEOF) != 0 {
 		t.Fatal("wrong close codes")
 	}
 }
