@@ -204,6 +204,8 @@ type server struct {
 	// members are the responses that joined a Group; ended at shutdown.
 	members       map[*member]struct{}
 	membersClosed bool // shutting down: Join fails
+	// websockets are the accepted WebSockets, by connection (websocket.go).
+	websockets map[flightKey]*WSConn
 }
 
 // frontEnd is the run-time state of one FrontEnd. Its request socket is
@@ -423,6 +425,7 @@ func (w *Worker) serve(ctx context.Context, force <-chan struct{}) error {
 	// Group members would keep the worker forever: end their responses
 	// now, so that their clients reconnect to a worker that stays.
 	s.endMembers()
+	s.endWebSockets()
 
 	done := make(chan struct{})
 	go func() { pulls.Wait(); s.handlers.Wait(); close(done) }()
@@ -938,7 +941,10 @@ func (s *server) admit(fe *frontEnd, msg []byte) *flight {
 			fe.log.Info("ignoring JSON message", "conn", req.ConnID, "body", printable(req.Body, 200))
 		}
 		return nil
-	case "XML", "WEBSOCKET":
+	case "WEBSOCKET":
+		s.deliverWebSocket(fe, req, req.Header("FLAGS")) // websocket.go
+		return nil
+	case "XML":
 		fe.log.Info("ignoring unsupported message", "method", method, "conn", req.ConnID)
 		return nil
 	}
@@ -1220,6 +1226,7 @@ func (s *server) serveRequest(fl *flight) {
 	fe, req, ctx, flow, up := fl.key.fe, fl.req, fl.ctx, fl.flow, fl.upload
 	fl.req, fl.ctx = nil, nil // a Group member keeps its flight, not the request
 	joined := false
+	var rw *responseWriter
 	defer func() {
 		if up != nil {
 			// The handler is done with the body, whether it read it all
@@ -1238,7 +1245,9 @@ func (s *server) serveRequest(fl *flight) {
 			fl.cancel()
 		}
 		s.running.Add(-1)
-		<-s.sem
+		if rw == nil || !rw.slotFreed {
+			<-s.sem
+		}
 		s.handlers.Done()
 	}()
 	r, err := buildRequest(ctx, req)
@@ -1267,14 +1276,19 @@ func (s *server) serveRequest(fl *flight) {
 			r.Body = failedBody{errUploadUnavailable}
 		}
 	}
-	rw := getResponseWriter(fe, ctx, req.Sender, req.ConnID, r.Method, r.ProtoMajor, r.ProtoMinor)
+	rw = getResponseWriter(fe, ctx, req.Sender, req.ConnID, r.Method, r.ProtoMajor, r.ProtoMinor)
 	rw.flow, rw.fl = flow, fl
 	if r.Method == "WEBSOCKET_HANDSHAKE" {
-		rw.errorResponse(http.StatusNotImplemented, "WebSocket is not supported by this worker\n")
-		rw.release()
+		r = prepareHandshake(rw, r, req.Body)
+	}
+	ok := s.runHandler(rw, r)
+	if rw.ws != nil {
+		// The WebSocket's methods may still be called from the handler's
+		// goroutines: the writer is closed, not recycled.
+		rw.ws.finish(ok)
 		return
 	}
-	if s.runHandler(rw, r) {
+	if ok {
 		rw.finish()
 	}
 	if rw.joined {
@@ -1298,6 +1312,9 @@ func (s *server) runHandler(rw *responseWriter, r *http.Request) (ok bool) {
 		if !abort {
 			buf := make([]byte, 64<<10)
 			logPanic(rw.fe.log, p, buf[:runtime.Stack(buf, false)], rw.connID)
+		}
+		if rw.ws != nil {
+			return // its caller closes the WebSocket (1011)
 		}
 		rw.fail(abort)
 	}()
