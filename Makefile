@@ -37,7 +37,7 @@ CADDY_SRCS := $(shell find module internal -name '*.go' ! -name '*_test.go' 2>/d
 # Everything that ends up in the workers.
 WORKERKIT_SRCS := $(shell find workerkit internal -name '*.go' ! -name '*_test.go' ! -path 'workerkit/examples/*' 2>/dev/null)
 
-WORKERS := $(BIN)/hello-worker $(BIN)/echo-worker $(BIN)/testworker $(BIN)/chaosworker $(BIN)/chat-worker
+WORKERS := $(BIN)/hello-worker $(BIN)/echo-worker $(BIN)/testworker $(BIN)/chaosworker $(BIN)/chat-worker $(BIN)/wschat-worker
 
 DEB_PACKAGES := libzmq3-dev pkg-config mongrel2-core wrk python3-zmq curl iproute2 chromium
 
@@ -127,6 +127,9 @@ $(BIN)/chaosworker: $(WORKERKIT_SRCS) $(wildcard integration/chaosworker/*.go) g
 
 $(BIN)/chat-worker: $(WORKERKIT_SRCS) $(wildcard workerkit/examples/chat/*.go) go.mod go.sum | deps
 	$(call go_build,./workerkit/examples/chat)
+
+$(BIN)/wschat-worker: $(WORKERKIT_SRCS) $(wildcard workerkit/examples/wschat/*.go) go.mod go.sum | deps
+	$(call go_build,./workerkit/examples/wschat)
 
 $(BIN)/testworker: $(WORKERKIT_SRCS) $(wildcard integration/testworker/*.go) go.mod go.sum | deps
 	$(call go_build,./integration/testworker)
