@@ -7,6 +7,7 @@ import (
 	"net"
 	"os/exec"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -139,4 +140,175 @@ func TestWebSocketMongrel2Handler(t *testing.T) {
 	if out := py.out.String(); strings.Contains(out, "Traceback") {
 		t.Fatalf("m2ws.py failed:\n%s", tail(out, 40))
 	}
+}
+
+// wschatBin is bin/wschat-worker (make build).
+func wschatBin(t testing.TB) string {
+	return needFile(t, repoPath("bin", "wschat-worker"), "run make build")
+}
+
+// startWSChat runs caddyfiles/websockets.Caddyfile (HTTPS too) with one
+// wschat worker on its control channel.
+func startWSChat(t *testing.T, env map[string]string) (*caddy, *process) {
+	t.Helper()
+	bin := wschatBin(t)
+	c := startCaddy(t, caddyOpts{Config: "caddyfiles/websockets.Caddyfile", HTTPS: true, Env: env})
+	w := startProcess(t, "wschat", command(t, bin, "-frontend", c.FrontEndControl(), "-ping", "0"))
+	waitControlWorkers(t, c, 1, w)
+	return c, w
+}
+
+// echoToken sends tok on ws and wants it back, as text.
+func echoToken(ws *wsclient.Conn, tok string) error {
+	if err := ws.WriteText(tok); err != nil {
+		return err
+	}
+	b0, p, err := ws.ReadFrame()
+	if err != nil {
+		return err
+	}
+	if b0 != 0x81 || string(p) != tok {
+		return fmt.Errorf("sent %q, got %#x %q", tok, b0, p)
+	}
+	return nil
+}
+
+// TestWebSocketWorkerkit: the wschat example behind a real Caddy: a reload
+// keeps sockets open, 1000 concurrent sockets never see another's token, a
+// 16 MiB message goes each way with bounded memory, a killed worker's
+// clients get 1011 within the liveness bound, and Caddy's shutdown sends
+// 1001.
+func TestWebSocketWorkerkit(t *testing.T) {
+	c, w := startWSChat(t, nil)
+	first := mustDialWS(t, c, true, "/echo", c.proc, w)
+	if err := echoToken(first, "before reload"); err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("reload keeps sockets open", func(t *testing.T) {
+		// Messages keep flowing while the config is replaced.
+		errc := make(chan error, 1)
+		stop := make(chan struct{})
+		go func() {
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					errc <- nil
+					return
+				default:
+				}
+				if err := echoToken(first, fmt.Sprintf("during reload %d", i)); err != nil {
+					errc <- err
+					return
+				}
+			}
+		}()
+		if err := c.Reload(map[string]string{"WS_MAX_MESSAGE": "32MiB"}); err != nil {
+			close(stop)
+			t.Fatal(err)
+		}
+		close(stop)
+		if err := <-errc; err != nil {
+			t.Fatalf("socket broke during the reload: %v", err)
+		}
+		if err := echoToken(first, "after reload"); err != nil {
+			t.Fatal(err)
+		}
+	})
+
+	t.Run("1000 sockets, own tokens", func(t *testing.T) {
+		const n = 1000
+		conns := make([]*wsclient.Conn, n)
+		errs := make(chan error, n)
+		sem := make(chan struct{}, 32)
+		for i := range n {
+			sem <- struct{}{}
+			go func() {
+				defer func() { <-sem }()
+				ws, err := dialWS(t, c, false, "/echo")
+				conns[i] = ws
+				errs <- err
+			}()
+		}
+		for range n {
+			if err := <-errs; err != nil {
+				t.Fatalf("opening sockets: %v", err)
+			}
+		}
+		// Every socket open at once exchanges its own tokens.
+		for i := range n {
+			go func() {
+				for k := range 3 {
+					if err := echoToken(conns[i], fmt.Sprintf("socket %d token %d %s", i, k, newToken("ws"))); err != nil {
+						errs <- fmt.Errorf("socket %d: %w", i, err)
+						return
+					}
+				}
+				errs <- nil
+			}()
+		}
+		for range n {
+			if err := <-errs; err != nil {
+				t.Fatal(err)
+			}
+		}
+		for _, ws := range conns {
+			ws.Close()
+		}
+	})
+
+	t.Run("16 MiB each way", func(t *testing.T) {
+		ws := mustDialWS(t, c, false, "/echo", c.proc, w)
+		_ = ws.SetDeadline(time.Now().Add(2 * requestTimeout))
+		msg := bytes.Repeat([]byte("0123456789abcdef"), 1<<20) // 16 MiB
+		rss := startRSS(t, c.proc, w)
+		done := make(chan error, 1)
+		go func() { done <- ws.WriteFrame(0x82, msg) }()
+		b0, p, err := ws.ReadFrame()
+		if err != nil || b0 != 0x82 || !bytes.Equal(p, msg) {
+			t.Fatalf("16 MiB echo: %#x, %d bytes, %v", b0, len(p), err)
+		}
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+		// Each side holds the message a few times over (reassembled,
+		// framed for ZeroMQ, in flight): bounded by the message size, not
+		// growing with traffic.
+		rss.Check("16 MiB each way", 8*16*sMiB)
+	})
+
+	t.Run("worker killed: 1011 within the liveness bound", func(t *testing.T) {
+		ws := mustDialWS(t, c, false, "/echo", c.proc, w)
+		if err := echoToken(ws, "alive"); err != nil {
+			t.Fatal(err)
+		}
+		killed := time.Now()
+		if err := syscall.Kill(pidOf(w), syscall.SIGKILL); err != nil {
+			t.Fatal(err)
+		}
+		code, err := ws.ReadClose()
+		if err != nil || code != 1011 {
+			t.Fatalf("after the worker died: close %d (%v), want 1011", code, err)
+		}
+		took := time.Since(killed)
+		t.Logf("close 1011 %s after the kill", took.Round(time.Millisecond))
+		if took > 5*time.Second {
+			t.Errorf("1011 took %s, past the liveness bound", took)
+		}
+	})
+
+	t.Run("Caddy shutdown sends 1001", func(t *testing.T) {
+		w2 := startProcess(t, "wschat-2", command(t, wschatBin(t), "-frontend", c.FrontEndControl(), "-ping", "0"))
+		ws := mustDialWS(t, c, true, "/echo", c.proc, w2)
+		if err := echoToken(ws, "alive"); err != nil {
+			t.Fatal(err)
+		}
+		stopped := make(chan error, 1)
+		go func() { stopped <- c.proc.Stop() }()
+		code, err := ws.ReadClose()
+		if err != nil || code != 1001 {
+			t.Fatalf("at Caddy's shutdown: close %d (%v), want 1001", code, err)
+		}
+		<-stopped
+	})
 }
