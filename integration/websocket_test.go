@@ -2,10 +2,15 @@ package integration
 
 import (
 	"bytes"
+	"crypto/sha256"
 	"crypto/tls"
+	"encoding/base64"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
+	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -311,4 +316,64 @@ func TestWebSocketWorkerkit(t *testing.T) {
 		}
 		<-stopped
 	})
+}
+
+// TestWebSocketBrowser: headless Chromium opens the wschat page through
+// Caddy over HTTPS and exchanges text and binary messages with the worker
+// over wss://. Chromium does not trust Caddy's private CA: it is told to
+// accept the certificate whose key the test read from Caddy (the Go
+// clients of the other tests verify the chain).
+func TestWebSocketBrowser(t *testing.T) {
+	if _, err := os.Stat(chromiumPath); err != nil {
+		t.Skipf("%s is not installed (Debian package chromium): skipping the browser test", chromiumPath)
+	}
+	c, w := startWSChat(t, nil)
+	mustDialWS(t, c, true, "/echo", c.proc, w).Close() // the site's certificate is issued
+	b := startBrowser(t, c.HTTPSURL("/"), "--ignore-certificate-errors-spki-list="+leafSPKI(t, c))
+	var state string
+	err := poll(startTimeout, b.exited, func() error {
+		if err := b.eval(`(document.getElementById("state") || {}).textContent || ""`, &state); err != nil {
+			return err
+		}
+		if state != "connected" {
+			return fmt.Errorf("page state %q", state)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatalf("the page's WebSocket did not open: %v", err)
+	}
+	tok := newToken("browser")
+	if err := b.eval(`(ws.send(`+strconv.Quote(tok)+`), document.getElementById("bin").click(), true)`, new(bool)); err != nil {
+		t.Fatal(err)
+	}
+	want := []string{tok, "binary 1,2,3,255", "binary message of 4 bytes"}
+	var got []string
+	err = poll(requestTimeout, b.exited, func() error {
+		if err := b.eval(`received`, &got); err != nil {
+			return err
+		}
+		for _, s := range want {
+			if !slices.Contains(got, s) {
+				return fmt.Errorf("page received %q, waiting for %q", got, s)
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+// leafSPKI is the base64 SHA-256 of the public key of the certificate Caddy
+// serves for localhost.
+func leafSPKI(t *testing.T, c *caddy) string {
+	t.Helper()
+	conn, err := tls.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", c.HTTPSPort), &tls.Config{RootCAs: c.roots, ServerName: "localhost"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	sum := sha256.Sum256(conn.ConnectionState().PeerCertificates[0].RawSubjectPublicKeyInfo)
+	return base64.StdEncoding.EncodeToString(sum[:])
 }
