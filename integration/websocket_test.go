@@ -377,3 +377,44 @@ func leafSPKI(t *testing.T, c *caddy) string {
 	sum := sha256.Sum256(conn.ConnectionState().PeerCertificates[0].RawSubjectPublicKeyInfo)
 	return base64.StdEncoding.EncodeToString(sum[:])
 }
+
+// TestWebSocketAffinity: with two workers, each socket's messages reach the
+// worker that took its handshake (over the control channel), never the
+// other: each wschat worker has its own room, so a message sent to the
+// wrong worker would be dropped there and never come back to its sender.
+func TestWebSocketAffinity(t *testing.T) {
+	c, w1 := startWSChat(t, nil)
+	w2 := startProcess(t, "wschat-2", command(t, wschatBin(t), "-frontend", c.FrontEndControl(), "-ping", "0"))
+	waitControlWorkers(t, c, 2, w1, w2)
+	const n = 16
+	errs := make(chan error, n)
+	for i := range n {
+		ws := mustDialWS(t, c, false, "/ws", c.proc, w1, w2)
+		go func() {
+			for k := range 5 {
+				tok := fmt.Sprintf("socket %d message %d %s", i, k, newToken("aff"))
+				if err := ws.WriteText(tok); err != nil {
+					errs <- err
+					return
+				}
+				// Others' messages in the same room come too: skip them.
+				for {
+					b0, p, err := ws.ReadFrame()
+					if err != nil {
+						errs <- fmt.Errorf("socket %d waiting for %q: %w", i, tok, err)
+						return
+					}
+					if b0 == 0x81 && string(p) == tok {
+						break
+					}
+				}
+			}
+			errs <- nil
+		}()
+	}
+	for range n {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+}
