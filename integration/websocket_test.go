@@ -1,12 +1,15 @@
 package integration
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/sha256"
 	"crypto/tls"
 	"encoding/base64"
 	"fmt"
+	"io"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"slices"
@@ -16,7 +19,10 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/net/http2"
+
 	"github.com/zmqbridge/caddy-zmq/internal/wsclient"
+	"github.com/zmqbridge/caddy-zmq/internal/wsframe"
 )
 
 // WebSockets end to end (docs/websockets.md): a real bin/caddy with
@@ -416,5 +422,46 @@ func TestWebSocketAffinity(t *testing.T) {
 		if err := <-errs; err != nil {
 			t.Fatal(err)
 		}
+	}
+}
+
+// TestWebSocketHTTP2: with GODEBUG=http2xconnect=1 Caddy's HTTP/2 server
+// offers extended CONNECT (RFC 8441); a WebSocket opened that way reaches
+// the worker as the HTTP/1.1 upgrade it knows, and frames flow on the
+// stream both ways.
+func TestWebSocketHTTP2(t *testing.T) {
+	c, w := startWSChat(t, map[string]string{"GODEBUG": "http2xconnect=1"})
+	mustDialWS(t, c, true, "/echo", c.proc, w).Close() // the certificate is issued
+	// golang.org/x/net/http2's Transport, used directly: net/http's
+	// refuses the :protocol pseudo-header before HTTP/2 sees it.
+	tr := &http2.Transport{TLSClientConfig: &tls.Config{RootCAs: c.roots, ServerName: "localhost"}}
+	defer tr.CloseIdleConnections()
+	client := &http.Client{Transport: tr}
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	req, _ := http.NewRequest(http.MethodConnect, c.HTTPSURL("/echo"), pr)
+	req.Header.Set(":protocol", "websocket")
+	req.Header.Set("Sec-WebSocket-Version", "13")
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || resp.ProtoMajor != 2 {
+		t.Fatalf("extended CONNECT: %s over %s", resp.Status, resp.Proto)
+	}
+	br := bufio.NewReader(resp.Body)
+	for i := range 3 {
+		tok := fmt.Sprintf("over h2 %d %s", i, newToken("h2"))
+		go pw.Write(wsframe.AppendMasked(nil, 0x81, []byte(tok), [4]byte{1, 2, 3, 4}))
+		b0, p, err := wsframe.ReadServerFrame(br, 0)
+		if err != nil || b0 != 0x81 || string(p) != tok {
+			t.Fatalf("echo over h2: %#x %q %v, want %q", b0, p, err, tok)
+		}
+	}
+	go pw.Write(wsframe.AppendMasked(nil, 0x88, []byte{0x03, 0xE8}, [4]byte{1, 2, 3, 4}))
+	b0, p, err := wsframe.ReadServerFrame(br, 0)
+	if err != nil || b0 != 0x88 || !bytes.Equal(p, []byte{0x03, 0xE8}) {
+		t.Fatalf("close echo over h2: %#x % x %v", b0, p, err)
 	}
 }

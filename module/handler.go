@@ -44,7 +44,7 @@ const maxPooledBody = 1 << 20
 
 // ServeHTTP hands r to a worker and writes back its reply.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
-	if isWebSocketUpgrade(r) {
+	if isWebSocketUpgrade(r) || isExtendedConnect(r) {
 		return h.serveWebSocket(w, r) // websocket.go
 	}
 	st := statePool.Get().(*requestState)

@@ -72,9 +72,11 @@ type wsSession struct {
 	ip     string
 	path   string
 
-	noAck   bool // no ACK came for the handshake (reader goroutine only)
-	conn    net.Conn
-	writeMu sync.Mutex // the reader answers protocol errors while replies flow
+	noAck bool // no ACK came for the handshake (reader goroutine only)
+	conn  wsConn
+	// extended: an HTTP/2 or HTTP/3 extended CONNECT (websocket_h2.go).
+	extended bool
+	writeMu  sync.Mutex // the reader answers protocol errors while replies flow
 }
 
 // serveWebSocket runs one WebSocket to its end.
@@ -91,7 +93,13 @@ func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request) error {
 	}
 	s := &wsSession{h: h, t: t, p: p, ex: ex, r: r,
 		connID: string(mongrel2.AppendUint(nil, ex.id)), ip: clientIP(r), path: r.URL.EscapedPath()}
-	accept := wsframe.AcceptKey(r.Header.Get("Sec-Websocket-Key"))
+	if isExtendedConnect(r) {
+		// The worker sees the HTTP/1.1 upgrade it knows (as reverse_proxy
+		// sends upstream); its 101 becomes the 200 of the CONNECT.
+		s.extended = true
+		s.r = asUpgrade(r)
+	}
+	accept := wsframe.AcceptKey(s.r.Header.Get("Sec-Websocket-Key"))
 	if err := t.submit(s.message("WEBSOCKET_HANDSHAKE", 0, []byte(accept)), ex); err != nil {
 		return h.fail(w, r, http.StatusServiceUnavailable, err)
 	}
@@ -114,20 +122,30 @@ func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request) error {
 		// written as for any request, then the exchange ends.
 		return s.relayRefusal(w, first)
 	}
-	conn, brw, err := http.NewResponseController(w).Hijack()
-	if err != nil {
-		t.notifyDisconnect(ex)
-		return h.fail(w, r, http.StatusInternalServerError, fmt.Errorf("taking over the connection: %w", err))
+	var br *bufio.Reader
+	if s.extended {
+		stream, rest, err := openExtendedStream(w, r, first)
+		if err != nil {
+			t.notifyDisconnect(ex)
+			return h.fail(w, r, http.StatusBadGateway, err)
+		}
+		s.conn, br, first = stream, bufio.NewReader(r.Body), rest
+	} else {
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			t.notifyDisconnect(ex)
+			return h.fail(w, r, http.StatusInternalServerError, fmt.Errorf("taking over the connection: %w", err))
+		}
+		// The server's read and write deadlines (Caddy's idle timeouts)
+		// were set for HTTP; a quiet WebSocket must not trip them.
+		_ = conn.SetDeadline(time.Time{})
+		s.conn, br = conn, brw.Reader
 	}
-	// The server's read and write deadlines (Caddy's idle timeouts) were
-	// set for HTTP; a quiet WebSocket must not trip them.
-	_ = conn.SetDeadline(time.Time{})
-	s.conn = conn
 	t.websockets.Add(1)
 	defer t.websockets.Done()
-	defer conn.Close()
-	h.logger.Debug("websocket open", zap.String("conn_id", s.connID), zap.String("uri", r.RequestURI))
-	s.run(brw.Reader, first)
+	defer s.conn.Close()
+	h.logger.Debug("websocket open", zap.String("conn_id", s.connID), zap.String("uri", r.RequestURI), zap.String("proto", r.Proto))
+	s.run(br, first)
 	return nil
 }
 
