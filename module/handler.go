@@ -13,6 +13,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
+	"github.com/zmqbridge/caddy-zmq/internal/zmqx"
 	"github.com/zmqbridge/caddy-zmq/module/internal/httpreply"
 )
 
@@ -158,7 +159,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 
 // dispatchGrace covers the ACK's trip back from a worker that started a
 // request just before its deadline.
-const dispatchGrace = 250 * time.Millisecond
+const dispatchGrace = zmqx.DispatchGrace
 
 var errNotTaken = errors.New("no worker took the request by its dispatch deadline")
 
@@ -221,7 +222,7 @@ func (h *Handler) exchange(w http.ResponseWriter, r *http.Request, st *requestSt
 	}
 	h.encodeHeaders(&st.enc, r, path, bodyLen, ip, p.ControlEndpoint != "", dispatchBy, up, false)
 	if streaming {
-		st.enc.Add("ZMQX_BODY", "stream")
+		st.enc.Add(zmqx.HeaderBody, zmqx.BodyStream)
 	}
 	buf := requestFrames.get()
 	*buf = mongrel2.AppendRequest(*buf, p.sender, string(connID), path, st.enc.Bytes(), body)

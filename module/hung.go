@@ -4,6 +4,7 @@ import (
 	"errors"
 	"time"
 
+	"github.com/zmqbridge/caddy-zmq/internal/zmqx"
 	"go.uber.org/zap"
 )
 
@@ -122,7 +123,7 @@ func (c *controlPlane) sweepHung(now time.Time, hungAfter time.Duration) {
 		switch {
 		case ch.pause:
 			n := c.t.failHung(ch.wi)
-			c.send(ch.id, []byte("PAUSE"))
+			c.send(ch.id, zmqx.AppendPause(nil))
 			c.logger.Warn("worker hung: it answers nothing; paused (no new requests) until it answers or its cool-down ends",
 				zap.String("worker", ch.id), zap.Duration("unanswered_for", ch.since),
 				zap.Duration("hung_timeout", hungAfter), zap.Int("requests_retried", n))
@@ -131,7 +132,7 @@ func (c *controlPlane) sweepHung(now time.Time, hungAfter time.Duration) {
 				zap.String("worker", ch.id), zap.Duration("unanswered_for", ch.since),
 				zap.Duration("hung_timeout", hungAfter))
 		case ch.resume:
-			c.send(ch.id, []byte("RESUME"))
+			c.send(ch.id, zmqx.AppendResume(nil))
 			c.logger.Info("worker recovered: it answers again, or holds no request", zap.String("worker", ch.id))
 		case ch.retake:
 			if n := c.t.failHung(ch.wi); n > 0 {

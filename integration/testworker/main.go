@@ -13,8 +13,8 @@
 //	/big?bytes=N      N bytes of a fixed pattern (see bigPattern)
 //	anything else     JSON echo of the request (type echo)
 //
-// On every path ?status=N sets the status and ?sleep=DURATION delays the
-// answer. Every response carries "X-Worker: <name>", two Set-Cookie headers,
+// On every path ?status=N sets the status, ?sleep=DURATION delays the
+// answer and ?header=NAME:VALUE (repeatable) adds a response header. Every response carries "X-Worker: <name>", two Set-Cookie headers,
 // and "X-Echo-Token: <token>" when the request had an X-Token header.
 package main
 
@@ -125,6 +125,11 @@ func handler(name string) http.Handler {
 		h.Add("Set-Cookie", "b=2; Path=/")
 		if tok := r.Header.Get("X-Token"); tok != "" {
 			h.Set("X-Echo-Token", tok)
+		}
+		for _, kv := range q["header"] {
+			if k, v, ok := strings.Cut(kv, ":"); ok {
+				h.Add(k, strings.TrimSpace(v))
+			}
 		}
 		if d, err := time.ParseDuration(q.Get("sleep")); err == nil && d > 0 {
 			select {
