@@ -465,3 +465,46 @@ func TestWebSocketHTTP2(t *testing.T) {
 		t.Fatalf("close echo over h2: %#x % x %v", b0, p, err)
 	}
 }
+
+// TestWebSocketInteropMongrel2: a real Mongrel2 in front of the workerkit
+// WebSocket example: the other direction of interop.
+func TestWebSocketInteropMongrel2(t *testing.T) {
+	m := startMongrel2(t)
+	w := startProcess(t, "wschat", command(t, wschatBin(t), "-frontend", m.FrontEnd(), "-ping", "0"))
+	var ws *wsclient.Conn
+	err := poll(startTimeout, anyExited([]*process{m.proc, w}), func() error {
+		conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", m.Port))
+		if err != nil {
+			return err
+		}
+		_ = conn.SetDeadline(time.Now().Add(3 * time.Second))
+		ws, _, err = wsclient.Handshake(conn, "localhost", "/echo", nil)
+		if err != nil {
+			conn.Close()
+		}
+		return err
+	})
+	if err != nil {
+		t.Fatalf("handshake through Mongrel2: %v", err)
+	}
+	defer ws.Close()
+	_ = ws.SetDeadline(time.Now().Add(requestTimeout))
+	if err := echoToken(ws, newToken("m2")); err != nil {
+		t.Fatal(err)
+	}
+	bin := bytes.Repeat([]byte{7, 0, 255}, 30000)
+	if err := ws.WriteFrame(0x82, bin); err != nil {
+		t.Fatal(err)
+	}
+	expectFrame(t, ws, 0x82, bin)
+	if err := ws.WriteFrame(0x89, []byte("p")); err != nil {
+		t.Fatal(err)
+	}
+	expectFrame(t, ws, 0x8A, []byte("p"))
+	if err := ws.WriteFrame(0x88, []byte{0x03, 0xE8}); err != nil {
+		t.Fatal(err)
+	}
+	if code, err := ws.ReadClose(); err != nil || code != 1000 {
+		t.Fatalf("close through Mongrel2: %d (%v)", code, err)
+	}
+}

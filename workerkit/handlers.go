@@ -52,6 +52,7 @@ func (s *server) serveRequest(fl *flight) {
 	fe, req, ctx, flow, up := fl.key.fe, fl.req, fl.ctx, fl.flow, fl.upload
 	fl.req, fl.ctx = nil, nil // a Group member keeps its flight, not the request
 	joined := false
+	var rw *responseWriter
 	defer func() {
 		if up != nil {
 			// The handler is done with the body, whether it read it all
@@ -70,7 +71,9 @@ func (s *server) serveRequest(fl *flight) {
 			fl.cancel()
 		}
 		s.running.Add(-1)
-		<-s.sem
+		if rw == nil || !rw.slotFreed {
+			<-s.sem // an accepted WebSocket gave its slot back already
+		}
 		s.handlers.Done()
 	}()
 	r, err := buildRequest(ctx, req)
@@ -99,14 +102,19 @@ func (s *server) serveRequest(fl *flight) {
 			r.Body = failedBody{errUploadUnavailable}
 		}
 	}
-	rw := getResponseWriter(fe, ctx, req.Sender, req.ConnID, r.Method, r.ProtoMajor, r.ProtoMinor)
+	rw = getResponseWriter(fe, ctx, req.Sender, req.ConnID, r.Method, r.ProtoMajor, r.ProtoMinor)
 	rw.flow, rw.fl = flow, fl
 	if r.Method == "WEBSOCKET_HANDSHAKE" {
-		rw.errorResponse(http.StatusNotImplemented, "WebSocket is not supported by this worker\n")
-		rw.release()
+		r = prepareHandshake(rw, r, req.Body) // websocket.go
+	}
+	ok := s.runHandler(rw, r)
+	if rw.ws != nil {
+		// The WebSocket's methods may still be called from the handler's
+		// goroutines: the writer is closed, not recycled.
+		rw.ws.finish(ok)
 		return
 	}
-	if s.runHandler(rw, r) {
+	if ok {
 		rw.finish()
 	}
 	if rw.joined {
@@ -130,6 +138,9 @@ func (s *server) runHandler(rw *responseWriter, r *http.Request) (ok bool) {
 		if !abort {
 			buf := make([]byte, 64<<10)
 			logPanic(rw.fe.log, p, buf[:runtime.Stack(buf, false)], rw.connID)
+		}
+		if rw.ws != nil {
+			return // its caller closes the WebSocket (1011)
 		}
 		rw.fail(abort)
 	}()

@@ -204,7 +204,7 @@ func (rw *responseWriter) sendRaw(b []byte) error {
 // deliverWebSocket queues a client message for its connection. It runs on
 // the request socket's owner (or the control connection's), so it never
 // blocks.
-func (s *server) deliverWebSocket(fe *frontEnd, req *mongrel2.Request, flags string) {
+func (s *server) deliverWebSocket(fe *frontEndConn, req *mongrel2.Request, flags string) {
 	s.mu.Lock()
 	c := s.websockets[flightKey{fe, req.ConnID}]
 	s.mu.Unlock()

@@ -91,7 +91,7 @@ func (c *WSConn) leaveGroups() {
 
 // wsPart is the members one reply can reach: same front end and sender.
 type wsPart struct {
-	fe     *frontEnd
+	fe     *frontEndConn
 	sender string
 }
 
