@@ -3,6 +3,7 @@ package workerkit
 import (
 	"bytes"
 	"net/http"
+	"strconv"
 	"strings"
 	"testing"
 
@@ -162,3 +163,58 @@ func TestWebSocketGroup(t *testing.T) {
 }
 
 func strconvI(i int) string { return string(mongrel2.AppendUint(nil, uint64(i))) }
+
+// A slow client slows the writer: WriteMessage sends within the reply
+// credit and waits for more.
+func TestWebSocketFlowControl(t *testing.T) {
+	const window = 64 << 10
+	blocked := flowHook(t)
+	f := newTestFECtl(t)
+	msg := bytes.Repeat([]byte("0123456789abcdef"), 1<<16) // 1 MiB
+	wrote := make(chan error, 1)
+	h := func(w http.ResponseWriter, r *http.Request) {
+		c, err := AcceptWebSocket(w, r, nil)
+		if err != nil {
+			wrote <- err
+			return
+		}
+		wrote <- c.WriteMessage(BinaryMessage, msg)
+		_, _, _ = c.ReadMessage() // until the client goes
+	}
+	startWorker(t, &Worker{FrontEnds: []FrontEnd{f.fe}, Handler: http.HandlerFunc(h)})
+	id := f.ctlWait("HELLO", func(m ctlMsg) bool { return strings.HasPrefix(m.body, "HELLO") }).id
+	f.request("7", treq{method: "WEBSOCKET_HANDSHAKE", uri: "/ws", body: "acceptkey", window: strconv.Itoa(window)})
+	f.ctlWaitBody("ACK 7")
+	var got []byte
+	read := func(until int) {
+		t.Helper()
+		for len(got) < until {
+			body, err := f.next("7", waitTimeout)
+			if err != nil {
+				t.Fatalf("after %d bytes: %v", len(got), err)
+			}
+			got = append(got, body...)
+		}
+	}
+	recvWithin(t, blocked, "the writer to block on credit")
+	read(window - minCreditChunk)
+	if len(got) > window {
+		t.Fatalf("received %d bytes on a window of %d", len(got), window)
+	}
+	select {
+	case err := <-wrote:
+		t.Fatalf("WriteMessage returned (%v) with most of the message unsent", err)
+	default:
+	}
+	f.ctlSend(id, "CREDIT 7 "+strconv.Itoa(2<<20))
+	if err := recvWithin(t, wrote, "WriteMessage"); err != nil {
+		t.Fatal(err)
+	}
+	head := "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: acceptkey\r\n\r\n"
+	want := append([]byte(head), wsframe.AppendFrame(nil, BinaryMessage, msg)...)
+	read(len(want))
+	if !bytes.Equal(got, want) {
+		t.Fatalf("stream of %d bytes differs from the %d expected", len(got), len(want))
+	}
+	f.ctlSend(id, "DISCONNECT 7")
+}
