@@ -52,7 +52,7 @@ func (s *server) serveRequest(fl *flight) {
 	fe, req, ctx, flow, up := fl.key.fe, fl.req, fl.ctx, fl.flow, fl.upload
 	fl.req, fl.ctx = nil, nil // a Group member keeps its flight, not the request
 	joined := false
-	var rw *responseWriter
+	slotFreed := false // an accepted WebSocket gave its slot back already
 	defer func() {
 		if up != nil {
 			// The handler is done with the body, whether it read it all
@@ -71,8 +71,8 @@ func (s *server) serveRequest(fl *flight) {
 			fl.cancel()
 		}
 		s.running.Add(-1)
-		if rw == nil || !rw.slotFreed {
-			<-s.sem // an accepted WebSocket gave its slot back already
+		if !slotFreed {
+			<-s.sem
 		}
 		s.handlers.Done()
 	}()
@@ -102,12 +102,13 @@ func (s *server) serveRequest(fl *flight) {
 			r.Body = failedBody{errUploadUnavailable}
 		}
 	}
-	rw = getResponseWriter(fe, ctx, req.Sender, req.ConnID, r.Method, r.ProtoMajor, r.ProtoMinor)
+	rw := getResponseWriter(fe, ctx, req.Sender, req.ConnID, r.Method, r.ProtoMajor, r.ProtoMinor)
 	rw.flow, rw.fl = flow, fl
 	if r.Method == "WEBSOCKET_HANDSHAKE" {
 		r = prepareHandshake(rw, r, req.Body) // websocket.go
 	}
 	ok := s.runHandler(rw, r)
+	slotFreed = rw.slotFreed // rw may be recycled before the deferred call
 	if rw.ws != nil {
 		// The WebSocket's methods may still be called from the handler's
 		// goroutines: the writer is closed, not recycled.
