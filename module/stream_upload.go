@@ -1,6 +1,7 @@
 package caddyzmq
 
 import (
+	"errors"
 	"io"
 	"net/http"
 	"sync"
@@ -139,8 +140,10 @@ func (h *Handler) pumpUpload(r *http.Request, t *transport, ex *exchange, done <
 			msg.Free()
 		case h.MaxRequestBody > 0 && sent+int64(n) > h.MaxRequestBody:
 			msg.Free()
-			t.control.send(worker, zmqx.AppendBodyErr(nil, ex.id))
+			// The exchange fails first: a reply the worker makes of the
+			// broken body must not reach the client, who gets 413.
 			ex.fail(errUploadTooLarge)
+			t.control.send(worker, zmqx.AppendBodyErr(nil, ex.id))
 			return
 		default:
 			t.control.sendOwned(worker, msg, head+n)
@@ -151,8 +154,13 @@ func (h *Handler) pumpUpload(r *http.Request, t *transport, ex *exchange, done <
 			return
 		}
 		if err != nil {
-			h.logger.Info("client request body failed during a streamed upload",
-				zap.Uint64("conn_id", ex.id), zap.Error(err))
+			var mbe *http.MaxBytesError
+			if errors.As(err, &mbe) {
+				ex.fail(errUploadTooLarge) // Caddy's own request_body limit
+			} else {
+				h.logger.Info("client request body failed during a streamed upload",
+					zap.Uint64("conn_id", ex.id), zap.Error(err))
+			}
 			t.control.send(worker, zmqx.AppendBodyErr(nil, ex.id))
 			return
 		}
