@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 
 	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
@@ -83,7 +84,7 @@ type wsSession struct {
 func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request) error {
 	p := h.selectPool(r, w, 0)
 	if p == nil {
-		return h.fail(w, r, http.StatusServiceUnavailable, errNoWorker)
+		return wsError(r, http.StatusServiceUnavailable, errNoWorker)
 	}
 	t := p.transport
 	ex := t.register(int(h.MaxBufferedReply), false)
@@ -101,7 +102,7 @@ func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request) error {
 	}
 	accept := wsframe.AcceptKey(s.r.Header.Get("Sec-Websocket-Key"))
 	if err := t.submit(s.message("WEBSOCKET_HANDSHAKE", 0, []byte(accept)), ex); err != nil {
-		return h.fail(w, r, http.StatusServiceUnavailable, err)
+		return wsError(r, http.StatusServiceUnavailable, err)
 	}
 	first, err := s.awaitHandshake()
 	if err != nil {
@@ -112,10 +113,8 @@ func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request) error {
 			status = http.StatusGatewayTimeout
 		case errors.Is(err, errNoWorker), errors.Is(err, errStopped):
 			status = http.StatusServiceUnavailable
-		case r.Context().Err() != nil:
-			return nil // the client left
 		}
-		return h.fail(w, r, status, err)
+		return wsError(r, status, err)
 	}
 	if !bytes.HasPrefix(first, []byte("HTTP/1.1 101 ")) {
 		// The worker refused the upgrade with an ordinary response: it is
@@ -127,14 +126,14 @@ func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request) error {
 		stream, rest, err := openExtendedStream(w, r, first)
 		if err != nil {
 			t.notifyDisconnect(ex)
-			return h.fail(w, r, http.StatusBadGateway, err)
+			return wsError(r, http.StatusBadGateway, err)
 		}
 		s.conn, br, first = stream, bufio.NewReader(r.Body), rest
 	} else {
 		conn, brw, err := http.NewResponseController(w).Hijack()
 		if err != nil {
 			t.notifyDisconnect(ex)
-			return h.fail(w, r, http.StatusInternalServerError, fmt.Errorf("taking over the connection: %w", err))
+			return wsError(r, http.StatusInternalServerError, fmt.Errorf("taking over the connection: %w", err))
 		}
 		// The server's read and write deadlines (Caddy's idle timeouts)
 		// were set for HTTP; a quiet WebSocket must not trip them.
@@ -147,6 +146,15 @@ func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request) error {
 	h.logger.Debug("websocket open", zap.String("conn_id", s.connID), zap.String("uri", r.RequestURI), zap.String("proto", r.Proto))
 	s.run(br, first)
 	return nil
+}
+
+// wsError hands a failed handshake to Caddy's error handling (handle_errors,
+// its error log), as the handler's other failures are.
+func wsError(r *http.Request, status int, err error) error {
+	if r.Context().Err() != nil {
+		status = statusClientClosed
+	}
+	return caddyhttp.Error(status, fmt.Errorf("zmq: websocket: %w", err))
 }
 
 var errReplyTimeout = errors.New("no reply to the WebSocket handshake within reply_timeout")
@@ -193,7 +201,7 @@ func (s *wsSession) relayRefusal(w http.ResponseWriter, first []byte) error {
 			if err := rr.Feed(body); err != nil {
 				s.t.notifyDisconnect(s.ex)
 				if !rr.HeadDone() {
-					return s.h.fail(w, s.r, http.StatusBadGateway, fmt.Errorf("bad reply to a WebSocket handshake: %w", err))
+					return wsError(s.r, http.StatusBadGateway, fmt.Errorf("bad reply to a WebSocket handshake: %w", err))
 				}
 				return nil
 			}
