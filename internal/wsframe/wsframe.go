@@ -236,9 +236,15 @@ func grow(b []byte, n int) []byte {
 }
 
 // unmaskAt XORs p with the masking key, starting at key offset 0 (each
-// frame has its own key).
+// frame has its own key), eight bytes at a time where it can.
 func unmaskAt(p []byte, key [4]byte) {
-	for i := range p {
+	k32 := binary.LittleEndian.Uint32(key[:])
+	k64 := uint64(k32) | uint64(k32)<<32
+	i := 0
+	for ; i+8 <= len(p); i += 8 {
+		binary.LittleEndian.PutUint64(p[i:], binary.LittleEndian.Uint64(p[i:])^k64)
+	}
+	for ; i < len(p); i++ {
 		p[i] ^= key[i&3]
 	}
 }

@@ -168,3 +168,22 @@ func FuzzReadMessage(f *testing.F) {
 		}
 	})
 }
+
+// The word-at-a-time unmasking equals the byte-wise definition for every
+// length and alignment.
+func TestUnmask(t *testing.T) {
+	for n := range 40 {
+		p := make([]byte, n)
+		for i := range p {
+			p[i] = byte(i * 7)
+		}
+		want := append([]byte(nil), p...)
+		for i := range want {
+			want[i] ^= key[i%4]
+		}
+		unmaskAt(p, key)
+		if !bytes.Equal(p, want) {
+			t.Fatalf("n=%d: % x, want % x", n, p, want)
+		}
+	}
+}
