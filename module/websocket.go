@@ -16,6 +16,7 @@ import (
 
 	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
 	"github.com/zmqbridge/caddy-zmq/internal/wsframe"
+	"github.com/zmqbridge/caddy-zmq/internal/zmqx"
 )
 
 // WebSockets follow Mongrel2's handler protocol (src/connection.c,
@@ -392,8 +393,7 @@ func (s *wsSession) forward(m wsframe.Message) error {
 	buf := s.message("WEBSOCKET", m.Flags, m.Payload)
 	if c := s.t.control; c != nil {
 		if wk := s.worker(); wk != "" {
-			p := make([]byte, 0, len(*buf)+4)
-			p = append(append(p, "REQ "...), *buf...)
+			p := zmqx.AppendReq(make([]byte, 0, len(*buf)+8), *buf)
 			requestFrames.put(buf)
 			select {
 			case c.in <- ctlMsg{worker: wk, payload: p}:
