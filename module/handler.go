@@ -128,6 +128,9 @@ type call struct {
 
 // ServeHTTP hands r to a worker and writes back its reply.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	if h.Broadcast != nil {
+		return h.serveBroadcast(w, r) // broadcast.go
+	}
 	if isWebSocketUpgrade(r) || isExtendedConnect(r) {
 		return h.serveWebSocket(w, r) // websocket.go
 	}

@@ -47,7 +47,11 @@ func (s *server) handlerLoop(fl *flight) {
 	}
 }
 
-func (s *server) serveRequest(fl *flight) {
+func (s *server) serveRequest(fl *flight) { s.serveWith(fl, s.h) }
+
+// serveWith answers fl with h and reports whether h returned normally (it
+// did not panic).
+func (s *server) serveWith(fl *flight, h http.Handler) (ok bool) {
 	// flow and upload were set before this goroutine started, and stay.
 	fe, req, ctx, flow, up := fl.key.fe, fl.req, fl.ctx, fl.flow, fl.upload
 	fl.req, fl.ctx = nil, nil // a Group member keeps its flight, not the request
@@ -83,7 +87,7 @@ func (s *server) serveRequest(fl *flight) {
 		rw.flow = flow
 		rw.errorResponse(http.StatusBadRequest, "Bad Request\n")
 		rw.release()
-		return
+		return true
 	}
 	if fl.stream {
 		r.ContentLength = fl.length
@@ -107,13 +111,13 @@ func (s *server) serveRequest(fl *flight) {
 	if r.Method == "WEBSOCKET_HANDSHAKE" {
 		r = prepareHandshake(rw, r, req.Body) // websocket.go
 	}
-	ok := s.runHandler(rw, r)
+	ok = s.runHandler(rw, r, h)
 	slotFreed = rw.slotFreed // rw may be recycled before the deferred call
 	if rw.ws != nil {
 		// The WebSocket's methods may still be called from the handler's
 		// goroutines: the writer is closed, not recycled.
 		rw.ws.finish(ok)
-		return
+		return ok
 	}
 	if ok {
 		rw.finish()
@@ -122,14 +126,15 @@ func (s *server) serveRequest(fl *flight) {
 		// The Group owns the response now; the writer is not recycled, as
 		// the handler's goroutines might still hold it.
 		joined = true
-		return
+		return ok
 	}
 	rw.release()
+	return ok
 }
 
 // runHandler calls the handler and reports whether it returned normally. A
 // panic must cost one response, never the worker.
-func (s *server) runHandler(rw *responseWriter, r *http.Request) (ok bool) {
+func (s *server) runHandler(rw *responseWriter, r *http.Request, h http.Handler) (ok bool) {
 	defer func() {
 		if ok {
 			return
@@ -145,6 +150,6 @@ func (s *server) runHandler(rw *responseWriter, r *http.Request) (ok bool) {
 		}
 		rw.fail(abort)
 	}()
-	s.h.ServeHTTP(rw, r)
+	h.ServeHTTP(rw, r)
 	return true
 }

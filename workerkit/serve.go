@@ -79,6 +79,8 @@ type server struct {
 	membersClosed bool // shutting down: Join fails
 	// websockets are the accepted WebSockets, by connection (websocket.go).
 	websockets map[flightKey]*WSConn
+
+	sessions *sessionTable // nil without Worker.PinnedSessions (pinned.go)
 }
 
 // frontEndConn is the run-time state of one FrontEnd. Its request socket is
@@ -166,6 +168,7 @@ func (w *Worker) serveUntil(ctx context.Context, force <-chan struct{}) error {
 		inflight: make(map[flightKey]*flight),
 		members:  make(map[*member]struct{}),
 	}
+	s.sessions = newSessionTable(s, w.PinnedSessions)
 	nSockets := 0
 	for i, f := range w.FrontEnds {
 		fe := &frontEndConn{

@@ -52,6 +52,9 @@ type Worker struct {
 	// same front end must not share an ID. At most 255 printable ASCII
 	// characters without spaces.
 	ID string
+	// PinnedSessions, if set, runs each session's requests on one OS
+	// thread of its own (see PinnedSessions). Default: off.
+	PinnedSessions *PinnedSessions
 }
 
 // NewWorkerID returns a random worker id, "wk-" and 16 lowercase hex digits,
