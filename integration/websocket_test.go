@@ -508,3 +508,47 @@ func TestWebSocketInteropMongrel2(t *testing.T) {
 		t.Fatalf("close through Mongrel2: %d (%v)", code, err)
 	}
 }
+
+// TestWebSocketBrowserMongrel2Handler: headless Chromium exchanges text and
+// binary messages over wss:// through Caddy with Mongrel2's own WebSocket
+// echo handler (testdata/m2ws.py).
+func TestWebSocketBrowserMongrel2Handler(t *testing.T) {
+	if _, err := os.Stat(chromiumPath); err != nil {
+		t.Skipf("%s is not installed (Debian package chromium): skipping the browser test", chromiumPath)
+	}
+	c := startCaddy(t, caddyOpts{Config: "caddyfiles/websockets.Caddyfile", HTTPS: true})
+	py := startPythonWS(t, c.Endpoint("ZMQ_REQUESTS"), c.Endpoint("ZMQ_REPLIES"))
+	mustDialWS(t, c, true, "/echo", c.proc, py).Close()
+	b := startBrowser(t, c.HTTPSURL("/"), "--ignore-certificate-errors-spki-list="+leafSPKI(t, c))
+	tok := newToken("m2browser")
+	script := `window.got = []; window.sock = new WebSocket("wss://" + location.host + "/echo");
+		sock.binaryType = "arraybuffer";
+		sock.onopen = () => { sock.send(` + strconv.Quote(tok) + `); sock.send(new Uint8Array([0, 128, 255])); };
+		sock.onmessage = (e) => got.push(typeof e.data === "string" ? e.data : "binary " + new Uint8Array(e.data).join(","));
+		true`
+	err := poll(startTimeout, b.exited, func() error {
+		// The page itself, not the about:blank before it.
+		var ready string
+		if err := b.eval(`location.protocol + document.readyState`, &ready); err != nil || ready != "https:complete" {
+			return fmt.Errorf("page %q (%v)", ready, err)
+		}
+		return b.eval(script, new(bool))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{tok, "binary 0,128,255"}
+	var got []string
+	err = poll(requestTimeout, b.exited, func() error {
+		if err := b.eval(`window.got`, &got); err != nil {
+			return err
+		}
+		if !slices.Equal(got, want) {
+			return fmt.Errorf("page received %q, want %q", got, want)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+}
