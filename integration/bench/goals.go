@@ -101,16 +101,17 @@ func caseWorkerCPU(c *CaseReport) (float64, bool) {
 // runs, or other processes busy (CPU per request suffers less from them than
 // requests/s does, but not nothing).
 func goalNote(cs ...*CaseReport) string {
-	note := ""
+	noisy := 0.0
 	for _, c := range cs {
-		switch {
-		case c.Flagged:
-			note = "unreliable: errors/failures in " + c.Name
-		case c.OtherCPU > noisyPercent && note == "":
-			note = fmt.Sprintf("noisy: other processes used up to %.0f%% CPU", c.OtherCPU)
+		if c.Flagged {
+			return "unreliable: errors/failures in " + c.Name
 		}
+		noisy = max(noisy, c.OtherCPU)
 	}
-	return note
+	if noisy > noisyPercent {
+		return fmt.Sprintf("noisy: other processes used up to %.0f%% CPU", noisy)
+	}
+	return ""
 }
 
 // printGoals prints the goals table, if any goal's cases were run.
