@@ -49,6 +49,12 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    broadcast          [<timeout> [<max_answer bytes>]]  # ask every live worker (NDJSON)
 //	    retries            <n>              # idempotent requests whose worker was lost
 //	    heartbeat          <duration>|off
+//	    curve {                             # CurveZMQ on every socket (docs/security.md)
+//	        secret_key      <z85>           # or secret_key_file; default: generated, kept in Caddy's storage
+//	        secret_key_file <path>
+//	        allow           <z85>...        # allowed worker public keys (repeatable)
+//	        allow_dir       <dir>           # or every *.key zcert file in a directory
+//	    }
 //
 //	    # several pools instead of the endpoints above, picked per request
 //	    # with reverse_proxy's selection policies
@@ -58,6 +64,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	        control_endpoint <endpoint>
 //	        # or: workers bind, Caddy connects (one line per worker)
 //	        to <worker_request_endpoint> <worker_reply_endpoint>
+//	        plaintext        # no CURVE on this pool (plain Mongrel2 handlers)
 //	    }
 //	    lb_policy <name> [<options...>]
 //	}
@@ -183,6 +190,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("bad retries %q", d.Val())
 			}
 			h.Retries = n
+		case "curve":
+			h.Curve = new(Curve)
+			if err := h.Curve.UnmarshalCaddyfile(d); err != nil {
+				return err
+			}
+			continue
 		case "pool":
 			p, err := unmarshalPool(d)
 			if err != nil {
@@ -243,6 +256,13 @@ func unmarshalPool(d *caddyfile.Dispenser) (Pool, error) {
 	}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		opt := d.Val()
+		if opt == "plaintext" {
+			p.Plaintext = true
+			if d.NextArg() {
+				return p, d.Errf("plaintext takes no argument")
+			}
+			continue
+		}
 		if !d.NextArg() {
 			return p, d.ArgErr()
 		}

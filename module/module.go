@@ -199,6 +199,13 @@ type Handler struct {
 	// handler believes matched. Default: "/".
 	Pattern string `json:"pattern,omitempty"`
 
+	// Curve turns on CurveZMQ (encryption and authentication) on every
+	// socket of every pool but those marked plaintext: Caddy is the CURVE
+	// server and only workers whose public key is allowed may connect.
+	// See docs/security.md. Default: off (plaintext; binding a non-loopback
+	// address then logs a warning).
+	Curve *Curve `json:"curve,omitempty"`
+
 	// Heartbeat is the ZMTP heartbeat interval on both sockets; a peer
 	// silent for five intervals is dropped, so a dead or frozen worker
 	// stops receiving requests. 0 uses the default; a negative value turns
@@ -303,6 +310,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 
 	h.poolsByDial = make(map[string]*poolRuntime, len(h.Pools))
+	curve, err := h.provisionCurve(ctx)
+	if err != nil {
+		return err
+	}
 	for _, p := range h.Pools {
 		cfg := transportConfig{
 			requestEndpoint: p.RequestEndpoint,
@@ -311,6 +322,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			controlEndpoint: p.ControlEndpoint,
 			sender:          h.senderFor(p),
 			heartbeat:       max(time.Duration(h.Heartbeat), 0),
+			maxReplyFrame:   max(h.MaxBufferedReply, h.ReplyWindow) + replyFrameSlack,
+		}
+		if curve != nil && !p.Plaintext {
+			cfg.curveSecret = curve.kp.secret
 		}
 		key := cfg.key()
 		// The logger of the first config that binds the sockets serves
@@ -344,6 +359,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			return fmt.Errorf("zmq: endpoints %s and %s are in use with another sender_id or control_endpoint; "+
 				"changing those needs new endpoints or a restart", p.RequestEndpoint, p.ReplyEndpoint)
 		}
+		if err := h.attachCurve(t, cfg, curve, p); err != nil {
+			_ = h.Cleanup()
+			return err
+		}
 		if t.cfg.heartbeat != cfg.heartbeat {
 			h.logger.Warn("heartbeat change takes effect when the endpoints are bound anew (restart)",
 				zap.String("pool", p.Name))
@@ -359,6 +378,11 @@ func (h *Handler) Validate() error {
 	}
 	if err := h.validatePools(); err != nil {
 		return err
+	}
+	if h.Curve != nil {
+		if err := h.Curve.validate(); err != nil {
+			return err
+		}
 	}
 	if h.Affinity != nil {
 		if err := h.Affinity.validate(); err != nil {

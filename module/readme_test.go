@@ -71,6 +71,7 @@ var readmeDefaults = map[string]func(readme string) error{
 	"retries":            isInt(1), // set by Provision
 	"affinity":           isText("off"),
 	"broadcast":          isText("off"),
+	"curve":              isText("off"),
 	"pool":               isText("one pool"),
 	"lb_policy":          isText("random"), // RandomSelection in Provision
 }

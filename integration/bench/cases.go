@@ -79,6 +79,8 @@ func helloCases() []Case {
 		// The most any Caddy handler serves over HTTPS; the checks' ceiling
 		// column needs it.
 		{Name: "https/respond", Kind: "respond", TLS: true, Default: true, Setup: setupRespond(true)},
+		// zmq with CurveZMQ on both sockets (curve.go), against zmq.
+		{Name: "zmq+curve", Kind: "zmq+curve", Default: true, Setup: setupZmqCurve(false)},
 		// Not in the default set: zmq with the control channel (zmqx/1:
 		// ACKs and reply credit) switched on.
 		{Name: "zmq+control", Kind: "zmq+control", Setup: setupZmqControl},
@@ -95,6 +97,8 @@ func largeCases() []Case {
 		largeCase("download/reverse_proxy", "reverse_proxy", false, setupReverseProxyEcho),
 		largeCase("upload/zmq+control", "zmq+control", true, setupZmqControlEcho),
 		largeCase("upload/reverse_proxy", "reverse_proxy", true, setupReverseProxyEcho),
+		largeCase("download/zmq+control+curve", "zmq+control+curve", false, setupZmqControlEchoCurve),
+		largeCase("upload/zmq+control+curve", "zmq+control+curve", true, setupZmqControlEchoCurve),
 		// Not in the default set: a bigger reply window (credit per
 		// request), to see how much of the download gap is the window.
 		func() Case {

@@ -91,9 +91,15 @@ func main() {
 	flag.Var(&fes, "frontend", "front end `requests,replies` endpoints (repeatable; default tcp://127.0.0.1:9997,tcp://127.0.0.1:9996)")
 	name := flag.String("name", "testworker", "value of the X-Worker response header")
 	maxConc := flag.Int("max-concurrent", 0, "Worker.MaxConcurrent (0: workerkit's default)")
+	var curve workerkit.CurveFlags
+	curve.Register(flag.CommandLine)
 	flag.Parse()
 	if len(fes) == 0 {
 		_ = fes.Set("tcp://127.0.0.1:9997,tcp://127.0.0.1:9996")
+	}
+	if err := curve.Apply(fes); err != nil {
+		fmt.Fprintln(os.Stderr, "testworker:", err)
+		os.Exit(2)
 	}
 	out.w = os.Stdout
 

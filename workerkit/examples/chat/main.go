@@ -187,9 +187,14 @@ func main() {
 	flag.Var(frontEnds.Bind(), "bind", workerkit.BindUsage)
 	maxConc := flag.Int("max-concurrent", workerkit.DefaultMaxConcurrent, "handlers running at once (listeners do not count)")
 	pingEvery := flag.Duration("ping", 15*time.Second, "send a comment to idle listeners this often (0: never)")
+	var curve workerkit.CurveFlags
+	curve.Register(flag.CommandLine)
 	flag.Parse()
 	if len(frontEnds) == 0 {
 		frontEnds = workerkit.FrontEndList{workerkit.DefaultFrontEnd}
+	}
+	if err := curve.Apply(frontEnds); err != nil {
+		log.Fatal(err)
 	}
 
 	mux := http.NewServeMux()
