@@ -15,7 +15,6 @@
 package main
 
 import (
-	"errors"
 	"flag"
 	"fmt"
 	"log"
@@ -41,20 +40,32 @@ func main() {
 		fmt.Fprintln(os.Stderr, "floorworker: -frontend needs REQUESTS,REPLIES")
 		os.Exit(2)
 	}
-	if err := serve(req, rep); err != nil {
+	zctx, err := zmq.NewContext()
+	if err != nil {
+		log.Fatal("floorworker: ", err)
+	}
+	if err := serve(zctx, req, rep); err != nil {
 		log.Fatal("floorworker: ", err)
 	}
 }
 
-// serve connects the two sockets and answers requests until an error.
-func serve(reqEndpoint, repEndpoint string) error {
-	pull, err := zmq.NewSocket(zmq.PULL)
+// serve connects the two sockets and answers requests until an error, or
+// until zctx is terminated (nil).
+func serve(zctx *zmq.Context, reqEndpoint, repEndpoint string) error {
+	pull, err := zctx.NewSocket(zmq.PULL)
 	if err != nil {
 		return fmt.Errorf("PULL socket: %w", err)
 	}
-	pub, err := zmq.NewSocket(zmq.PUB)
+	defer pull.Close()
+	pub, err := zctx.NewSocket(zmq.PUB)
 	if err != nil {
 		return fmt.Errorf("PUB socket: %w", err)
+	}
+	defer pub.Close()
+	for _, s := range []*zmq.Socket{pull, pub} {
+		if err := s.SetLinger(0); err != nil {
+			return fmt.Errorf("linger: %w", err)
+		}
 	}
 	if err := pull.Connect(reqEndpoint); err != nil {
 		return fmt.Errorf("connect %s: %w", reqEndpoint, err)
@@ -68,10 +79,13 @@ func serve(reqEndpoint, repEndpoint string) error {
 	)
 	for {
 		msg, err := pull.RecvBytes(0)
-		if err != nil {
-			if errors.Is(err, syscall.EINTR) {
-				continue
-			}
+		switch {
+		case err == nil:
+		case zmq.AsErrno(err) == zmq.ETERM:
+			return nil
+		case zmq.AsErrno(err) == zmq.Errno(syscall.EINTR):
+			continue
+		default:
 			return fmt.Errorf("receive: %w", err)
 		}
 		r, err := mongrel2.ParseRequest(msg)
@@ -83,8 +97,13 @@ func serve(reqEndpoint, repEndpoint string) error {
 			continue
 		}
 		out = mongrel2.AppendReplyOne(out[:0], r.Sender, r.ConnID, resp.bytes(time.Now()))
-		if _, err := pub.SendBytes(out, 0); err != nil && !errors.Is(err, syscall.EINTR) {
-			return fmt.Errorf("send: %w", err)
+		if _, err := pub.SendBytes(out, 0); err != nil {
+			if zmq.AsErrno(err) == zmq.ETERM {
+				return nil
+			}
+			if zmq.AsErrno(err) != zmq.Errno(syscall.EINTR) {
+				return fmt.Errorf("send: %w", err)
+			}
 		}
 	}
 }
