@@ -37,6 +37,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    stream_timeout     <duration>
 //	    max_request_body   <size>           # 413 past it, e.g. 10MB
 //	    max_buffered_reply <size>
+//	    websocket_max_message <size>        # close 1009 past it (default 16MiB)
 //	    upload_temp_store  <pattern>        # Mongrel2 temp-file uploads, e.g. /tmp/upload.XXXXXX
 //	    upload_threshold   <size>           # bodies above it go through the file (default 20480)
 //	    reply_window       <size>           # credit per request on the control channel
@@ -132,7 +133,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			case "hung_timeout":
 				h.HungTimeout = caddy.Duration(dur)
 			}
-		case "max_request_body", "max_buffered_reply", "reply_window", "upload_threshold":
+		case "max_request_body", "max_buffered_reply", "reply_window", "upload_threshold", "websocket_max_message":
 			if !d.NextArg() {
 				return d.ArgErr()
 			}
@@ -149,6 +150,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.ReplyWindow = size
 			case "upload_threshold":
 				h.UploadThreshold = size
+			case "websocket_max_message":
+				h.WebSocketMaxMessage = size
 			}
 		case "max_inflight":
 			if !d.NextArg() {

@@ -160,6 +160,11 @@ type Handler struct {
 	// queued frames). Default: 64 MiB.
 	MaxBufferedReply int64 `json:"max_buffered_reply,omitempty"`
 
+	// WebSocketMaxMessage bounds a WebSocket message from a client, all
+	// its fragments together; past it the client gets close 1009.
+	// Default: 16 MiB.
+	WebSocketMaxMessage int64 `json:"websocket_max_message,omitempty"`
+
 	// MaxInflight bounds the requests in flight per pool (streams
 	// included). Past it a request waits up to QueueTimeout for a slot,
 	// then gets 503, so a flood cannot grow memory without bound. Default:
@@ -265,6 +270,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	if h.MaxBufferedReply == 0 {
 		h.MaxBufferedReply = DefaultMaxBufferedReply
+	}
+	if h.WebSocketMaxMessage == 0 {
+		h.WebSocketMaxMessage = DefaultWebSocketMaxMessage
 	}
 	if h.MaxInflight == 0 {
 		h.MaxInflight = DefaultMaxInflight
@@ -407,7 +415,7 @@ func (h *Handler) Validate() error {
 	if h.MaxInflight < 0 || h.QueueTimeout < 0 {
 		return fmt.Errorf("zmq: max_inflight and queue_timeout must not be negative")
 	}
-	if h.MaxRequestBody < 0 || h.MaxBufferedReply < 0 {
+	if h.MaxRequestBody < 0 || h.MaxBufferedReply < 0 || h.WebSocketMaxMessage < 0 {
 		return fmt.Errorf("zmq: size limits must not be negative")
 	}
 	return nil

@@ -118,6 +118,9 @@ type transport struct {
 	pending map[uint64]*exchange
 	ids     *rand.ChaCha8 // connection ids (connid.go), under mu
 
+	// websockets counts open WebSockets, which Destruct lets close.
+	websockets sync.WaitGroup
+
 	// peers counts the workers connected to the request socket that can
 	// take a request (their handshake ended), conns all connected ones,
 	// from libzmq's socket monitor (see peerCounter); a pool with no
@@ -190,6 +193,7 @@ func (t *transport) Destruct() error {
 		ex.fail(errStopped)
 	}
 	t.mu.Unlock()
+	t.awaitWebSockets(wsShutdownWait)
 	return nil
 }
 

@@ -26,7 +26,11 @@ type Report struct {
 	Params          Params       `json:"params"`
 	Cases           []CaseReport `json:"cases"`
 	Checks          []Check      `json:"checks"`
-	Failed          bool         `json:"failed"` // a run failed or counted errors
+	// Goals are the CPU-per-request cost goals (goals.go): Caddy's
+	// CPU per zmq request beyond respond's, and workerkit's CPU per request
+	// over the floor worker's behind the same front end.
+	Goals  []Check `json:"goals,omitempty"`
+	Failed bool    `json:"failed"` // a run failed or counted errors
 }
 
 type Params struct {
@@ -176,6 +180,7 @@ func (rep *Report) finish(cases []Case, results [][]Run) {
 		rep.Cases = append(rep.Cases, cr)
 	}
 	rep.Checks = rep.checks()
+	rep.Goals = rep.goals()
 }
 
 // find returns the case of that group and kind, nil if it was not run.
@@ -428,6 +433,7 @@ func printReport(w io.Writer, rep *Report) {
 		fmt.Fprintln(w, "ceiling: the ratio if zmq's Caddy cost only what respond's does (the module's own work free), from")
 		fmt.Fprintln(w, "CPU/request with wrk's included, since worker, wrk and Caddy share the machine's cores.")
 	}
+	printGoals(w, rep.Goals)
 	for _, c := range rep.Cases {
 		if c.Flagged {
 			fmt.Fprintf(w, "\n! %s:", c.Name)
