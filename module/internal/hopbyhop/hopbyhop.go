@@ -12,9 +12,10 @@ import "golang.org/x/net/http/httpguts"
 // libcurl still sends, and Alt-Svc, which advertises the front end's own
 // protocols and so is Caddy's to send, not a worker's).
 //
-// Upgrade and Connection: upgrade go too: the front end does not pass
-// protocol upgrades (WebSockets) to workers, so a worker must never see a
-// request that looks like one it could take over.
+// Upgrade and Connection: upgrade go too: a worker must never see an
+// ordinary request that looks like one it could take over. The one upgrade
+// the front end bridges, WebSocket, it passes on explicitly (module's
+// websocket.go), as reverse_proxy re-adds them.
 var fields = [...]string{
 	"Alt-Svc",
 	"Connection",
