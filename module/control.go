@@ -61,6 +61,8 @@ type controlPlane struct {
 	// hungAfter is the handler's hung_timeout (0: off). The last config
 	// provisioned on these sockets sets it.
 	hungAfter atomic.Int64
+
+	controlObs // operator's view: history and counts (drain.go)
 }
 
 type workerInfo struct {
@@ -78,6 +80,8 @@ type workerInfo struct {
 	paused       bool // told PAUSE: it takes no new requests
 	pausedAt     time.Time
 	trips        int // pauses since it last answered anything
+
+	workerObs // operator's view and drain (drain.go)
 }
 
 func newControlPlane(t *transport, endpoint string) *controlPlane {
@@ -222,11 +226,15 @@ func (c *controlPlane) deliver(router *zmq.Socket, m ctlMsg) {
 		// connection is gone); only the buffer is left to free.
 		if err := zmqio.SendOwned(router, m.body, m.bodyLen, zmq.DONTWAIT); err != nil {
 			m.release()
+		} else {
+			c.t.bytesUp.Add(uint64(m.bodyLen))
 		}
 		return
 	}
 	if _, err := router.SendBytes(m.payload, zmq.DONTWAIT); err != nil {
 		c.undeliverable(m.payload)
+	} else {
+		c.t.bytesUp.Add(uint64(len(m.payload)))
 	}
 }
 
@@ -278,6 +286,7 @@ func (c *controlPlane) receive(in *zmqio.Receiver, rs *ctlScratch) {
 				return
 			}
 		}
+		c.t.bytesDown.Add(uint64(len(payload)))
 		c.handle(string(id), payload)
 	}
 }
@@ -290,6 +299,7 @@ func (c *controlPlane) handle(worker string, payload []byte) {
 	if wi == nil {
 		wi = &workerInfo{lastProgress: now}
 		c.workers[worker] = wi
+		c.noteJoined(worker, wi, now)
 		c.logger.Info("worker joined the control channel", zap.String("worker", worker))
 	}
 	wi.lastSeen = now
@@ -298,9 +308,9 @@ func (c *controlPlane) handle(worker string, payload []byte) {
 		wi.maxConcurrent, _ = strconv.Atoi(string(arg))
 		wi.draining = false
 	case "BYE":
-		wi.draining = true
+		wi.draining, wi.since = true, now
 	}
-	repause := string(verb) == "HELLO" && wi.paused
+	repause := string(verb) == "HELLO" && (wi.paused || wi.drained)
 	c.mu.Unlock()
 	if repause {
 		// A new connection of a worker we had paused: the pause was sent
@@ -398,6 +408,7 @@ func (c *controlPlane) sweep(now time.Time) {
 	for id, wi := range c.workers {
 		if now.Sub(wi.lastSeen) > workerDeadAfter {
 			lost = append(lost, gone{id, wi.draining})
+			c.noteLost(id, wi, now)
 			delete(c.workers, id)
 			c.lost[id] = now
 		}
@@ -447,5 +458,5 @@ func (c *controlPlane) isLive(worker string) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	wi := c.workers[worker]
-	return wi != nil && !wi.draining && !wi.paused && time.Since(wi.lastSeen) <= workerDeadAfter
+	return wi != nil && !wi.draining && !wi.drained && !wi.paused && time.Since(wi.lastSeen) <= workerDeadAfter
 }

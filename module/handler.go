@@ -35,6 +35,8 @@ type requestState struct {
 	timer *time.Timer
 	// dispatchTimer fires at a request's dispatch deadline (plus grace).
 	dispatchTimer *time.Timer
+	// pool is the pool of the latest attempt, for metrics.
+	pool *poolRuntime
 }
 
 var statePool = sync.Pool{New: func() any { return new(requestState) }}
@@ -55,6 +57,8 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 			qf.frame.release()
 		}
 		clear(st.frames[:cap(st.frames)]) // earlier, longer takes left pointers past len
+		h.countOutcome(r, st)
+		st.pool = nil
 		st.rr.Release()
 		st.lazyBody, st.bodyConsumed = false, false
 		statePool.Put(st)
@@ -120,6 +124,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		case errors.Is(err, errNotTaken):
 			// No worker started it by its dispatch deadline, and none
 			// will: sending it again is safe for every method.
+			p.metrics().resends.Inc()
 			h.logger.Debug("re-sending a request no worker took in time", zap.String("uri", r.RequestURI))
 			continue
 		case errors.Is(err, errNoWorker), errors.Is(err, errQueueFull), errors.Is(err, errBusy):
@@ -139,8 +144,10 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 					// and it is taken back only while the budget allows.
 					// The reply timeout still bounds the whole.
 					msg = "retrying idempotent request taken back from a hung worker"
+					p.metrics().retriesHung.Inc()
 				} else {
 					retries++
+					p.metrics().retriesLost.Inc()
 				}
 				h.logger.Warn(msg, zap.String("method", r.Method), zap.String("uri", r.RequestURI), zap.Int("retries", retries))
 				continue
@@ -184,6 +191,7 @@ func (h *Handler) poolIndex(p *poolRuntime) int {
 // retryable marks a request that ServeHTTP would retry if its worker were
 // lost: only those are taken back from a hung worker.
 func (h *Handler) exchange(w http.ResponseWriter, r *http.Request, st *requestState, p *poolRuntime, body []byte, up *uploadSpool, replyBy time.Time, retryable bool) error {
+	st.pool = p
 	if err := p.acquire(r, time.Duration(h.QueueTimeout)); err != nil {
 		return err
 	}
@@ -370,6 +378,9 @@ func (h *Handler) exchange(w http.ResponseWriter, r *http.Request, st *requestSt
 
 		frames, xerr := ex.take(st.frames[:0])
 		st.frames = frames
+		if !gotFrames && len(frames) > 0 {
+			p.metrics().observeFirstByte(replyBy.Add(-time.Duration(h.ReplyTimeout)))
+		}
 		gotFrames = gotFrames || len(frames) > 0
 		for i, qf := range frames {
 			owed += len(qf.body)
@@ -480,6 +491,7 @@ func (h *Handler) readBody(r *http.Request, buf []byte) ([]byte, int, error) {
 // fail answers the client with status and a short reason, and logs what
 // happened. It is used only before any of the reply was written.
 func (h *Handler) fail(w http.ResponseWriter, r *http.Request, status int, err error) error {
+	noteFailure(r, status)
 	lvl := h.logger.Error
 	if status == http.StatusRequestEntityTooLarge || status == http.StatusBadRequest {
 		lvl = h.logger.Info
