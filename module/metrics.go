@@ -226,7 +226,7 @@ func (h *Handler) countOutcome(r *http.Request, st *requestState) {
 // stateCollector reports, at scrape time, the state of the provisioned
 // pools and the counters their sockets keep.
 type stateCollector struct {
-	inFlight, waiting, maxInflight, connections, workers *prometheus.Desc
+	inFlight, waiting, maxInflight, connections, workers   *prometheus.Desc
 	joined, lost, hung, bytes, malformed, unknown, refused *prometheus.Desc
 	dropped                                                *prometheus.Desc
 }
