@@ -754,6 +754,8 @@ type flow struct {
 	credit atomic.Int64
 	lifted atomic.Bool
 	wake   chan struct{} // capacity 1: credit was granted, or the flow lifted
+	// stalls, if set, counts the waits for credit (Worker.Stats).
+	stalls *atomic.Uint64
 }
 
 func newFlow(window int64) *flow {
@@ -803,7 +805,7 @@ func (f *flow) take(ctx context.Context, dead <-chan struct{}, n int64) error {
 }
 
 func (f *flow) wait(ctx context.Context, dead <-chan struct{}, need int64) (int64, error) {
-	for {
+	for stalled := false; ; stalled = true {
 		if f.lifted.Load() {
 			return math.MaxInt64, nil
 		}
@@ -813,6 +815,9 @@ func (f *flow) wait(ctx context.Context, dead <-chan struct{}, need int64) (int6
 		}
 		if testHookFlowBlocked != nil {
 			testHookFlowBlocked(c, need)
+		}
+		if !stalled && f.stalls != nil {
+			f.stalls.Add(1)
 		}
 		select {
 		case <-f.wake:

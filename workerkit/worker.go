@@ -93,6 +93,11 @@ type Worker struct {
 	// same front end must not share an ID. At most 255 printable ASCII
 	// characters without spaces.
 	ID string
+
+	// serving holds the current run of Serve (a *server), read by Stats
+	// (stats.go). An atomic.Value, unlike atomic.Pointer, leaves a Worker
+	// copyable before use, as the zero-value literal style invites.
+	serving atomic.Value
 }
 
 // NewWorkerID returns a random worker id, "wk-" and 16 lowercase hex digits,
@@ -198,6 +203,8 @@ type server struct {
 	// dropped counts requests never started: past their dispatch deadline
 	// (late), or not acknowledgeable although they carry one (unacked).
 	droppedLate, droppedUnacked atomic.Int64
+	// creditStalls counts the times a response waited for reply credit.
+	creditStalls atomic.Uint64
 
 	mu       sync.Mutex
 	inflight map[flightKey]*flight
@@ -411,6 +418,8 @@ func (w *Worker) serve(ctx context.Context, force <-chan struct{}) error {
 	} else {
 		s.log.Info("worker started", "frontends", len(s.fes), "max_concurrent", maxConc)
 	}
+	w.serving.Store(s)
+	defer w.serving.CompareAndSwap(s, (*server)(nil))
 
 	var runErr error
 	select {
@@ -1066,6 +1075,7 @@ func (s *server) start(fl *flight) {
 	if fl.window > 0 {
 		if fe.ctl.connected.Load() {
 			f := newFlow(fl.window)
+			f.stalls = &s.creditStalls
 			var u *upload
 			if fl.stream {
 				// The front end starts sending the body once it has our

@@ -91,6 +91,8 @@ func main() {
 	flag.Var(&fes, "frontend", "front end `requests,replies` endpoints (repeatable; default tcp://127.0.0.1:9997,tcp://127.0.0.1:9996)")
 	name := flag.String("name", "testworker", "value of the X-Worker response header")
 	maxConc := flag.Int("max-concurrent", 0, "Worker.MaxConcurrent (0: workerkit's default)")
+	id := flag.String("id", "", "Worker.ID on control channels (default: random)")
+	debugAddr := flag.String("debug", "", "serve the worker's Stats as JSON on `ADDR`")
 	flag.Parse()
 	if len(fes) == 0 {
 		_ = fes.Set("tcp://127.0.0.1:9997,tcp://127.0.0.1:9996")
@@ -107,6 +109,14 @@ func main() {
 		MaxConcurrent:   *maxConc,
 		ShutdownTimeout: 5 * time.Second,
 		Logger:          logger,
+		ID:              *id,
+	}
+	if *debugAddr != "" {
+		go func() {
+			if err := workerkit.ServeDebug(ctx, *debugAddr, w); err != nil {
+				logger.Error("debug address", "err", err)
+			}
+		}()
 	}
 	say("SERVING %s", *name)
 	if err := w.Serve(ctx); err != nil {
