@@ -136,7 +136,10 @@ func handler(name string) http.Handler {
 		if tok := r.Header.Get("X-Token"); tok != "" {
 			h.Set("X-Echo-Token", tok)
 		}
-		if d, err := time.ParseDuration(q.Get("sleep")); err == nil && d > 0 {
+		// on=<name>: sleep and hang apply only on the worker of that name;
+		// the others answer at once (tests that need one given worker busy).
+		here := q.Get("on") == "" || q.Get("on") == name
+		if d, err := time.ParseDuration(q.Get("sleep")); err == nil && d > 0 && here {
 			select {
 			case <-time.After(d):
 			case <-r.Context().Done():
@@ -155,7 +158,7 @@ func handler(name string) http.Handler {
 		}
 
 		switch {
-		case strings.HasPrefix(r.URL.Path, "/hang"):
+		case strings.HasPrefix(r.URL.Path, "/hang") && here:
 			say("STARTED %s", r.URL.Path)
 			<-r.Context().Done()
 			say("CANCELLED %s", r.URL.Path)
