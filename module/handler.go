@@ -59,7 +59,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		clear(st.frames[:cap(st.frames)]) // earlier, longer takes left pointers past len
 		h.countOutcome(r, st)
 		st.pool = nil
-		st.rr.Release()
+		// Released with its state cleared: the next request's outcome
+		// must not see this one's reply as done.
+		st.rr.Reset(nil, false)
 		st.lazyBody, st.bodyConsumed = false, false
 		statePool.Put(st)
 	}()
