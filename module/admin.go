@@ -167,16 +167,11 @@ func poolViews(only string) []PoolView {
 			v.InFlight += len(q.slots)
 			v.Waiting += q.metrics().waiting.Load()
 		}
+		v.PlainConnections = v.Connections
 		if c := p.transport.control; c != nil {
 			v.Workers = c.workerViews()
+			v.PlainConnections = c.plainConnections()
 		}
-		present := int64(0)
-		for _, wv := range v.Workers {
-			if wv.State != stateLost {
-				present++
-			}
-		}
-		v.PlainConnections = max(0, v.Connections-present)
 		views = append(views, v)
 	}
 	return views

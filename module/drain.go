@@ -103,6 +103,20 @@ func (c *controlPlane) noteResumed(id string, wi *workerInfo, reason string) {
 	c.emit(eventWorkerResumed, id, map[string]any{"reason": reason})
 }
 
+// plainConnectionsLocked estimates the connections to the request socket
+// of handlers without the control channel: those not accounted for by a
+// worker of the control channel, present or lost lately (a frozen worker's
+// connection lingers until ZMTP heartbeats drop it); c.mu is held.
+func (c *controlPlane) plainConnectionsLocked() int64 {
+	return max(0, c.t.conns.Load()-int64(len(c.workers))-int64(len(c.lost)))
+}
+
+func (c *controlPlane) plainConnections() int64 {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.plainConnectionsLocked()
+}
+
 var (
 	errUnknownWorker = errors.New("no such worker on this pool's control channel")
 	errLastWorker    = errors.New("it is the last worker taking requests: draining it would leave none (force to drain anyway)")
@@ -133,8 +147,7 @@ func (c *controlPlane) drain(id string, force bool) error {
 	}
 	// Connections of handlers without the control channel (Mongrel2's)
 	// take requests too.
-	plain := c.t.conns.Load() - int64(len(c.workers))
-	if others == 0 && plain <= 0 && !force {
+	if others == 0 && c.plainConnectionsLocked() == 0 && !force {
 		c.mu.Unlock()
 		return errLastWorker
 	}
