@@ -17,7 +17,7 @@ import (
 )
 
 // The control channel is this project's extension to Mongrel2's protocol
-// (README, "Control channel"): Caddy binds a ROUTER, each workerkit worker
+// (docs/zmqx.md): Caddy binds a ROUTER, each workerkit worker
 // connects a DEALER whose identity is its worker id. Over it a worker says
 // which requests it took (ACK) and that it lives (HB); Caddy grants reply
 // credit and forwards disconnects to exactly that worker. Mongrel2

@@ -16,8 +16,7 @@ import (
 // left to the GC (a kept one to zmqio.Msg's cleanup).
 //
 // Neither kind makes garbage per big frame: a fresh 256 KiB slice per frame
-// made the GC the largest cost of a download (see the README's large-body
-// figures).
+// would make the GC the largest cost of a download.
 type replyFrame struct {
 	buf   []byte
 	refs  atomic.Int32
@@ -63,8 +62,8 @@ func getFrame(class, n int) *replyFrame {
 
 // keptFrameMin is the size from which a reply frame stays in the memory
 // libzmq received it into instead of being copied to a Go buffer: body
-// frames of large responses, whose copy was a tenth of Caddy's CPU in a
-// download.
+// frames of large responses, where a copy of every byte is a cost worth
+// avoiding.
 const keptFrameMin = 64 << 10
 
 // keptFrame wraps a part received without a copy. Its memory is freed by

@@ -70,8 +70,8 @@ type Handler struct {
 	// control channel may have outstanding per request: a slow client
 	// slows the worker down instead of filling memory, and Caddy holds at
 	// most this much of a response per request. Default: 4 MiB (16 reply
-	// frames: enough to keep a fast download's pipeline full; 1 MiB gave
-	// ~15 % less throughput, 8 and 16 MiB no more than 4).
+	// frames: enough to keep a fast download's pipeline full across the
+	// credit round trip; a larger window only holds more memory).
 	ReplyWindow int64 `json:"reply_window,omitempty"`
 
 	// Pools, when set, replace the endpoints above: each pool is a set of

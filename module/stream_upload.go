@@ -26,12 +26,10 @@ const (
 	streamThreshold = 64 << 10
 	// streamChunk is the largest BODY message. Each message costs a hand-off
 	// to the control socket's owner, libzmq's signal to its I/O thread and
-	// the worker's receive and grant, so fewer, bigger ones are cheaper:
-	// for 1 GiB uploads (a Go client writing like the bench's, through
-	// bin/echo-worker, CPU from /proc, alternated 8 times), Caddy
-	// 0.95-1.24 s/GiB at 256 KiB and 0.84-0.98 at 512 KiB; 64 KiB was
-	// worse (1.20-1.39) and 768 KiB no better. It stays below libzmq's receive buffers' mmap threshold
-	// (1 MiB, zmqio.NewContext) in the worker, and in one CBuf block.
+	// the worker's receive and grant, so fewer, bigger ones are cheaper, up
+	// to a point (docs/performance.md). It stays below libzmq's receive
+	// buffers' mmap threshold (1 MiB, zmqio.NewContext) in the worker, and
+	// in one CBuf block.
 	streamChunk = 512 << 10
 )
 

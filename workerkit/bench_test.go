@@ -33,7 +33,7 @@ var browserHeaders = []mongrel2.Field{
 // BenchmarkRequestPath measures the worker's own per-request work without
 // ZeroMQ: parse the frame, build the http.Request, run the handler on its
 // goroutine, render the reply frame. The allocations here are all the
-// worker's (libzmq's receive adds 2 per request, the front end's side more).
+// worker's (libzmq's receive adds its own, and the front end's side more).
 func BenchmarkRequestPath(b *testing.B) {
 	f := &testFE{t: b, sender: testSender}
 	hello := func(w http.ResponseWriter, r *http.Request) { _, _ = io.WriteString(w, "Hello, world!\n") }

@@ -1111,10 +1111,9 @@ func (s *server) start(fl *flight) {
 const handlerIdle = 10 * time.Second
 
 // run serves fl on a handler goroutine that is waiting for work, or on a new
-// one. Goroutines are reused because a fresh one per request cost about a
-// tenth of a hello worker's CPU under load (pprof: newproc and the growth of
-// every new stack to the depth of net/http handlers); a waiting one already
-// has its stack. At most as many wait as ever ran at once (maxConc), and
+// one. Goroutines are reused because a fresh one per request must be
+// created and grow its stack to the depth of net/http handlers every time;
+// a waiting one already has its stack. At most as many wait as ever ran at once (maxConc), and
 // only for handlerIdle.
 func (s *server) run(fl *flight) {
 	select {

@@ -11,7 +11,7 @@ package zmqio
 // I/O thread while Go threads allocated it; glibc returns such a block to
 // the allocating thread's arena and keeps it there, up to the trim
 // threshold per arena and fragmented beyond it, so bursts of large bodies
-// left hundreds of MB resident for good (README, Known limits). Blocks of
+// left hundreds of MB resident for good. Blocks of
 // the standard size are kept in a free list of at most zmqio_cache_max for
 // reuse (a fresh block costs a page fault per 4 KiB); everything else goes
 // back to the kernel at once. The list is shared by every thread: blocks

@@ -15,7 +15,7 @@
 // network reader and receive with ZMQ_DONTWAIT.
 //
 // Copies matter for bodies: every hop of a 256 KiB frame through Go memory
-// was a memcpy of it (a tenth of Caddy's CPU in a download each). C memory
+// is a memcpy of it, a cost paid per byte of every large body. C memory
 // is not the garbage collector's: a CBuf ends in SendOwned or Free, and a
 // Msg in Close or, if dropped, a cleanup once it is unreachable.
 //

@@ -30,8 +30,8 @@ import (
 // such frame is either a fresh mmap (128 KiB threshold) or, once the
 // threshold has adapted, heap that free trims back to the kernel as soon
 // as 512 KiB lie unused at its top. Both make every frame fault in 64 fresh
-// pages: measured at about a third of the worker's CPU per GiB of download
-// (README, Benchmarks). Keeping frames on the heap, and up to trimThreshold
+// pages, a large part of a worker's CPU in a download. Keeping frames on
+// the heap, and up to trimThreshold
 // of freed heap for the next frames, removes that churn; what is kept is
 // bounded by the frames in flight, which the credit window bounds.
 const (
@@ -86,12 +86,7 @@ func userTunedMalloc(env []string) bool {
 // At most one is pending, so while bodies stream that is one trim a
 // second: the pages it gives back fault in again when reused, once a
 // second at most, where trimming after every frame would fault in every
-// frame (what mmapThreshold and trimThreshold are there to avoid). The
-// trim's own cost was not measured apart: in `go run ./integration/bench -large`, one run
-// before and one after the commit that brought it (with the CBuf blocks
-// and workerkit's C frames), Caddy's CPU per GiB as a multiple of
-// reverse_proxy's went 0.96 -> 1.05 down and 1.24 -> 1.30 up, within that
-// benchmark's run-to-run noise.
+// frame (what mmapThreshold and trimThreshold are there to avoid).
 const (
 	trimAfter = 4 << 20
 	trimDelay = time.Second

@@ -83,8 +83,8 @@ func pollFD(sock *zmq.Socket) (*os.File, syscall.RawConn, error) {
 // wakes the park that follows. Receiving first and then waiting on
 // ZMQ_EVENTS, as the zmq_getsockopt(3) recipe goes, costs a cgo call and,
 // inside libzmq, a poll(2) of its mailbox on each side of every park: on a
-// request/reply path that parks once per message, a tenth of the owner's
-// work.
+// request/reply path that parks once per message, that is paid for every
+// message.
 func (r *Readiness) Await(try func() bool) error {
 	if r.interrupted.Load() {
 		return ErrInterrupted
