@@ -328,3 +328,8 @@ func (c *controlPlane) countStates(states map[string]int) {
 		}
 	}
 }
+
+// noteHandshakeRefused counts a worker connection refused at the security
+// handshake (caddy_zmq_handshakes_refused_total): the hook for CURVE's ZAP
+// handler and socket monitor.
+func (t *transport) noteHandshakeRefused() { t.refusedHandshakes.Add(1) }
