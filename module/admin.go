@@ -126,7 +126,11 @@ func steer(w http.ResponseWriter, r *http.Request, pool, worker, action string) 
 	case err != nil:
 		return apiError(http.StatusInternalServerError, err)
 	}
-	return writeJSON(w, poolViews(pool)[0])
+	views := poolViews(pool)
+	if len(views) == 0 { // reloaded away meanwhile
+		return apiError(http.StatusNotFound, fmt.Errorf("no pool named %q", pool))
+	}
+	return writeJSON(w, views[0])
 }
 
 // controlOf is the control plane of the newest pool named name.

@@ -317,3 +317,28 @@ func TestPrintStatus(t *testing.T) {
 		t.Fatalf("table:\n%s\nwant:\n%s", got, strings.Join(want, "\n"))
 	}
 }
+
+// BenchmarkScrape: what one /metrics scrape costs for the zmq series (the
+// state collector and the request counters) with a provisioned pool.
+func BenchmarkScrape(b *testing.B) {
+	dir := b.TempDir()
+	h := &Handler{Pools: []Pool{{Name: "bench", RequestEndpoint: "ipc://" + filepath.Join(dir, "req"),
+		ReplyEndpoint: "ipc://" + filepath.Join(dir, "rep"), ControlEndpoint: "ipc://" + filepath.Join(dir, "ctl")}}}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	if err := h.Provision(ctx); err != nil {
+		b.Fatal(err)
+	}
+	defer h.Cleanup()
+	reg := prometheus.NewRegistry()
+	if err := registerMetrics(reg); err != nil {
+		b.Fatal(err)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := reg.Gather(); err != nil {
+			b.Fatal(err)
+		}
+		_ = poolViews("")
+	}
+}
