@@ -196,8 +196,10 @@ func noteFailure(r *http.Request, status int) {
 }
 
 // countOutcome counts how the request ended. It runs once per request,
-// after the last attempt; the answered case reads only the reply state.
-func (h *Handler) countOutcome(r *http.Request, st *requestState) {
+// after the last attempt, with what ServeHTTP returns (a HandlerError names
+// the status the handler answered with); the answered case reads only the
+// reply state.
+func (h *Handler) countOutcome(r *http.Request, st *requestState, err error) {
 	var o *poolObs
 	switch {
 	case st.pool != nil:
@@ -210,6 +212,11 @@ func (h *Handler) countOutcome(r *http.Request, st *requestState) {
 	}
 	if st.rr.Done() {
 		o.outcomes[outcomeAnswered].Inc()
+		return
+	}
+	var he caddyhttp.HandlerError
+	if errors.As(err, &he) && he.StatusCode != 0 {
+		o.outcomes[outcomeOfStatus(he.StatusCode)].Inc()
 		return
 	}
 	if status, ok := caddyhttp.GetVar(r.Context(), statusVar).(int); ok {
