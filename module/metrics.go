@@ -55,6 +55,8 @@ func outcomeOfStatus(status int) outcome {
 		return outcomeTooLarge
 	case http.StatusBadRequest:
 		return outcomeBadRequest
+	case 499: // nginx's and reverse_proxy's "client closed request"
+		return outcomeClientGone
 	}
 	return outcomeError
 }
