@@ -628,3 +628,31 @@ func waitEvents(t *testing.T, path, pool string, want []string) {
 		t.Fatalf("events: %v (seen %v)", err, seen)
 	}
 }
+
+// TestObservabilityPlainHandler: a Mongrel2 handler, which has no control
+// channel, shows as a plain connection beside the control channel's
+// workers, in /zmq/pools and in `caddy zmq status`; it keeps the last
+// workerkit worker drainable.
+func TestObservabilityPlainHandler(t *testing.T) {
+	c, _ := startObsCaddy(t, nil)
+	startPythonHandler(t, c.Endpoint("ZMQ_REQUESTS"), c.Endpoint("ZMQ_REPLIES"))
+	startNamedWorker(t, c, "wk-kit")
+	waitStates(t, c, "main", map[string]string{"wk-kit": "live"})
+	if err := poll(detectBound, nil, func() error {
+		_, p := workerStates(t, c, "main")
+		if p.PlainConnections != 1 || p.Connections != 2 || len(p.Workers) != 1 {
+			return fmt.Errorf("pool %+v: want 2 connections, 1 plain, 1 worker", p)
+		}
+		return nil
+	}); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(caddyBin(t), "zmq", "status", "--address", c.Admin).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), "(1 plain connections)") || !lineHas(string(out), "main", "wk-kit", "live") {
+		t.Fatalf("caddy zmq status: %v\n%s", err, out)
+	}
+	if status, body := adminDo(t, c, http.MethodPost, "/zmq/pools/main/workers/wk-kit/drain"); status != http.StatusOK {
+		t.Fatalf("drain beside a plain handler: %d %s", status, body)
+	}
+	waitStates(t, c, "main", map[string]string{"wk-kit": "draining"})
+}
