@@ -57,7 +57,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 			qf.frame.release()
 		}
 		clear(st.frames[:cap(st.frames)]) // earlier, longer takes left pointers past len
-		h.countOutcome(r, st, nil) // fail answers itself and returns nil
+		h.countOutcome(r, st, nil)        // fail answers itself and returns nil
 		st.pool = nil
 		// Released with its state cleared: the next request's outcome
 		// must not see this one's reply as done.
