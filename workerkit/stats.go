@@ -21,7 +21,9 @@ type Stats struct {
 	FreeSlots     int `json:"free_slots"`
 	// CreditStalls counts the times a response waited for reply credit
 	// from its front end: its client reads slower than the handler writes.
-	CreditStalls uint64 `json:"credit_stalls"`
+	CreditStalls int64 `json:"credit_stalls"`
+	// CreditStallSeconds is the time responses spent waiting for it.
+	CreditStallSeconds float64 `json:"credit_stall_seconds"`
 	// DroppedLate counts requests never started because they arrived past
 	// their dispatch deadline (the front end re-sends them);
 	// DroppedUnacked those that carried one and could not be acknowledged.
@@ -60,14 +62,15 @@ func (w *Worker) Stats() (Stats, error) {
 		return Stats{}, errNotServing
 	}
 	st := Stats{
-		ID:             s.id,
-		InFlight:       s.running.Load(),
-		MaxConcurrent:  s.maxConc,
-		FreeSlots:      s.maxConc - len(s.sem),
-		CreditStalls:   s.creditStalls.Load(),
-		DroppedLate:    s.droppedLate.Load(),
-		DroppedUnacked: s.droppedUnacked.Load(),
-		FrontEnds:      make([]FrontEndStats, len(s.fes)),
+		ID:                 s.id,
+		InFlight:           s.running.Load(),
+		MaxConcurrent:      s.maxConc,
+		FreeSlots:          s.maxConc - len(s.sem),
+		CreditStalls:       s.creditStalls.n.Load(),
+		CreditStallSeconds: time.Duration(s.creditStalls.nanos.Load()).Seconds(),
+		DroppedLate:        s.droppedLate.Load(),
+		DroppedUnacked:     s.droppedUnacked.Load(),
+		FrontEnds:          make([]FrontEndStats, len(s.fes)),
 	}
 	for i, fe := range s.fes {
 		st.FrontEnds[i] = FrontEndStats{

@@ -45,13 +45,14 @@ func TestStats(t *testing.T) {
 	if !fe.Subscribed || !fe.Control || !fe.ControlConnected || fe.Paused {
 		t.Fatalf("front end %+v: want subscribed, control connected, not paused", fe)
 	}
-	eq(t, "stalls before", st.CreditStalls, uint64(0))
+	eq(t, "stalls before", st.CreditStalls, int64(0))
 
 	// 3 MiB with a 1 MiB window and no CREDIT: the reply waits.
 	f.request("2", treq{uri: "/big", window: testWindow})
 	f.ctlWaitAck("2")
 	waitUntil(t, "a credit stall", func() bool { return mustStats(t, w).CreditStalls == 1 })
 	f.ctlSend(id, "DISCONNECT 2") // ends it
+	waitUntil(t, "the stall's time", func() bool { return mustStats(t, w).CreditStallSeconds > 0 })
 
 	f.ctlSend(id, "PAUSE")
 	waitUntil(t, "the pause to show", func() bool { return mustStats(t, w).FrontEnds[0].Paused })

@@ -203,8 +203,9 @@ type server struct {
 	// dropped counts requests never started: past their dispatch deadline
 	// (late), or not acknowledgeable although they carry one (unacked).
 	droppedLate, droppedUnacked atomic.Int64
-	// creditStalls counts the times a response waited for reply credit.
-	creditStalls atomic.Uint64
+	// creditStalls counts the times a response waited for reply credit,
+	// and how long.
+	creditStalls stallCounter
 
 	mu       sync.Mutex
 	inflight map[flightKey]*flight
