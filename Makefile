@@ -1,8 +1,10 @@
 # caddy-zmq: build, run and test a Caddy with the zmq module.
 #
-#   make deps    install the Debian packages the build and the tests need (idempotent)
+#   make deps    install every Debian package the build, run and the tests need
+#                (deps-run: building and running; deps-test: also the tests')
 #   make build   bin/caddy (xcaddy, cgo, libzmq) + example and test workers in bin/
 #   make run     Caddy on https://localhost:8443/ in front of bin/hello-worker
+#                (installs only libzmq and pkg-config)
 #   make test    vet, unit + integration tests with -race, short fuzz runs
 #   make fuzz    the same fuzz targets for longer (FUZZTIME=60s)
 #   make bench   benchmarks (integration/bench): hello world, then large bodies
@@ -37,9 +39,15 @@ CADDY_SRCS := $(shell find module internal -name '*.go' ! -name '*_test.go' 2>/d
 # Everything that ends up in the workers.
 WORKERKIT_SRCS := $(shell find workerkit internal -name '*.go' ! -name '*_test.go' ! -path 'workerkit/examples/*' 2>/dev/null)
 
-WORKERS := $(BIN)/hello-worker $(BIN)/echo-worker $(BIN)/testworker $(BIN)/chaosworker $(BIN)/chat-worker
+WORKERS := $(BIN)/hello-worker $(BIN)/echo-worker $(BIN)/testworker $(BIN)/chaosworker $(BIN)/chat-worker \
+	$(BIN)/zmqx-conformance
 
-DEB_PACKAGES := libzmq3-dev pkg-config mongrel2-core wrk python3-zmq curl iproute2 chromium
+# What building and running need (cgo links libzmq, found by pkg-config).
+DEB_RUN_PACKAGES := libzmq3-dev pkg-config
+# What only the tests, make bench and make chaos need: Mongrel2 for interop,
+# python3-zmq for plain Mongrel2 handlers, wrk for load, curl and Chromium
+# as clients, iproute2 for the network-namespace tests.
+DEB_TEST_PACKAGES := mongrel2-core wrk python3-zmq curl iproute2 chromium
 
 FUZZTIME ?= 60s
 SHORT_FUZZTIME ?= 5s
@@ -53,16 +61,26 @@ export ZMQ_REPLIES ?= tcp://127.0.0.1:9996
 export ZMQ_CONTROL ?= tcp://127.0.0.1:9995
 RUN_CONFIG ?= caddyfiles/Caddyfile
 
-.PHONY: all deps build workers run test vet unit fuzz fuzz-short bench chaos clean
+.PHONY: all deps deps-run deps-test build workers run test vet unit fuzz fuzz-short bench chaos clean
 
 all: build
 
 # ---------------------------------------------------------------------------
-# deps: quick when everything is there (one dpkg-query), otherwise one
-# apt-get update and one apt-get install of what is missing.
-deps:
-	@missing=""; \
-	for p in $(DEB_PACKAGES); do \
+# deps-*: quick when everything is there (one dpkg-query per package),
+# otherwise one apt-get update and one apt-get install of what is missing.
+deps: deps-test
+
+deps-test: deps-run
+	@$(call install_debs,$(DEB_TEST_PACKAGES))
+
+deps-run:
+	@$(call install_debs,$(DEB_RUN_PACKAGES))
+	@command -v $(GO) >/dev/null || { echo "deps: Go not found (expected /usr/local/go/bin/go)"; exit 1; }
+
+# install_debs: apt-get install those of the packages $(1) not installed.
+define install_debs
+missing=""; \
+	for p in $(1); do \
 	  if ! dpkg-query -W -f='$${Status}\n' "$$p" 2>/dev/null | grep -q '^install ok installed$$'; then \
 	    missing="$$missing $$p"; \
 	  fi; \
@@ -73,15 +91,15 @@ deps:
 	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get update -q; \
 	  $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 	fi
-	@command -v $(GO) >/dev/null || { echo "deps: Go not found (expected /usr/local/go/bin/go)"; exit 1; }
+endef
 
 # ---------------------------------------------------------------------------
-build: deps $(BIN)/caddy workers
+build: deps-run $(BIN)/caddy workers
 
-workers: deps $(WORKERS)
+workers: deps-run $(WORKERS)
 
-# Order-only "| deps": deps always runs first but never forces a rebuild.
-$(BIN)/caddy: $(CADDY_SRCS) go.mod go.sum xcaddy.json | deps
+# Order-only "| deps-run": it always runs first but never forces a rebuild.
+$(BIN)/caddy: $(CADDY_SRCS) go.mod go.sum xcaddy.json | deps-run
 	@test -n "$(CADDY_VERSION)" || { echo "cannot read the Caddy version from xcaddy.json"; exit 1; }
 	@mkdir -p $(BIN)
 	@echo "xcaddy build $(CADDY_VERSION) (cgo, GOPROXY=$(XCADDY_GOPROXY))"
@@ -116,25 +134,29 @@ CGO_ENABLED=1 $(GO) build -o $@ $(1); \
 touch -d "@$$start" $@
 endef
 
-$(BIN)/hello-worker: $(WORKERKIT_SRCS) $(wildcard workerkit/examples/hello/*.go) go.mod go.sum | deps
+$(BIN)/hello-worker: $(WORKERKIT_SRCS) $(wildcard workerkit/examples/hello/*.go) go.mod go.sum | deps-run
 	$(call go_build,./workerkit/examples/hello)
 
-$(BIN)/echo-worker: $(WORKERKIT_SRCS) $(wildcard workerkit/examples/echo/*.go) go.mod go.sum | deps
+$(BIN)/echo-worker: $(WORKERKIT_SRCS) $(wildcard workerkit/examples/echo/*.go) go.mod go.sum | deps-run
 	$(call go_build,./workerkit/examples/echo)
 
-$(BIN)/chaosworker: $(WORKERKIT_SRCS) $(wildcard integration/chaosworker/*.go) go.mod go.sum | deps
+$(BIN)/chaosworker: $(WORKERKIT_SRCS) $(wildcard integration/chaosworker/*.go) go.mod go.sum | deps-run
 	$(call go_build,./integration/chaosworker)
 
-$(BIN)/chat-worker: $(WORKERKIT_SRCS) $(wildcard workerkit/examples/chat/*.go) go.mod go.sum | deps
+$(BIN)/chat-worker: $(WORKERKIT_SRCS) $(wildcard workerkit/examples/chat/*.go) go.mod go.sum | deps-run
 	$(call go_build,./workerkit/examples/chat)
 
-$(BIN)/testworker: $(WORKERKIT_SRCS) $(wildcard integration/testworker/*.go) go.mod go.sum | deps
+$(BIN)/testworker: $(WORKERKIT_SRCS) $(wildcard integration/testworker/*.go) go.mod go.sum | deps-run
 	$(call go_build,./integration/testworker)
+
+# The zmqx/1 conformance kit as a command (the kit is in WORKERKIT_SRCS).
+$(BIN)/zmqx-conformance: $(WORKERKIT_SRCS) go.mod go.sum | deps
+	$(call go_build,./workerkit/cmd/zmqx-conformance)
 
 # ---------------------------------------------------------------------------
 # run: Caddy + one hello worker in the foreground. Ctrl-C (or either process
 # exiting) stops both.
-run: deps $(BIN)/caddy $(BIN)/hello-worker
+run: deps-run $(BIN)/caddy $(BIN)/hello-worker
 	@echo "Starting Caddy (config $(RUN_CONFIG)) and bin/hello-worker."
 	@echo
 	@echo "  Open:   https://localhost:$(HTTPS_PORT)/"
@@ -161,15 +183,17 @@ run: deps $(BIN)/caddy $(BIN)/hello-worker
 
 # ---------------------------------------------------------------------------
 # test: everything CI runs.
-test: deps build vet unit fuzz-short
+test: deps-test build vet unit fuzz-short
 
 # -race here, in `go test -list` below and in the tests: all three then use
 # one build of the package tree (a cold build of Caddy's tree takes minutes).
-vet: deps
+vet: deps-run
 	CGO_ENABLED=1 $(GO) vet -race ./...
+	@# go.mod and go.sum must be what `go mod tidy` makes of them.
+	@$(GO) mod tidy -diff || { echo "vet: run go mod tidy and commit go.mod and go.sum"; exit 1; }
 
 # ZMQ_INTEGRATION=1 turns a missing bin/caddy into a failure instead of a skip.
-unit: deps build
+unit: deps-test build
 	ZMQ_INTEGRATION=1 CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 15m ./...
 
 # Every Fuzz target of every package, found by `go test -list`.
@@ -178,14 +202,14 @@ define list_fuzz
 CGO_ENABLED=1 $(GO) test -race -list '^Fuzz' ./... | awk '/^Fuzz/ { names[n++] = $$1; next } /^ok[ \t]/ { for (i = 0; i < n; i++) print $$2, names[i]; n = 0; next } { n = 0 }'
 endef
 
-fuzz-short: deps
+fuzz-short: deps-run
 	@$(MAKE) --no-print-directory fuzz FUZZTIME=$(SHORT_FUZZTIME)
 
 # Go 1.26's fuzz coordinator can fail a run with a bare "context deadline
 # exceeded" when -fuzztime runs out while a worker is busy, more so on a
 # loaded machine (golang/go#75804, fixed in Go 1.27). That case, and only it
 # (no failing input written), is reported and not counted as a failure.
-fuzz: deps
+fuzz: deps-run
 	@targets="$$($(list_fuzz))"; \
 	if [ -z "$$targets" ]; then echo "fuzz: no Fuzz targets found"; exit 0; fi; \
 	log=$$(mktemp); trap 'rm -f "$$log"' EXIT; \
@@ -201,14 +225,14 @@ fuzz: deps
 	done
 
 # ---------------------------------------------------------------------------
-bench: deps build
+bench: deps-test build
 	$(GO) run ./integration/bench
 	$(GO) run ./integration/bench -large -rounds 3 -out $(BIN)/bench-large.json -svg $(BIN)/bench-large.svg
 
 # chaos: fault-injection suite, 30 s per scenario; table on stdout and in
 # bin/chaos.md (CHAOS_FLAGS=-short: 8 s per scenario).
 CHAOS_FLAGS ?=
-chaos: deps $(BIN)/caddy $(BIN)/chaosworker
+chaos: deps-test $(BIN)/caddy $(BIN)/chaosworker
 	$(GO) run ./integration/chaos $(CHAOS_FLAGS)
 
 clean:

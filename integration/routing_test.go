@@ -135,7 +135,7 @@ func TestClusterTwoFrontEnds(t *testing.T) {
 		}
 	}
 	for i, c := range fes {
-		if lines := rtLogLinesSince(c.proc, marks[i], "zmq request failed"); len(lines) > 0 {
+		if lines := rtLogLinesSince(c.proc, marks[i], `"logger":"http.log.error"`); len(lines) > 0 {
 			t.Errorf("front end %s logged %d failed requests during the load, e.g. %s", feName[i], len(lines), lines[0])
 		}
 		if lines := rtLogLines(c.proc, "another sender"); len(lines) > 0 {

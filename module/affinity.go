@@ -7,6 +7,8 @@ import (
 	"net/http"
 	"sync"
 	"time"
+
+	"github.com/caddyserver/caddy/v2"
 )
 
 // Affinity pins every request of one session to the one worker process
@@ -21,8 +23,9 @@ type Affinity struct {
 	Source string `json:"source"`
 	// Name is the cookie or header that names the session.
 	Name string `json:"name"`
-	// TTL is how long an idle session stays pinned. Default: 1h.
-	TTL string `json:"ttl,omitempty"`
+	// TTL is how long an idle session stays pinned, a duration like any
+	// other of Caddy's (e.g. 30m, 1d). Default: 1h.
+	TTL caddy.Duration `json:"ttl,omitempty"`
 }
 
 // maxPinnedSessions bounds the pin table; the least recently used session
@@ -40,12 +43,18 @@ func (a *Affinity) validate() error {
 	if a.Name == "" {
 		return fmt.Errorf("zmq: affinity needs a cookie or header name")
 	}
-	if a.TTL != "" {
-		if _, err := time.ParseDuration(a.TTL); err != nil {
-			return fmt.Errorf("zmq: affinity ttl: %w", err)
-		}
+	if a.TTL < 0 {
+		return fmt.Errorf("zmq: affinity ttl must not be negative, got %s", time.Duration(a.TTL))
 	}
 	return nil
+}
+
+// ttl is how long an idle session stays pinned.
+func (a *Affinity) ttl() time.Duration {
+	if a.TTL > 0 {
+		return time.Duration(a.TTL)
+	}
+	return defaultAffinityTTL
 }
 
 // sessionKey extracts the session name from r, or "".

@@ -158,7 +158,11 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			h.Affinity = &Affinity{Source: args[0], Name: args[1]}
 			if len(args) == 3 {
-				h.Affinity.TTL = args[2]
+				ttl, err := caddy.ParseDuration(args[2])
+				if err != nil {
+					return d.Errf("bad affinity ttl %q: %v", args[2], err)
+				}
+				h.Affinity.TTL = caddy.Duration(ttl)
 			}
 			if err := h.Affinity.validate(); err != nil {
 				return d.Err(err.Error())

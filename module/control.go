@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
-	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,18 +13,19 @@ import (
 
 	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
 	"github.com/zmqbridge/caddy-zmq/internal/zmqio"
+	"github.com/zmqbridge/caddy-zmq/internal/zmqx"
 )
 
 // The control channel is this project's extension to Mongrel2's protocol
-// (docs/zmqx.md): Caddy binds a ROUTER, each workerkit worker
-// connects a DEALER whose identity is its worker id. Over it a worker says
+// (zmqx/1: package internal/zmqx, docs/zmqx.md): Caddy binds a ROUTER, each
+// workerkit worker connects a DEALER whose identity is its worker id. Over it a worker says
 // which requests it took (ACK) and that it lives (HB); Caddy grants reply
 // credit and forwards disconnects to exactly that worker. Mongrel2
 // handlers never connect to it and are unaffected.
 
 // workerDeadAfter is how long a worker may stay silent on the control
-// channel before it is considered gone; workers send HB every 250 ms.
-const workerDeadAfter = time.Second
+// channel before it is considered gone.
+const workerDeadAfter = zmqx.LivenessBound
 
 // ctlMsg is one message for a worker: identity and payload.
 type ctlMsg struct {
@@ -117,24 +117,16 @@ func (c *controlPlane) enqueue(m ctlMsg) {
 }
 
 func (c *controlPlane) credit(worker string, id uint64, n int) {
-	p := make([]byte, 0, 40)
-	p = append(p, "CREDIT "...)
-	p = strconv.AppendUint(p, id, 10)
-	p = append(p, ' ')
-	p = strconv.AppendInt(p, int64(n), 10)
-	c.send(worker, p)
+	c.send(worker, zmqx.AppendCredit(make([]byte, 0, 48), id, int64(n)))
 }
 
 // sendRequest addresses a request frame to one worker (session affinity).
 func (c *controlPlane) sendRequest(worker string, frame []byte) {
-	p := make([]byte, 0, len(frame)+4)
-	p = append(p, "REQ "...)
-	c.send(worker, append(p, frame...))
+	c.send(worker, zmqx.AppendReq(make([]byte, 0, len(frame)+8), frame))
 }
 
 func (c *controlPlane) disconnect(worker string, id uint64) {
-	p := append([]byte("DISCONNECT "), strconv.AppendUint(nil, id, 10)...)
-	c.send(worker, p)
+	c.send(worker, zmqx.AppendDisconnect(make([]byte, 0, 32), id))
 }
 
 // run is the ROUTER owner. It waits in one select for messages to send
@@ -248,12 +240,12 @@ type ctlScratch struct {
 
 // undeliverable fails the exchange of a REQ that could not be routed.
 func (c *controlPlane) undeliverable(payload []byte) {
-	frame, ok := bytes.CutPrefix(payload, []byte("REQ "))
-	if !ok {
+	m, err := zmqx.Parse(payload)
+	if err != nil || m.Verb != zmqx.Req {
 		return
 	}
 	// "UUID CONNID ..."
-	_, rest, _ := bytes.Cut(frame, []byte{' '})
+	_, rest, _ := bytes.Cut(m.Data, []byte{' '})
 	idBytes, _, _ := bytes.Cut(rest, []byte{' '})
 	id, ok := mongrel2.ParseUint(idBytes)
 	if !ok {
@@ -292,7 +284,7 @@ func (c *controlPlane) receive(in *zmqio.Receiver, rs *ctlScratch) {
 }
 
 func (c *controlPlane) handle(worker string, payload []byte) {
-	verb, arg, _ := bytes.Cut(payload, []byte{' '})
+	m, err := zmqx.Parse(payload)
 	now := time.Now()
 	c.mu.Lock()
 	wi := c.workers[worker]
@@ -302,26 +294,33 @@ func (c *controlPlane) handle(worker string, payload []byte) {
 		c.noteJoined(worker, wi, now)
 		c.logger.Info("worker joined the control channel", zap.String("worker", worker))
 	}
+	// Any message, even one we cannot read, says the worker lives.
 	wi.lastSeen = now
-	switch string(verb) {
-	case "HELLO":
-		wi.maxConcurrent, _ = strconv.Atoi(string(arg))
+	if err != nil {
+		c.mu.Unlock()
+		c.logger.Debug("ignoring control message", zap.String("worker", worker),
+			zap.ByteString("msg", payload[:min(len(payload), 64)]), zap.Error(err))
+		return
+	}
+	switch m.Verb {
+	case zmqx.Hello:
+		wi.maxConcurrent = int(m.N)
 		wi.draining = false
-	case "BYE":
+	case zmqx.Bye:
 		wi.draining, wi.since = true, now
 	}
-	repause := string(verb) == "HELLO" && (wi.paused || wi.drained)
+	repause := m.Verb == zmqx.Hello && (wi.paused || wi.drained)
 	c.mu.Unlock()
 	if repause {
 		// A new connection of a worker we had paused: the pause was sent
 		// on the old one, which the worker forgets.
-		c.send(worker, []byte("PAUSE"))
+		c.send(worker, zmqx.AppendPause(nil))
 	}
 
-	switch string(verb) {
-	case "ACK":
+	switch m.Verb {
+	case zmqx.Ack:
 		// Several ids may be acknowledged at once, space separated.
-		for id, rest := mongrel2.NextID(arg); id != nil; id, rest = mongrel2.NextID(rest) {
+		for id, rest := zmqx.NextID(m.IDs); id != nil; id, rest = zmqx.NextID(rest) {
 			n, ok := mongrel2.ParseUint(id)
 			if !ok {
 				continue
@@ -341,10 +340,10 @@ func (c *controlPlane) handle(worker string, payload []byte) {
 				c.t.pins.lateAck(n, worker, c.isLive)
 			}
 		}
-	case "NACK":
-		// NACK <id> ...: a paused worker hands back requests it did not
-		// start; they go to another worker, safely for every method.
-		for id, rest := mongrel2.NextID(arg); id != nil; id, rest = mongrel2.NextID(rest) {
+	case zmqx.Nack:
+		// A paused worker hands back requests it did not start; they go
+		// to another worker, safely for every method.
+		for id, rest := zmqx.NextID(m.IDs); id != nil; id, rest = zmqx.NextID(rest) {
 			n, ok := mongrel2.ParseUint(id)
 			if !ok {
 				continue
@@ -353,19 +352,16 @@ func (c *controlPlane) handle(worker string, payload []byte) {
 				ex.fail(errNotTaken)
 			}
 		}
-	case "UCREDIT":
-		// UCREDIT <id> <bytes>: the worker's handler read that much of a
-		// streamed upload.
-		idb, nb, _ := bytes.Cut(arg, []byte{' '})
-		id, ok1 := mongrel2.ParseUint(idb)
-		n, ok2 := mongrel2.ParseUint(nb)
-		if !ok1 || !ok2 {
+	case zmqx.UploadCredit:
+		// The worker's handler read that much of a streamed upload.
+		id, ok := mongrel2.ParseUint(m.ID)
+		if !ok {
 			return
 		}
 		if ex := c.t.lookup(id); ex != nil && ex.upload != nil {
-			ex.upload.grant(int64(n))
+			ex.upload.grant(m.N)
 		}
-	case "RESET":
+	case zmqx.Reset:
 		// The worker was silent past the liveness bound (frozen, starved)
 		// and has cancelled every request it had acknowledged, as we would
 		// have declared it lost: fail them here too, now, whether or not
@@ -374,9 +370,9 @@ func (c *controlPlane) handle(worker string, payload []byte) {
 			c.logger.Warn("worker lost: it reports a lapse of its liveness lease",
 				zap.String("worker", worker), zap.Int("requests_failed", n))
 		}
-	case "HB", "HELLO", "BYE":
+	case zmqx.Heartbeat, zmqx.Hello, zmqx.Bye:
 	default:
-		c.logger.Debug("unknown control message", zap.String("worker", worker), zap.ByteString("verb", verb))
+		c.logger.Debug("ignoring control message meant for workers", zap.String("worker", worker), zap.Stringer("verb", m.Verb))
 	}
 }
 

@@ -313,6 +313,13 @@ func TestDispatchDeadlineResends(t *testing.T) {
 	if resp.StatusCode != 200 || string(b) != "done" {
 		t.Fatalf("got %d %q", resp.StatusCode, b)
 	}
+	// The worker's ACK and reply race (different sockets): its id is
+	// known only if the ACK came first.
+	if w := resp.Header.Get("X-Zmq-Worker"); w != "" && w != "wk-dropper" {
+		t.Errorf("X-Zmq-Worker %q, want wk-dropper (or empty)", w)
+	}
+	resp.Header.Del("X-Zmq-Worker")
+	wantPlaceholders(t, resp, "default", "", 0, 1)
 	if len(deadlines) != 2 {
 		t.Fatalf("the worker saw the request %d times, want 2 (dropped, then re-sent)", len(deadlines))
 	}

@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+
+	"github.com/zmqbridge/caddy-zmq/internal/zmqx"
 )
 
 // What the operator sees of the control channel's workers, and what the
@@ -153,7 +155,7 @@ func (c *controlPlane) drain(id string, force bool) error {
 	}
 	wi.drained, wi.since = true, now
 	c.mu.Unlock()
-	c.send(id, []byte("PAUSE"))
+	c.send(id, zmqx.AppendPause(nil))
 	c.logger.Info("worker drained by an operator: it finishes what it holds and takes nothing new", zap.String("worker", id))
 	c.emit(eventWorkerDraining, id, nil)
 	return nil
@@ -176,7 +178,7 @@ func (c *controlPlane) resume(id string) error {
 	paused := wi.paused
 	c.mu.Unlock()
 	if !paused {
-		c.send(id, []byte("RESUME"))
+		c.send(id, zmqx.AppendResume(nil))
 	}
 	c.logger.Info("worker resumed by an operator", zap.String("worker", id))
 	c.noteResumed(id, wi, "operator")

@@ -2,6 +2,7 @@ package caddyzmq
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net/http"
@@ -16,6 +17,7 @@ import (
 	"weak"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	zmq "github.com/pebbe/zmq4"
 
 	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
@@ -102,16 +104,79 @@ func newTestEnv(t *testing.T, configure func(*Handler)) *testEnv {
 	dir := t.TempDir()
 	env := &testEnv{reqEP: "ipc://" + filepath.Join(dir, "req"), repEP: "ipc://" + filepath.Join(dir, "rep")}
 	env.h = env.provision(t, configure)
-	env.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		if err := env.h.ServeHTTP(w, r, nil); err != nil {
-			t.Errorf("ServeHTTP: %v", err)
-		}
-	}))
+	env.srv = httptest.NewServer(serveLikeCaddy(env.h))
 	t.Cleanup(func() {
 		env.srv.Close()
 		env.h.Cleanup()
 	})
 	return env
+}
+
+// serveLikeCaddy serves h as Caddy's server does: the request carries a
+// replacer, and a handler error becomes its status (as with no
+// handle_errors routes). Unlike Caddy, the error's text is the body, for
+// the tests to check. The handler's placeholders are sent as X-Zmq-Pool,
+// -Worker, -Retries and -Resends headers, as `header { ... defer }` does.
+func serveLikeCaddy(h *Handler) http.Handler {
+	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
+		repl := caddy.NewReplacer()
+		r = r.WithContext(context.WithValue(r.Context(), caddy.ReplacerCtxKey, repl))
+		w := &placeholderHeaders{ResponseWriter: rw, repl: repl}
+		if err := h.ServeHTTP(w, r, nil); err != nil {
+			status := http.StatusInternalServerError
+			var he caddyhttp.HandlerError
+			if errors.As(err, &he) {
+				status = he.StatusCode
+			}
+			http.Error(w, err.Error(), status)
+		}
+	})
+}
+
+// placeholderHeaders sets the handler's placeholders as response headers
+// when the head goes out.
+type placeholderHeaders struct {
+	http.ResponseWriter
+	repl *caddy.Replacer
+	set  bool
+}
+
+func (w *placeholderHeaders) WriteHeader(code int) {
+	w.setHeaders()
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *placeholderHeaders) Write(p []byte) (int, error) {
+	w.setHeaders()
+	return w.ResponseWriter.Write(p)
+}
+
+func (w *placeholderHeaders) Unwrap() http.ResponseWriter { return w.ResponseWriter }
+
+func (w *placeholderHeaders) setHeaders() {
+	if w.set {
+		return
+	}
+	w.set = true
+	for header, name := range map[string]string{
+		"X-Zmq-Pool": placeholderPool, "X-Zmq-Worker": placeholderWorkerID,
+		"X-Zmq-Retries": placeholderRetries, "X-Zmq-Resends": placeholderResends,
+	} {
+		w.Header().Set(header, w.repl.ReplaceAll("{"+name+"}", ""))
+	}
+}
+
+// wantPlaceholders checks the X-Zmq-* headers of resp (serveLikeCaddy).
+func wantPlaceholders(t *testing.T, resp *http.Response, pool, worker string, retries, resends int) {
+	t.Helper()
+	for header, want := range map[string]string{
+		"X-Zmq-Pool": pool, "X-Zmq-Worker": worker,
+		"X-Zmq-Retries": strconv.Itoa(retries), "X-Zmq-Resends": strconv.Itoa(resends),
+	} {
+		if got := resp.Header.Get(header); got != want {
+			t.Errorf("%s %q, want %q", header, got, want)
+		}
+	}
 }
 
 func (env *testEnv) provision(t *testing.T, configure func(*Handler)) *Handler {
@@ -181,6 +246,7 @@ func TestServeRoundTrip(t *testing.T) {
 	if resp.StatusCode != 200 || string(body) != "POST /a/b?x=1&y=2 payload v1" {
 		t.Fatalf("got %d %q", resp.StatusCode, body)
 	}
+	wantPlaceholders(t, resp, "default", "", 0, 0) // no control channel: no worker id
 	r := <-fw.seen
 	checks := map[string]string{
 		"METHOD": "POST", "PATH": "/a/b", "QUERY": "x=1&y=2", "URI": "/a/b?x=1&y=2", "VERSION": "HTTP/1.1",
@@ -323,6 +389,7 @@ func TestServeErrors(t *testing.T) {
 		if resp.StatusCode != 503 {
 			t.Fatalf("status %d", resp.StatusCode)
 		}
+		wantPlaceholders(t, resp, "default", "", 0, 0)
 		if d := time.Since(start); d > 5*time.Second {
 			t.Fatalf("503 took %s, as long as a timeout", d)
 		}
@@ -377,7 +444,7 @@ func TestServeErrors(t *testing.T) {
 		}
 		b, _ := io.ReadAll(resp.Body)
 		resp.Body.Close()
-		if resp.StatusCode != 502 || !strings.Contains(string(b), "invalid reply") {
+		if resp.StatusCode != 502 || !strings.Contains(string(b), "bad reply from a worker of pool default") {
 			t.Fatalf("status %d body %q", resp.StatusCode, b)
 		}
 	})

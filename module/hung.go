@@ -4,6 +4,7 @@ import (
 	"errors"
 	"time"
 
+	"github.com/zmqbridge/caddy-zmq/internal/zmqx"
 	"go.uber.org/zap"
 )
 
@@ -124,7 +125,7 @@ func (c *controlPlane) sweepHung(now time.Time, hungAfter time.Duration) {
 		case ch.pause:
 			c.noteHung(ch.id, true)
 			n := c.t.failHung(ch.wi)
-			c.send(ch.id, []byte("PAUSE"))
+			c.send(ch.id, zmqx.AppendPause(nil))
 			c.logger.Warn("worker hung: it answers nothing; paused (no new requests) until it answers or its cool-down ends",
 				zap.String("worker", ch.id), zap.Duration("unanswered_for", ch.since),
 				zap.Duration("hung_timeout", hungAfter), zap.Int("requests_retried", n))
@@ -134,7 +135,7 @@ func (c *controlPlane) sweepHung(now time.Time, hungAfter time.Duration) {
 				zap.String("worker", ch.id), zap.Duration("unanswered_for", ch.since),
 				zap.Duration("hung_timeout", hungAfter))
 		case ch.resume:
-			c.send(ch.id, []byte("RESUME"))
+			c.send(ch.id, zmqx.AppendResume(nil))
 			c.noteResumed(ch.id, ch.wi, "answering")
 			c.logger.Info("worker recovered: it answers again, or holds no request", zap.String("worker", ch.id))
 		case ch.retake:

@@ -188,15 +188,6 @@ func (o *poolObs) observeFirstByte(start time.Time) {
 	o.firstByte.Observe(time.Since(start).Seconds())
 }
 
-// statusVar is the request variable in which fail leaves the status it
-// answered with, for countOutcome (and {http.vars.zmq_status} in logs).
-const statusVar = "zmq_status"
-
-// noteFailure records the status the handler answers with itself.
-func noteFailure(r *http.Request, status int) {
-	caddyhttp.SetVar(r.Context(), statusVar, status)
-}
-
 // countOutcome counts how the request ended. It runs once per request,
 // after the last attempt, with what ServeHTTP returns (a HandlerError names
 // the status the handler answered with); the answered case reads only the
@@ -219,10 +210,6 @@ func (h *Handler) countOutcome(r *http.Request, st *requestState, err error) {
 	var he caddyhttp.HandlerError
 	if errors.As(err, &he) && he.StatusCode != 0 {
 		o.outcomes[outcomeOfStatus(he.StatusCode)].Inc()
-		return
-	}
-	if status, ok := caddyhttp.GetVar(r.Context(), statusVar).(int); ok {
-		o.outcomes[outcomeOfStatus(status)].Inc()
 		return
 	}
 	if st.rr.HeadDone() && r.Context().Err() == nil {

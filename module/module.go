@@ -48,6 +48,26 @@ const (
 // topology, Mongrel2's, Caddy binds a PUSH socket on the request endpoint and
 // a SUB socket on the reply endpoint; workers connect a PULL and a PUB to
 // them. Any Mongrel2 handler works unchanged behind it.
+//
+// Failures reach Caddy as handler errors, so a site's handle_errors routes
+// run for them with the {http.error.*} placeholders, and Caddy logs them:
+// 503 no worker could take the request (none connected, queues full,
+// max_inflight reached for queue_timeout), 504 no reply started within
+// reply_timeout, 502 the worker sent an invalid reply or was lost with a
+// request that could not be retried, 413 the body is over
+// max_request_body, 400 the client's body broke, 499 the client went away
+// (as with reverse_proxy). Once the response has started, a failure aborts
+// it, so a client never takes a truncated body for a complete one.
+//
+// This handler sets these placeholders on the request, for logs, headers
+// (with the header directive's defer) and handle_errors routes:
+//
+// Placeholder | Description
+// ------------|-------------
+// `{http.zmq.pool}` | The name of the pool of the last attempt (empty when no pool could be tried)
+// `{http.zmq.worker_id}` | The control-channel identity of the worker that took the request, once its acknowledgement has arrived (a reply may overtake it: a response header may lack it); empty for workers that do not speak zmqx/1 (Mongrel2 handlers)
+// `{http.zmq.retries}` | How many times the request was sent again after a worker had taken it (lost or hung): it may have run more than once (idempotent methods only)
+// `{http.zmq.resends}` | How many times the request was sent again because no worker had started it (dispatch deadline passed, handed back, pool unable to take it, pinned worker gone): it ran at most once
 type Handler struct {
 	// RequestEndpoint is where Caddy binds the PUSH socket that hands
 	// requests to workers (Mongrel2's send_spec). Default:
@@ -302,14 +322,13 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		if t.control != nil {
 			t.control.hungAfter.Store(int64(max(time.Duration(h.HungTimeout), 0)))
 		}
-		if h.Affinity != nil && h.Affinity.TTL != "" {
-			ttl, _ := time.ParseDuration(h.Affinity.TTL)
+		if h.Affinity != nil {
 			t.pins.mu.Lock()
-			t.pins.ttl = ttl
+			t.pins.ttl = h.Affinity.ttl()
 			t.pins.mu.Unlock()
 		}
 		pr := &poolRuntime{Pool: p, transport: t, poolKey: key, upstream: &reverseproxy.Upstream{Dial: p.Name},
-			slots: make(chan struct{}, h.MaxInflight), sender: cfg.sender}
+			slots: make(chan struct{}, h.MaxInflight), sender: cfg.sender, nameValue: p.Name}
 		h.pools = append(h.pools, pr)
 		h.hasControl = h.hasControl || t.control != nil
 		h.poolsByDial[p.Name] = pr

@@ -13,22 +13,12 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	zmq "github.com/pebbe/zmq4"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
 )
-
-// withVars serves h as Caddy's server does as far as countOutcome cares:
-// with the request's vars in its context.
-func withVars(h *Handler) http.Handler {
-	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		ctx := context.WithValue(r.Context(), caddyhttp.VarsCtxKey, map[string]any{})
-		_ = h.ServeHTTP(w, r.WithContext(ctx), nil)
-	})
-}
 
 // TestMetricsOutcomes: each way a request ends moves exactly its counter,
 // and a registry of a config gathers the series, twice registered or not.
@@ -45,7 +35,7 @@ func TestMetricsOutcomes(t *testing.T) {
 		return okReply("ok")
 	})
 	env.waitForWorker(t)
-	srv := httptest.NewServer(withVars(env.h))
+	srv := httptest.NewServer(serveLikeCaddy(env.h))
 	defer srv.Close()
 
 	count := func(outcome string) float64 {

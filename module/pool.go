@@ -67,6 +67,9 @@ type poolRuntime struct {
 	slots chan struct{}
 	// sender is this pool's UUID (Handler.SenderID or derived).
 	sender string
+	// nameValue is Name as the value of the {http.zmq.pool} placeholder,
+	// boxed once rather than per request.
+	nameValue any
 	// inflight counts this config's requests, so that Cleanup can let
 	// them finish before the sockets are released.
 	inflight sync.WaitGroup

@@ -38,7 +38,7 @@ func poolEnv(t *testing.T, n int, policy string) (*Handler, *httptest.Server, []
 	if err := h.Provision(ctx); err != nil {
 		t.Fatal(err)
 	}
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { h.ServeHTTP(w, r, nil) }))
+	srv := httptest.NewServer(serveLikeCaddy(h))
 	t.Cleanup(func() { srv.Close(); h.Cleanup() })
 	return h, srv, h.Pools
 }
@@ -176,7 +176,7 @@ func TestWorkersBindCaddyConnects(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer h.Cleanup()
-	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) { h.ServeHTTP(w, r, nil) }))
+	srv := httptest.NewServer(serveLikeCaddy(h))
 	defer srv.Close()
 	seen := map[string]bool{}
 	deadline := time.Now().Add(10 * time.Second)

@@ -9,16 +9,51 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
 	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
+	"github.com/zmqbridge/caddy-zmq/internal/zmqx"
+	"github.com/zmqbridge/caddy-zmq/module/internal/hopbyhop"
 )
 
-// requestHopHeaders describe the client's connection to Caddy, not a request
-// to a worker; like reverse_proxy, they are not passed on.
-var requestHopHeaders = map[string]bool{
-	"Connection": true, "Keep-Alive": true, "Proxy-Connection": true, "Te": true,
-	"Transfer-Encoding": true, "Upgrade": true, "Trailer": true,
-	// Rewritten below from what Caddy knows, never taken from the client.
-	"X-Forwarded-For": true, "Content-Length": true,
-	"X-Mongrel2-Upload-Start": true, "X-Mongrel2-Upload-Done": true,
+// headerRule says what becomes of a client header of that name, besides
+// the hop-by-hop ones (module/internal/hopbyhop).
+type headerRule uint8
+
+const (
+	passOn headerRule = iota
+	// neverFromClient headers are written by the front end from what
+	// Caddy knows, never taken from the client: a handler trusts them (it
+	// opens the upload files they name, it logs the address).
+	neverFromClient
+	// trustedProxyOnly headers tell who the client is, or what it asked
+	// for, as an earlier proxy saw it. Any client can write them, so they
+	// pass only from a peer in the server's trusted_proxies.
+	trustedProxyOnly
+)
+
+// clientHeaderRules: one map, so that each client header costs one lookup.
+var clientHeaderRules = map[string]headerRule{
+	"Content-Length":          neverFromClient,
+	"X-Mongrel2-Upload-Start": neverFromClient,
+	"X-Mongrel2-Upload-Done":  neverFromClient,
+	"X-Forwarded-For":         neverFromClient, // forwarded.go
+	"X-Forwarded-Proto":       neverFromClient,
+	"X-Forwarded-Host":        neverFromClient,
+	"X-Real-Ip":               trustedProxyOnly,
+	"Forwarded":               trustedProxyOnly,
+}
+
+// ruleFor is the rule for a client header name. A name spelled
+// with underscores gets the rule of its dashed twin: CGI-style gateways
+// (WSGI, Rack, PHP) turn both X-Forwarded-For and X_Forwarded_For into
+// HTTP_X_FORWARDED_FOR, so the underscore spelling must not slip past a rule.
+func ruleFor(name string) headerRule {
+	if rule, ok := clientHeaderRules[name]; ok || strings.IndexByte(name, '_') < 0 {
+		return rule
+	}
+	dashed := http.CanonicalHeaderKey(strings.ReplaceAll(name, "_", "-"))
+	if hopbyhop.Is(dashed) {
+		return neverFromClient
+	}
+	return clientHeaderRules[dashed]
 }
 
 // encodeHeaders writes the Mongrel2 header block for r. Client header names
@@ -30,9 +65,22 @@ func (h *Handler) encodeHeaders(e *mongrel2.HeaderEncoder, r *http.Request, path
 	// Mongrel2 writes PATH first in its JSON block; keep its byte order.
 	e.Add("PATH", path)
 	e.Add("host", r.Host)
+	// Hop-by-hop fields describe the client's connection to Caddy, not a
+	// request to a worker; like reverse_proxy, the front end drops them and
+	// every field the client names in Connection.
+	connection := r.Header["Connection"]
+	fwd := forwardingOf(r, connection)
 	for name, values := range r.Header {
-		if requestHopHeaders[name] || len(values) == 0 {
+		if len(values) == 0 || hopbyhop.Drop(connection, name) {
 			continue
+		}
+		switch ruleFor(name) {
+		case neverFromClient:
+			continue
+		case trustedProxyOnly:
+			if !fwd.trusted {
+				continue
+			}
 		}
 		e.AddList(lowerHeaderName(name), values)
 	}
@@ -43,13 +91,13 @@ func (h *Handler) encodeHeaders(e *mongrel2.HeaderEncoder, r *http.Request, path
 	}
 	if up != nil {
 		// Written by Caddy, never taken from the client (see
-		// requestHopHeaders): a handler opens the file they name.
+		// clientHeaderRules): a handler opens the file they name.
 		e.Add(hdrUploadStart, up.path)
 		if uploadDone {
 			e.Add(hdrUploadDone, up.path)
 		}
 	}
-	e.Add("x-forwarded-for", clientIP)
+	fwd.encode(e)
 	e.Add("METHOD", r.Method)
 	e.Add("VERSION", protoVersion(r))
 	// URI follows the (possibly rewritten) path, as Mongrel2's does.
@@ -69,11 +117,11 @@ func (h *Handler) encodeHeaders(e *mongrel2.HeaderEncoder, r *http.Request, path
 	}
 	e.Add("REMOTE_ADDR", clientIP)
 	if control {
-		e.Add("ZMQX_WINDOW", h.windowHeader)
+		e.Add(zmqx.HeaderWindow, h.windowHeader)
 	}
 	if !dispatchBy.IsZero() {
 		var b [20]byte
-		e.Add("ZMQX_DEADLINE", string(mongrel2.AppendUint(b[:0], uint64(dispatchBy.UnixMilli()))))
+		e.Add(zmqx.HeaderDeadline, string(zmqx.AppendDeadline(b[:0], dispatchBy)))
 	}
 }
 

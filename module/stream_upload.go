@@ -1,14 +1,15 @@
 package caddyzmq
 
 import (
+	"errors"
 	"io"
 	"net/http"
-	"strconv"
 	"sync"
 
 	"go.uber.org/zap"
 
 	"github.com/zmqbridge/caddy-zmq/internal/zmqio"
+	"github.com/zmqbridge/caddy-zmq/internal/zmqx"
 )
 
 // Streamed uploads (zmqx/1): when every worker of the pool speaks the
@@ -113,8 +114,8 @@ func (h *Handler) pumpUpload(r *http.Request, t *transport, ex *exchange, done <
 			return
 		}
 	}
-	id := strconv.AppendUint(nil, ex.id, 10)
-	head := len("BODY ") + len(id) + 1
+	bodyHead := zmqx.AppendBodyHead(nil, ex.id)
+	head := len(bodyHead)
 	var sent int64
 	*consumed = true // from here on the body cannot be sent again
 	for {
@@ -129,9 +130,7 @@ func (h *Handler) pumpUpload(r *http.Request, t *transport, ex *exchange, done <
 		// frees: no copy of the body in Caddy's user space at all.
 		msg := zmqio.NewCBuf(head + int(c))
 		m := msg.Bytes()
-		copy(m, "BODY ")
-		copy(m[len("BODY "):], id)
-		m[head-1] = ' '
+		copy(m, bodyHead)
 		n, err := fill(r.Body, m[head:])
 		if int64(n) < c {
 			ex.upload.grant(c - int64(n)) // not used: keep it for the next read
@@ -141,21 +140,28 @@ func (h *Handler) pumpUpload(r *http.Request, t *transport, ex *exchange, done <
 			msg.Free()
 		case h.MaxRequestBody > 0 && sent+int64(n) > h.MaxRequestBody:
 			msg.Free()
-			t.control.send(worker, append([]byte("BODYERR "), id...))
+			// The exchange fails first: a reply the worker makes of the
+			// broken body must not reach the client, who gets 413.
 			ex.fail(errUploadTooLarge)
+			t.control.send(worker, zmqx.AppendBodyErr(nil, ex.id))
 			return
 		default:
 			t.control.sendOwned(worker, msg, head+n)
 			sent += int64(n)
 		}
 		if err == io.EOF {
-			t.control.send(worker, append([]byte("BODYEND "), id...))
+			t.control.send(worker, zmqx.AppendBodyEnd(nil, ex.id))
 			return
 		}
 		if err != nil {
-			h.logger.Info("client request body failed during a streamed upload",
-				zap.Uint64("conn_id", ex.id), zap.Error(err))
-			t.control.send(worker, append([]byte("BODYERR "), id...))
+			var mbe *http.MaxBytesError
+			if errors.As(err, &mbe) {
+				ex.fail(errUploadTooLarge) // Caddy's own request_body limit
+			} else {
+				h.logger.Info("client request body failed during a streamed upload",
+					zap.Uint64("conn_id", ex.id), zap.Error(err))
+			}
+			t.control.send(worker, zmqx.AppendBodyErr(nil, ex.id))
 			return
 		}
 	}

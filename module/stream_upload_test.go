@@ -20,17 +20,20 @@ import (
 
 // TestStreamedUpload: with a zmqx worker, a large body goes over the
 // control channel in BODY messages, never more than the window beyond the
-// worker's grants, and arrives whole.
+// worker's grants, and arrives whole. A chunked body over max_request_body
+// gets 413, and the worker sees BODYERR (its answer to it does not reach the
+// client).
 func TestStreamedUpload(t *testing.T) {
 	ctlEP := "ipc://" + filepath.Join(t.TempDir(), "ctl")
 	const window = 256 << 10
 	env := newTestEnv(t, func(h *Handler) {
 		h.ControlEndpoint = ctlEP
 		h.ReplyWindow = window
-		h.MaxRequestBody = 64 << 20
+		h.MaxRequestBody = 12 << 20
 		h.ReplyTimeout = caddy.Duration(20 * time.Second)
 	})
 	overrun := make(chan int64, 1)
+	bodyErr := make(chan string, 1)
 	stop, done := make(chan struct{}), make(chan struct{})
 	go func() {
 		defer close(done)
@@ -95,6 +98,10 @@ func TestStreamedUpload(t *testing.T) {
 						dealer.SendBytes([]byte(fmt.Sprintf("UCREDIT %s %d", cur.ConnID, ungranted)), 0)
 						ungranted = 0
 					}
+				case "BODYERR":
+					bodyErr <- cur.ConnID
+					reply := "HTTP/1.1 400 Bad Request\r\nContent-Length: 8\r\n\r\nbody err"
+					pub.SendBytes(mongrel2.AppendReplyOne(nil, cur.Sender, cur.ConnID, []byte(reply)), 0)
 				case "BODYEND":
 					reply := hex.EncodeToString(hash.Sum(nil)) + " " + strconv.FormatInt(total, 10)
 					pub.SendBytes(mongrel2.AppendReplyOne(nil, cur.Sender, cur.ConnID, okReply(reply)[0]), 0)
@@ -127,6 +134,24 @@ func TestStreamedUpload(t *testing.T) {
 		if string(b) != want {
 			t.Fatalf("chunked=%v: worker got %q, want %q", chunked, b, want)
 		}
+	}
+	// Over the limit, found only while streaming (no Content-Length): the
+	// body ends just past it, so the client has sent it all when the 413
+	// comes.
+	over := io.MultiReader(bytes.NewReader(make([]byte, 12<<20+100<<10)))
+	resp, err := http.Post(env.srv.URL+"/upload", "application/octet-stream", over)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusRequestEntityTooLarge {
+		t.Fatalf("a chunked body over max_request_body: %d %q, want 413", resp.StatusCode, b)
+	}
+	select {
+	case <-bodyErr:
+	case <-time.After(testDeadline):
+		t.Fatal("the worker never got BODYERR for the body over the limit")
 	}
 	select {
 	case n := <-overrun:

@@ -68,7 +68,7 @@ func BenchmarkRequestPath(b *testing.B) {
 				inflight: make(map[flightKey]*flight),
 				members:  make(map[*member]struct{}),
 			}
-			fe := &frontEnd{s: s, log: s.log, out: make(chan *frame, 4), dead: make(chan struct{})}
+			fe := &frontEndConn{s: s, log: s.log, out: make(chan *frame, 4), dead: make(chan struct{})}
 			fe.active.Store(true)
 			if bc.ctl {
 				// A control connection that is up, whose owner sends

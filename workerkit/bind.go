@@ -34,7 +34,7 @@ var testHookBindWait func(index int, peers, subs int64)
 // bindGate is the request socket owner's view of who is connected in bind
 // mode. It owns the monitor socket of the request socket.
 type bindGate struct {
-	fe       *frontEnd
+	fe       *frontEndConn
 	mon      *zmq.Socket
 	endpoint string           // as bound, for Unbind
 	conns    map[int]struct{} // file descriptors of connections to the request socket
@@ -48,7 +48,7 @@ type bindGate struct {
 // bindRequests monitors and binds the request socket of a front end in bind
 // mode. The monitor is connected before the bind, so that no connection
 // goes uncounted.
-func (fe *frontEnd) bindRequests(sock *zmq.Socket) (*bindGate, error) {
+func (fe *frontEndConn) bindRequests(sock *zmq.Socket) (*bindGate, error) {
 	ep := fmt.Sprintf("inproc://workerkit-bind-monitor-%d", ctlSeq.Add(1))
 	if err := sock.Monitor(ep, zmq.EVENT_ACCEPTED|zmq.EVENT_DISCONNECTED); err != nil {
 		return nil, err
@@ -106,7 +106,7 @@ func (g *bindGate) close(sock *zmq.Socket) {
 // subscriptions as connections to the request socket (every front end that
 // can send us work can hear the answer), or the join grace has run out.
 // false means stop. Called by the request socket's owner only.
-func (fe *frontEnd) waitBound(g *bindGate) bool {
+func (fe *frontEndConn) waitBound(g *bindGate) bool {
 	var timer *time.Timer
 	defer func() {
 		if timer != nil {

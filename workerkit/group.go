@@ -56,7 +56,7 @@ type Group struct {
 // partKey sorts members by what one reply frame can reach: the same front
 // end, the same sender, and the same body framing.
 type partKey struct {
-	fe     *frontEnd
+	fe     *frontEndConn
 	sender string
 	raw    bool // HTTP/1.0 client: raw bytes until close, not chunks
 }
@@ -281,7 +281,7 @@ func sendEnd(key partKey, ids []string) error {
 }
 
 // pushFrame queues a frame for fe's reply socket.
-func pushFrame(fe *frontEnd, f *frame) error {
+func pushFrame(fe *frontEndConn, f *frame) error {
 	select {
 	case fe.out <- f:
 		return nil
@@ -394,7 +394,7 @@ func (s *server) endMembers() {
 // dropMembers removes fe's members without a word: fe cannot hear us.
 // Called by fe's reply socket owner, so it must not wait for g.sendMu (a
 // Broadcast holding it may be waiting for that very owner).
-func (s *server) dropMembers(fe *frontEnd) {
+func (s *server) dropMembers(fe *frontEndConn) {
 	s.mu.Lock()
 	var ms []*member
 	for m := range s.members {

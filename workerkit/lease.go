@@ -4,6 +4,8 @@ import (
 	"context"
 	"sync/atomic"
 	"time"
+
+	"github.com/zmqbridge/caddy-zmq/internal/zmqx"
 )
 
 // The liveness lease: what keeps a request from running twice when this
@@ -18,7 +20,7 @@ import (
 // happen twice. So:
 //
 //   - the control owner notes when it last sent anything; silent for
-//     leaseLapse (any send renews it; HB goes out every 250 ms), the worker
+//     leaseLapse (any send renews it; HB goes out every ctlHeartbeat), the worker
 //     cancels every request it acknowledged to that front end, skips the
 //     ACKs still queued, and says RESET, so that the front end fails those
 //     requests at once if it has not yet;
@@ -34,8 +36,8 @@ import (
 // front end measures from receipt, which can only be later; the deadline
 // compares wall clocks, like the dispatch deadline itself.
 const (
-	frontEndDeadAfter = time.Second
-	frontEndAckGrace  = 250 * time.Millisecond
+	frontEndDeadAfter = zmqx.LivenessBound
+	frontEndAckGrace  = zmqx.DispatchGrace
 	leaseLapse        = 800 * time.Millisecond
 	lateAckGrace      = frontEndAckGrace / 2
 )
@@ -92,13 +94,13 @@ func (o *ctlOwner) checkLease() {
 		"control", c.fe.cfg.Control, "silent", silent.Round(time.Millisecond), "cancelled", n)
 	if c.connected.Load() {
 		o.drainAcks() // skips the cancelled ones
-		o.send("RESET")
+		o.send(zmqx.AppendReset(o.buf[:0]))
 	}
 }
 
 // cancelAcked cancels the requests of fe that were acknowledged (or were
 // about to be), and reports how many.
-func (s *server) cancelAcked(fe *frontEnd) int {
+func (s *server) cancelAcked(fe *frontEndConn) int {
 	n := 0
 	s.flightsOf(fe, func(f *flight) {
 		if f.ackState.CompareAndSwap(ackQueued, ackDropped) || f.ackState.Load() == ackSent {

@@ -98,7 +98,7 @@ func (f *frame) inC() *zmqio.CBuf {
 // Mongrel2 protocol carries, cut into reply messages. It is used by exactly
 // one handler goroutine and recycled afterwards.
 type responseWriter struct {
-	fe     *frontEnd
+	fe     *frontEndConn
 	ctx    context.Context
 	sender string
 	connID string
@@ -130,7 +130,7 @@ var rwPool = sync.Pool{New: func() any {
 	return &responseWriter{header: make(http.Header), buf: make([]byte, 0, 4096)}
 }}
 
-func getResponseWriter(fe *frontEnd, ctx context.Context, sender, connID, method string, major, minor int) *responseWriter {
+func getResponseWriter(fe *frontEndConn, ctx context.Context, sender, connID, method string, major, minor int) *responseWriter {
 	rw := rwPool.Get().(*responseWriter)
 	rw.fe, rw.ctx, rw.sender, rw.connID = fe, ctx, sender, connID
 	rw.prefix = replyPrefixLen(sender, connID)

@@ -19,13 +19,6 @@ import (
 // as the handler read. So the worker buffers at most a window per upload,
 // and a slow handler slows the client down.
 
-const (
-	// bodyHeader is the trusted request header that announces a streamed
-	// body; bodyStream is its only value.
-	bodyHeader = "ZMQX_BODY"
-	bodyStream = "stream"
-)
-
 var (
 	errUploadFailed = errors.New("workerkit: the request body failed at the front end (the client's upload broke, or exceeded the front end's limit)")
 	// errUploadUnavailable: the front end streams the body only to a worker
@@ -344,7 +337,7 @@ func (s *server) endBody(k flightKey, err error) {
 
 // failUploads ends every streaming body of fe with err: its control
 // connection is gone, and with it BODY messages in flight.
-func (s *server) failUploads(fe *frontEnd, err error) {
+func (s *server) failUploads(fe *frontEndConn, err error) {
 	var us []*upload
 	s.flightsOf(fe, func(f *flight) {
 		if f.upload != nil {

@@ -116,7 +116,7 @@ func analyze(c *cluster, r *scenarioRun) *analysis {
 
 	evs, _, _ := c.events.snapshot()
 	retried := map[uint64]bool{}
-	caddyErr := map[uint64]string{} // "zmq request failed" by request id
+	caddyErr := map[uint64]string{} // Caddy's error log line by request id
 	resent := map[uint64]bool{}
 	for i := range evs {
 		e := &evs[i]
@@ -140,12 +140,12 @@ func analyze(c *cluster, r *scenarioRun) *analysis {
 				id, _ := strconv.ParseUint(m[1], 10, 64)
 				resent[id] = true
 			}
-		case e.Msg == msgFailed:
+		case e.Logger == loggerFailed:
 			// Only the load's requests (not the readiness probes).
-			if m := uriID.FindStringSubmatch(e.URI); m != nil {
+			if m := uriID.FindStringSubmatch(e.Request.URI); m != nil {
 				if id, _ := strconv.ParseUint(m[1], 10, 64); info[id] != nil {
 					a.caddyFailed[e.Status]++
-					caddyErr[id] = fmt.Sprintf("%d %s", e.Status, e.Error)
+					caddyErr[id] = fmt.Sprintf("%d %s", e.Status, e.Msg)
 				}
 			}
 		case e.Msg == msgAborting:

@@ -16,8 +16,10 @@ const (
 	msgHung     = "worker hung" // prefix: "worker hung: it answers nothing; ..."
 	msgRetry    = "retrying idempotent request after losing its worker"
 	msgResend   = "re-sending a request no worker took in time"
-	msgFailed   = "zmq request failed"
-	msgAborting = "aborting incomplete response"
+	msgAborting = "aborting with incomplete response"
+	// loggerFailed is Caddy's error log, where the zmq handler's failed
+	// requests are logged (msg is the error, status and request beside).
+	loggerFailed = "http.log.error"
 	// errWorkerLost is in the error of a request failed that way.
 	errWorkerLost = "went silent"
 )
@@ -34,6 +36,11 @@ type event struct {
 	URI            string  `json:"uri"`
 	Error          string  `json:"error"`
 	RequestsFailed int     `json:"requests_failed"`
+	// Request is the request of a line of Caddy's error log.
+	Request struct {
+		Method string `json:"method"`
+		URI    string `json:"uri"`
+	} `json:"request"`
 }
 
 func (e *event) time() time.Time {

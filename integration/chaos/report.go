@@ -232,7 +232,7 @@ func writeDetails(w io.Writer, s *scenarioRun, ind string) {
 		return
 	}
 	a := s.an
-	fmt.Fprintf(w, "%s  caddy log: worker lost %d (requests failed with them %d), drained and left %d, joined %d, retries after a lost worker %d, dispatch re-sends %d, aborted replies %d, zmq request failed %s\n",
+	fmt.Fprintf(w, "%s  caddy log: worker lost %d (requests failed with them %d), drained and left %d, joined %d, retries after a lost worker %d, dispatch re-sends %d, aborted replies %d, requests failed (Caddy's error log) %s\n",
 		ind, a.lost, a.lostFailed, a.drained, a.joined, a.retries, a.resends, a.aborted, statusMap(a.caddyFailed))
 	fmt.Fprintf(w, "%s  workers at shutdown: dropped unstarted past their dispatch deadline %d, not acknowledgeable %d (killed workers say nothing)\n",
 		ind, a.droppedLate, a.droppedUnacked)

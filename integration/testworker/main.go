@@ -13,8 +13,9 @@
 //	/big?bytes=N      N bytes of a fixed pattern (see bigPattern)
 //	anything else     JSON echo of the request (type echo)
 //
-// On every path ?status=N sets the status and ?sleep=DURATION delays the
-// answer. Every response carries "X-Worker: <name>", two Set-Cookie headers,
+// On every path ?status=N sets the status, ?sleep=DURATION delays the
+// answer, ?header=NAME:VALUE (repeatable) adds a response header and
+// ?on=NAME limits sleep and /hang to the worker of that name. Every response carries "X-Worker: <name>", two Set-Cookie headers,
 // and "X-Echo-Token: <token>" when the request had an X-Token header.
 package main
 
@@ -135,6 +136,11 @@ func handler(name string) http.Handler {
 		h.Add("Set-Cookie", "b=2; Path=/")
 		if tok := r.Header.Get("X-Token"); tok != "" {
 			h.Set("X-Echo-Token", tok)
+		}
+		for _, kv := range q["header"] {
+			if k, v, ok := strings.Cut(kv, ":"); ok {
+				h.Add(k, strings.TrimSpace(v))
+			}
 		}
 		// on=<name>: sleep and hang apply only on the worker of that name;
 		// the others answer at once (tests that need one given worker busy).

@@ -13,6 +13,8 @@ import (
 	"strconv"
 
 	"golang.org/x/net/http/httpguts"
+
+	"github.com/zmqbridge/caddy-zmq/module/internal/hopbyhop"
 )
 
 // maxHeadSize bounds the status line plus headers of a worker's reply.
@@ -216,7 +218,7 @@ func (rr *Reader) writeHead(head []byte, bodyInFrame int) (interim bool, err err
 	// Headers are collected first and written only once the whole head is
 	// valid, so a bad reply leaves the client's header map untouched.
 	pairs := rr.pairs[:0]
-	var connectionTokens []byte
+	var connection []string // the worker's Connection values
 	for {
 		var line []byte
 		line, rest = nextLine(rest)
@@ -257,11 +259,11 @@ func (rr *Reader) writeHead(head []byte, bodyInFrame int) (interim bool, err err
 			}
 			continue
 		case "Connection":
-			connectionTokens = append(connectionTokens, value...)
-			connectionTokens = append(connectionTokens, ',')
+			connection = append(connection, string(value))
 			continue
-		case "Keep-Alive", "Proxy-Connection", "Upgrade", "Te", "Trailer":
-			continue // hop-by-hop: describe the worker's hop, not the client's
+		}
+		if hopbyhop.Is(key) {
+			continue // describes the worker's hop, not the client's
 		}
 		pairs = append(pairs, headerPair{key, value})
 	}
@@ -271,16 +273,15 @@ func (rr *Reader) writeHead(head []byte, bodyInFrame int) (interim bool, err err
 	}
 	h := rr.w.Header()
 	for _, p := range pairs {
+		// Fields the worker named in Connection are hop-by-hop too. Only
+		// the worker's are dropped: a Connection token must not remove a
+		// header Caddy or the user's config set (HSTS, say).
+		if hopbyhop.Nominated(connection, p.key) {
+			continue
+		}
 		h[p.key] = append(h[p.key], internValue(p.key, p.value))
 	}
 	clear(pairs)
-	for len(connectionTokens) > 0 {
-		var tok []byte
-		tok, connectionTokens, _ = bytes.Cut(connectionTokens, []byte{','})
-		if tok = bytes.TrimSpace(tok); len(tok) > 0 {
-			h.Del(string(tok))
-		}
-	}
 	rr.status = status
 	rr.headDone = true
 	switch {

@@ -9,7 +9,10 @@
 //	                        (with a control channel, paced by the client's speed)
 //	POST /upload            reads the whole body; answers {"bytes": n, "sha256": "<hex>"}
 //	                        (with a control channel a large body is streamed to the
-//	                        worker under credit: any size, a window of memory)
+//	                        worker under credit: any size, a window of memory); a
+//	                        body that ends in an error (the client's upload broke,
+//	                        or it went over the front end's limit) prints
+//	                        "UPLOAD-ERROR <request URI> <bytes read> <error>" to stdout
 //	GET  /wait              blocks until the request's context is done (the client
 //	                        went away, or shutdown), then prints
 //	                        "CANCELLED /wait <request URI>" to stdout
@@ -144,6 +147,9 @@ func upload(w http.ResponseWriter, r *http.Request) {
 	sum := sha256.New()
 	n, err := io.Copy(sum, r.Body)
 	if err != nil {
+		stdout.Lock()
+		fmt.Fprintf(os.Stdout, "UPLOAD-ERROR %s %d %v\n", r.RequestURI, n, err)
+		stdout.Unlock()
 		http.Error(w, err.Error(), http.StatusBadRequest)
 		return
 	}

@@ -1,0 +1,138 @@
+package workerkit
+
+import (
+	"net/http"
+	"runtime"
+	"time"
+
+	"github.com/zmqbridge/caddy-zmq/internal/zmqx"
+)
+
+// handlerIdle is how long a handler goroutine waits for its next request
+// before it exits.
+const handlerIdle = 10 * time.Second
+
+// run serves fl on a handler goroutine that is waiting for work, or on a new
+// one. Goroutines are reused because a fresh one per request must be
+// created and grow its stack to the depth of net/http handlers every time;
+// a waiting one already has its stack. At most as many wait as ever ran at once (maxConc), and
+// only for handlerIdle.
+func (s *server) run(fl *flight) {
+	select {
+	case s.idle <- fl:
+	default:
+		go s.handlerLoop(fl)
+	}
+}
+
+func (s *server) handlerLoop(fl *flight) {
+	var idle *time.Timer
+	for {
+		s.serveRequest(fl)
+		if idle == nil {
+			idle = time.NewTimer(handlerIdle)
+		} else {
+			idle.Reset(handlerIdle)
+		}
+		select {
+		case fl = <-s.idle:
+		case <-idle.C:
+			return
+		case <-s.stop:
+			// Requests started from now on (those held at shutdown)
+			// find no waiting goroutine and get their own.
+			idle.Stop()
+			return
+		}
+	}
+}
+
+func (s *server) serveRequest(fl *flight) {
+	// flow and upload were set before this goroutine started, and stay.
+	fe, req, ctx, flow, up := fl.key.fe, fl.req, fl.ctx, fl.flow, fl.upload
+	fl.req, fl.ctx = nil, nil // a Group member keeps its flight, not the request
+	joined := false
+	defer func() {
+		if up != nil {
+			// The handler is done with the body, whether it read it all
+			// or not: drop what is buffered, and BODY messages still on
+			// their way (the front end stops sending when the response
+			// is complete).
+			_ = up.Close()
+			if testHookUploadClosed != nil {
+				testHookUploadClosed(up.connID)
+			}
+		}
+		if !joined {
+			// A Group member keeps its flight (disconnects must still
+			// reach it) until it leaves; it holds no handler slot.
+			s.unregister(fl)
+			fl.cancel()
+		}
+		s.running.Add(-1)
+		<-s.sem
+		s.handlers.Done()
+	}()
+	r, err := buildRequest(ctx, req)
+	if err != nil {
+		fe.log.Warn("bad request", "err", err, "conn", req.ConnID)
+		rw := getResponseWriter(fe, ctx, req.Sender, req.ConnID, "", 1, 1)
+		rw.flow = flow
+		rw.errorResponse(http.StatusBadRequest, "Bad Request\n")
+		rw.release()
+		return
+	}
+	if fl.stream {
+		r.ContentLength = fl.length
+		if up != nil {
+			r.Body = up
+		} else {
+			// The front end sends the body only to a worker that
+			// acknowledged the request over the control channel.
+			why := "the control channel is not connected"
+			if fe.ctl == nil {
+				why = "this front end has no control channel"
+			} else if fl.window == 0 {
+				why = "the request has no " + zmqx.HeaderWindow
+			}
+			fe.log.Warn("streamed request body cannot be received: the handler's reads fail", "conn", req.ConnID, "reason", why)
+			r.Body = failedBody{errUploadUnavailable}
+		}
+	}
+	rw := getResponseWriter(fe, ctx, req.Sender, req.ConnID, r.Method, r.ProtoMajor, r.ProtoMinor)
+	rw.flow, rw.fl = flow, fl
+	if r.Method == "WEBSOCKET_HANDSHAKE" {
+		rw.errorResponse(http.StatusNotImplemented, "WebSocket is not supported by this worker\n")
+		rw.release()
+		return
+	}
+	if s.runHandler(rw, r) {
+		rw.finish()
+	}
+	if rw.joined {
+		// The Group owns the response now; the writer is not recycled, as
+		// the handler's goroutines might still hold it.
+		joined = true
+		return
+	}
+	rw.release()
+}
+
+// runHandler calls the handler and reports whether it returned normally. A
+// panic must cost one response, never the worker.
+func (s *server) runHandler(rw *responseWriter, r *http.Request) (ok bool) {
+	defer func() {
+		if ok {
+			return
+		}
+		p := recover()
+		abort := p == http.ErrAbortHandler
+		if !abort {
+			buf := make([]byte, 64<<10)
+			logPanic(rw.fe.log, p, buf[:runtime.Stack(buf, false)], rw.connID)
+		}
+		rw.fail(abort)
+	}()
+	s.h.ServeHTTP(rw, r)
+	return true
+}
