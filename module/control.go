@@ -36,6 +36,9 @@ type ctlMsg struct {
 	// message of a streamed upload).
 	body    *zmqio.CBuf
 	bodyLen int
+	// upload, set on the messages of a streamed upload (BODY, BODYEND,
+	// BODYERR), names the exchange whose body they carry (deliverUpload).
+	upload *exchange
 }
 
 // release frees what m holds that the garbage collector does not see.
@@ -99,12 +102,6 @@ func newControlPlane(t *transport, endpoint string) *controlPlane {
 // DISCONNECT falls back on timeouts), so a full queue drops.
 func (c *controlPlane) send(worker string, payload []byte) {
 	c.enqueue(ctlMsg{worker: worker, payload: payload})
-}
-
-// sendOwned is send for a payload of n bytes in C memory, which the
-// message takes over (sent without a copy, or freed).
-func (c *controlPlane) sendOwned(worker string, body *zmqio.CBuf, n int) {
-	c.enqueue(ctlMsg{worker: worker, body: body, bodyLen: n})
 }
 
 func (c *controlPlane) enqueue(m ctlMsg) {
@@ -206,27 +203,59 @@ func (c *controlPlane) run(zctx *zmq.Context, ready chan<- error, quit <-chan st
 
 // deliver sends one message to its worker.
 func (c *controlPlane) deliver(router *zmq.Socket, m ctlMsg) {
+	if m.upload != nil {
+		c.deliverUpload(router, m)
+		return
+	}
+	c.sendTo(router, m)
+}
+
+// sendTo sends m to its worker and says whether libzmq took it.
+func (c *controlPlane) sendTo(router *zmq.Socket, m ctlMsg) bool {
 	if _, err := router.Send(m.worker, zmq.SNDMORE|zmq.DONTWAIT); err != nil {
 		// EHOSTUNREACH: the worker is gone. A request addressed to it
 		// goes back to load balancing; other messages are moot.
+		// EAGAIN: its queue is full (ROUTER_MANDATORY).
 		m.release()
 		c.undeliverable(m.payload)
-		return
+		return false
 	}
 	if m.body != nil {
-		// On failure the worker's upload fails on its own (its control
-		// connection is gone); only the buffer is left to free.
 		if err := zmqio.SendOwned(router, m.body, m.bodyLen, zmq.DONTWAIT); err != nil {
 			m.release()
-		} else {
-			c.t.bytesUp.Add(uint64(m.bodyLen))
+			return false
 		}
-		return
+		c.t.bytesUp.Add(uint64(m.bodyLen))
+		return true
 	}
 	if _, err := router.SendBytes(m.payload, zmq.DONTWAIT); err != nil {
 		c.undeliverable(m.payload)
-	} else {
-		c.t.bytesUp.Add(uint64(len(m.payload)))
+		return false
+	}
+	c.t.bytesUp.Add(uint64(len(m.payload)))
+	return true
+}
+
+// deliverUpload sends one message of a streamed upload. A chunk that
+// cannot be sent (the worker's queue is full, or it left) is not the end of
+// the body: the exchange fails at once (the client gets 502, never a reply
+// the worker made of part of the body), the chunks after it are dropped,
+// and the end the pump sends becomes BODYERR, so the worker never takes a
+// truncated body for a complete one. Runs on the owner, which sees an
+// upload's messages in order.
+func (c *controlPlane) deliverUpload(router *zmq.Socket, m ctlMsg) {
+	flow := m.upload.upload
+	end := m.body == nil // BODYEND or BODYERR
+	if flow.lost.Load() {
+		if !end {
+			m.release()
+			return
+		}
+		m.payload = zmqx.AppendBodyErr(m.payload[:0], m.upload.id)
+	}
+	if !c.sendTo(router, m) && !end {
+		flow.lost.Store(true)
+		m.upload.fail(errUploadLost)
 	}
 }
 

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net/http"
 	"sync"
+	"sync/atomic"
 
 	"go.uber.org/zap"
 
@@ -39,6 +40,28 @@ type uploadFlow struct {
 	mu     sync.Mutex
 	credit int64
 	signal chan struct{}
+	// lost: a chunk could not be handed to the worker (deliverUpload).
+	lost atomic.Bool
+}
+
+var errUploadLost = errors.New("a chunk of the streamed upload could not be handed to the worker")
+
+// sendUpload queues a message of ex's streamed upload for worker. Unlike
+// other control messages it is never dropped for a full queue: the pump
+// waits (credit already bounds what it has in flight) until the message is
+// queued or the exchange is over (done).
+func (t *transport) sendUpload(ex *exchange, worker string, m ctlMsg, done <-chan struct{}) {
+	m.worker, m.upload = worker, ex
+	select {
+	case t.control.in <- m:
+		return
+	default:
+	}
+	select {
+	case t.control.in <- m:
+	case <-done:
+		m.release()
+	}
 }
 
 func newUploadFlow(window int64) *uploadFlow {
@@ -143,14 +166,14 @@ func (h *Handler) pumpUpload(r *http.Request, t *transport, ex *exchange, done <
 			// The exchange fails first: a reply the worker makes of the
 			// broken body must not reach the client, who gets 413.
 			ex.fail(errUploadTooLarge)
-			t.control.send(worker, zmqx.AppendBodyErr(nil, ex.id))
+			t.sendUpload(ex, worker, ctlMsg{payload: zmqx.AppendBodyErr(nil, ex.id)}, done)
 			return
 		default:
-			t.control.sendOwned(worker, msg, head+n)
+			t.sendUpload(ex, worker, ctlMsg{body: msg, bodyLen: head + n}, done)
 			sent += int64(n)
 		}
 		if err == io.EOF {
-			t.control.send(worker, zmqx.AppendBodyEnd(nil, ex.id))
+			t.sendUpload(ex, worker, ctlMsg{payload: zmqx.AppendBodyEnd(nil, ex.id)}, done)
 			return
 		}
 		if err != nil {
@@ -161,7 +184,7 @@ func (h *Handler) pumpUpload(r *http.Request, t *transport, ex *exchange, done <
 				h.logger.Info("client request body failed during a streamed upload",
 					zap.Uint64("conn_id", ex.id), zap.Error(err))
 			}
-			t.control.send(worker, zmqx.AppendBodyErr(nil, ex.id))
+			t.sendUpload(ex, worker, ctlMsg{payload: zmqx.AppendBodyErr(nil, ex.id)}, done)
 			return
 		}
 	}
