@@ -225,14 +225,14 @@ func (c *controlPlane) sendTo(router *zmq.Socket, m ctlMsg) bool {
 			m.release()
 			return false
 		}
-		c.t.bytesUp.Add(uint64(m.bodyLen))
+		c.countUp(m.bodyLen)
 		return true
 	}
 	if _, err := router.SendBytes(m.payload, zmq.DONTWAIT); err != nil {
 		c.undeliverable(m.payload)
 		return false
 	}
-	c.t.bytesUp.Add(uint64(len(m.payload)))
+	c.countUp(len(m.payload))
 	return true
 }
 
@@ -307,7 +307,7 @@ func (c *controlPlane) receive(in *zmqio.Receiver, rs *ctlScratch) {
 				return
 			}
 		}
-		c.t.bytesDown.Add(uint64(len(payload)))
+		c.countDown(len(payload))
 		c.handle(string(id), payload)
 	}
 }

@@ -329,3 +329,18 @@ func (c *controlPlane) countStates(states map[string]int) {
 // handshake (caddy_zmq_handshakes_refused_total): the hook for CURVE's ZAP
 // handler and socket monitor.
 func (t *transport) noteHandshakeRefused() { t.refusedHandshakes.Add(1) }
+
+// countUp and countDown add n bytes sent to or received from a worker on
+// the control channel; a control plane built bare (unit tests) counts
+// nothing.
+func (c *controlPlane) countUp(n int) {
+	if c.t != nil {
+		c.t.bytesUp.Add(uint64(n))
+	}
+}
+
+func (c *controlPlane) countDown(n int) {
+	if c.t != nil {
+		c.t.bytesDown.Add(uint64(n))
+	}
+}
