@@ -12,7 +12,6 @@ import (
 	"sort"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -367,30 +366,7 @@ func TestObservabilityWorkers(t *testing.T) {
 	}
 
 	// wk-4 holds a request; drained, it finishes it and takes nothing new.
-	slow := make(chan *response, 1)
-	for {
-		done := make(chan *response, 1)
-		go func() {
-			r, _ := do(client, http.MethodGet, c.HTTPURL("/echo?sleep=2s&on=wk-4"), nil, nil)
-			done <- r
-		}()
-		held := false
-		_ = poll(detectBound, nil, func() error {
-			if len(done) > 0 {
-				return nil
-			}
-			if ws, _ := workerStates(t, c, "main"); ws["wk-4"].InFlight == 1 {
-				held = true
-				return nil
-			}
-			return fmt.Errorf("not held yet")
-		})
-		if held {
-			go func() { slow <- <-done }()
-			break
-		}
-		<-done
-	}
+	slow := holdOn(t, c, client, "wk-4", c.HTTPURL("/echo?sleep=2s&on=wk-4"))
 	if status, body := adminDo(t, c, http.MethodPost, "/zmq/pools/main/workers/wk-4/drain"); status != http.StatusOK {
 		t.Fatalf("drain: %d %s", status, body)
 	}
@@ -475,28 +451,16 @@ func TestObservabilityHung(t *testing.T) {
 	startNamedWorker(t, c, "wk-hang")
 	waitStates(t, c, "main", map[string]string{"wk-ok": "live", "wk-hang": "live"})
 
-	// GETs that hang on wk-hang: those it takes are taken back once it is
-	// found hung and answered by wk-ok.
-	var wg sync.WaitGroup
-	errs := make(chan string, 4)
-	for i := 0; i < 4; i++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			r, err := do(client, http.MethodGet, c.HTTPURL("/hang/h?on=wk-hang"), nil, nil)
-			if err != nil || r.StatusCode != http.StatusOK || r.Header.Get("X-Worker") != "wk-ok" {
-				errs <- fmt.Sprintf("%v %+v", err, r)
-			}
-		}()
-	}
+	// A GET that hangs on wk-hang, sent until wk-hang holds one (PUSH may
+	// give the first ones to wk-ok, which answers them at once): taken back
+	// once wk-hang is found hung, it is answered by wk-ok.
+	held := holdOn(t, c, client, "wk-hang", c.HTTPURL("/hang/h?on=wk-hang"))
 	waitStates(t, c, "main", map[string]string{"wk-hang": "paused"})
 	if got := scrape(t, c)[series("caddy_zmq_workers", "pool", "main", "state", "paused")]; got != 1 {
 		t.Errorf("paused gauge %v, want 1", got)
 	}
-	wg.Wait()
-	close(errs)
-	for e := range errs {
-		t.Errorf("request taken back from the hung worker: %s", e)
+	if r := <-held; r == nil || r.StatusCode != http.StatusOK || r.Header.Get("X-Worker") != "wk-ok" {
+		t.Errorf("request taken back from the hung worker: %+v, want 200 from wk-ok", r)
 	}
 	waitStates(t, c, "main", map[string]string{"wk-hang": "live"})
 	waitEvents(t, events, "main", []string{"worker_hung wk-hang", "worker_resumed wk-hang"})
@@ -655,4 +619,38 @@ func TestObservabilityPlainHandler(t *testing.T) {
 		t.Fatalf("drain beside a plain handler: %d %s", status, body)
 	}
 	waitStates(t, c, "main", map[string]string{"wk-kit": "draining"})
+}
+
+// holdOn sends GET url until worker holds one such request (the admin API
+// shows it in flight); requests that other workers answer meanwhile must
+// be 200s. The returned channel gets the held request's response (nil on
+// a transport error).
+func holdOn(t *testing.T, c *caddy, client *http.Client, worker, url string) <-chan *response {
+	t.Helper()
+	for tries := 0; tries < 50; tries++ {
+		done := make(chan *response, 1)
+		go func() {
+			r, _ := do(client, http.MethodGet, url, nil, nil)
+			done <- r
+		}()
+		held := false
+		_ = poll(detectBound, nil, func() error {
+			if len(done) > 0 {
+				return nil
+			}
+			if ws, _ := workerStates(t, c, "main"); ws[worker].InFlight >= 1 {
+				held = true
+				return nil
+			}
+			return fmt.Errorf("not held yet")
+		})
+		if held {
+			return done
+		}
+		if r := <-done; r == nil || r.StatusCode != http.StatusOK {
+			t.Fatalf("GET %s answered elsewhere: %+v", url, r)
+		}
+	}
+	t.Fatalf("%s never held GET %s", worker, url)
+	return nil
 }
