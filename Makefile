@@ -40,7 +40,7 @@ CADDY_SRCS := $(shell find module internal -name '*.go' ! -name '*_test.go' 2>/d
 WORKERKIT_SRCS := $(shell find workerkit internal -name '*.go' ! -name '*_test.go' ! -path 'workerkit/examples/*' 2>/dev/null)
 
 WORKERS := $(BIN)/hello-worker $(BIN)/echo-worker $(BIN)/testworker $(BIN)/chaosworker $(BIN)/chat-worker \
-	$(BIN)/zmqx-conformance
+	$(BIN)/zmqx-conformance $(BIN)/pinned-worker
 
 # What building and running need (cgo links libzmq, found by pkg-config).
 DEB_RUN_PACKAGES := libzmq3-dev pkg-config
@@ -145,6 +145,9 @@ $(BIN)/chaosworker: $(WORKERKIT_SRCS) $(wildcard integration/chaosworker/*.go) g
 
 $(BIN)/chat-worker: $(WORKERKIT_SRCS) $(wildcard workerkit/examples/chat/*.go) go.mod go.sum | deps-run
 	$(call go_build,./workerkit/examples/chat)
+
+$(BIN)/pinned-worker: $(WORKERKIT_SRCS) $(wildcard workerkit/examples/pinned/*.go) go.mod go.sum | deps-run
+	$(call go_build,./workerkit/examples/pinned)
 
 $(BIN)/testworker: $(WORKERKIT_SRCS) $(wildcard integration/testworker/*.go) go.mod go.sum | deps-run
 	$(call go_build,./integration/testworker)

@@ -122,6 +122,7 @@ func (a *attempt) frame(bodyLen int64, body []byte, uploadDone bool) *[]byte {
 	if st.lazyBody {
 		st.enc.Add(zmqx.HeaderBody, zmqx.BodyStream)
 	}
+	a.h.addSessionHeader(&st.enc, a.r, a.t) // sessions.go
 	buf := requestFrames.get()
 	*buf = mongrel2.AppendRequest(*buf, a.p.sender, string(connID), a.path, st.enc.Bytes(), body)
 	return buf

@@ -46,6 +46,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    dispatch_timeout   <duration>|off   # re-send what no zmqx worker started by then
 //	    hung_timeout       <duration>|off   # pause a zmqx worker that answers nothing for this long
 //	    affinity           cookie|header <name> [<ttl>]   # pin sessions to one worker
+//	    broadcast          [<timeout> [<max_answer bytes>]]  # ask every live worker (NDJSON)
 //	    retries            <n>              # idempotent requests whose worker was lost
 //	    heartbeat          <duration>|off
 //
@@ -166,6 +167,11 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			if err := h.Affinity.validate(); err != nil {
 				return d.Err(err.Error())
+			}
+			continue
+		case "broadcast":
+			if err := h.unmarshalBroadcast(d); err != nil {
+				return err
 			}
 			continue
 		case "retries":

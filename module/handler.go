@@ -133,6 +133,9 @@ type call struct {
 
 // ServeHTTP hands r to a worker and writes back its reply.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) (err error) {
+	if h.Broadcast != nil {
+		return h.serveBroadcast(w, r) // broadcast.go
+	}
 	st := statePool.Get().(*requestState)
 	defer st.recycle()
 	defer func() { h.countOutcome(r, st, err) }()

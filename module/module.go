@@ -112,6 +112,11 @@ type Handler struct {
 	// required). Default: off.
 	Affinity *Affinity `json:"affinity,omitempty"`
 
+	// Broadcast makes the route a scatter-gather: each request goes to
+	// every live worker on a control channel, and the response lists their
+	// answers (broadcast.go). Default: off.
+	Broadcast *Broadcast `json:"broadcast,omitempty"`
+
 	// SenderID is the UUID that tags every request and that replies must
 	// carry (Mongrel2's send_ident; Caddy subscribes to exactly it). Give
 	// each front end of a cluster its own. Default: derived, per pool,
@@ -368,6 +373,9 @@ func (h *Handler) Validate() error {
 				return fmt.Errorf("zmq: affinity needs a control_endpoint on every pool (pool %s has none)", p.Name)
 			}
 		}
+	}
+	if err := h.validateBroadcast(); err != nil {
+		return err
 	}
 	if h.ReplyWindow < minReplyWindow {
 		return fmt.Errorf("zmq: reply_window must be at least %d bytes (one reply frame)", minReplyWindow)

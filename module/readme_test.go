@@ -70,6 +70,7 @@ var readmeDefaults = map[string]func(readme string) error{
 	"hung_timeout":       isDuration(DefaultHungTimeout),
 	"retries":            isInt(1), // set by Provision
 	"affinity":           isText("off"),
+	"broadcast":          isText("off"),
 	"pool":               isText("one pool"),
 	"lb_policy":          isText("random"), // RandomSelection in Provision
 }

@@ -531,7 +531,7 @@ func (t *transport) failWorker(worker string, err error) int {
 	n := 0
 	t.mu.RLock()
 	for _, ex := range t.pending {
-		if ex.workerID() == worker {
+		if ex.workerID() == worker || ex.awaitsBroadcastAck(worker) {
 			ex.fail(err)
 			n++
 		}
@@ -603,6 +603,9 @@ type exchange struct {
 	// addressed is the worker a pinned request was sent to by REQ; it
 	// gets the disconnect even before its ACK arrives.
 	addressed string
+	// broadcastTo, guarded by mu, is the worker a broadcast request was
+	// sent to: it fails with that worker even unacknowledged (broadcast.go).
+	broadcastTo string
 
 	// retryable: an idempotent request that may still be retried; only
 	// those are taken back from a hung worker (hung.go).

@@ -209,5 +209,8 @@ func (s *server) start(fl *flight) {
 	}
 	s.handlers.Add(1)
 	s.running.Add(1)
+	if s.sessions != nil && s.sessions.route(fl) {
+		return
+	}
 	s.run(fl)
 }

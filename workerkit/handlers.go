@@ -47,7 +47,11 @@ func (s *server) handlerLoop(fl *flight) {
 	}
 }
 
-func (s *server) serveRequest(fl *flight) {
+func (s *server) serveRequest(fl *flight) { s.serveWith(fl, s.h) }
+
+// serveWith answers fl with h and reports whether h returned normally (it
+// did not panic).
+func (s *server) serveWith(fl *flight, h http.Handler) (ok bool) {
 	// flow and upload were set before this goroutine started, and stay.
 	fe, req, ctx, flow, up := fl.key.fe, fl.req, fl.ctx, fl.flow, fl.upload
 	fl.req, fl.ctx = nil, nil // a Group member keeps its flight, not the request
@@ -80,7 +84,7 @@ func (s *server) serveRequest(fl *flight) {
 		rw.flow = flow
 		rw.errorResponse(http.StatusBadRequest, "Bad Request\n")
 		rw.release()
-		return
+		return true
 	}
 	if fl.stream {
 		r.ContentLength = fl.length
@@ -104,23 +108,25 @@ func (s *server) serveRequest(fl *flight) {
 	if r.Method == "WEBSOCKET_HANDSHAKE" {
 		rw.errorResponse(http.StatusNotImplemented, "WebSocket is not supported by this worker\n")
 		rw.release()
-		return
+		return true
 	}
-	if s.runHandler(rw, r) {
+	ok = s.runHandler(rw, r, h)
+	if ok {
 		rw.finish()
 	}
 	if rw.joined {
 		// The Group owns the response now; the writer is not recycled, as
 		// the handler's goroutines might still hold it.
 		joined = true
-		return
+		return ok
 	}
 	rw.release()
+	return ok
 }
 
 // runHandler calls the handler and reports whether it returned normally. A
 // panic must cost one response, never the worker.
-func (s *server) runHandler(rw *responseWriter, r *http.Request) (ok bool) {
+func (s *server) runHandler(rw *responseWriter, r *http.Request, h http.Handler) (ok bool) {
 	defer func() {
 		if ok {
 			return
@@ -133,6 +139,6 @@ func (s *server) runHandler(rw *responseWriter, r *http.Request) (ok bool) {
 		}
 		rw.fail(abort)
 	}()
-	s.h.ServeHTTP(rw, r)
+	h.ServeHTTP(rw, r)
 	return true
 }

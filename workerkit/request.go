@@ -15,6 +15,7 @@ import (
 	"sync/atomic"
 
 	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
+	"github.com/zmqbridge/caddy-zmq/internal/zmqx"
 )
 
 // isServerKey tells the front end's own (trusted, upper case) keys from the
@@ -42,7 +43,7 @@ var (
 // buildRequest turns a parsed handler request into what net/http handlers
 // expect from a server, so that ordinary handlers run unchanged.
 func buildRequest(ctx context.Context, m *mongrel2.Request) (*http.Request, error) {
-	var method, version, uri, path, query, scheme, remote, host string
+	var method, version, uri, path, query, scheme, remote, host, broadcast string
 	nClient, nValues := 0, 0
 	for i := range m.Headers {
 		f := &m.Headers[i]
@@ -68,6 +69,8 @@ func buildRequest(ctx context.Context, m *mongrel2.Request) (*http.Request, erro
 			scheme = f.Value()
 		case "REMOTE_ADDR":
 			remote = f.Value()
+		case zmqx.HeaderBroadcast:
+			broadcast = f.Value()
 		}
 	}
 	if method == "" {
@@ -152,6 +155,9 @@ func buildRequest(ctx context.Context, m *mongrel2.Request) (*http.Request, erro
 	if scheme == "https" {
 		// Handlers test r.TLS != nil to learn that the client used TLS.
 		r.TLS = &tls.ConnectionState{}
+	}
+	if broadcast != "" {
+		ctx = withBroadcast(ctx, broadcast) // broadcast.go
 	}
 	return r.WithContext(ctx), nil
 }

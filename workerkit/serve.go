@@ -80,6 +80,8 @@ type server struct {
 	// members are the responses that joined a Group; ended at shutdown.
 	members       map[*member]struct{}
 	membersClosed bool // shutting down: Join fails
+
+	sessions *sessionTable // nil without Worker.PinnedSessions (pinned.go)
 }
 
 // frontEndConn is the run-time state of one FrontEnd. Its request socket is
@@ -167,6 +169,7 @@ func (w *Worker) serveUntil(ctx context.Context, force <-chan struct{}) error {
 		inflight: make(map[flightKey]*flight),
 		members:  make(map[*member]struct{}),
 	}
+	s.sessions = newSessionTable(s, w.PinnedSessions)
 	nSockets := 0
 	for i, f := range w.FrontEnds {
 		fe := &frontEndConn{

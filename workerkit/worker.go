@@ -53,6 +53,9 @@ type Worker struct {
 	// same front end must not share an ID. At most 255 printable ASCII
 	// characters without spaces.
 	ID string
+	// PinnedSessions, if set, runs each session's requests on one OS
+	// thread of its own (see PinnedSessions). Default: off.
+	PinnedSessions *PinnedSessions
 
 	// serving holds the current run of Serve (a *server), read by Stats
 	// (stats.go). An atomic.Value, unlike atomic.Pointer, leaves a Worker

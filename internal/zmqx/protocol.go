@@ -25,6 +25,16 @@ const (
 	HeaderBody = "ZMQX_BODY"
 	// BodyStream is the value of HeaderBody for a streamed body.
 	BodyStream = "stream"
+	// HeaderSession carries the front end's affinity session key (the
+	// cookie or header value its affinity names), so that a worker can run
+	// all requests of one session on one thread (workerkit.PinnedSessions).
+	// Absent when the route has no affinity or the request names no
+	// session.
+	HeaderSession = "ZMQX_SESSION"
+	// HeaderBroadcast marks a request that is one of a broadcast (the zmq
+	// handler's scatter-gather): the same request sent to every live worker.
+	// Its value is the number of workers asked.
+	HeaderBroadcast = "ZMQX_BROADCAST"
 )
 
 // Timing every peer relies on.
