@@ -40,7 +40,7 @@ CADDY_SRCS := $(shell find module internal -name '*.go' ! -name '*_test.go' 2>/d
 WORKERKIT_SRCS := $(shell find workerkit internal -name '*.go' ! -name '*_test.go' ! -path 'workerkit/examples/*' 2>/dev/null)
 
 WORKERS := $(BIN)/hello-worker $(BIN)/echo-worker $(BIN)/testworker $(BIN)/chaosworker $(BIN)/chat-worker \
-	$(BIN)/zmqx-conformance $(BIN)/pinned-worker
+	$(BIN)/zmqx-conformance $(BIN)/pinned-worker $(BIN)/wschat-worker $(BIN)/floor-worker
 
 # What building and running need (cgo links libzmq, found by pkg-config).
 DEB_RUN_PACKAGES := libzmq3-dev pkg-config
@@ -149,8 +149,16 @@ $(BIN)/chat-worker: $(WORKERKIT_SRCS) $(wildcard workerkit/examples/chat/*.go) g
 $(BIN)/pinned-worker: $(WORKERKIT_SRCS) $(wildcard workerkit/examples/pinned/*.go) go.mod go.sum | deps-run
 	$(call go_build,./workerkit/examples/pinned)
 
+$(BIN)/wschat-worker: $(WORKERKIT_SRCS) $(wildcard workerkit/examples/wschat/*.go) go.mod go.sum | deps-run
+	$(call go_build,./workerkit/examples/wschat)
+
 $(BIN)/testworker: $(WORKERKIT_SRCS) $(wildcard integration/testworker/*.go) go.mod go.sum | deps-run
 	$(call go_build,./integration/testworker)
+
+# The ZeroMQ floor of make bench: a single-loop Mongrel2-protocol worker
+# (no workerkit; only the codec in internal/).
+$(BIN)/floor-worker: $(shell find internal -name '*.go' ! -name '*_test.go') $(wildcard integration/floorworker/*.go) go.mod go.sum | deps-run
+	$(call go_build,./integration/floorworker)
 
 # The zmqx/1 conformance kit as a command (the kit is in WORKERKIT_SRCS).
 $(BIN)/zmqx-conformance: $(WORKERKIT_SRCS) go.mod go.sum | deps

@@ -32,6 +32,8 @@ type netLab struct {
 	hostIf [2]string
 	hostIP [2]string
 	nsIP   [2]string
+	// workerArgs, when set, adds flags to each worker (CURVE keys).
+	workerArgs func(name string) []string
 }
 
 var netLabName = regexp.MustCompile(`^zmqit-([0-9]+)-h[12]$`)
@@ -155,6 +157,9 @@ func (lab *netLab) startWorker(t *testing.T, i int, name string, frontEnds ...st
 	for _, fe := range frontEnds {
 		args = append(args, "-frontend", fe)
 	}
+	if lab.workerArgs != nil {
+		args = append(args, lab.workerArgs(name)...)
+	}
 	cmd := exec.Command("ip", args...)
 	cmd.Dir = t.TempDir()
 	return startProcess(t, name, cmd)
@@ -181,13 +186,17 @@ func TestNetnsAffinityFailover(t *testing.T) {
 	const margin = 4 * time.Second
 	ports := freePorts(t, 3)
 	ep := func(p int) string { return fmt.Sprintf("tcp://%s:%d", lab.hostIP[1], p) }
-	c := startCaddy(t, caddyOpts{Config: "caddyfiles/affinity.Caddyfile", Env: map[string]string{
+	// Across hosts, as in production: CURVE on every socket, each worker
+	// with a key of its own (curve_test.go).
+	keyDir := t.TempDir()
+	c := startCaddy(t, caddyOpts{Config: withCurve(t, "caddyfiles/affinity.Caddyfile", keyDir), Env: map[string]string{
 		"ZMQ_REQUESTS":  ep(ports[0]),
 		"ZMQ_REPLIES":   ep(ports[1]),
 		"ZMQ_CONTROL":   ep(ports[2]),
 		"REPLY_TIMEOUT": replyTimeout.String(),
 	}})
 	fe := rtFrontEnd(ep(ports[0]), ep(ports[1]), ep(ports[2]))
+	lab.workerArgs = curveWorkerKeys(t, c, keyDir)
 	hostOf := map[string]int{}
 	var workers []*process
 	var names []string

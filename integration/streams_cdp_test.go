@@ -32,7 +32,7 @@ type browser struct {
 // startBrowser starts Chromium on url and connects to the page's DevTools
 // endpoint. Without Chromium the test is skipped, even under make test:
 // Chromium is an optional dependency (Debian package chromium).
-func startBrowser(t *testing.T, url string) *browser {
+func startBrowser(t *testing.T, url string, extraArgs ...string) *browser {
 	t.Helper()
 	if _, err := os.Stat(chromiumPath); err != nil {
 		t.Skipf("%s is not installed (Debian package chromium): the browser test needs it", chromiumPath)
@@ -49,6 +49,7 @@ func startBrowser(t *testing.T, url string) *browser {
 		// listed here (golang.org/x/net/websocket always sends one).
 		"--remote-allow-origins=*",
 		url)
+	cmd.Args = append(cmd.Args[:len(cmd.Args)-1], append(extraArgs, url)...)
 	cmd.Dir = profile
 	// HOME inside the test: Chromium writes caches and crash dumps there.
 	cmd.Env = append(os.Environ(), "HOME="+profile)

@@ -466,13 +466,12 @@ func TestLargeDownload(t *testing.T) {
 // TestAbandonedTransfersMemory: clients that leave large downloads and
 // uploads in bursts must not leave Caddy or the worker holding memory.
 // Every such transfer had frames in flight (up to the credit window) when
-// its client went. Measured with this test on binaries of commit 5a726f2:
-// Caddy +105 MiB and the worker +111 MiB stayed resident, since upload
-// chunks and reply frames came from glibc's heap (freed on libzmq's I/O
-// thread, kept by the arenas of the threads that allocated them) and an
-// ended request's queued frames waited for the garbage collector. Now
-// +19-28 and +16-22 MiB (five runs): zmqio.CBuf's bounded block cache, the trim after
-// kept parts are freed, and the queue released at unregister.
+// its client went. What used to stay resident: upload chunks and reply
+// frames from glibc's heap (freed on libzmq's I/O thread, kept by the arenas
+// of the threads that allocated them) and an ended request's queued frames
+// waiting for the garbage collector; zmqio.CBuf's bounded block cache, the
+// trim after kept parts are freed, and the queue released at unregister
+// answer them (docs/performance.md has the figures).
 func TestAbandonedTransfersMemory(t *testing.T) {
 	const (
 		bursts    = 12 // downloads and uploads alternate

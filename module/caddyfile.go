@@ -37,6 +37,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    stream_timeout     <duration>
 //	    max_request_body   <size>           # 413 past it, e.g. 10MB
 //	    max_buffered_reply <size>
+//	    websocket_max_message <size>        # close 1009 past it (default 16MiB)
 //	    upload_temp_store  <pattern>        # Mongrel2 temp-file uploads, e.g. /tmp/upload.XXXXXX
 //	    upload_threshold   <size>           # bodies above it go through the file (default 20480)
 //	    reply_window       <size>           # credit per request on the control channel
@@ -49,6 +50,12 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    broadcast          [<timeout> [<max_answer bytes>]]  # ask every live worker (NDJSON)
 //	    retries            <n>              # idempotent requests whose worker was lost
 //	    heartbeat          <duration>|off
+//	    curve {                             # CurveZMQ on every socket (docs/security.md)
+//	        secret_key      <z85>           # or secret_key_file; default: generated, kept in Caddy's storage
+//	        secret_key_file <path>
+//	        allow           <z85>...        # allowed worker public keys (repeatable)
+//	        allow_dir       <dir>           # or every *.key zcert file in a directory
+//	    }
 //
 //	    # several pools instead of the endpoints above, picked per request
 //	    # with reverse_proxy's selection policies
@@ -58,6 +65,7 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	        control_endpoint <endpoint>
 //	        # or: workers bind, Caddy connects (one line per worker)
 //	        to <worker_request_endpoint> <worker_reply_endpoint>
+//	        plaintext        # no CURVE on this pool (plain Mongrel2 handlers)
 //	    }
 //	    lb_policy <name> [<options...>]
 //	}
@@ -125,7 +133,7 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			case "hung_timeout":
 				h.HungTimeout = caddy.Duration(dur)
 			}
-		case "max_request_body", "max_buffered_reply", "reply_window", "upload_threshold":
+		case "max_request_body", "max_buffered_reply", "reply_window", "upload_threshold", "websocket_max_message":
 			if !d.NextArg() {
 				return d.ArgErr()
 			}
@@ -142,6 +150,8 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.ReplyWindow = size
 			case "upload_threshold":
 				h.UploadThreshold = size
+			case "websocket_max_message":
+				h.WebSocketMaxMessage = size
 			}
 		case "max_inflight":
 			if !d.NextArg() {
@@ -183,6 +193,12 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("bad retries %q", d.Val())
 			}
 			h.Retries = n
+		case "curve":
+			h.Curve = new(Curve)
+			if err := h.Curve.UnmarshalCaddyfile(d); err != nil {
+				return err
+			}
+			continue
 		case "pool":
 			p, err := unmarshalPool(d)
 			if err != nil {
@@ -243,6 +259,13 @@ func unmarshalPool(d *caddyfile.Dispenser) (Pool, error) {
 	}
 	for nesting := d.Nesting(); d.NextBlock(nesting); {
 		opt := d.Val()
+		if opt == "plaintext" {
+			p.Plaintext = true
+			if d.NextArg() {
+				return p, d.Errf("plaintext takes no argument")
+			}
+			continue
+		}
 		if !d.NextArg() {
 			return p, d.ArgErr()
 		}

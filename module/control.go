@@ -64,6 +64,8 @@ type controlPlane struct {
 	// hungAfter is the handler's hung_timeout (0: off). The last config
 	// provisioned on these sockets sets it.
 	hungAfter atomic.Int64
+	// ids binds worker ids to the CURVE keys that speak for them.
+	ids workerKeys
 
 	controlObs // operator's view: history and counts (drain.go)
 }
@@ -156,11 +158,17 @@ func (c *controlPlane) run(zctx *zmq.Context, ready chan<- error, quit <-chan st
 		ready <- err
 		return
 	}
+	hsDone, err := c.t.watchHandshakes(zctx, router)
+	if err != nil {
+		ready <- fmt.Errorf("control socket: %w", err)
+		return
+	}
+	defer func() { <-hsDone }()
 	if err := router.Bind(c.endpoint); err != nil {
 		ready <- fmt.Errorf("binding control endpoint %s: %w", c.endpoint, err)
 		return
 	}
-	in, err := zmqio.NewReceiver(router)
+	in, err := zmqio.NewUserReceiver(router)
 	if err != nil {
 		ready <- fmt.Errorf("control socket: %w", err)
 		return
@@ -265,6 +273,7 @@ type ctlScratch struct {
 	id      []byte
 	payload []byte
 	extra   []byte
+	user    string // the last sender's ZAP user id, reused while it repeats
 }
 
 // undeliverable fails the exchange of a REQ that could not be routed.
@@ -288,7 +297,7 @@ func (c *controlPlane) undeliverable(payload []byte) {
 // receive reads every pending [identity, payload] message. Workers send
 // short messages; a payload larger than the scratch buffer is received into
 // one of its own.
-func (c *controlPlane) receive(in *zmqio.Receiver, rs *ctlScratch) {
+func (c *controlPlane) receive(in *zmqio.UserReceiver, rs *ctlScratch) {
 	for {
 		id, more, err := in.RecvInto(rs.id, zmq.DONTWAIT)
 		if err != nil {
@@ -297,7 +306,8 @@ func (c *controlPlane) receive(in *zmqio.Receiver, rs *ctlScratch) {
 		if !more {
 			continue
 		}
-		payload, more, err := in.RecvInto(rs.payload, 0)
+		payload, more, user, err := in.RecvIntoUser(rs.payload, 0, rs.user)
+		rs.user = user
 		if err != nil {
 			return
 		}
@@ -308,11 +318,18 @@ func (c *controlPlane) receive(in *zmqio.Receiver, rs *ctlScratch) {
 			}
 		}
 		c.countDown(len(payload))
-		c.handle(string(id), payload)
+		c.handleFrom(string(id), user, payload)
 	}
 }
 
-func (c *controlPlane) handle(worker string, payload []byte) {
+func (c *controlPlane) handle(worker string, payload []byte) { c.handleFrom(worker, "", payload) }
+
+// handleFrom handles a message from worker, sent with CURVE key key ("":
+// without CURVE).
+func (c *controlPlane) handleFrom(worker, key string, payload []byte) {
+	if !c.admit(worker, key) {
+		return
+	}
 	m, err := zmqx.Parse(payload)
 	now := time.Now()
 	c.mu.Lock()
@@ -356,6 +373,9 @@ func (c *controlPlane) handle(worker string, payload []byte) {
 			}
 			c.acks.Add(1)
 			if ex := c.t.lookup(n); ex != nil {
+				if !c.mayHold(ex, worker, key, zmqx.Ack) {
+					continue
+				}
 				ex.setWorker(worker, wi)
 				if ex.session != "" {
 					c.t.pins.pinFirst(ex.session, worker, c.isLive)
@@ -377,7 +397,7 @@ func (c *controlPlane) handle(worker string, payload []byte) {
 			if !ok {
 				continue
 			}
-			if ex := c.t.lookup(n); ex != nil && ex.workerID() == "" {
+			if ex := c.t.lookup(n); ex != nil && c.mayHold(ex, worker, key, zmqx.Nack) && ex.workerID() == "" {
 				ex.fail(errNotTaken)
 			}
 		}
@@ -387,7 +407,7 @@ func (c *controlPlane) handle(worker string, payload []byte) {
 		if !ok {
 			return
 		}
-		if ex := c.t.lookup(id); ex != nil && ex.upload != nil {
+		if ex := c.t.lookup(id); ex != nil && ex.upload != nil && c.mayHold(ex, worker, key, zmqx.UploadCredit) {
 			ex.upload.grant(m.N)
 		}
 	case zmqx.Reset:
@@ -436,6 +456,7 @@ func (c *controlPlane) sweep(now time.Time) {
 			c.noteLost(id, wi, now)
 			delete(c.workers, id)
 			c.lost[id] = now
+			c.ids.forget(id)
 		}
 	}
 	c.mu.Unlock()

@@ -136,6 +136,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	if h.Broadcast != nil {
 		return h.serveBroadcast(w, r) // broadcast.go
 	}
+	if isWebSocketUpgrade(r) || isExtendedConnect(r) {
+		return h.serveWebSocket(w, r) // websocket.go
+	}
 	st := statePool.Get().(*requestState)
 	defer st.recycle()
 	defer func() { h.countOutcome(r, st, err) }()

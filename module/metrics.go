@@ -287,6 +287,9 @@ func (s *stateCollector) Collect(ch chan<- prometheus.Metric) {
 			malformed += t.badReplies.Load()
 			unknown += t.unknownReplies.Load()
 			refused += t.refusedHandshakes.Load()
+			if t.auth != nil {
+				refused += t.auth.refused.Load() // CURVE's ZAP handler and monitors
+			}
 			if c := t.control; c != nil {
 				joined += c.joinedTotal.Load()
 				lost += c.lostTotal.Load()

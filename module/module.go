@@ -160,6 +160,11 @@ type Handler struct {
 	// queued frames). Default: 64 MiB.
 	MaxBufferedReply int64 `json:"max_buffered_reply,omitempty"`
 
+	// WebSocketMaxMessage bounds a WebSocket message from a client, all
+	// its fragments together; past it the client gets close 1009.
+	// Default: 16 MiB.
+	WebSocketMaxMessage int64 `json:"websocket_max_message,omitempty"`
+
 	// MaxInflight bounds the requests in flight per pool (streams
 	// included). Past it a request waits up to QueueTimeout for a slot,
 	// then gets 503, so a flood cannot grow memory without bound. Default:
@@ -198,6 +203,13 @@ type Handler struct {
 	// Pattern is the value of the PATTERN header, the route a Mongrel2
 	// handler believes matched. Default: "/".
 	Pattern string `json:"pattern,omitempty"`
+
+	// Curve turns on CurveZMQ (encryption and authentication) on every
+	// socket of every pool but those marked plaintext: Caddy is the CURVE
+	// server and only workers whose public key is allowed may connect.
+	// See docs/security.md. Default: off (plaintext; binding a non-loopback
+	// address then logs a warning).
+	Curve *Curve `json:"curve,omitempty"`
 
 	// Heartbeat is the ZMTP heartbeat interval on both sockets; a peer
 	// silent for five intervals is dropped, so a dead or frozen worker
@@ -259,6 +271,9 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if h.MaxBufferedReply == 0 {
 		h.MaxBufferedReply = DefaultMaxBufferedReply
 	}
+	if h.WebSocketMaxMessage == 0 {
+		h.WebSocketMaxMessage = DefaultWebSocketMaxMessage
+	}
 	if h.MaxInflight == 0 {
 		h.MaxInflight = DefaultMaxInflight
 	}
@@ -303,6 +318,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 
 	h.poolsByDial = make(map[string]*poolRuntime, len(h.Pools))
+	curve, err := h.provisionCurve(ctx)
+	if err != nil {
+		return err
+	}
 	for _, p := range h.Pools {
 		cfg := transportConfig{
 			requestEndpoint: p.RequestEndpoint,
@@ -311,6 +330,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			controlEndpoint: p.ControlEndpoint,
 			sender:          h.senderFor(p),
 			heartbeat:       max(time.Duration(h.Heartbeat), 0),
+			maxReplyFrame:   max(h.MaxBufferedReply, h.ReplyWindow) + replyFrameSlack,
+		}
+		if curve != nil && !p.Plaintext {
+			cfg.curveSecret = curve.kp.secret
 		}
 		key := cfg.key()
 		// The logger of the first config that binds the sockets serves
@@ -344,6 +367,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			return fmt.Errorf("zmq: endpoints %s and %s are in use with another sender_id or control_endpoint; "+
 				"changing those needs new endpoints or a restart", p.RequestEndpoint, p.ReplyEndpoint)
 		}
+		if err := h.attachCurve(t, cfg, curve, p); err != nil {
+			_ = h.Cleanup()
+			return err
+		}
 		if t.cfg.heartbeat != cfg.heartbeat {
 			h.logger.Warn("heartbeat change takes effect when the endpoints are bound anew (restart)",
 				zap.String("pool", p.Name))
@@ -363,6 +390,11 @@ func (h *Handler) Validate() error {
 	}
 	if err := h.validatePools(); err != nil {
 		return err
+	}
+	if h.Curve != nil {
+		if err := h.Curve.validate(); err != nil {
+			return err
+		}
 	}
 	if h.Affinity != nil {
 		if err := h.Affinity.validate(); err != nil {
@@ -387,7 +419,7 @@ func (h *Handler) Validate() error {
 	if h.MaxInflight < 0 || h.QueueTimeout < 0 {
 		return fmt.Errorf("zmq: max_inflight and queue_timeout must not be negative")
 	}
-	if h.MaxRequestBody < 0 || h.MaxBufferedReply < 0 {
+	if h.MaxRequestBody < 0 || h.MaxBufferedReply < 0 || h.WebSocketMaxMessage < 0 {
 		return fmt.Errorf("zmq: size limits must not be negative")
 	}
 	return nil

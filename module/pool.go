@@ -38,6 +38,10 @@ type Pool struct {
 	// When set, RequestEndpoint and ReplyEndpoint must be empty. Adding or
 	// removing a worker is a config reload. Default: none (workers connect).
 	Workers []WorkerEndpoints `json:"workers,omitempty"`
+
+	// Plaintext exempts this pool from the handler's curve settings, for
+	// plain Mongrel2 handlers that cannot speak CURVE. Default: false.
+	Plaintext bool `json:"plaintext,omitempty"`
 }
 
 // WorkerEndpoints are the endpoints one binding worker listens on.

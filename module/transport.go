@@ -3,6 +3,7 @@ package caddyzmq
 import (
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"strconv"
 	"strings"
 	"sync"
@@ -53,6 +54,11 @@ type transportConfig struct {
 	controlEndpoint string
 	sender          string
 	heartbeat       time.Duration
+	// curveSecret is the front end's CURVE secret key (Z85); empty: no
+	// CURVE (curve.go).
+	curveSecret string
+	// maxReplyFrame caps a reply frame (ZMQ_MAXMSGSIZE); 0: no cap.
+	maxReplyFrame int64
 }
 
 // key is what makes two configs share sockets: the endpoints Caddy binds.
@@ -102,8 +108,6 @@ type transport struct {
 	quit chan struct{}
 	wg   sync.WaitGroup
 
-	nextID atomic.Uint64
-
 	// control is nil unless a control endpoint is configured.
 	control *controlPlane
 	// pins maps sessions to workers (affinity); it lives with the sockets
@@ -112,12 +116,23 @@ type transport struct {
 
 	mu      sync.RWMutex
 	pending map[uint64]*exchange
+	ids     *rand.ChaCha8 // connection ids (connid.go), under mu
+
+	// websockets counts open WebSockets, which Destruct lets close.
+	websockets sync.WaitGroup
 
 	// peers counts the workers connected to the request socket that can
 	// take a request (their handshake ended), conns all connected ones,
 	// from libzmq's socket monitor (see peerCounter); a pool with no
 	// peers is skipped.
 	peers, conns atomic.Int64
+
+	// auth is the allow-list of a CURVE transport (nil without CURVE),
+	// served by zap (curve.go).
+	auth *authorizer
+	zap  *zapHandler
+	// warn rate-limits repeated warnings about what peers send.
+	warn warnLimiter
 
 	// stats, read by metrics and tests.
 	sent, sendFailed, replies, unknownReplies, badReplies atomic.Uint64
@@ -139,12 +154,11 @@ func newTransport(cfg transportConfig, logger *zap.Logger) (*transport, error) {
 		quit:    make(chan struct{}),
 		pending: make(map[uint64]*exchange),
 		pins:    newPinTable(defaultAffinityTTL),
+		ids:     newConnIDSource(),
 	}
-	// Connection ids start from the clock so that ids never repeat across
-	// restarts of a front end with a stable sender UUID: a late reply meant
-	// for a request of the previous process cannot reach a new client. The
-	// value stays below 2^53 for handlers that keep ids as doubles.
-	t.nextID.Store(uint64(time.Now().UnixMilli()) * 1000)
+	if err := t.startCurve(zctx); err != nil {
+		return nil, err
+	}
 
 	owners := 2
 	ready := make(chan error, 3)
@@ -166,6 +180,7 @@ func newTransport(cfg transportConfig, logger *zap.Logger) (*transport, error) {
 	if firstErr != nil {
 		close(t.quit)
 		t.wg.Wait()
+		t.stopCurve()
 		return nil, firstErr
 	}
 	return t, nil
@@ -176,16 +191,21 @@ func newTransport(cfg transportConfig, logger *zap.Logger) (*transport, error) {
 func (t *transport) Destruct() error {
 	close(t.quit)
 	t.wg.Wait()
+	t.stopCurve()
 	t.mu.Lock()
 	for _, ex := range t.pending {
 		ex.fail(errStopped)
 	}
 	t.mu.Unlock()
+	t.awaitWebSockets(wsShutdownWait)
 	return nil
 }
 
 func (t *transport) configure(s *zmq.Socket) error {
 	if err := s.SetLinger(0); err != nil {
+		return err
+	}
+	if err := t.secure(s); err != nil {
 		return err
 	}
 	if t.cfg.heartbeat > 0 {
@@ -303,16 +323,24 @@ func (t *transport) runReceiver(zctx *zmq.Context, ready chan<- error) {
 		ready <- fmt.Errorf("subscribing reply socket: %w", err)
 		return
 	}
-	if err := t.cfg.attach(sock, t.cfg.replyEndpoint, 1); err != nil {
-		ready <- fmt.Errorf("reply socket: %w", err)
-		return
-	}
-	rcv, err := zmqio.NewReceiver(sock)
+	hsDone, err := t.watchHandshakes(zctx, sock)
 	if err != nil {
 		ready <- fmt.Errorf("reply socket: %w", err)
 		return
 	}
-	defer rcv.Close()
+	defer func() { <-hsDone }()
+	if err := t.cfg.attach(sock, t.cfg.replyEndpoint, 1); err != nil {
+		ready <- fmt.Errorf("reply socket: %w", err)
+		return
+	}
+	// With CURVE each reply says which worker key sent it (curve.go).
+	urcv, err := zmqio.NewUserReceiver(sock)
+	if err != nil {
+		ready <- fmt.Errorf("reply socket: %w", err)
+		return
+	}
+	defer urcv.Close()
+	rcv := urcv.Receiver
 	rd, err := zmqio.NewReadiness(sock)
 	if err != nil {
 		ready <- fmt.Errorf("reply socket: %w", err)
@@ -338,9 +366,14 @@ func (t *transport) runReceiver(zctx *zmq.Context, ready chan<- error) {
 		part []byte
 		kept *zmqio.Msg
 		rerr error
+		user string
 	)
 	recv := func() bool {
-		part, kept, _, rerr = rcv.RecvKeep(scratch.buf, keptFrameMin, zmq.DONTWAIT)
+		if t.auth != nil {
+			part, kept, _, user, rerr = urcv.RecvKeepUser(scratch.buf, keptFrameMin, zmq.DONTWAIT, user)
+		} else {
+			part, kept, _, rerr = rcv.RecvKeep(scratch.buf, keptFrameMin, zmq.DONTWAIT)
+		}
 		return zmq.AsErrno(rerr) != zmq.Errno(syscallEAGAIN)
 	}
 	for {
@@ -367,7 +400,7 @@ func (t *transport) runReceiver(zctx *zmq.Context, ready chan<- error) {
 		} else {
 			f, scratch = frameOf(part, scratch)
 		}
-		t.dispatch(f)
+		t.dispatchFrom(f, user)
 		select {
 		case <-t.quit:
 			return
@@ -449,10 +482,11 @@ func (t *transport) startMonitor(zctx *zmq.Context, sock *zmq.Socket) (<-chan st
 		ready <- nil
 		var count peerCounter
 		for {
-			ev, _, _, err := mon.RecvEvent(0)
+			ev, endpoint, value, err := mon.RecvEvent(0)
 			now := time.Now()
 			if err == nil {
 				count.event(ev, now)
+				t.noteHandshake(ev, endpoint, value)
 			}
 			count.settle(now)
 			t.conns.Store(count.conns)
@@ -477,19 +511,24 @@ func (t *transport) startMonitor(zctx *zmq.Context, sock *zmq.Socket) (<-chan st
 // dispatch hands one reply frame to every exchange it names. The body is
 // shared, read-only, by all of them; each holds a reference to f, and
 // dispatch drops the one it was given.
-func (t *transport) dispatch(f *replyFrame) {
+func (t *transport) dispatch(f *replyFrame) { t.dispatchFrom(f, "") }
+
+// dispatchFrom is dispatch for a frame sent by the worker whose CURVE key
+// is user ("" without CURVE): a frame for a request that another worker
+// holds is dropped.
+func (t *transport) dispatchFrom(f *replyFrame, user string) {
 	defer f.release()
 	msg := f.buf
 	t.bytesDown.Add(uint64(len(msg)))
 	sender, ids, body, err := mongrel2.ParseReply(msg)
 	if err != nil {
 		t.badReplies.Add(1)
-		t.logger.Warn("dropping malformed reply", zap.Error(err), zap.Int("size", len(msg)))
+		t.warnPeer("dropping malformed reply", user, zap.Error(err), zap.Int("size", len(msg)))
 		return
 	}
 	if string(sender) != t.cfg.sender {
 		t.badReplies.Add(1)
-		t.logger.Warn("dropping reply for another sender", zap.ByteString("sender", sender))
+		t.warnPeer("dropping reply for another sender", user, zap.ByteString("sender", sender))
 		return
 	}
 	t.replies.Add(1)
@@ -504,6 +543,11 @@ func (t *transport) dispatch(f *replyFrame) {
 			}
 			continue
 		}
+		if !ex.holderOK(user) {
+			t.badReplies.Add(1)
+			t.warnPeer("dropping a reply from a worker that does not hold the request", user, zap.ByteString("conn_id", id))
+			continue
+		}
 		ex.deliver(body, f)
 	}
 	t.mu.RUnlock()
@@ -511,9 +555,10 @@ func (t *transport) dispatch(f *replyFrame) {
 
 // register creates the exchange for one HTTP request under a fresh id.
 func (t *transport) register(maxBuffered int, retryable bool) *exchange {
-	ex := newExchange(t.nextID.Add(1), maxBuffered)
+	ex := newExchange(0, maxBuffered)
 	ex.retryable = retryable
 	t.mu.Lock()
+	ex.id = t.nextConnID()
 	t.pending[ex.id] = ex
 	t.mu.Unlock()
 	return ex
@@ -613,6 +658,7 @@ type exchange struct {
 
 	mu          sync.Mutex
 	worker      string // control-channel identity of the worker that took it
+	holderKey   string // CURVE key of the worker that holds it (curve.go)
 	wi          *workerInfo
 	ackedAt     time.Time
 	answered    bool // a reply frame arrived
@@ -640,7 +686,9 @@ func (ex *exchange) deliver(body []byte, f *replyFrame) {
 		}
 	}
 	if ex.err == nil {
-		if ex.maxBuffered > 0 && ex.queuedBytes+len(body) > ex.maxBuffered {
+		if err := checkReplyFrame(len(body), ex.maxBuffered, ex.worker); err != nil {
+			ex.err = err
+		} else if ex.maxBuffered > 0 && ex.queuedBytes+len(body) > ex.maxBuffered {
 			ex.err = errOverflow
 		} else {
 			f.retain()

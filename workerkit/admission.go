@@ -53,7 +53,10 @@ func (s *server) admit(fe *frontEndConn, msg []byte) *flight {
 			fe.log.Info("ignoring JSON message", "conn", req.ConnID, "body", printable(req.Body, 200))
 		}
 		return nil
-	case "XML", "WEBSOCKET":
+	case "WEBSOCKET":
+		s.deliverWebSocket(fe, req, req.Header("FLAGS")) // websocket.go
+		return nil
+	case "XML":
 		fe.log.Info("ignoring unsupported message", "method", method, "conn", req.ConnID)
 		return nil
 	}

@@ -67,6 +67,7 @@ func (c *ctlConn) run(ready chan<- error, quit <-chan struct{}) {
 			dealer.SetImmediate(true),
 			dealer.SetHeartbeatIvl(heartbeatIvl),
 			dealer.SetHeartbeatTimeout(heartbeatTimeout),
+			fe.secure(dealer),
 			dealer.Monitor(monEP, zmq.EVENT_HANDSHAKE_SUCCEEDED|zmq.EVENT_DISCONNECTED),
 		)
 	}

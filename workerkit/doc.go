@@ -202,7 +202,12 @@
 // DISCONNECT; the Mongrel2 disconnect notice still cancels a request.
 // Front ends that need these bind and let the workers connect.
 //
-// Not supported: WebSocket (answered 501), Mongrel2's upload streaming (its
+// WebSockets: the front end's WEBSOCKET_HANDSHAKE reaches the handler as
+// the GET it was; AcceptWebSocket completes it and returns a WSConn
+// (ReadMessage, WriteMessage, Ping, Close with a code), and WSGroup sends
+// one message to many sockets. See docs/websockets.md.
+//
+// Not supported: Mongrel2's upload streaming (its
 // temporary files; the Caddy module's streamed uploads are supported, see
 // above) and HTTP trailers.
 package workerkit

@@ -33,6 +33,16 @@ type FrontEnd struct {
 	// mode: Control must be empty. See "Bind mode" in the package
 	// documentation.
 	Bind bool
+
+	// ServerKey is the front end's CURVE public key (40 characters of
+	// Z85; `caddy zmq frontend-key` prints it). With it, every socket to
+	// this front end runs CURVE, encrypted and authenticated, and
+	// SecretKey is required. Empty: plaintext. See curve.go.
+	ServerKey string
+	// PublicKey and SecretKey are this worker's CURVE keypair (Z85); the
+	// front end must allow PublicKey. PublicKey may be left empty: it is
+	// derived from SecretKey.
+	PublicKey, SecretKey string
 }
 
 // DefaultFrontEnd is the endpoint pair used by Mongrel2's examples and by the
@@ -97,6 +107,9 @@ func ParseFrontEnd(s string) (FrontEnd, error) {
 }
 
 func (f FrontEnd) validate() error {
+	if err := f.validateCurve(); err != nil {
+		return err
+	}
 	if f.Bind {
 		if f.Control != "" {
 			return errors.New("workerkit: front end " + strconv.Quote(f.Requests+","+f.Replies) +

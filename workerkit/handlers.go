@@ -56,6 +56,7 @@ func (s *server) serveWith(fl *flight, h http.Handler) (ok bool) {
 	fe, req, ctx, flow, up := fl.key.fe, fl.req, fl.ctx, fl.flow, fl.upload
 	fl.req, fl.ctx = nil, nil // a Group member keeps its flight, not the request
 	joined := false
+	slotFreed := false // an accepted WebSocket gave its slot back already
 	defer func() {
 		if up != nil {
 			// The handler is done with the body, whether it read it all
@@ -74,7 +75,9 @@ func (s *server) serveWith(fl *flight, h http.Handler) (ok bool) {
 			fl.cancel()
 		}
 		s.running.Add(-1)
-		<-s.sem
+		if !slotFreed {
+			<-s.sem
+		}
 		s.handlers.Done()
 	}()
 	r, err := buildRequest(ctx, req)
@@ -106,11 +109,16 @@ func (s *server) serveWith(fl *flight, h http.Handler) (ok bool) {
 	rw := getResponseWriter(fe, ctx, req.Sender, req.ConnID, r.Method, r.ProtoMajor, r.ProtoMinor)
 	rw.flow, rw.fl = flow, fl
 	if r.Method == "WEBSOCKET_HANDSHAKE" {
-		rw.errorResponse(http.StatusNotImplemented, "WebSocket is not supported by this worker\n")
-		rw.release()
-		return true
+		r = prepareHandshake(rw, r, req.Body) // websocket.go
 	}
 	ok = s.runHandler(rw, r, h)
+	slotFreed = rw.slotFreed // rw may be recycled before the deferred call
+	if rw.ws != nil {
+		// The WebSocket's methods may still be called from the handler's
+		// goroutines: the writer is closed, not recycled.
+		rw.ws.finish(ok)
+		return ok
+	}
 	if ok {
 		rw.finish()
 	}
@@ -136,6 +144,9 @@ func (s *server) runHandler(rw *responseWriter, r *http.Request, h http.Handler)
 		if !abort {
 			buf := make([]byte, 64<<10)
 			logPanic(rw.fe.log, p, buf[:runtime.Stack(buf, false)], rw.connID)
+		}
+		if rw.ws != nil {
+			return // its caller closes the WebSocket (1011)
 		}
 		rw.fail(abort)
 	}()

@@ -31,7 +31,12 @@ func (fe *frontEndConn) runReplies(ready chan<- error, quit <-chan struct{}) {
 			sock.SetSndtimeo(sendTimeout),
 			sock.SetHeartbeatIvl(heartbeatIvl),
 			sock.SetHeartbeatTimeout(heartbeatTimeout),
+			fe.secure(sock),
 		)
+	}
+	var stopWatch func()
+	if err == nil {
+		stopWatch, err = fe.watchCurve(sock)
 	}
 	if err == nil {
 		if fe.cfg.Bind {
@@ -58,11 +63,15 @@ func (fe *frontEndConn) runReplies(ready chan<- error, quit <-chan struct{}) {
 	}
 	ready <- err
 	if err != nil {
+		if stopWatch != nil {
+			stopWatch()
+		}
 		if sock != nil {
 			_ = sock.Close()
 		}
 		return
 	}
+	defer stopWatch()
 
 	topics := make(map[string]int)
 	delay := subCheckMin

@@ -20,6 +20,7 @@ func (fe *frontEndConn) runRequests(ready chan<- error) {
 			sock.SetRcvtimeo(recvTimeout),
 			sock.SetHeartbeatIvl(heartbeatIvl),
 			sock.SetHeartbeatTimeout(heartbeatTimeout),
+			fe.secure(sock),
 		)
 	}
 	var gate *bindGate

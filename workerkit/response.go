@@ -124,6 +124,12 @@ type responseWriter struct {
 	isHEAD      bool
 	http10      bool
 	joined      bool // a Group took the response over
+	// WebSocket handshake (websocket.go): the accept key the front end
+	// computed, the accepted connection, and whether its handler slot
+	// was given back.
+	wsAccept  string
+	ws        *WSConn
+	slotFreed bool
 }
 
 var rwPool = sync.Pool{New: func() any {
@@ -147,6 +153,7 @@ func (rw *responseWriter) release() {
 	rw.buf = rw.buf[:0]
 	rw.fe, rw.ctx, rw.err, rw.fl, rw.flow = nil, nil, nil, nil, nil
 	rw.wroteHeader, rw.headSent, rw.chunked, rw.closeAfter = false, false, false, false
+	rw.wsAccept, rw.ws, rw.slotFreed = "", nil, false
 	rwPool.Put(rw)
 }
 

@@ -80,6 +80,8 @@ type server struct {
 	// members are the responses that joined a Group; ended at shutdown.
 	members       map[*member]struct{}
 	membersClosed bool // shutting down: Join fails
+	// websockets are the accepted WebSockets, by connection (websocket.go).
+	websockets map[flightKey]*WSConn
 
 	sessions *sessionTable // nil without Worker.PinnedSessions (pinned.go)
 }
@@ -242,6 +244,7 @@ func (w *Worker) serveUntil(ctx context.Context, force <-chan struct{}) error {
 	// Group members would keep the worker forever: end their responses
 	// now, so that their clients reconnect to a worker that stays.
 	s.endMembers()
+	s.endWebSockets()
 
 	done := make(chan struct{})
 	go func() { pulls.Wait(); s.handlers.Wait(); close(done) }()

@@ -273,8 +273,8 @@ func TestResponses(t *testing.T) {
 		{name: "declared length", path: "/length", status: 200, body: "12345",
 			hdr: map[string]string{"Content-Length": "5"}, handlerErr: http.ErrContentLength.Error()},
 		{name: "superfluous WriteHeader", path: "/twice", status: 202, body: ""},
-		{name: "WebSocket handshake is refused", method: "WEBSOCKET_HANDSHAKE", path: "/plain", status: 501,
-			body: "WebSocket is not supported by this worker\n"},
+		{name: "WebSocket handshake not accepted gets the handler's answer", method: "WEBSOCKET_HANDSHAKE", path: "/plain", status: 200,
+			body: "hello"},
 		{name: "1xx goes out first", path: "/early-hints", status: 200, body: "final",
 			raw: []string{"HTTP/1.1 103 Early Hints\r\nLink: </s.css>; rel=preload\r\n\r\nHTTP/1.1 200 OK\r\n"}},
 	}

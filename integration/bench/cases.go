@@ -18,6 +18,7 @@ const helloBody = "Hello, world!\n"
 type Env struct {
 	Caddy    string // bin/caddy
 	Hello    string // bin/hello-worker
+	Floor    string // bin/floor-worker (the single-loop floor)
 	Echo     string // bin/echo-worker (-large)
 	M2sh     string
 	Mongrel2 string
@@ -32,7 +33,7 @@ type Env struct {
 // ratios compare the "zmq" case with the others by Kind.
 type Case struct {
 	Name    string // unique, used by -cases: "zmq", "https/zmq", ...
-	Kind    string // "zmq", "reverse_proxy", "respond", "mongrel2", "direct", "zmq+control"
+	Kind    string // "zmq", "reverse_proxy", "respond", "mongrel2", "direct", "zmq+control", "zmq+floor", "mongrel2+floor"
 	TLS     bool
 	Default bool   // run without -cases
 	Expect  string // body of a ready target; "" means helloBody
@@ -67,12 +68,19 @@ func helloCases() []Case {
 		{Name: "respond", Kind: "respond", Default: true, Setup: setupRespond(false)},
 		{Name: "mongrel2", Kind: "mongrel2", Default: true, Setup: setupMongrel2(false)},
 		{Name: "direct", Kind: "direct", Default: true, Setup: setupDirect},
+		// The ZeroMQ floor: the same front ends in front of bin/floor-worker,
+		// a single-loop worker (recv, format, send) instead of workerkit.
+		// The goals (goals.go) compare against them.
+		{Name: "zmq/floor", Kind: "zmq+floor", Default: true, Setup: setupZmqFloor},
+		{Name: "mongrel2/floor", Kind: "mongrel2+floor", Default: true, Setup: setupMongrel2Floor},
 		{Name: "https/zmq", Kind: "zmq", TLS: true, Default: true, Setup: setupZmq(true)},
 		{Name: "https/reverse_proxy", Kind: "reverse_proxy", TLS: true, Default: true, Setup: setupReverseProxy(true)},
 		{Name: "https/mongrel2", Kind: "mongrel2", TLS: true, Default: true, Setup: setupMongrel2(true)},
 		// The most any Caddy handler serves over HTTPS; the checks' ceiling
 		// column needs it.
 		{Name: "https/respond", Kind: "respond", TLS: true, Default: true, Setup: setupRespond(true)},
+		// zmq with CurveZMQ on both sockets (curve.go), against zmq.
+		{Name: "zmq+curve", Kind: "zmq+curve", Default: true, Setup: setupZmqCurve(false)},
 		// Not in the default set: zmq with the control channel (zmqx/1:
 		// ACKs and reply credit) switched on.
 		{Name: "zmq+control", Kind: "zmq+control", Setup: setupZmqControl},
@@ -89,6 +97,8 @@ func largeCases() []Case {
 		largeCase("download/reverse_proxy", "reverse_proxy", false, setupReverseProxyEcho),
 		largeCase("upload/zmq+control", "zmq+control", true, setupZmqControlEcho),
 		largeCase("upload/reverse_proxy", "reverse_proxy", true, setupReverseProxyEcho),
+		largeCase("download/zmq+control+curve", "zmq+control+curve", false, setupZmqControlEchoCurve),
+		largeCase("upload/zmq+control+curve", "zmq+control+curve", true, setupZmqControlEchoCurve),
 		// Not in the default set: a bigger reply window (credit per
 		// request), to see how much of the download gap is the window.
 		func() Case {
@@ -117,6 +127,31 @@ func setupZmq(tls bool) func(context.Context, *Stack, *Env) (string, error) {
 		_, err = s.Start("hello-worker (zmq)", exec.Command(env.Hello, "-frontend", req+","+rep))
 		return url, err
 	}
+}
+
+// setupZmqFloor: Caddy's zmq handler in front of bin/floor-worker.
+func setupZmqFloor(ctx context.Context, s *Stack, env *Env) (string, error) {
+	p, err := freePorts(2)
+	if err != nil {
+		return "", err
+	}
+	req, rep := tcpEndpoint(p[0]), tcpEndpoint(p[1])
+	url, err := startCaddy(s, env, false, fmt.Sprintf("zmq %s %s", req, rep))
+	if err != nil {
+		return "", err
+	}
+	_, err = s.Start(floorProcess, exec.Command(env.Floor, "-frontend", req+","+rep))
+	return url, err
+}
+
+// setupMongrel2Floor: a real Mongrel2 in front of bin/floor-worker.
+func setupMongrel2Floor(ctx context.Context, s *Stack, env *Env) (string, error) {
+	url, frontEnd, err := startMongrel2(ctx, s, env, false)
+	if err != nil {
+		return "", err
+	}
+	_, err = s.Start(floorProcess, exec.Command(env.Floor, "-frontend", frontEnd))
+	return url, err
 }
 
 // setupZmqControl: like zmq, plus the control channel (control_endpoint),

@@ -58,21 +58,29 @@ func setupZmqControlEchoWindow(window string) func(context.Context, *Stack, *Env
 }
 
 func setupZmqControlEchoWith(ctx context.Context, s *Stack, env *Env, window string) (string, error) {
+	opt := ""
+	if window != "" {
+		opt = "\n\t\treply_window " + window
+	}
+	return setupZmqControlEchoOpts(ctx, s, env, opt, nil)
+}
+
+// setupZmqControlEchoOpts adds opt to the zmq block and workerArgs to the
+// worker's flags.
+func setupZmqControlEchoOpts(ctx context.Context, s *Stack, env *Env, opt string, workerArgs []string) (string, error) {
 	p, err := freePorts(3)
 	if err != nil {
 		return "", err
 	}
 	req, rep, ctl := tcpEndpoint(p[0]), tcpEndpoint(p[1]), tcpEndpoint(p[2])
-	opts := fmt.Sprintf("\n\t\tcontrol_endpoint %s\n\t\tmax_request_body 4GiB", ctl)
-	if window != "" {
-		opts += "\n\t\treply_window " + window
-	}
+	opts := fmt.Sprintf("\n\t\tcontrol_endpoint %s\n\t\tmax_request_body 4GiB", ctl) + opt
 	url, err := startCaddy(s, env, false, fmt.Sprintf("zmq %s %s {%s\n\t}", req, rep, opts))
 	if err != nil {
 		return "", err
 	}
 	caddy := s.procs[len(s.procs)-1]
-	if _, err := s.Start("echo-worker (zmq)", exec.Command(env.Echo, "-frontend", req+","+rep+","+ctl)); err != nil {
+	args := append([]string{"-frontend", req + "," + rep + "," + ctl}, workerArgs...)
+	if _, err := s.Start("echo-worker (zmq)", exec.Command(env.Echo, args...)); err != nil {
 		return "", err
 	}
 	deadline := time.Now().Add(30 * time.Second)
@@ -548,6 +556,7 @@ func (rep *LargeReport) finish(cases []Case, results [][]LargeRun) {
 			}
 		}
 		rep.Ratios = append(rep.Ratios, ck)
+		rep.Ratios = append(rep.Ratios, curveLargeCheck(rep.Cases, dir))
 	}
 }
 

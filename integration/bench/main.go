@@ -5,6 +5,8 @@
 //	respond        bin/caddy `respond "Hello, world!"` (the most any Caddy handler serves)
 //	mongrel2       Mongrel2 1.12 -> bin/hello-worker
 //	direct         wrk straight at bin/hello-worker -http
+//	zmq/floor      bin/caddy `zmq` -> bin/floor-worker (single loop: recv, format, send)
+//	mongrel2/floor Mongrel2 1.12 -> bin/floor-worker
 //
 // plus HTTPS variants of zmq, reverse_proxy and mongrel2. Rounds are
 // interleaved (every round runs every case once, in rotating order), each run
@@ -308,6 +310,7 @@ func findTools(o options, cases []Case) (*Env, WrkParams, error) {
 	env := &Env{
 		Caddy: filepath.Join(o.Bin, "caddy"),
 		Hello: filepath.Join(o.Bin, "hello-worker"),
+		Floor: filepath.Join(o.Bin, "floor-worker"),
 		Echo:  filepath.Join(o.Bin, "echo-worker"),
 
 		M2Ciphers: o.M2Ciphers,
@@ -318,11 +321,14 @@ func findTools(o options, cases []Case) (*Env, WrkParams, error) {
 	}
 	for _, c := range cases {
 		switch c.Kind {
-		case "zmq", "reverse_proxy", "respond":
+		case "zmq", "reverse_proxy", "respond", "zmq+control", "zmq+floor":
 			need[env.Caddy] = "run make build"
-		case "mongrel2":
+		case "mongrel2", "mongrel2+floor":
 			env.M2sh, env.Mongrel2 = "m2sh", "mongrel2"
 			need["m2sh"], need["mongrel2"] = "run make deps (mongrel2-core)", "run make deps (mongrel2-core)"
+		}
+		if strings.HasSuffix(c.Kind, "+floor") {
+			need[env.Floor] = "run make build"
 		}
 	}
 	if !o.Large {

@@ -26,7 +26,11 @@ type Report struct {
 	Params          Params       `json:"params"`
 	Cases           []CaseReport `json:"cases"`
 	Checks          []Check      `json:"checks"`
-	Failed          bool         `json:"failed"` // a run failed or counted errors
+	// Goals are the CPU-per-request cost goals (goals.go): Caddy's
+	// CPU per zmq request beyond respond's, and workerkit's CPU per request
+	// over the floor worker's behind the same front end.
+	Goals  []Check `json:"goals,omitempty"`
+	Failed bool    `json:"failed"` // a run failed or counted errors
 }
 
 type Params struct {
@@ -105,14 +109,18 @@ type Check struct {
 var ratioTargets = []struct {
 	group, den string
 	min        float64
+	num        string // "" is zmq
 }{
-	{"HTTP", "respond", 0.75},
-	{"HTTP", "reverse_proxy", 2.5},
-	{"HTTP", "mongrel2", 0.8},
-	{"HTTP", "direct", 0},
-	{"HTTPS", "respond", 0},
-	{"HTTPS", "reverse_proxy", 0},
-	{"HTTPS", "mongrel2", 1.0},
+	// CURVE (docs/security.md): its price, and still ahead of reverse_proxy.
+	{group: "HTTP", den: "zmq", min: 0.8, num: "zmq+curve"},
+	{group: "HTTP", den: "reverse_proxy", min: 1.0, num: "zmq+curve"},
+	{"HTTP", "respond", 0.75, ""},
+	{"HTTP", "reverse_proxy", 2.5, ""},
+	{"HTTP", "mongrel2", 0.8, ""},
+	{"HTTP", "direct", 0, ""},
+	{"HTTPS", "respond", 0, ""},
+	{"HTTPS", "reverse_proxy", 0, ""},
+	{"HTTPS", "mongrel2", 1.0, ""},
 }
 
 // medianByProcess is, per process name, the median over the successful
@@ -172,6 +180,7 @@ func (rep *Report) finish(cases []Case, results [][]Run) {
 		rep.Cases = append(rep.Cases, cr)
 	}
 	rep.Checks = rep.checks()
+	rep.Goals = rep.goals()
 }
 
 // find returns the case of that group and kind, nil if it was not run.
@@ -208,11 +217,15 @@ func (rep *Report) checks() []Check {
 	}
 	// Checks need both cases selected (-cases); n/a when one has no result.
 	for _, t := range ratioTargets {
-		z, d := rep.find(t.group, "zmq"), rep.find(t.group, t.den)
+		num := t.num
+		if num == "" {
+			num = "zmq"
+		}
+		z, d := rep.find(t.group, num), rep.find(t.group, t.den)
 		if z == nil || d == nil {
 			continue
 		}
-		ck := Check{Group: t.group, Name: "zmq/" + t.den}
+		ck := Check{Group: t.group, Name: num + "/" + t.den}
 		if t.min > 0 {
 			ck.Target = fmt.Sprintf(">= %.2f", t.min)
 		}
@@ -420,6 +433,7 @@ func printReport(w io.Writer, rep *Report) {
 		fmt.Fprintln(w, "ceiling: the ratio if zmq's Caddy cost only what respond's does (the module's own work free), from")
 		fmt.Fprintln(w, "CPU/request with wrk's included, since worker, wrk and Caddy share the machine's cores.")
 	}
+	printGoals(w, rep.Goals)
 	for _, c := range rep.Cases {
 		if c.Flagged {
 			fmt.Fprintf(w, "\n! %s:", c.Name)

@@ -14,6 +14,9 @@ var kindColor = map[string]string{
 	"mongrel2":      "#9467bd",
 	"direct":        "#7f7f7f",
 	"zmq+control":   "#17becf",
+	// The floor cases: lighter shades of their front end's colour.
+	"zmq+floor":      "#aec7e8",
+	"mongrel2+floor": "#c5b0d5",
 }
 
 // renderSVG draws the median req/s of every case as a bar, with a min..max

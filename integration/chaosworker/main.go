@@ -58,6 +58,8 @@ func main() {
 	maxConc := flag.Int("max-concurrent", 0, "handlers running at once (0: workerkit's default)")
 	shutdown := flag.Duration("shutdown-timeout", 5*time.Second, "how long a drain waits for running handlers")
 	stopAt := flag.String("stop-at-start", "", "SIGSTOP this process right after request `id` started (reproductions)")
+	var curve workerkit.CurveFlags
+	curve.Register(flag.CommandLine)
 	flag.Parse()
 	if *execLog == "" || flag.NArg() > 0 {
 		fmt.Fprintln(os.Stderr, "chaosworker: -exec-log is required; no arguments")
@@ -65,6 +67,10 @@ func main() {
 	}
 	if len(fes) == 0 {
 		fes = workerkit.FrontEndList{workerkit.DefaultFrontEnd}
+	}
+	if err := curve.Apply(fes); err != nil {
+		fmt.Fprintln(os.Stderr, "chaosworker:", err)
+		os.Exit(2)
 	}
 	if *id == "" {
 		*id = workerkit.NewWorkerID()

@@ -92,11 +92,17 @@ func main() {
 	flag.Var(&fes, "frontend", "front end `requests,replies` endpoints (repeatable; default tcp://127.0.0.1:9997,tcp://127.0.0.1:9996)")
 	name := flag.String("name", "testworker", "value of the X-Worker response header")
 	maxConc := flag.Int("max-concurrent", 0, "Worker.MaxConcurrent (0: workerkit's default)")
+	var curve workerkit.CurveFlags
+	curve.Register(flag.CommandLine)
 	id := flag.String("id", "", "Worker.ID on control channels (default: random)")
 	debugAddr := flag.String("debug", "", "serve the worker's Stats as JSON on `ADDR`")
 	flag.Parse()
 	if len(fes) == 0 {
 		_ = fes.Set("tcp://127.0.0.1:9997,tcp://127.0.0.1:9996")
+	}
+	if err := curve.Apply(fes); err != nil {
+		fmt.Fprintln(os.Stderr, "testworker:", err)
+		os.Exit(2)
 	}
 	out.w = os.Stdout
 

@@ -188,9 +188,14 @@ func main() {
 	maxConc := flag.Int("max-concurrent", workerkit.DefaultMaxConcurrent, "handlers running at once (listeners do not count)")
 	debugAddr := flag.String("debug", "", "serve the worker's own counters (workerkit.Stats) as JSON on `ADDR`, e.g. 127.0.0.1:6060")
 	pingEvery := flag.Duration("ping", 15*time.Second, "send a comment to idle listeners this often (0: never)")
+	var curve workerkit.CurveFlags
+	curve.Register(flag.CommandLine)
 	flag.Parse()
 	if len(frontEnds) == 0 {
 		frontEnds = workerkit.FrontEndList{workerkit.DefaultFrontEnd}
+	}
+	if err := curve.Apply(frontEnds); err != nil {
+		log.Fatal(err)
 	}
 
 	mux := http.NewServeMux()

@@ -186,6 +186,8 @@ func main() {
 	flag.Var(&frontEnds, "frontend", workerkit.FrontEndUsage)
 	flag.Var(frontEnds.Bind(), "bind", workerkit.BindUsage)
 	httpAddr := flag.String("http", "", "serve the same handlers with plain net/http on `ADDR` instead (for benchmarks)")
+	var curve workerkit.CurveFlags
+	curve.Register(flag.CommandLine)
 	flag.Parse()
 
 	mux := http.NewServeMux()
@@ -200,6 +202,12 @@ func main() {
 			log.Fatal(err)
 		}
 		return
+	}
+	if len(frontEnds) == 0 {
+		frontEnds = workerkit.FrontEndList{workerkit.DefaultFrontEnd}
+	}
+	if err := curve.Apply(frontEnds); err != nil {
+		log.Fatal(err)
 	}
 	if err := workerkit.Serve(mux, frontEnds...); err != nil {
 		log.Fatal(err)

@@ -34,6 +34,8 @@ func main() {
 	flag.Var(frontEnds.Bind(), "bind", workerkit.BindUsage)
 	httpAddr := flag.String("http", "", "serve with plain net/http on `ADDR` instead (for benchmarks)")
 	maxConc := flag.Int("max-concurrent", workerkit.DefaultMaxConcurrent, "handlers running at once (ZeroMQ mode)")
+	var curve workerkit.CurveFlags
+	curve.Register(flag.CommandLine)
 	debugAddr := flag.String("debug", "", "serve the worker's own counters (workerkit.Stats) as JSON on `ADDR`, e.g. 127.0.0.1:6060")
 	flag.Parse()
 
@@ -46,6 +48,9 @@ func main() {
 	}
 	if len(frontEnds) == 0 {
 		frontEnds = workerkit.FrontEndList{workerkit.DefaultFrontEnd}
+	}
+	if err := curve.Apply(frontEnds); err != nil {
+		log.Fatal(err)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

@@ -1,0 +1,129 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"text/tabwriter"
+)
+
+// The cost goals compare CPU time per request, per process, within one run,
+// which other load disturbs far less than requests/s:
+//
+//   - Caddy's CPU per `zmq` request minus its CPU per `respond` request: what
+//     the module adds to a Caddy that answers by itself.
+//   - workerkit hello's CPU per request over the floor worker's
+//     (bin/floor-worker: one loop, recv, format, send) behind the same front
+//     end: what workerkit adds to the least a Go worker must do.
+
+// floorProcess is the floor worker's process name in the stacks.
+const floorProcess = "floor-worker"
+
+// frontEndProcs are the process names of front ends; every other process of
+// a hello case is its worker.
+var frontEndProcs = map[string]bool{"caddy": true, "mongrel2": true}
+
+const (
+	// goalModuleMaxUS: Caddy's µs per `zmq` request beyond `respond`'s.
+	goalModuleMaxUS = 25.0
+	// goalWorkerkitMaxRatio: workerkit hello's CPU per request over the
+	// floor worker's behind the same front end.
+	goalWorkerkitMaxRatio = 1.15
+)
+
+// goals computes the cost goals from the HTTP cases; a goal whose cases were
+// not selected (-cases) is left out, one whose cases have no figure is n/a.
+func (rep *Report) goals() []Check {
+	var out []Check
+	z, resp := rep.find("HTTP", "zmq"), rep.find("HTTP", "respond")
+	if z != nil && resp != nil {
+		ck := Check{Group: "HTTP", Name: "caddy cpu/req: zmq - respond", Target: fmt.Sprintf("<= %.0f µs", goalModuleMaxUS)}
+		zc, ok1 := caseProcCPU(z, "caddy")
+		rc, ok2 := caseProcCPU(resp, "caddy")
+		if ok1 && ok2 {
+			ck.Value = zc - rc
+			ck.Shown = fmt.Sprintf("%.1f µs (%.1f - %.1f)", ck.Value, zc, rc)
+			ck.Status = passMiss(ck.Value <= goalModuleMaxUS)
+			ck.Note = goalNote(z, resp)
+		} else {
+			ck.Shown, ck.Status = "-", "n/a"
+		}
+		out = append(out, ck)
+	}
+	for _, fe := range []struct{ name, kit, floor string }{
+		{"caddy zmq", "zmq", "zmq+floor"},
+		{"mongrel2", "mongrel2", "mongrel2+floor"},
+	} {
+		kit, floor := rep.find("HTTP", fe.kit), rep.find("HTTP", fe.floor)
+		if kit == nil || floor == nil {
+			continue
+		}
+		ck := Check{Group: "HTTP", Name: "worker cpu/req: workerkit / floor, behind " + fe.name,
+			Target: fmt.Sprintf("<= %.2f", goalWorkerkitMaxRatio)}
+		k, ok1 := caseWorkerCPU(kit)
+		f, ok2 := caseWorkerCPU(floor)
+		if ok1 && ok2 {
+			ck.Value = k / f
+			ck.Shown = fmt.Sprintf("%.2f (%.1f / %.1f µs)", ck.Value, k, f)
+			ck.Status = passMiss(ck.Value <= goalWorkerkitMaxRatio)
+			ck.Note = goalNote(kit, floor)
+		} else {
+			ck.Shown, ck.Status = "-", "n/a"
+		}
+		out = append(out, ck)
+	}
+	return out
+}
+
+// caseProcCPU is a case's median CPU per request of the named process; false
+// when the case has no successful run or no such figure.
+func caseProcCPU(c *CaseReport, name string) (float64, bool) {
+	us, ok := c.CPUByProc[name]
+	return us, c.OK > 0 && ok && us > 0
+}
+
+// caseWorkerCPU is a case's median CPU per request of its processes other than
+// the front end (the worker); false when unknown.
+func caseWorkerCPU(c *CaseReport) (float64, bool) {
+	if c.OK == 0 {
+		return 0, false
+	}
+	sum, n := 0.0, 0
+	for name, us := range c.CPUByProc {
+		if !frontEndProcs[name] {
+			sum += us
+			n++
+		}
+	}
+	return sum, n > 0 && sum > 0
+}
+
+// goalNote says why a goal's figure may not be trusted: errors or failed
+// runs, or other processes busy (CPU per request suffers less from them than
+// requests/s does, but not nothing).
+func goalNote(cs ...*CaseReport) string {
+	noisy := 0.0
+	for _, c := range cs {
+		if c.Flagged {
+			return "unreliable: errors/failures in " + c.Name
+		}
+		noisy = max(noisy, c.OtherCPU)
+	}
+	if noisy > noisyPercent {
+		return fmt.Sprintf("noisy: other processes used up to %.0f%% CPU", noisy)
+	}
+	return ""
+}
+
+// printGoals prints the goals table, if any goal's cases were run.
+func printGoals(w io.Writer, goals []Check) {
+	if len(goals) == 0 {
+		return
+	}
+	fmt.Fprintln(w, "\nCost goals (CPU per request, medians, this run):")
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "group\tgoal\tvalue\ttarget\tresult\t")
+	for _, g := range goals {
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\n", g.Group, g.Name, g.Shown, g.Target, g.Status, g.Note)
+	}
+	tw.Flush()
+}

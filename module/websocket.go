@@ -1,0 +1,442 @@
+package caddyzmq
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"go.uber.org/zap"
+
+	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
+	"github.com/zmqbridge/caddy-zmq/internal/wsframe"
+	"github.com/zmqbridge/caddy-zmq/internal/zmqx"
+)
+
+// WebSockets follow Mongrel2's handler protocol (src/connection.c,
+// src/websocket.c): Caddy does not answer the upgrade itself. The worker
+// gets METHOD WEBSOCKET_HANDSHAKE with the request's headers and the
+// computed Sec-WebSocket-Accept as body, and replies with the raw 101. From
+// then on each client message (unmasked, fragments reassembled) is a
+// METHOD WEBSOCKET request with FLAGS "0x%X" of its first byte; each reply
+// body is written to the client as is (the worker writes whole frames), and
+// an empty reply closes the connection.
+
+// DefaultWebSocketMaxMessage bounds a client message; past it the client
+// gets close 1009.
+const DefaultWebSocketMaxMessage = 16 << 20
+
+// wsCloseWait bounds how long, after the client sent close, Caddy waits for
+// the worker to end the connection before it does.
+const wsCloseWait = 5 * time.Second
+
+// wsShutdownWait bounds how long a stopping transport waits for its
+// WebSockets to write their close frame.
+const wsShutdownWait = 2 * time.Second
+
+// isWebSocketUpgrade detects an upgrade as Mongrel2 does: Sec-WebSocket-Key,
+// Sec-WebSocket-Version and Host present, Upgrade "websocket" (any case),
+// Connection containing "upgrade". Only HTTP/1.1 connections can be taken
+// over (docs/websockets.md says what HTTP/2 and HTTP/3 clients get).
+func isWebSocketUpgrade(r *http.Request) bool {
+	if r.ProtoMajor != 1 || r.ProtoMinor != 1 {
+		return false
+	}
+	h := r.Header
+	if h.Get("Sec-Websocket-Key") == "" || h.Get("Sec-Websocket-Version") == "" || r.Host == "" {
+		return false
+	}
+	if !strings.EqualFold(h.Get("Upgrade"), "websocket") {
+		return false
+	}
+	for _, v := range h.Values("Connection") {
+		if strings.Contains(strings.ToLower(v), "upgrade") {
+			return true
+		}
+	}
+	return false
+}
+
+// wsSession is one WebSocket between a client and a worker.
+type wsSession struct {
+	h      *Handler
+	t      *transport
+	p      *poolRuntime
+	ex     *exchange
+	r      *http.Request
+	connID string
+	ip     string
+	path   string
+
+	noAck bool // no ACK came for the handshake (reader goroutine only)
+	conn  wsConn
+	// extended: an HTTP/2 or HTTP/3 extended CONNECT (websocket_h2.go).
+	extended bool
+	writeMu  sync.Mutex // the reader answers protocol errors while replies flow
+}
+
+// serveWebSocket runs one WebSocket to its end.
+func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request) error {
+	p := h.selectPool(r, w, 0)
+	if p == nil {
+		return wsError(r, http.StatusServiceUnavailable, errNoWorker)
+	}
+	t := p.transport
+	ex := t.register(int(h.MaxBufferedReply), false)
+	defer t.unregister(ex)
+	if t.control != nil {
+		ex.acked = make(chan struct{})
+	}
+	s := &wsSession{h: h, t: t, p: p, ex: ex, r: r,
+		connID: string(mongrel2.AppendUint(nil, ex.id)), ip: clientIP(r), path: r.URL.EscapedPath()}
+	if isExtendedConnect(r) {
+		// The worker sees the HTTP/1.1 upgrade it knows (as reverse_proxy
+		// sends upstream); its 101 becomes the 200 of the CONNECT.
+		s.extended = true
+		s.r = asUpgrade(r)
+	}
+	accept := wsframe.AcceptKey(s.r.Header.Get("Sec-Websocket-Key"))
+	if err := t.submit(s.message("WEBSOCKET_HANDSHAKE", 0, []byte(accept)), ex); err != nil {
+		return wsError(r, http.StatusServiceUnavailable, err)
+	}
+	first, err := s.awaitHandshake()
+	if err != nil {
+		t.notifyDisconnect(ex)
+		status := http.StatusBadGateway
+		switch {
+		case errors.Is(err, errReplyTimeout):
+			status = http.StatusGatewayTimeout
+		case errors.Is(err, errNoWorker), errors.Is(err, errStopped):
+			status = http.StatusServiceUnavailable
+		}
+		return wsError(r, status, err)
+	}
+	if !bytes.HasPrefix(first, []byte("HTTP/1.1 101 ")) {
+		// The worker refused the upgrade with an ordinary response: it is
+		// written as for any request, then the exchange ends.
+		return s.relayRefusal(w, first)
+	}
+	var br *bufio.Reader
+	if s.extended {
+		stream, rest, err := openExtendedStream(w, r, first)
+		if err != nil {
+			t.notifyDisconnect(ex)
+			return wsError(r, http.StatusBadGateway, err)
+		}
+		s.conn, br, first = stream, bufio.NewReader(r.Body), rest
+	} else {
+		conn, brw, err := http.NewResponseController(w).Hijack()
+		if err != nil {
+			t.notifyDisconnect(ex)
+			return wsError(r, http.StatusInternalServerError, fmt.Errorf("taking over the connection: %w", err))
+		}
+		// The server's read and write deadlines (Caddy's idle timeouts)
+		// were set for HTTP; a quiet WebSocket must not trip them.
+		_ = conn.SetDeadline(time.Time{})
+		s.conn, br = conn, brw.Reader
+	}
+	t.websockets.Add(1)
+	defer t.websockets.Done()
+	defer s.conn.Close()
+	h.logger.Debug("websocket open", zap.String("conn_id", s.connID), zap.String("uri", r.RequestURI), zap.String("proto", r.Proto))
+	s.run(br, first)
+	return nil
+}
+
+// wsError hands a failed handshake to Caddy's error handling (handle_errors,
+// its error log), as the handler's other failures are.
+func wsError(r *http.Request, status int, err error) error {
+	if r.Context().Err() != nil {
+		status = statusClientClosed
+	}
+	return caddyhttp.Error(status, fmt.Errorf("zmq: websocket: %w", err))
+}
+
+var errReplyTimeout = errors.New("no reply to the WebSocket handshake within reply_timeout")
+
+// awaitHandshake waits for the worker's first reply frame (its 101, or a
+// refusal) and returns its bytes.
+func (s *wsSession) awaitHandshake() ([]byte, error) {
+	timer := time.NewTimer(time.Duration(s.h.ReplyTimeout))
+	defer timer.Stop()
+	for {
+		select {
+		case <-s.ex.signal:
+		case <-timer.C:
+			return nil, errReplyTimeout
+		case <-s.r.Context().Done():
+			return nil, s.r.Context().Err()
+		}
+		frames, err := s.ex.take(nil)
+		if len(frames) > 0 {
+			var b []byte
+			for _, qf := range frames {
+				b = append(b, qf.body...)
+				qf.frame.release()
+			}
+			return b, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+	}
+}
+
+// relayRefusal writes a non-101 reply through the ordinary response path.
+func (s *wsSession) relayRefusal(w http.ResponseWriter, first []byte) error {
+	var st requestState
+	rr := &st.rr
+	defer rr.Release()
+	rr.Reset(w, false)
+	timer := time.NewTimer(time.Duration(s.h.ReplyTimeout))
+	defer timer.Stop()
+	frames := [][]byte{first}
+	for {
+		for _, body := range frames {
+			if err := rr.Feed(body); err != nil {
+				s.t.notifyDisconnect(s.ex)
+				if !rr.HeadDone() {
+					return wsError(s.r, http.StatusBadGateway, fmt.Errorf("bad reply to a WebSocket handshake: %w", err))
+				}
+				return nil
+			}
+			if rr.Done() {
+				return nil
+			}
+		}
+		select {
+		case <-s.ex.signal:
+		case <-timer.C:
+			s.t.notifyDisconnect(s.ex)
+			return nil
+		case <-s.r.Context().Done():
+			s.t.notifyDisconnect(s.ex)
+			return nil
+		}
+		queued, err := s.ex.take(nil)
+		frames = frames[:0]
+		for _, qf := range queued {
+			frames = append(frames, bytes.Clone(qf.body))
+			qf.frame.release()
+		}
+		if err != nil && len(frames) == 0 {
+			return nil
+		}
+	}
+}
+
+// message encodes one request for the worker: the handshake's headers
+// with METHOD set, FLAGS for a WebSocket message.
+func (s *wsSession) message(method string, flags byte, body []byte) *[]byte {
+	var enc mongrel2.HeaderEncoder
+	r2 := *s.r
+	r2.Method = method
+	control := s.p.ControlEndpoint != ""
+	s.h.encodeHeaders(&enc, &r2, s.path, 0, s.ip, control, time.Time{}, nil, false)
+	// Hop-by-hop for HTTP, but Mongrel2 passes them: the handshake is
+	// the handler's to answer.
+	enc.Add("connection", s.r.Header.Get("Connection"))
+	enc.Add("upgrade", s.r.Header.Get("Upgrade"))
+	if flags != 0 {
+		enc.Add("FLAGS", fmt.Sprintf("0x%X", flags))
+	}
+	buf := requestFrames.get()
+	*buf = mongrel2.AppendRequest(*buf, s.p.sender, s.connID, s.path, enc.Bytes(), body)
+	return buf
+}
+
+// wsEnd says why a WebSocket ended, and what the client is told.
+type wsEnd struct {
+	code   int    // close frame to send; 0 sends none
+	reason string // for the close frame and the log
+	notify bool   // tell the worker the client is gone
+}
+
+// run relays until either side ends the WebSocket.
+func (s *wsSession) run(br *bufio.Reader, first []byte) {
+	readerDone := make(chan wsEnd, 1)
+	if err := s.write(first); err != nil {
+		s.t.notifyDisconnect(s.ex)
+		return
+	}
+	go func() { readerDone <- s.readClient(br) }()
+	end := s.relayReplies(readerDone)
+	if end.code != 0 {
+		_ = s.conn.SetWriteDeadline(time.Now().Add(time.Second))
+		_ = s.write(wsframe.AppendClose(nil, end.code, end.reason))
+	}
+	if end.notify {
+		s.t.notifyDisconnect(s.ex)
+	}
+	_ = s.conn.Close() // ends the reader
+	s.h.logger.Debug("websocket closed", zap.String("conn_id", s.connID), zap.Int("code", end.code), zap.String("reason", end.reason))
+}
+
+// relayReplies writes the worker's frames to the client until the worker
+// closes, the client goes, or the exchange fails.
+func (s *wsSession) relayReplies(readerDone <-chan wsEnd) wsEnd {
+	var closeBy <-chan time.Time
+	owed := 0
+	creditBatch := int(s.h.ReplyWindow / 4)
+	var frames []queuedFrame
+	for {
+		select {
+		case <-s.ex.signal:
+		case end := <-readerDone:
+			if end.code == -1 {
+				// The client sent close: the worker answers it and ends the
+				// connection, or Caddy does after wsCloseWait.
+				timer := time.NewTimer(wsCloseWait)
+				defer timer.Stop()
+				closeBy = timer.C
+				readerDone = nil
+				continue
+			}
+			return end
+		case <-closeBy:
+			return wsEnd{notify: true, reason: "worker did not close after the client's close"}
+		}
+		var err error
+		frames, err = s.ex.take(frames[:0])
+		for i, qf := range frames {
+			empty := len(qf.body) == 0
+			werr := error(nil)
+			if !empty {
+				werr = s.write(qf.body)
+				owed += len(qf.body)
+			}
+			qf.frame.release()
+			frames[i].frame = nil
+			if empty {
+				s.releaseRest(frames[i+1:])
+				return wsEnd{reason: "worker closed"}
+			}
+			if werr != nil {
+				s.releaseRest(frames[i+1:])
+				return wsEnd{notify: true, reason: "client write failed"}
+			}
+		}
+		if err != nil {
+			return s.failEnd(err)
+		}
+		if s.t.control != nil && owed >= creditBatch {
+			if wk := s.ex.workerID(); wk != "" {
+				s.t.control.credit(wk, s.ex.id, owed)
+				owed = 0
+			}
+		}
+	}
+}
+
+func (s *wsSession) releaseRest(frames []queuedFrame) {
+	for i, qf := range frames {
+		qf.frame.release()
+		frames[i].frame = nil
+	}
+}
+
+// failEnd maps an exchange error to a close code: 1001 when Caddy stops
+// these sockets, 1011 when the worker is lost or misbehaves.
+func (s *wsSession) failEnd(err error) wsEnd {
+	s.h.logger.Warn("closing websocket", zap.String("conn_id", s.connID), zap.Error(err))
+	if errors.Is(err, errStopped) {
+		return wsEnd{code: wsframe.CloseGoingAway, reason: "server shutting down", notify: true}
+	}
+	return wsEnd{code: wsframe.CloseInternalError, reason: "worker lost", notify: true}
+}
+
+// write sends bytes to the client; the reader may write close frames too.
+func (s *wsSession) write(b []byte) error {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	_, err := s.conn.Write(b)
+	return err
+}
+
+// readClient forwards the client's messages to the worker until the
+// client closes (code -1: the worker answers), goes away, or breaks the
+// protocol.
+func (s *wsSession) readClient(br *bufio.Reader) wsEnd {
+	rd := wsframe.NewReader(br, s.h.WebSocketMaxMessage)
+	for {
+		m, err := rd.ReadMessage()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return wsEnd{} // we closed it
+			}
+			if wsframe.CloseCode(err) == 0 {
+				return wsEnd{notify: true, reason: "client went away"}
+			}
+			s.h.logger.Info("websocket client broke the protocol", zap.String("conn_id", s.connID), zap.Error(err))
+			return wsEnd{code: wsframe.CloseCode(err), reason: err.Error(), notify: true}
+		}
+		if err := s.forward(m); err != nil {
+			return s.failEnd(err)
+		}
+		if m.Opcode() == wsframe.OpClose {
+			return wsEnd{code: -1}
+		}
+	}
+}
+
+// forward sends one client message to the worker that took the handshake
+// when the control channel knows it (affinity), else to any worker through
+// PUSH, as Mongrel2 does. It waits for room rather than drop a message: a
+// client faster than the workers is slowed down through TCP.
+func (s *wsSession) forward(m wsframe.Message) error {
+	buf := s.message("WEBSOCKET", m.Flags, m.Payload)
+	if c := s.t.control; c != nil {
+		if wk := s.worker(); wk != "" {
+			p := zmqx.AppendReq(make([]byte, 0, len(*buf)+8), *buf)
+			requestFrames.put(buf)
+			select {
+			case c.in <- ctlMsg{worker: wk, payload: p}:
+				return nil
+			case <-s.t.quit:
+				return errStopped
+			}
+		}
+	}
+	select {
+	case s.t.out <- outMsg{buf: buf, ex: s.ex}:
+		return nil
+	case <-s.t.quit:
+		requestFrames.put(buf)
+		return errStopped
+	}
+}
+
+// worker is the control-channel identity of the worker that took the
+// handshake, waiting a moment for its ACK, which may trail its reply.
+func (s *wsSession) worker() string {
+	if wk := s.ex.workerID(); wk != "" || s.ex.acked == nil || s.noAck {
+		return wk
+	}
+	timer := time.NewTimer(pendingWait)
+	defer timer.Stop()
+	select {
+	case <-s.ex.acked:
+	case <-timer.C:
+		s.noAck = true // a plain Mongrel2 handler: it never comes
+	}
+	return s.ex.workerID()
+}
+
+// awaitWebSockets gives open WebSockets, whose exchanges just failed, up to
+// d to write their close frame before the process may exit.
+func (t *transport) awaitWebSockets(d time.Duration) {
+	done := make(chan struct{})
+	go func() { t.websockets.Wait(); close(done) }()
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	select {
+	case <-done:
+	case <-timer.C:
+	}
+}

@@ -1,0 +1,229 @@
+package caddyzmq
+
+import (
+	"bytes"
+	"net"
+	"net/http"
+	"net/url"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
+	"github.com/zmqbridge/caddy-zmq/internal/wsclient"
+	"github.com/zmqbridge/caddy-zmq/internal/wsframe"
+)
+
+// m2Echo answers as Mongrel2's examples/ws/python/echo.py does: the raw
+// 101 with the accept key it was given, data and close frames echoed (an
+// empty reply after the close), pings answered with pongs. The text "bye"
+// makes it end the connection with an empty reply.
+func m2Echo(r *mongrel2.Request) [][]byte {
+	switch r.Header("METHOD") {
+	case "WEBSOCKET_HANDSHAKE":
+		return [][]byte{[]byte("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+			"Sec-WebSocket-Accept: " + string(r.Body) + "\r\n\r\n")}
+	case "WEBSOCKET":
+		flags, err := strconv.ParseUint(r.Header("FLAGS"), 0, 8)
+		if err != nil {
+			return [][]byte{nil}
+		}
+		op := byte(flags) & 0x0F
+		switch {
+		case op == wsframe.OpClose:
+			return [][]byte{wsframe.AppendFrame(nil, op, r.Body), nil}
+		case op == wsframe.OpPing:
+			return [][]byte{wsframe.AppendFrame(nil, wsframe.OpPong, r.Body)}
+		case string(r.Body) == "bye":
+			return [][]byte{nil}
+		}
+		return [][]byte{wsframe.AppendFrame(nil, op, r.Body)}
+	}
+	return nil
+}
+
+func dialWS(t *testing.T, env *testEnv, path string) *wsclient.Conn {
+	t.Helper()
+	u, _ := url.Parse(env.srv.URL)
+	c, err := net.Dial("tcp", u.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	_ = c.SetDeadline(time.Now().Add(testDeadline))
+	ws, _, err := wsclient.Handshake(c, u.Host, path, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return ws
+}
+
+func TestWebSocketMongrel2Protocol(t *testing.T) {
+	env := newTestEnv(t, func(h *Handler) { h.WebSocketMaxMessage = 1 << 10 })
+	fw := startFakeWorker(t, env.reqEP, env.repEP, func(r *mongrel2.Request) [][]byte {
+		if r.Path == "/__ready" {
+			return okReply("ok")
+		}
+		return m2Echo(r)
+	})
+	env.waitForWorker(t)
+	drain := func() {
+		for len(fw.seen) > 0 {
+			<-fw.seen
+		}
+	}
+	drain()
+	ws := dialWS(t, env, "/chat?room=1")
+
+	hs := <-fw.seen
+	for _, kv := range [][2]string{{"METHOD", "WEBSOCKET_HANDSHAKE"}, {"PATH", "/chat"}, {"URI", "/chat?room=1"},
+		{"upgrade", "websocket"}, {"connection", "Upgrade"}, {"sec-websocket-version", "13"}} {
+		if got := hs.Header(kv[0]); got != kv[1] {
+			t.Errorf("handshake header %s = %q, want %q", kv[0], got, kv[1])
+		}
+	}
+	if want := wsframe.AcceptKey(hs.Header("sec-websocket-key")); string(hs.Body) != want {
+		t.Errorf("handshake body %q, want the accept key %q", hs.Body, want)
+	}
+
+	// Fragments are reassembled into one WEBSOCKET message; a ping in
+	// between goes first.
+	for _, f := range []struct {
+		flags byte
+		p     string
+	}{{0x01, "hel"}, {0x89, "pi"}, {0x00, "l"}, {0x80, "o"}} {
+		if err := ws.WriteFrame(f.flags, []byte(f.p)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, want := range []struct {
+		flags string
+		body  string
+		reply byte
+	}{{"0x89", "pi", 0x8A}, {"0x81", "hello", 0x81}} {
+		m := <-fw.seen
+		if m.Header("METHOD") != "WEBSOCKET" || m.Header("FLAGS") != want.flags || string(m.Body) != want.body || m.ConnID != hs.ConnID {
+			t.Fatalf("worker got %s FLAGS=%s %q on %s, want WEBSOCKET %s %q on %s",
+				m.Header("METHOD"), m.Header("FLAGS"), m.Body, m.ConnID, want.flags, want.body, hs.ConnID)
+		}
+		b0, p, err := ws.ReadFrame()
+		if err != nil || b0 != want.reply || string(p) != want.body {
+			t.Fatalf("client got %#x %q %v, want %#x %q", b0, p, err, want.reply, want.body)
+		}
+	}
+	// Binary of a 16-bit length, unchanged.
+	bin := bytes.Repeat([]byte{0, 0xff}, 200)
+	if err := ws.WriteFrame(0x82, bin); err != nil {
+		t.Fatal(err)
+	}
+	if b0, p, err := ws.ReadFrame(); err != nil || b0 != 0x82 || !bytes.Equal(p, bin) {
+		t.Fatalf("binary echo: %#x %d bytes %v", b0, len(p), err)
+	}
+	// Close: echoed by the worker, then its empty reply ends the TCP
+	// connection.
+	if err := ws.WriteFrame(0x88, []byte{0x03, 0xE8}); err != nil {
+		t.Fatal(err)
+	}
+	if code, err := ws.ReadClose(); err != nil || code != 1000 {
+		t.Fatalf("close echo: %d %v", code, err)
+	}
+	if _, _, err := ws.ReadFrame(); err == nil {
+		t.Fatal("connection still open after the worker's empty reply")
+	}
+}
+
+func TestWebSocketLimitsAndErrors(t *testing.T) {
+	env := newTestEnv(t, func(h *Handler) { h.WebSocketMaxMessage = 1 << 10 })
+	fw := startFakeWorker(t, env.reqEP, env.repEP, func(r *mongrel2.Request) [][]byte {
+		if r.Path == "/__ready" {
+			return okReply("ok")
+		}
+		if r.Path == "/refuse" && r.Header("METHOD") == "WEBSOCKET_HANDSHAKE" {
+			return [][]byte{[]byte("HTTP/1.1 403 Forbidden\r\nContent-Length: 3\r\n\r\nno\n")}
+		}
+		return m2Echo(r)
+	})
+	env.waitForWorker(t)
+	tests := []struct {
+		name string
+		send func(*wsclient.Conn) error
+		code int
+	}{
+		{"message over the limit", func(ws *wsclient.Conn) error { return ws.WriteFrame(0x82, make([]byte, 1025)) }, 1009},
+		{"fragments over the limit", func(ws *wsclient.Conn) error {
+			_ = ws.WriteFrame(0x02, make([]byte, 600))
+			return ws.WriteFrame(0x80, make([]byte, 600))
+		}, 1009},
+		{"unmasked frame", func(ws *wsclient.Conn) error {
+			_, err := ws.Conn.Write(wsframe.AppendFrame(nil, wsframe.OpText, []byte("x")))
+			return err
+		}, 1002},
+		{"stray continuation", func(ws *wsclient.Conn) error { return ws.WriteFrame(0x80, []byte("x")) }, 1002},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			ws := dialWS(t, env, "/ws")
+			if err := tc.send(ws); err != nil {
+				t.Fatal(err)
+			}
+			if code, err := ws.ReadClose(); err != nil || code != tc.code {
+				t.Fatalf("close code %d (%v), want %d", code, err, tc.code)
+			}
+			// The worker hears that the client is gone.
+			deadline := time.After(testDeadline)
+			for {
+				select {
+				case m := <-fw.seen:
+					if m.IsDisconnect() {
+						return
+					}
+				case <-deadline:
+					t.Fatal("no disconnect notice")
+				}
+			}
+		})
+	}
+	t.Run("worker refuses the upgrade", func(t *testing.T) {
+		u, _ := url.Parse(env.srv.URL)
+		c, err := net.Dial("tcp", u.Host)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		_, resp, err := wsclient.Handshake(c, u.Host, "/refuse", nil)
+		if err == nil || resp == nil || resp.StatusCode != http.StatusForbidden {
+			t.Fatalf("got %v %v, want 403", resp, err)
+		}
+	})
+}
+
+func TestIsWebSocketUpgrade(t *testing.T) {
+	base := func() *http.Request {
+		r, _ := http.NewRequest("GET", "http://x/", nil)
+		r.Header.Set("Upgrade", "WebSocket")
+		r.Header.Set("Connection", "keep-alive, Upgrade")
+		r.Header.Set("Sec-WebSocket-Key", "dGhlIHNhbXBsZSBub25jZQ==")
+		r.Header.Set("Sec-WebSocket-Version", "13")
+		return r
+	}
+	tests := []struct {
+		name   string
+		modify func(*http.Request)
+		want   bool
+	}{
+		{"upgrade", func(*http.Request) {}, true},
+		{"no key", func(r *http.Request) { r.Header.Del("Sec-WebSocket-Key") }, false},
+		{"no version", func(r *http.Request) { r.Header.Del("Sec-WebSocket-Version") }, false},
+		{"other upgrade", func(r *http.Request) { r.Header.Set("Upgrade", "h2c") }, false},
+		{"connection without upgrade", func(r *http.Request) { r.Header.Set("Connection", "keep-alive") }, false},
+		{"no host", func(r *http.Request) { r.Host = "" }, false},
+		{"HTTP/2", func(r *http.Request) { r.ProtoMajor, r.ProtoMinor = 2, 0 }, false},
+	}
+	for _, tc := range tests {
+		r := base()
+		tc.modify(r)
+		if got := isWebSocketUpgrade(r); got != tc.want {
+			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}

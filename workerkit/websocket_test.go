@@ -1,0 +1,220 @@
+package workerkit
+
+import (
+	"bytes"
+	"net/http"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
+	"github.com/zmqbridge/caddy-zmq/internal/wsframe"
+)
+
+// wsEcho echoes messages; "close" makes it close with 4000; it reports
+// how its ReadMessage loop ended on ended.
+func wsEcho(room *WSGroup, ended chan<- error) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if !IsWebSocketUpgrade(r) || r.Method != http.MethodGet || r.Header.Get("Upgrade") != "websocket" {
+			http.Error(w, "want a websocket", http.StatusUpgradeRequired)
+			return
+		}
+		c, err := AcceptWebSocket(w, r, http.Header{"Sec-Websocket-Protocol": {"echo"}})
+		if err != nil {
+			http.Error(w, err.Error(), http.StatusInternalServerError)
+			return
+		}
+		if room != nil {
+			room.Add(c)
+		}
+		for {
+			typ, msg, err := c.ReadMessage()
+			if err != nil {
+				ended <- err
+				return
+			}
+			switch {
+			case string(msg) == "close":
+				_ = c.Close(4000, "asked")
+			case room != nil:
+				_ = room.Broadcast(typ, msg)
+			default:
+				_ = c.WriteMessage(typ, msg)
+			}
+		}
+	})
+}
+
+func wsMsg(flags string, body string) treq {
+	return treq{method: "WEBSOCKET", uri: "/ws", body: body,
+		headers: []mongrel2.Field{{Name: "FLAGS", Values: []string{flags}}}}
+}
+
+func handshake(t *testing.T, f *testFE, conn string) {
+	t.Helper()
+	accept := wsframe.AcceptKey("dGhlIHNhbXBsZSBub25jZQ==")
+	f.request(conn, treq{method: "WEBSOCKET_HANDSHAKE", uri: "/ws", body: accept, headers: []mongrel2.Field{
+		{Name: "upgrade", Values: []string{"websocket"}}, {Name: "connection", Values: []string{"Upgrade"}},
+		{Name: "sec-websocket-key", Values: []string{"dGhlIHNhbXBsZSBub25jZQ=="}},
+		{Name: "sec-websocket-version", Values: []string{"13"}}}})
+	got, err := f.next(conn, waitTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: " + accept +
+		"\r\nSec-Websocket-Protocol: echo\r\n\r\n"
+	eq(t, "101", string(got), want)
+}
+
+func expectReply(t *testing.T, f *testFE, conn string, want []byte) {
+	t.Helper()
+	got, err := f.next(conn, waitTimeout)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, want) {
+		t.Fatalf("conn %s: got % x, want % x", conn, got, want)
+	}
+}
+
+func TestWebSocketWorker(t *testing.T) {
+	ended := make(chan error, 8)
+	f := newTestFE(t)
+	startWorker(t, &Worker{FrontEnds: []FrontEnd{f.fe}, Handler: wsEcho(nil, ended), MaxConcurrent: 1})
+	f.waitWorker()
+
+	handshake(t, f, "1")
+	// A second socket opens although MaxConcurrent is 1: an open
+	// WebSocket holds no handler slot.
+	handshake(t, f, "2")
+	f.request("1", wsMsg("0x81", "héllo"))
+	expectReply(t, f, "1", wsframe.AppendFrame(nil, wsframe.OpText, []byte("héllo")))
+	f.request("2", wsMsg("0x82", "\x00\x01"))
+	expectReply(t, f, "2", wsframe.AppendFrame(nil, wsframe.OpBinary, []byte("\x00\x01")))
+	// Pings are answered by ReadMessage.
+	f.request("1", wsMsg("0x89", "p"))
+	expectReply(t, f, "1", wsframe.AppendFrame(nil, wsframe.OpPong, []byte("p")))
+	// The client closes: its close is echoed, then the empty reply.
+	f.request("1", wsMsg("0x88", "\x03\xe8"))
+	expectReply(t, f, "1", wsframe.AppendClose(nil, 1000, ""))
+	f.expectClose("1")
+	if err := recvWithin(t, ended, "end of conn 1"); !strings.Contains(err.Error(), "1000") {
+		t.Fatalf("ReadMessage ended with %v, want a CloseError 1000", err)
+	}
+	// The handler closes with a code; the client answers; the empty reply.
+	f.request("2", wsMsg("0x81", "close"))
+	expectReply(t, f, "2", wsframe.AppendClose(nil, 4000, "asked"))
+	f.request("2", wsMsg("0x88", "\x0f\xa0"))
+	f.expectClose("2")
+	recvWithin(t, ended, "end of conn 2")
+	// The client goes away: ReadMessage returns and r.Context() ends.
+	handshake(t, f, "3")
+	f.send(mongrel2.AppendDisconnect(nil, f.sender, "3"))
+	if err := recvWithin(t, ended, "end of conn 3"); !strings.Contains(err.Error(), "client went away") {
+		t.Fatalf("ReadMessage ended with %v after the disconnect", err)
+	}
+	// Bad UTF-8 in a text message: 1007.
+	handshake(t, f, "4")
+	f.request("4", wsMsg("0x81", "\xff"))
+	expectReply(t, f, "4", wsframe.AppendClose(nil, 1007, "text message is not UTF-8"))
+	// A request that is not a handshake gets the handler's ordinary answer.
+	f.request("5", treq{uri: "/ws"})
+	if r := f.readReply("5", "GET"); r.resp.StatusCode != http.StatusUpgradeRequired {
+		t.Fatalf("plain GET: %d", r.resp.StatusCode)
+	}
+}
+
+// One broadcast reaches every member in one reply naming up to 128 ids.
+func TestWebSocketGroup(t *testing.T) {
+	var room WSGroup
+	ended := make(chan error, 300)
+	f := newTestFE(t)
+	startWorker(t, &Worker{FrontEnds: []FrontEnd{f.fe}, Handler: wsEcho(&room, ended), MaxConcurrent: 2})
+	f.waitWorker()
+	const n = 200
+	for i := range n {
+		handshake(t, f, strconvI(100+i))
+	}
+	waitUntil(t, "all members", func() bool { return room.Len() == n })
+	f.request("100", wsMsg("0x81", "to all"))
+	want := wsframe.AppendFrame(nil, wsframe.OpText, []byte("to all"))
+	seen := map[string]bool{}
+	frames := 0
+	for len(seen) < n {
+		ids, body, err := f.recvFrame(waitTimeout)
+		if err != nil {
+			t.Fatalf("after %d of %d members: %v", len(seen), n, err)
+		}
+		if !bytes.Equal(body, want) {
+			t.Fatalf("broadcast body % x", body)
+		}
+		if len(ids) > mongrel2.MaxReplyTargets {
+			t.Fatalf("a reply names %d connections", len(ids))
+		}
+		frames++
+		for _, id := range ids {
+			seen[id] = true
+		}
+	}
+	eq(t, "reply frames for 200 members", frames, 2)
+	// A member that goes away leaves the group.
+	f.send(mongrel2.AppendDisconnect(nil, f.sender, "100"))
+	waitUntil(t, "member left", func() bool { return room.Len() == n-1 })
+}
+
+func strconvI(i int) string { return string(mongrel2.AppendUint(nil, uint64(i))) }
+
+// A slow client slows the writer: WriteMessage sends within the reply
+// credit and waits for more.
+func TestWebSocketFlowControl(t *testing.T) {
+	const window = 64 << 10
+	blocked := flowHook(t)
+	f := newTestFECtl(t)
+	msg := bytes.Repeat([]byte("0123456789abcdef"), 1<<16) // 1 MiB
+	wrote := make(chan error, 1)
+	h := func(w http.ResponseWriter, r *http.Request) {
+		c, err := AcceptWebSocket(w, r, nil)
+		if err != nil {
+			wrote <- err
+			return
+		}
+		wrote <- c.WriteMessage(BinaryMessage, msg)
+		_, _, _ = c.ReadMessage() // until the client goes
+	}
+	startWorker(t, &Worker{FrontEnds: []FrontEnd{f.fe}, Handler: http.HandlerFunc(h)})
+	id := f.ctlWait("HELLO", func(m ctlMsg) bool { return strings.HasPrefix(m.body, "HELLO") }).id
+	f.request("7", treq{method: "WEBSOCKET_HANDSHAKE", uri: "/ws", body: "acceptkey", window: strconv.Itoa(window)})
+	f.ctlWaitBody("ACK 7")
+	var got []byte
+	read := func(until int) {
+		t.Helper()
+		for len(got) < until {
+			body, err := f.next("7", waitTimeout)
+			if err != nil {
+				t.Fatalf("after %d bytes: %v", len(got), err)
+			}
+			got = append(got, body...)
+		}
+	}
+	recvWithin(t, blocked, "the writer to block on credit")
+	read(window - minCreditChunk)
+	if len(got) > window {
+		t.Fatalf("received %d bytes on a window of %d", len(got), window)
+	}
+	select {
+	case err := <-wrote:
+		t.Fatalf("WriteMessage returned (%v) with most of the message unsent", err)
+	default:
+	}
+	f.ctlSend(id, "CREDIT 7 "+strconv.Itoa(2<<20))
+	if err := recvWithin(t, wrote, "WriteMessage"); err != nil {
+		t.Fatal(err)
+	}
+	head := "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: acceptkey\r\n\r\n"
+	want := append([]byte(head), wsframe.AppendFrame(nil, BinaryMessage, msg)...)
+	read(len(want))
+	if !bytes.Equal(got, want) {
+		t.Fatalf("stream of %d bytes differs from the %d expected", len(got), len(want))
+	}
+	f.ctlSend(id, "DISCONNECT 7")
+}
