@@ -42,6 +42,7 @@ type attempt struct {
 // errNoWorker, errQueueFull or errBusy, with nothing written, when the pool
 // could not take the request, and other sentinel errors that serve acts on.
 func (c *call) try(p *poolRuntime) error {
+	c.st.pool = p
 	if err := p.acquire(c.r, time.Duration(c.h.QueueTimeout)); err != nil {
 		return err
 	}

@@ -66,6 +66,8 @@ type controlPlane struct {
 	hungAfter atomic.Int64
 	// ids binds worker ids to the CURVE keys that speak for them.
 	ids workerKeys
+
+	controlObs // operator's view: history and counts (drain.go)
 }
 
 type workerInfo struct {
@@ -83,6 +85,8 @@ type workerInfo struct {
 	paused       bool // told PAUSE: it takes no new requests
 	pausedAt     time.Time
 	trips        int // pauses since it last answered anything
+
+	workerObs // operator's view and drain (drain.go)
 }
 
 func newControlPlane(t *transport, endpoint string) *controlPlane {
@@ -233,12 +237,14 @@ func (c *controlPlane) sendTo(router *zmq.Socket, m ctlMsg) bool {
 			m.release()
 			return false
 		}
+		c.countUp(m.bodyLen)
 		return true
 	}
 	if _, err := router.SendBytes(m.payload, zmq.DONTWAIT); err != nil {
 		c.undeliverable(m.payload)
 		return false
 	}
+	c.countUp(len(m.payload))
 	return true
 }
 
@@ -316,6 +322,7 @@ func (c *controlPlane) receive(in *zmqio.UserReceiver, rs *ctlScratch) {
 				return
 			}
 		}
+		c.countDown(len(payload))
 		c.handleFrom(string(id), user, payload)
 	}
 }
@@ -335,6 +342,7 @@ func (c *controlPlane) handleFrom(worker, key string, payload []byte) {
 	if wi == nil {
 		wi = &workerInfo{lastProgress: now}
 		c.workers[worker] = wi
+		c.noteJoined(worker, wi, now)
 		c.logger.Info("worker joined the control channel", zap.String("worker", worker))
 	}
 	// Any message, even one we cannot read, says the worker lives.
@@ -350,9 +358,9 @@ func (c *controlPlane) handleFrom(worker, key string, payload []byte) {
 		wi.maxConcurrent = int(m.N)
 		wi.draining = false
 	case zmqx.Bye:
-		wi.draining = true
+		wi.draining, wi.since = true, now
 	}
-	repause := m.Verb == zmqx.Hello && wi.paused
+	repause := m.Verb == zmqx.Hello && (wi.paused || wi.drained)
 	c.mu.Unlock()
 	if repause {
 		// A new connection of a worker we had paused: the pause was sent
@@ -450,6 +458,7 @@ func (c *controlPlane) sweep(now time.Time) {
 	for id, wi := range c.workers {
 		if now.Sub(wi.lastSeen) > workerDeadAfter {
 			lost = append(lost, gone{id, wi.draining})
+			c.noteLost(id, wi, now)
 			delete(c.workers, id)
 			c.lost[id] = now
 			c.ids.forget(id)
@@ -500,5 +509,5 @@ func (c *controlPlane) isLive(worker string) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	wi := c.workers[worker]
-	return wi != nil && !wi.draining && !wi.paused && time.Since(wi.lastSeen) <= workerDeadAfter
+	return wi != nil && !wi.draining && !wi.drained && !wi.paused && time.Since(wi.lastSeen) <= workerDeadAfter
 }

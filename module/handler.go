@@ -50,6 +50,8 @@ type requestState struct {
 	// leave for the heap: escape analysis sees an attempt's fields as one,
 	// and its exchange and transport do escape.
 	call call
+	// pool is the pool of the latest attempt, for metrics.
+	pool *poolRuntime
 }
 
 var statePool = sync.Pool{New: func() any { return new(requestState) }}
@@ -68,7 +70,10 @@ func (st *requestState) recycle() {
 		qf.frame.release()
 	}
 	clear(st.frames[:cap(st.frames)]) // earlier, longer takes left pointers past len
-	st.rr.Release()
+	// Released with its state cleared: the next request's outcome must
+	// not see this one's reply as done.
+	st.rr.Reset(nil, false)
+	st.pool = nil
 	st.lazyBody, st.bodyConsumed = false, false
 	st.call = call{} // holds the request, its writer and its body
 	statePool.Put(st)
@@ -127,7 +132,7 @@ type call struct {
 }
 
 // ServeHTTP hands r to a worker and writes back its reply.
-func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) (err error) {
 	if h.Broadcast != nil {
 		return h.serveBroadcast(w, r) // broadcast.go
 	}
@@ -136,6 +141,7 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	}
 	st := statePool.Get().(*requestState)
 	defer st.recycle()
+	defer func() { h.countOutcome(r, st, err) }()
 	c := &st.call
 	*c = call{h: h, w: w, r: r, st: st}
 	c.repl, _ = r.Context().Value(caddy.ReplacerCtxKey).(*caddy.Replacer)
@@ -223,6 +229,7 @@ func (c *call) serve() error {
 		case errors.Is(err, errNotTaken):
 			// No worker started it by its dispatch deadline, and none
 			// will: sending it again is safe for every method.
+			p.metrics().resends.Inc()
 			h.logger.Debug("re-sending a request no worker took in time", zap.String("uri", r.RequestURI))
 		case errors.Is(err, errNoWorker), errors.Is(err, errQueueFull), errors.Is(err, errBusy):
 			tried |= 1 << h.poolIndex(p)
@@ -256,8 +263,10 @@ func (c *call) retryAfterLoss(err error) error {
 		// taken back only while the budget allows. The reply timeout
 		// still bounds the whole.
 		msg = "retrying idempotent request taken back from a hung worker"
+		c.st.pool.metrics().retriesHung.Inc()
 	} else {
 		c.lostRetries++
+		c.st.pool.metrics().retriesLost.Inc()
 	}
 	h.logger.Warn(msg, zap.String("method", r.Method), zap.String("uri", r.RequestURI), zap.Int("retries", c.lostRetries))
 	c.retryNext = true

@@ -68,7 +68,7 @@ func (c *controlPlane) sweepHung(now time.Time, hungAfter time.Duration) {
 	c.mu.Lock()
 	active := 0 // workers that take requests
 	for _, wi := range c.workers {
-		if !wi.paused && !wi.draining {
+		if !wi.paused && !wi.draining && !wi.drained {
 			active++
 		}
 	}
@@ -90,7 +90,7 @@ func (c *controlPlane) sweepHung(now time.Time, hungAfter time.Duration) {
 		switch {
 		case stuck && !wi.paused:
 			ch := change{id: id, wi: wi, since: now.Sub(o)}
-			if active > 1 && !wi.draining {
+			if active > 1 && !wi.draining && !wi.drained {
 				wi.paused = true
 				wi.pausedAt = now
 				wi.trips++
@@ -109,7 +109,8 @@ func (c *controlPlane) sweepHung(now time.Time, hungAfter time.Duration) {
 			changes = append(changes, change{id: id, wi: wi, retake: true})
 		case !stuck && wi.hung:
 			wi.hung = false
-			ch := change{id: id, wi: wi, resume: wi.paused}
+			// An operator's drain outlasts the hang: no RESUME then.
+			ch := change{id: id, wi: wi, resume: wi.paused && !wi.drained}
 			if wi.paused {
 				wi.paused = false
 				active++
@@ -122,17 +123,20 @@ func (c *controlPlane) sweepHung(now time.Time, hungAfter time.Duration) {
 	for _, ch := range changes {
 		switch {
 		case ch.pause:
+			c.noteHung(ch.id, true)
 			n := c.t.failHung(ch.wi)
 			c.send(ch.id, zmqx.AppendPause(nil))
 			c.logger.Warn("worker hung: it answers nothing; paused (no new requests) until it answers or its cool-down ends",
 				zap.String("worker", ch.id), zap.Duration("unanswered_for", ch.since),
 				zap.Duration("hung_timeout", hungAfter), zap.Int("requests_retried", n))
 		case ch.noPause:
+			c.noteHung(ch.id, false)
 			c.logger.Warn("worker hung: it answers nothing, but it is the last worker taking requests",
 				zap.String("worker", ch.id), zap.Duration("unanswered_for", ch.since),
 				zap.Duration("hung_timeout", hungAfter))
 		case ch.resume:
 			c.send(ch.id, zmqx.AppendResume(nil))
+			c.noteResumed(ch.id, ch.wi, "answering")
 			c.logger.Info("worker recovered: it answers again, or holds no request", zap.String("worker", ch.id))
 		case ch.retake:
 			if n := c.t.failHung(ch.wi); n > 0 {

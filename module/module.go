@@ -376,6 +376,10 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 				zap.String("pool", p.Name))
 		}
 	}
+	if err := h.provisionObservability(ctx); err != nil {
+		_ = h.Cleanup()
+		return err
+	}
 	return nil
 }
 
@@ -430,6 +434,7 @@ func (h *Handler) Cleanup() error {
 	// their requests. If the new config dropped the pool, releasing it at
 	// once would fail those requests. The wait is bounded by the longest a
 	// request may legitimately wait for its reply to start.
+	h.cleanupObservability()
 	wait := time.Duration(h.ReplyTimeout) + time.Duration(h.QueueTimeout) + 5*time.Second
 	for _, p := range h.pools {
 		p.releaseWhenIdle(wait)

@@ -77,6 +77,8 @@ type poolRuntime struct {
 	// inflight counts this config's requests, so that Cleanup can let
 	// them finish before the sockets are released.
 	inflight sync.WaitGroup
+	// obs is what this pool's requests count into (metrics.go).
+	obs *poolObs
 }
 
 // releaseWhenIdle drops this config's hold on the pool's sockets once its
@@ -109,6 +111,7 @@ func (p *poolRuntime) acquire(r *http.Request, wait time.Duration) error {
 		return nil
 	default:
 	}
+	defer p.metrics().waitForSlot()()
 	timer := time.NewTimer(wait)
 	defer timer.Stop()
 	select {

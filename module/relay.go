@@ -44,6 +44,9 @@ func (a *attempt) relay() error {
 
 		frames, xerr := a.ex.take(a.st.frames[:0])
 		a.st.frames = frames
+		if !gotFrames && len(frames) > 0 {
+			a.p.metrics().observeFirstByte(a.replyBy.Add(-time.Duration(a.h.ReplyTimeout)))
+		}
 		gotFrames = gotFrames || len(frames) > 0
 		if done, err := a.write(frames); done || err != nil {
 			return err

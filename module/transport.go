@@ -136,6 +136,10 @@ type transport struct {
 
 	// stats, read by metrics and tests.
 	sent, sendFailed, replies, unknownReplies, badReplies atomic.Uint64
+	// bytesUp, bytesDown: every message to and from workers, on every
+	// socket; refusedHandshakes: connections refused at the security
+	// handshake. For metrics (metrics.go); they outlive configs.
+	bytesUp, bytesDown, refusedHandshakes atomic.Uint64
 }
 
 func newTransport(cfg transportConfig, logger *zap.Logger) (*transport, error) {
@@ -281,6 +285,9 @@ func (t *transport) send(sock *zmq.Socket, m outMsg) {
 		// processes it now. Only then does EAGAIN mean no worker.
 		_, _ = sock.GetEvents()
 		_, err = sock.SendBytes(*m.buf, zmq.DONTWAIT)
+	}
+	if err == nil {
+		t.bytesUp.Add(uint64(len(*m.buf)))
 	}
 	requestFrames.put(m.buf)
 	if err == nil {
@@ -512,6 +519,7 @@ func (t *transport) dispatch(f *replyFrame) { t.dispatchFrom(f, "") }
 func (t *transport) dispatchFrom(f *replyFrame, user string) {
 	defer f.release()
 	msg := f.buf
+	t.bytesDown.Add(uint64(len(msg)))
 	sender, ids, body, err := mongrel2.ParseReply(msg)
 	if err != nil {
 		t.badReplies.Add(1)

@@ -184,6 +184,7 @@ func (s *server) start(fl *flight) {
 	if fl.window > 0 {
 		if fe.ctl.connected.Load() {
 			f := newFlow(fl.window)
+			f.stalls = &s.creditStalls
 			var u *upload
 			if fl.stream {
 				// The front end starts sending the body once it has our

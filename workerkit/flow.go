@@ -4,6 +4,7 @@ import (
 	"context"
 	"math"
 	"sync/atomic"
+	"time"
 )
 
 // minCreditChunk is the credit a flow-controlled reply waits for before it
@@ -26,6 +27,8 @@ type flow struct {
 	credit atomic.Int64
 	lifted atomic.Bool
 	wake   chan struct{} // capacity 1: credit was granted, or the flow lifted
+	// stalls, if set, counts the waits for credit (Worker.Stats).
+	stalls *stallCounter
 }
 
 func newFlow(window int64) *flow {
@@ -75,23 +78,46 @@ func (f *flow) take(ctx context.Context, dead <-chan struct{}, n int64) error {
 }
 
 func (f *flow) wait(ctx context.Context, dead <-chan struct{}, need int64) (int64, error) {
+	var stalledAt time.Time // zero while it has not waited
 	for {
 		if f.lifted.Load() {
+			f.stalls.end(stalledAt)
 			return math.MaxInt64, nil
 		}
 		c := f.credit.Load()
 		if c >= need {
+			f.stalls.end(stalledAt)
 			return c, nil
 		}
 		if testHookFlowBlocked != nil {
 			testHookFlowBlocked(c, need)
 		}
+		if stalledAt.IsZero() && f.stalls != nil {
+			stalledAt = time.Now()
+			f.stalls.n.Add(1)
+		}
 		select {
 		case <-f.wake:
 		case <-ctx.Done():
+			f.stalls.end(stalledAt)
 			return 0, errClientGone
 		case <-dead:
+			f.stalls.end(stalledAt)
 			return 0, errWorkerStopped
 		}
+	}
+}
+
+// stallCounter counts the waits for reply credit and the time spent in
+// them (Worker.Stats).
+type stallCounter struct {
+	n, nanos atomic.Int64
+}
+
+// end adds the wait that began at since, if any; a nil counter counts
+// nothing.
+func (s *stallCounter) end(since time.Time) {
+	if s != nil && !since.IsZero() {
+		s.nanos.Add(int64(time.Since(since)))
 	}
 }

@@ -71,6 +71,9 @@ type server struct {
 	// dropped counts requests never started: past their dispatch deadline
 	// (late), or not acknowledgeable although they carry one (unacked).
 	droppedLate, droppedUnacked atomic.Int64
+	// creditStalls counts the times a response waited for reply credit,
+	// and how long.
+	creditStalls stallCounter
 
 	mu       sync.Mutex
 	inflight map[flightKey]*flight
@@ -227,6 +230,8 @@ func (w *Worker) serveUntil(ctx context.Context, force <-chan struct{}) error {
 	} else {
 		s.log.Info("worker started", "frontends", len(s.fes), "max_concurrent", maxConc)
 	}
+	w.serving.Store(s)
+	defer w.serving.CompareAndSwap(s, (*server)(nil))
 
 	var runErr error
 	select {

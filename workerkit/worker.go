@@ -11,6 +11,7 @@ import (
 	"os/signal"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 )
@@ -55,6 +56,11 @@ type Worker struct {
 	// PinnedSessions, if set, runs each session's requests on one OS
 	// thread of its own (see PinnedSessions). Default: off.
 	PinnedSessions *PinnedSessions
+
+	// serving holds the current run of Serve (a *server), read by Stats
+	// (stats.go). An atomic.Value, unlike atomic.Pointer, leaves a Worker
+	// copyable before use, as the zero-value literal style invites.
+	serving atomic.Value
 }
 
 // NewWorkerID returns a random worker id, "wk-" and 16 lowercase hex digits,

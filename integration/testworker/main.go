@@ -14,7 +14,8 @@
 //	anything else     JSON echo of the request (type echo)
 //
 // On every path ?status=N sets the status, ?sleep=DURATION delays the
-// answer and ?header=NAME:VALUE (repeatable) adds a response header. Every response carries "X-Worker: <name>", two Set-Cookie headers,
+// answer, ?header=NAME:VALUE (repeatable) adds a response header and
+// ?on=NAME limits sleep and /hang to the worker of that name. Every response carries "X-Worker: <name>", two Set-Cookie headers,
 // and "X-Echo-Token: <token>" when the request had an X-Token header.
 package main
 
@@ -93,6 +94,8 @@ func main() {
 	maxConc := flag.Int("max-concurrent", 0, "Worker.MaxConcurrent (0: workerkit's default)")
 	var curve workerkit.CurveFlags
 	curve.Register(flag.CommandLine)
+	id := flag.String("id", "", "Worker.ID on control channels (default: random)")
+	debugAddr := flag.String("debug", "", "serve the worker's Stats as JSON on `ADDR`")
 	flag.Parse()
 	if len(fes) == 0 {
 		_ = fes.Set("tcp://127.0.0.1:9997,tcp://127.0.0.1:9996")
@@ -113,6 +116,14 @@ func main() {
 		MaxConcurrent:   *maxConc,
 		ShutdownTimeout: 5 * time.Second,
 		Logger:          logger,
+		ID:              *id,
+	}
+	if *debugAddr != "" {
+		go func() {
+			if err := workerkit.ServeDebug(ctx, *debugAddr, w); err != nil {
+				logger.Error("debug address", "err", err)
+			}
+		}()
 	}
 	say("SERVING %s", *name)
 	if err := w.Serve(ctx); err != nil {
@@ -137,7 +148,10 @@ func handler(name string) http.Handler {
 				h.Add(k, strings.TrimSpace(v))
 			}
 		}
-		if d, err := time.ParseDuration(q.Get("sleep")); err == nil && d > 0 {
+		// on=<name>: sleep and hang apply only on the worker of that name;
+		// the others answer at once (tests that need one given worker busy).
+		here := q.Get("on") == "" || q.Get("on") == name
+		if d, err := time.ParseDuration(q.Get("sleep")); err == nil && d > 0 && here {
 			select {
 			case <-time.After(d):
 			case <-r.Context().Done():
@@ -156,7 +170,7 @@ func handler(name string) http.Handler {
 		}
 
 		switch {
-		case strings.HasPrefix(r.URL.Path, "/hang"):
+		case strings.HasPrefix(r.URL.Path, "/hang") && here:
 			say("STARTED %s", r.URL.Path)
 			<-r.Context().Done()
 			say("CANCELLED %s", r.URL.Path)

@@ -186,6 +186,7 @@ func main() {
 	flag.Var(&frontEnds, "frontend", workerkit.FrontEndUsage)
 	flag.Var(frontEnds.Bind(), "bind", workerkit.BindUsage)
 	maxConc := flag.Int("max-concurrent", workerkit.DefaultMaxConcurrent, "handlers running at once (listeners do not count)")
+	debugAddr := flag.String("debug", "", "serve the worker's own counters (workerkit.Stats) as JSON on `ADDR`, e.g. 127.0.0.1:6060")
 	pingEvery := flag.Duration("ping", 15*time.Second, "send a comment to idle listeners this often (0: never)")
 	var curve workerkit.CurveFlags
 	curve.Register(flag.CommandLine)
@@ -208,6 +209,13 @@ func main() {
 		go ping(ctx, *pingEvery)
 	}
 	w := &workerkit.Worker{FrontEnds: frontEnds, Handler: mux, MaxConcurrent: *maxConc}
+	if *debugAddr != "" {
+		go func() {
+			if err := workerkit.ServeDebug(ctx, *debugAddr, w); err != nil {
+				log.Printf("debug address: %v", err)
+			}
+		}()
+	}
 	// Serve ends the listeners' streams when it starts draining.
 	if err := w.Serve(ctx); err != nil {
 		log.Fatal(err)

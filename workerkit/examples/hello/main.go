@@ -36,6 +36,7 @@ func main() {
 	maxConc := flag.Int("max-concurrent", workerkit.DefaultMaxConcurrent, "handlers running at once (ZeroMQ mode)")
 	var curve workerkit.CurveFlags
 	curve.Register(flag.CommandLine)
+	debugAddr := flag.String("debug", "", "serve the worker's own counters (workerkit.Stats) as JSON on `ADDR`, e.g. 127.0.0.1:6060")
 	flag.Parse()
 
 	handler := http.HandlerFunc(hello)
@@ -54,6 +55,13 @@ func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	w := &workerkit.Worker{FrontEnds: frontEnds, Handler: handler, MaxConcurrent: *maxConc}
+	if *debugAddr != "" {
+		go func() {
+			if err := workerkit.ServeDebug(ctx, *debugAddr, w); err != nil {
+				log.Printf("debug address: %v", err)
+			}
+		}()
+	}
 	if err := w.Serve(ctx); err != nil {
 		log.Fatal(err)
 	}
