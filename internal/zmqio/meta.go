@@ -15,6 +15,12 @@ typedef struct {
 	void *data;
 	int userlen;
 	char user[256];
+	// addr_if: read the part's "Peer-Address" into addr only when the part
+	// begins with these addr_if_len bytes (addr_if_len 0: never).
+	char addr_if[32];
+	size_t addr_if_len;
+	int addrlen;
+	char addr[256];
 } zmqio_user;
 
 // zmqio_recv_user is zmqio_recv (recv.go) that also copies the part's
@@ -23,6 +29,7 @@ typedef struct {
 static int zmqio_recv_user(void *sock, zmq_msg_t *msg, void *buf, size_t cap, size_t keep, int flags, zmqio_user *out) {
 	int n;
 	const char *user;
+	out->addrlen = -1;
 	zmq_msg_init(msg);
 	do {
 		n = zmq_msg_recv(msg, sock, flags);
@@ -43,6 +50,19 @@ static int zmqio_recv_user(void *sock, zmq_msg_t *msg, void *buf, size_t cap, si
 		memcpy(out->user, user, l);
 		out->userlen = (int)l;
 	}
+	out->addrlen = -1;
+	if (out->addr_if_len > 0 && (size_t)n >= out->addr_if_len &&
+			memcmp(zmq_msg_data(msg), out->addr_if, out->addr_if_len) == 0) {
+		const char *addr = zmq_msg_gets(msg, "Peer-Address");
+		if (addr != NULL) {
+			size_t l = strlen(addr);
+			if (l > sizeof(out->addr)) {
+				l = sizeof(out->addr);
+			}
+			memcpy(out->addr, addr, l);
+			out->addrlen = (int)l;
+		}
+	}
 	if ((size_t)n <= cap && (size_t)n < keep) {
 		if (n > 0) {
 			memcpy(buf, zmq_msg_data(msg), (size_t)n);
@@ -58,6 +78,7 @@ import "C"
 
 import (
 	"errors"
+	"fmt"
 	"syscall"
 	"unsafe"
 
@@ -80,6 +101,7 @@ func NewUserReceiver(sock *zmq.Socket) (*UserReceiver, error) {
 		return nil, err
 	}
 	out := (*C.zmqio_user)(C.malloc(C.size_t(unsafe.Sizeof(C.zmqio_user{}))))
+	out.addr_if_len, out.addrlen = 0, -1
 	return &UserReceiver{Receiver: r, out: out}, nil
 }
 
@@ -90,6 +112,33 @@ func (u *UserReceiver) Close() {
 		u.out = nil
 	}
 	u.Receiver.Close()
+}
+
+// ReadAddrOf makes the receiver read the sender's address (libzmq's
+// "Peer-Address" metadata) of the parts that begin with prefix, and only of
+// those, so that a caller who needs it once per connection (on the message
+// that opens one) pays nothing for the others. An empty prefix turns it off.
+func (u *UserReceiver) ReadAddrOf(prefix string) error {
+	if len(prefix) > len(u.out.addr_if) {
+		return fmt.Errorf("zmqio: address prefix %q longer than %d bytes", prefix, len(u.out.addr_if))
+	}
+	for i := range len(prefix) {
+		u.out.addr_if[i] = C.char(prefix[i])
+	}
+	u.out.addr_if_len = C.size_t(len(prefix))
+	return nil
+}
+
+// Addr is the "Peer-Address" of the part last received, if it began with
+// ReadAddrOf's prefix; "" otherwise, or when libzmq gives none. libzmq
+// gives the peer's host only, without its port: the numeric IP address for
+// tcp, and for ipc the peer's credentials where the system has them.
+func (u *UserReceiver) Addr() string {
+	l := int(u.out.addrlen)
+	if l <= 0 {
+		return ""
+	}
+	return string(unsafe.Slice((*byte)(unsafe.Pointer(&u.out.addr[0])), l))
 }
 
 // RecvKeepUser is Receiver.RecvKeep that also returns the part's user id

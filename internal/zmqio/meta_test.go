@@ -1,0 +1,102 @@
+package zmqio
+
+import (
+	"strings"
+	"testing"
+
+	zmq "github.com/pebbe/zmq4"
+)
+
+// tcpPair returns a PUSH (tx) connected over tcp loopback to a PULL (rx)
+// read by a UserReceiver, closed when the test ends.
+func tcpPair(t *testing.T) (*zmq.Socket, *UserReceiver) {
+	t.Helper()
+	ctx, err := zmq.NewContext()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rx, err := ctx.NewSocket(zmq.PULL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tx, err := ctx.NewSocket(zmq.PUSH)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = tx.Close()
+		_ = rx.Close()
+		_ = ctx.Term()
+	})
+	for _, s := range []*zmq.Socket{rx, tx} {
+		if err := s.SetLinger(0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := rx.Bind("tcp://127.0.0.1:*"); err != nil {
+		t.Fatal(err)
+	}
+	ep, err := rx.GetLastEndpoint()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := tx.Connect(ep); err != nil {
+		t.Fatal(err)
+	}
+	u, err := NewUserReceiver(rx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(u.Close)
+	return tx, u
+}
+
+func TestReadAddrOf(t *testing.T) {
+	tx, u := tcpPair(t)
+	if err := u.ReadAddrOf("HELLO"); err != nil {
+		t.Fatal(err)
+	}
+	buf := make([]byte, 64)
+	for _, tc := range []struct {
+		msg      string
+		wantAddr bool
+	}{
+		{"HELLO 4", true},
+		{"HB", false},
+		{"HELL", false}, // shorter than the prefix
+		{"ACK HELLO", false},
+		{"HELLO", true},
+	} {
+		if _, err := tx.Send(tc.msg, 0); err != nil {
+			t.Fatal(err)
+		}
+		part, _, _, err := u.RecvIntoUser(buf, 0, "")
+		if err != nil || string(part) != tc.msg {
+			t.Fatalf("%q: got %q, %v", tc.msg, part, err)
+		}
+		addr := u.Addr()
+		t.Logf("%q: Peer-Address %q", tc.msg, addr)
+		if got := addr != ""; got != tc.wantAddr {
+			t.Fatalf("%q: address %q, want one: %v", tc.msg, addr, tc.wantAddr)
+		}
+		if tc.wantAddr && !strings.HasPrefix(addr, "127.0.0.1") {
+			t.Fatalf("%q: address %q, want the loopback address", tc.msg, addr)
+		}
+	}
+}
+
+func TestReadAddrOfOff(t *testing.T) {
+	tx, u := tcpPair(t)
+	if err := u.ReadAddrOf(strings.Repeat("x", 33)); err == nil {
+		t.Fatal("a prefix longer than the receiver keeps was taken")
+	}
+	if _, err := tx.Send("HELLO 1", 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, _, err := u.RecvIntoUser(make([]byte, 64), 0, ""); err != nil {
+		t.Fatal(err)
+	}
+	if a := u.Addr(); a != "" {
+		t.Fatalf("address %q read without a prefix", a)
+	}
+}
