@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -39,6 +40,7 @@ type obsPool struct {
 
 type obsWorker struct {
 	ID             string    `json:"id"`
+	RemoteAddr     string    `json:"remote_addr"`
 	State          string    `json:"state"`
 	InFlight       int       `json:"in_flight"`
 	MaxConcurrency int       `json:"max_concurrency"`
@@ -343,6 +345,10 @@ func TestObservabilityWorkers(t *testing.T) {
 		if w.MaxConcurrency <= 0 || w.LastHeard.IsZero() || w.Since.IsZero() {
 			t.Errorf("worker %+v: max concurrency, last heard and since must be known", w)
 		}
+		// The workers connect over tcp loopback; libzmq gives the host only.
+		if ip := net.ParseIP(w.RemoteAddr); ip == nil || !ip.IsLoopback() {
+			t.Errorf("worker %s: remote_addr %q, want a loopback address", w.ID, w.RemoteAddr)
+		}
 	}
 
 	// Errors as JSON with the right status.
@@ -403,13 +409,13 @@ func TestObservabilityWorkers(t *testing.T) {
 		t.Fatalf("caddy zmq status: %v\n%s", err, out)
 	}
 	table := string(out)
-	for _, want := range []string{"POOL", "WORKER", "STATE", "IN-FLIGHT"} {
+	for _, want := range []string{"POOL", "WORKER", "ADDRESS", "STATE", "IN-FLIGHT"} {
 		if !strings.Contains(table, want) {
 			t.Errorf("status table lacks %s:\n%s", want, table)
 		}
 	}
 	for id, st := range map[string]string{"wk-1": "lost", "wk-2": "lost", "wk-3": "live", "wk-4": "draining"} {
-		if !lineHas(table, id, st) {
+		if !lineHas(table, id, "127.0.0.1", st) {
 			t.Errorf("status table: no line with %s %s:\n%s", id, st, table)
 		}
 	}

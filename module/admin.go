@@ -65,6 +65,11 @@ type PoolView struct {
 // WorkerView is one worker of the control channel.
 type WorkerView struct {
 	ID string `json:"id"`
+	// RemoteAddr is the address the worker's control connection comes
+	// from, as libzmq reports it (its "Peer-Address"): the IP address for
+	// tcp, without the port, which libzmq does not give. Empty until the
+	// worker's HELLO, and for transports without one.
+	RemoteAddr string `json:"remote_addr,omitempty"`
 	// State is live, paused (hung), draining (by an operator, or the
 	// worker is leaving) or lost (shown for a minute).
 	State    string `json:"state"`
@@ -191,7 +196,7 @@ func (c *controlPlane) workerViews() []WorkerView {
 	for id, wi := range c.workers {
 		st, since := wi.state()
 		views = append(views, WorkerView{
-			ID: id, State: st, Hung: wi.hung, InFlight: inFlight[wi],
+			ID: id, RemoteAddr: wi.remoteAddr, State: st, Hung: wi.hung, InFlight: inFlight[wi],
 			MaxConcurrency: wi.maxConcurrent, LastHeard: wi.lastSeen,
 			PinnedSessions: pinned[id], Since: since, Joined: wi.joinedAt,
 		})
@@ -201,7 +206,7 @@ func (c *controlPlane) workerViews() []WorkerView {
 			continue
 		}
 		views = append(views, WorkerView{
-			ID: id, State: stateLost, MaxConcurrency: g.maxConcurrent,
+			ID: id, RemoteAddr: g.remoteAddr, State: stateLost, MaxConcurrency: g.maxConcurrent,
 			LastHeard: g.lastHeard, PinnedSessions: pinned[id], Since: g.at,
 		})
 	}

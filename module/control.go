@@ -74,6 +74,9 @@ type workerInfo struct {
 	lastSeen      time.Time
 	maxConcurrent int
 	draining      bool
+	// remoteAddr is the peer address of the connection it last said HELLO
+	// on (libzmq's Peer-Address: the host, without a port).
+	remoteAddr string
 
 	// answered counts this worker's requests whose first reply frame has
 	// arrived; the receive owner adds to it, the sweep watches it move.
@@ -178,6 +181,12 @@ func (c *controlPlane) run(zctx *zmq.Context, ready chan<- error, quit <-chan st
 		return
 	}
 	defer in.Close()
+	// A worker's address is read once per connection, from the HELLO that
+	// opens it, not from every message.
+	if err := in.ReadAddrOf(zmqx.Hello.String()); err != nil {
+		ready <- fmt.Errorf("control socket: %w", err)
+		return
+	}
 	notify, err := zmqio.NewNotifier(router)
 	if err != nil {
 		ready <- fmt.Errorf("control socket: %w", err)
@@ -323,7 +332,7 @@ func (c *controlPlane) receive(in *zmqio.UserReceiver, rs *ctlScratch) {
 			}
 		}
 		c.countDown(len(payload))
-		c.handleFrom(string(id), user, payload)
+		c.handleMsg(string(id), user, in.Addr(), payload)
 	}
 }
 
@@ -332,6 +341,12 @@ func (c *controlPlane) handle(worker string, payload []byte) { c.handleFrom(work
 // handleFrom handles a message from worker, sent with CURVE key key ("":
 // without CURVE).
 func (c *controlPlane) handleFrom(worker, key string, payload []byte) {
+	c.handleMsg(worker, key, "", payload)
+}
+
+// handleMsg is handleFrom for a message that came from addr (the peer's
+// address, read from the HELLO that opens a connection; "" otherwise).
+func (c *controlPlane) handleMsg(worker, key, addr string, payload []byte) {
 	if !c.admit(worker, key) {
 		return
 	}
@@ -357,6 +372,9 @@ func (c *controlPlane) handleFrom(worker, key string, payload []byte) {
 	case zmqx.Hello:
 		wi.maxConcurrent = int(m.N)
 		wi.draining = false
+		if addr != "" {
+			wi.remoteAddr = addr
+		}
 	case zmqx.Bye:
 		wi.draining, wi.since = true, now
 	}

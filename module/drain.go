@@ -53,6 +53,7 @@ type goneWorker struct {
 	at            time.Time // declared lost
 	lastHeard     time.Time
 	maxConcurrent int
+	remoteAddr    string
 }
 
 // state names wi's state; c.mu is held.
@@ -85,7 +86,7 @@ func (c *controlPlane) noteLost(id string, wi *workerInfo, now time.Time) {
 			delete(c.gone, gid)
 		}
 	}
-	c.gone[id] = goneWorker{at: now, lastHeard: wi.lastSeen, maxConcurrent: wi.maxConcurrent}
+	c.gone[id] = goneWorker{at: now, lastHeard: wi.lastSeen, maxConcurrent: wi.maxConcurrent, remoteAddr: wi.remoteAddr}
 	c.lostTotal.Add(1)
 	c.emit(eventWorkerLost, id, map[string]any{"draining": wi.draining || wi.drained})
 }

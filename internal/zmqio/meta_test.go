@@ -79,8 +79,9 @@ func TestReadAddrOf(t *testing.T) {
 		if got := addr != ""; got != tc.wantAddr {
 			t.Fatalf("%q: address %q, want one: %v", tc.msg, addr, tc.wantAddr)
 		}
-		if tc.wantAddr && !strings.HasPrefix(addr, "127.0.0.1") {
-			t.Fatalf("%q: address %q, want the loopback address", tc.msg, addr)
+		// libzmq gives the host, without the port.
+		if tc.wantAddr && addr != "127.0.0.1" {
+			t.Fatalf("%q: address %q, want 127.0.0.1", tc.msg, addr)
 		}
 	}
 }
