@@ -374,7 +374,7 @@ func findTools(o options, cases []Case) (*Env, WrkParams, error) {
 	if o.WS {
 		need = map[string]string{env.Caddy: "run make build"}
 		for _, c := range cases {
-			if c.Kind == "zmq" {
+			if strings.HasPrefix(c.Kind, "zmq") {
 				need[env.WSChat] = "run make build"
 			} else {
 				need[env.WSEchoHTTP] = "run make build"

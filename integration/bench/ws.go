@@ -54,22 +54,45 @@ func wsCases() []Case {
 		wsCase("ws-echo/reverse_proxy", "reverse_proxy", false, setupWSReverseProxy),
 		wsCase("ws-large/zmq", "zmq", true, setupWSZmq),
 		wsCase("ws-large/reverse_proxy", "reverse_proxy", true, setupWSReverseProxy),
+		// Not in the default set: zmq with the control channel (zmqx/1:
+		// reply credit per socket).
+		nonDefault(wsCase("ws-echo/zmq+control", "zmq+control", false, setupWSZmqControl)),
+		nonDefault(wsCase("ws-large/zmq+control", "zmq+control", true, setupWSZmqControl)),
 	}
+}
+
+func nonDefault(c Case) Case {
+	c.Default = false
+	return c
 }
 
 // setupWSZmq: Caddy's zmq handler in front of bin/wschat-worker. Returns
 // the ws:// URL of /echo.
 func setupWSZmq(ctx context.Context, s *Stack, env *Env) (string, error) {
-	p, err := freePorts(2)
+	return setupWSZmqWith(s, env, false)
+}
+
+// setupWSZmqControl: the same with the control channel on both sides.
+func setupWSZmqControl(ctx context.Context, s *Stack, env *Env) (string, error) {
+	return setupWSZmqWith(s, env, true)
+}
+
+func setupWSZmqWith(s *Stack, env *Env, control bool) (string, error) {
+	p, err := freePorts(3)
 	if err != nil {
 		return "", err
 	}
-	req, rep := tcpEndpoint(p[0]), tcpEndpoint(p[1])
-	url, err := startCaddy(s, env, false, fmt.Sprintf("zmq %s %s", req, rep))
+	req, rep, ctl := tcpEndpoint(p[0]), tcpEndpoint(p[1]), tcpEndpoint(p[2])
+	handler, frontEnd := fmt.Sprintf("zmq %s %s", req, rep), req+","+rep
+	if control {
+		handler += fmt.Sprintf(" {\n\t\tcontrol_endpoint %s\n\t}", ctl)
+		frontEnd += "," + ctl
+	}
+	url, err := startCaddy(s, env, false, handler)
 	if err != nil {
 		return "", err
 	}
-	_, err = s.Start("wschat-worker (zmq)", exec.Command(env.WSChat, "-frontend", req+","+rep))
+	_, err = s.Start("wschat-worker (zmq)", exec.Command(env.WSChat, "-frontend", frontEnd))
 	return wsURL(url), err
 }
 

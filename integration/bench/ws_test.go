@@ -6,7 +6,7 @@ import (
 )
 
 func TestWSReportFinish(t *testing.T) {
-	cases := wsCases()
+	cases := wsCases()[:4] // the default set, in order
 	ok := func(msgs int64, size int, secs float64, caddy, worker float64) WSRun {
 		return WSRun{Messages: msgs, Bytes: msgs * int64(size), Seconds: secs, ClientCPU: 5,
 			CPUByProcess: map[string]float64{"caddy": caddy, "worker": worker}}
