@@ -7,7 +7,7 @@
 #                (installs only libzmq and pkg-config)
 #   make test    vet, unit + integration tests with -race, short fuzz runs
 #   make fuzz    the same fuzz targets for longer (FUZZTIME=60s)
-#   make bench   benchmarks (integration/bench): hello world, then large bodies
+#   make bench   benchmarks (integration/bench): hello world, large bodies, WebSockets
 #   make chaos   fault-injection suite (integration/chaos), table in bin/chaos.md
 #   make clean
 #
