@@ -7,7 +7,7 @@
 #                (installs only libzmq and pkg-config)
 #   make test    vet, unit + integration tests with -race, short fuzz runs
 #   make fuzz    the same fuzz targets for longer (FUZZTIME=60s)
-#   make bench   benchmarks (integration/bench): hello world, then large bodies
+#   make bench   benchmarks (integration/bench): hello world, large bodies, WebSockets
 #   make chaos   fault-injection suite (integration/chaos), table in bin/chaos.md
 #   make clean
 #
@@ -40,7 +40,8 @@ CADDY_SRCS := $(shell find module internal -name '*.go' ! -name '*_test.go' 2>/d
 WORKERKIT_SRCS := $(shell find workerkit internal -name '*.go' ! -name '*_test.go' ! -path 'workerkit/examples/*' 2>/dev/null)
 
 WORKERS := $(BIN)/hello-worker $(BIN)/echo-worker $(BIN)/testworker $(BIN)/chaosworker $(BIN)/chat-worker \
-	$(BIN)/zmqx-conformance $(BIN)/pinned-worker $(BIN)/wschat-worker $(BIN)/floor-worker
+	$(BIN)/zmqx-conformance $(BIN)/pinned-worker $(BIN)/wschat-worker $(BIN)/floor-worker \
+	$(BIN)/wsecho-http
 
 # What building and running need (cgo links libzmq, found by pkg-config).
 DEB_RUN_PACKAGES := libzmq3-dev pkg-config
@@ -160,6 +161,10 @@ $(BIN)/testworker: $(WORKERKIT_SRCS) $(wildcard integration/testworker/*.go) go.
 $(BIN)/floor-worker: $(shell find internal -name '*.go' ! -name '*_test.go') $(wildcard integration/floorworker/*.go) go.mod go.sum | deps-run
 	$(call go_build,./integration/floorworker)
 
+# The net/http WebSocket echo behind reverse_proxy in make bench -ws.
+$(BIN)/wsecho-http: $(shell find internal -name '*.go' ! -name '*_test.go') $(wildcard integration/wsechohttp/*.go) go.mod go.sum | deps-run
+	$(call go_build,./integration/wsechohttp)
+
 # The zmqx/1 conformance kit as a command (the kit is in WORKERKIT_SRCS).
 $(BIN)/zmqx-conformance: $(WORKERKIT_SRCS) go.mod go.sum | deps-run
 	$(call go_build,./workerkit/cmd/zmqx-conformance)
@@ -239,6 +244,7 @@ fuzz: deps-run
 bench: deps-test build
 	$(GO) run ./integration/bench
 	$(GO) run ./integration/bench -large -rounds 3 -out $(BIN)/bench-large.json -svg $(BIN)/bench-large.svg
+	$(GO) run ./integration/bench -ws -rounds 3 -out $(BIN)/bench-ws.json
 
 # chaos: fault-injection suite, 30 s per scenario; table on stdout and in
 # bin/chaos.md (CHAOS_FLAGS=-short: 8 s per scenario).

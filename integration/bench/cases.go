@@ -16,12 +16,15 @@ const helloBody = "Hello, world!\n"
 
 // Env is what the setups need from the machine.
 type Env struct {
-	Caddy    string // bin/caddy
-	Hello    string // bin/hello-worker
-	Floor    string // bin/floor-worker (the single-loop floor)
-	Echo     string // bin/echo-worker (-large)
-	M2sh     string
-	Mongrel2 string
+	Caddy string // bin/caddy
+	Hello string // bin/hello-worker
+	Floor string // bin/floor-worker (the single-loop floor)
+	Echo  string // bin/echo-worker (-large)
+	// -ws: bin/wschat-worker (its /echo) and bin/wsecho-http.
+	WSChat     string
+	WSEchoHTTP string
+	M2sh       string
+	Mongrel2   string
 	// M2Ciphers is Mongrel2's ssl_ciphers setting (mbedTLS names separated
 	// by spaces); "" keeps Mongrel2's default preference.
 	M2Ciphers string
@@ -42,6 +45,9 @@ type Case struct {
 	// returns the base URL of echo's handlers, and each run is one
 	// transfer measured by this program instead of wrk.
 	Large *LargeSpec
+	// WS makes it a WebSocket case (-ws, see ws.go): Setup returns the
+	// ws:// URL of an echo, loaded by this program instead of wrk.
+	WS *WSSpec
 }
 
 func (c Case) expect() string {

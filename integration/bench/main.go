@@ -23,6 +23,15 @@
 //
 //	go run ./integration/bench -large [-quick] [-rounds 5] [-large-bytes 268435456]
 //
+// With -ws (or -cases naming only ws-* cases) it measures WebSockets instead
+// (ws.go): a small echo (ws-echo, messages/s) and large messages (ws-large,
+// MB/s), each through zmq to bin/wschat-worker's /echo and through
+// reverse_proxy to the same echo served by net/http (bin/wsecho-http); a
+// load generator in this program keeps the sockets busy, one message in
+// flight per socket; written to bin/bench-ws.json.
+//
+//	go run ./integration/bench -ws [-rounds 3] [-duration 5s] [-conns 32] [-ws-large-bytes 1048576]
+//
 // Needs `make build` (bin/caddy, bin/hello-worker), wrk and mongrel2-core.
 // Writes bin/bench.json (every run, machine, checks) and bin/bench.svg (bar
 // chart). Each run also records how much CPU other processes took meanwhile
@@ -70,6 +79,11 @@ type options struct {
 	// -large
 	LargeBytes  int64
 	LargeWarmup int64
+	// -ws
+	WS           bool
+	WSSmallBytes int
+	WSLargeBytes int
+	WSLargeConns int
 }
 
 func main() {
@@ -86,6 +100,7 @@ func run() int {
 	flag.StringVar(&o.Cases, "cases", "", "comma-separated case names, or \"all\" (default: the standard set; see -list)")
 	flag.BoolVar(&o.Large, "large", false, "large-body cases instead of hello world: 256 MiB downloads and uploads, zmq+control vs reverse_proxy (needs bin/echo-worker)")
 	largeFlags(&o)
+	wsFlags(&o)
 	flag.BoolVar(&o.Quick, "quick", false, "smoke test: 1 round of 2 s (explicit -rounds/-duration win)")
 	flag.StringVar(&o.Bin, "bin", "", "directory with caddy and hello-worker (default <repo>/bin)")
 	flag.StringVar(&o.Wrk, "wrk", "wrk", "wrk binary")
@@ -113,6 +128,17 @@ func run() int {
 	}
 
 	table, workload := helloCases(), "hello world"
+	if wsOnly(o.Cases) { // -cases ws-echo/zmq,... implies -ws
+		o.WS = true
+	}
+	if o.WS && o.Large {
+		fmt.Fprintln(os.Stderr, "bench: -ws and -large are separate runs")
+		return 2
+	}
+	if o.WS {
+		workload = "websockets"
+		table = wsCases()
+	}
 	if o.Large {
 		workload = "large bodies"
 		table = largeCases()
@@ -136,6 +162,10 @@ func run() int {
 		fmt.Fprintln(os.Stderr, "bench: need -large-bytes >= 16 and -large-warmup >= 0")
 		return 2
 	}
+	if o.WS && (o.WSSmallBytes < 1 || o.WSLargeBytes < 1 || o.WSLargeConns < 1) {
+		fmt.Fprintln(os.Stderr, "bench: need -ws-bytes, -ws-large-bytes and -ws-large-conns >= 1")
+		return 2
+	}
 	if o.Rounds < 1 || o.Duration < time.Second || o.Conns < 1 || o.Threads < 1 || o.Threads > o.Conns {
 		fmt.Fprintln(os.Stderr, "bench: need -rounds >= 1, -duration >= 1s, 1 <= -threads <= -conns")
 		return 2
@@ -149,6 +179,9 @@ func run() int {
 		o.Out = filepath.Join(root, "bin", "bench.json")
 		if o.Large {
 			o.Out = filepath.Join(root, "bin", "bench-large.json")
+		}
+		if o.WS {
+			o.Out = filepath.Join(root, "bin", "bench-ws.json")
 		}
 	}
 	if o.SVG == "" {
@@ -164,6 +197,9 @@ func run() int {
 	defer stop()
 	if o.Large {
 		return runLarge(ctx, o, cases, env, root)
+	}
+	if o.WS {
+		return runWS(ctx, o, cases, env, root)
 	}
 
 	rep := &Report{
@@ -283,6 +319,19 @@ func runCase(ctx context.Context, c Case, env *Env, wrk WrkParams, o options) Ru
 	return run
 }
 
+// wsOnly: a -cases list of WebSocket cases only.
+func wsOnly(list string) bool {
+	if list == "" || list == "all" {
+		return false
+	}
+	for _, name := range strings.Split(list, ",") {
+		if !strings.HasPrefix(strings.TrimSpace(name), "ws-") {
+			return false
+		}
+	}
+	return true
+}
+
 func selectCases(table []Case, list string) ([]Case, error) {
 	if list == "" || list == "all" {
 		var out []Case
@@ -313,11 +362,24 @@ func findTools(o options, cases []Case) (*Env, WrkParams, error) {
 		Floor: filepath.Join(o.Bin, "floor-worker"),
 		Echo:  filepath.Join(o.Bin, "echo-worker"),
 
+		WSChat:     filepath.Join(o.Bin, "wschat-worker"),
+		WSEchoHTTP: filepath.Join(o.Bin, "wsecho-http"),
+
 		M2Ciphers: o.M2Ciphers,
 	}
 	need := map[string]string{env.Hello: "run make build"}
 	if o.Large {
 		need = map[string]string{env.Echo: "run make build", env.Caddy: "run make build"}
+	}
+	if o.WS {
+		need = map[string]string{env.Caddy: "run make build"}
+		for _, c := range cases {
+			if strings.HasPrefix(c.Kind, "zmq") {
+				need[env.WSChat] = "run make build"
+			} else {
+				need[env.WSEchoHTTP] = "run make build"
+			}
+		}
 	}
 	for _, c := range cases {
 		switch c.Kind {
@@ -331,7 +393,7 @@ func findTools(o options, cases []Case) (*Env, WrkParams, error) {
 			need[env.Floor] = "run make build"
 		}
 	}
-	if !o.Large {
+	if !o.Large && !o.WS {
 		need[o.Wrk] = "run make deps (wrk)"
 	}
 	var missing []string

@@ -1,0 +1,524 @@
+package main
+
+// WebSocket cases (-ws): an echo through Caddy's `zmq` to
+// bin/wschat-worker's /echo (workerkit) and through Caddy's reverse_proxy
+// to the same echo served by net/http (bin/wsecho-http). A load generator
+// in this program keeps -conns sockets (ws-echo) or -ws-large-conns
+// sockets (ws-large) busy for -duration, each sending one message and
+// awaiting its echo before the next, and counts messages and bytes.
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/zmqbridge/caddy-zmq/internal/wsclient"
+	"github.com/zmqbridge/caddy-zmq/internal/wsframe"
+)
+
+// WSSpec makes a Case a WebSocket case: its workload and message size.
+type WSSpec struct {
+	Workload string // "ws-echo" or "ws-large"
+	Large    bool   // -ws-large-bytes messages on -ws-large-conns sockets
+}
+
+func wsFlags(o *options) {
+	flag.BoolVar(&o.WS, "ws", false, "WebSocket cases instead of hello world: small echo (msgs/s) and large messages (MB/s), zmq vs reverse_proxy (needs bin/wschat-worker, bin/wsecho-http)")
+	flag.IntVar(&o.WSSmallBytes, "ws-bytes", 64, "payload of a ws-echo message")
+	flag.IntVar(&o.WSLargeBytes, "ws-large-bytes", 1<<20, "payload of a ws-large message")
+	flag.IntVar(&o.WSLargeConns, "ws-large-conns", 4, "sockets of a ws-large run (ws-echo uses -conns)")
+}
+
+func wsCase(name, kind string, large bool, setup func(context.Context, *Stack, *Env) (string, error)) Case {
+	workload := "ws-echo"
+	if large {
+		workload = "ws-large"
+	}
+	return Case{Name: name, Kind: kind, Default: true, Setup: setup, WS: &WSSpec{Workload: workload, Large: large}}
+}
+
+// wsCases: each workload through zmq and through reverse_proxy.
+func wsCases() []Case {
+	return []Case{
+		wsCase("ws-echo/zmq", "zmq", false, setupWSZmq),
+		wsCase("ws-echo/reverse_proxy", "reverse_proxy", false, setupWSReverseProxy),
+		wsCase("ws-large/zmq", "zmq", true, setupWSZmq),
+		wsCase("ws-large/reverse_proxy", "reverse_proxy", true, setupWSReverseProxy),
+		// Not in the default set: zmq with the control channel (zmqx/1:
+		// reply credit per socket).
+		nonDefault(wsCase("ws-echo/zmq+control", "zmq+control", false, setupWSZmqControl)),
+		nonDefault(wsCase("ws-large/zmq+control", "zmq+control", true, setupWSZmqControl)),
+	}
+}
+
+func nonDefault(c Case) Case {
+	c.Default = false
+	return c
+}
+
+// setupWSZmq: Caddy's zmq handler in front of bin/wschat-worker. Returns
+// the ws:// URL of /echo.
+func setupWSZmq(ctx context.Context, s *Stack, env *Env) (string, error) {
+	return setupWSZmqWith(s, env, false)
+}
+
+// setupWSZmqControl: the same with the control channel on both sides.
+func setupWSZmqControl(ctx context.Context, s *Stack, env *Env) (string, error) {
+	return setupWSZmqWith(s, env, true)
+}
+
+func setupWSZmqWith(s *Stack, env *Env, control bool) (string, error) {
+	p, err := freePorts(3)
+	if err != nil {
+		return "", err
+	}
+	req, rep, ctl := tcpEndpoint(p[0]), tcpEndpoint(p[1]), tcpEndpoint(p[2])
+	handler, frontEnd := fmt.Sprintf("zmq %s %s", req, rep), req+","+rep
+	if control {
+		handler += fmt.Sprintf(" {\n\t\tcontrol_endpoint %s\n\t}", ctl)
+		frontEnd += "," + ctl
+	}
+	url, err := startCaddy(s, env, false, handler)
+	if err != nil {
+		return "", err
+	}
+	_, err = s.Start("wschat-worker (zmq)", exec.Command(env.WSChat, "-frontend", frontEnd))
+	return wsURL(url), err
+}
+
+// setupWSReverseProxy: Caddy's reverse_proxy in front of bin/wsecho-http.
+func setupWSReverseProxy(ctx context.Context, s *Stack, env *Env) (string, error) {
+	p, err := freePorts(1)
+	if err != nil {
+		return "", err
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", p[0])
+	if _, err := s.Start("wsecho-http (net/http)", exec.Command(env.WSEchoHTTP, "-listen", addr)); err != nil {
+		return "", err
+	}
+	url, err := startCaddy(s, env, false, "reverse_proxy "+addr)
+	return wsURL(url), err
+}
+
+// wsURL turns Caddy's site URL into the echo's ws:// URL.
+func wsURL(site string) string {
+	return "ws://" + strings.TrimSuffix(strings.TrimPrefix(site, "http://"), "/") + "/echo"
+}
+
+// ---------------------------------------------------------------------------
+// Load generator
+
+// wsClient is one socket of the load generator: frame is the masked
+// message, built once (the same mask every time costs the servers
+// nothing less).
+type wsClient struct {
+	conn  *wsclient.Conn
+	frame []byte
+	size  int
+}
+
+func dialWS(ctx context.Context, url string, size int) (*wsClient, error) {
+	hostPath := strings.TrimPrefix(url, "ws://")
+	host, path, _ := strings.Cut(hostPath, "/")
+	var d net.Dialer
+	c, err := d.DialContext(ctx, "tcp", host)
+	if err != nil {
+		return nil, err
+	}
+	ws, _, err := wsclient.Handshake(c, host, "/"+path, nil)
+	if err != nil {
+		c.Close()
+		return nil, err
+	}
+	payload := make([]byte, size)
+	_, _ = rand.Read(payload)
+	var key [4]byte
+	_, _ = rand.Read(key[:])
+	return &wsClient{conn: ws, frame: wsframe.AppendMasked(nil, 0x82, payload, key), size: size}, nil
+}
+
+// roundTrip sends the message and reads its echo (all its frames).
+func (c *wsClient) roundTrip() error {
+	if _, err := c.conn.Conn.Write(c.frame); err != nil {
+		return err
+	}
+	got := 0
+	for {
+		b0, p, err := c.conn.ReadFrame()
+		if err != nil {
+			return err
+		}
+		switch b0 & 0x0F {
+		case wsframe.OpPing, wsframe.OpPong:
+			continue
+		case wsframe.OpClose:
+			code, _, _ := wsframe.ParseClose(p)
+			return fmt.Errorf("server closed the socket with %d", code)
+		}
+		got += len(p)
+		if b0&0x80 != 0 {
+			break
+		}
+	}
+	if got != c.size {
+		return fmt.Errorf("echo of %d bytes, sent %d", got, c.size)
+	}
+	return nil
+}
+
+func (c *wsClient) close() {
+	_ = c.conn.WriteFrame(0x88, []byte{0x03, 0xE8})
+	c.conn.Close()
+}
+
+// wsLoad is what the load generator counted.
+type wsLoad struct {
+	Messages int64
+	Bytes    int64 // payload bytes echoed (one way)
+	Seconds  float64
+	Errors   int64
+	FirstErr string
+}
+
+// runWSLoad opens conns sockets, then round-trips on each for d.
+func runWSLoad(ctx context.Context, url string, conns, size int, d time.Duration) (wsLoad, error) {
+	clients := make([]*wsClient, 0, conns)
+	defer func() {
+		for _, c := range clients {
+			c.close()
+		}
+	}()
+	for range conns {
+		c, err := dialWS(ctx, url, size)
+		if err != nil {
+			return wsLoad{}, fmt.Errorf("opening socket %d: %w", len(clients)+1, err)
+		}
+		clients = append(clients, c)
+	}
+	var (
+		mu  sync.Mutex
+		sum wsLoad
+		wg  sync.WaitGroup
+	)
+	start := time.Now()
+	deadline := start.Add(d)
+	for _, c := range clients {
+		_ = c.conn.SetDeadline(deadline.Add(30 * time.Second)) // a stuck echo fails the run
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			var n int64
+			var err error
+			for time.Now().Before(deadline) && ctx.Err() == nil {
+				if err = c.roundTrip(); err != nil {
+					break
+				}
+				n++
+			}
+			mu.Lock()
+			defer mu.Unlock()
+			sum.Messages += n
+			sum.Bytes += n * int64(size)
+			if err != nil {
+				sum.Errors++
+				if sum.FirstErr == "" {
+					sum.FirstErr = err.Error()
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	sum.Seconds = time.Since(start).Seconds()
+	if sum.Errors > 0 {
+		return sum, fmt.Errorf("%d of %d sockets failed: %s", sum.Errors, conns, sum.FirstErr)
+	}
+	return sum, ctx.Err()
+}
+
+// waitWSReady polls until one socket echoes one message, or timeout.
+func waitWSReady(ctx context.Context, s *Stack, url string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	var last error
+	for {
+		if err := s.Check(); err != nil {
+			return err
+		}
+		c, err := dialWS(ctx, url, 16)
+		if err == nil {
+			err = c.roundTrip()
+			c.close()
+			if err == nil {
+				return nil
+			}
+		}
+		last = err
+		if time.Now().After(deadline) || ctx.Err() != nil {
+			return fmt.Errorf("not ready after %v: %w", timeout, last)
+		}
+		select {
+		case <-ctx.Done():
+		case <-time.After(100 * time.Millisecond): // poll interval, not synchronisation
+		}
+	}
+}
+
+// ---------------------------------------------------------------------------
+// Runs
+
+// WSRun is one measurement of one WebSocket case.
+type WSRun struct {
+	Round    int     `json:"round"`
+	Position int     `json:"position"`
+	URL      string  `json:"url,omitempty"`
+	Conns    int     `json:"conns"`
+	MsgBytes int     `json:"message_bytes"`
+	Messages int64   `json:"messages"`
+	Bytes    int64   `json:"bytes"`
+	Seconds  float64 `json:"seconds"`
+	// CPUByProcess is each server process's CPU time per message (µs);
+	// ClientCPU the load generator's (this program's).
+	CPUByProcess map[string]float64 `json:"cpu_us_per_message_by_process,omitempty"`
+	ClientCPU    float64            `json:"client_cpu_us_per_message"`
+	// OtherPercent is the share of the machine other processes took.
+	OtherPercent float64 `json:"other_percent"`
+	Error        string  `json:"error,omitempty"`
+}
+
+// MsgsPerSec and MBPerSec (1 MB = 10^6 bytes, one way).
+func (r WSRun) MsgsPerSec() float64 { return safeDiv(float64(r.Messages), r.Seconds) }
+func (r WSRun) MBPerSec() float64   { return safeDiv(float64(r.Bytes)/1e6, r.Seconds) }
+
+func safeDiv(a, b float64) float64 {
+	if b <= 0 {
+		return 0
+	}
+	return a / b
+}
+
+func runWSCase(ctx context.Context, c Case, env *Env, o options) WSRun {
+	run := WSRun{Conns: o.Conns, MsgBytes: o.WSSmallBytes}
+	if c.WS.Large {
+		run.Conns, run.MsgBytes = o.WSLargeConns, o.WSLargeBytes
+	}
+	var s *Stack
+	for attempt := 1; ; attempt++ {
+		var err error
+		if s, err = newStack(); err != nil {
+			run.Error = err.Error()
+			return run
+		}
+		run.URL, err = c.Setup(ctx, s, env)
+		if err == nil {
+			err = waitWSReady(ctx, s, run.URL, o.Timeout)
+		}
+		if err == nil {
+			break
+		}
+		s.Close()
+		if errAddrInUse(err) && attempt < 3 && ctx.Err() == nil {
+			continue
+		}
+		run.Error = "setup: " + err.Error()
+		return run
+	}
+	defer s.Close()
+	if o.Warmup > 0 {
+		if _, err := runWSLoad(ctx, run.URL, run.Conns, run.MsgBytes, o.Warmup); err != nil {
+			run.Error = "warm-up: " + err.Error()
+			return run
+		}
+	}
+	meter := startCPUMeter(s)
+	self := selfCPU()
+	load, err := runWSLoad(ctx, run.URL, run.Conns, run.MsgBytes, o.Duration)
+	clientCPU := selfCPU() - self
+	// The client runs in this program, which ownTicks counts as ours: no
+	// separate load-generator time to subtract.
+	sh := meter.shares(s, 0, load.Messages)
+	run.Messages, run.Bytes, run.Seconds = load.Messages, load.Bytes, load.Seconds
+	run.CPUByProcess, run.OtherPercent = sh.ByProcess, sh.Other
+	run.ClientCPU = safeDiv(clientCPU*1e6, float64(load.Messages))
+	if err == nil {
+		err = s.Check()
+	}
+	if o.Verbose {
+		fmt.Print(s.Logs())
+	}
+	if err != nil {
+		run.Error = err.Error()
+	}
+	return run
+}
+
+// ---------------------------------------------------------------------------
+// Report
+
+// WSCaseReport: medians over a case's successful runs.
+type WSCaseReport struct {
+	Name     string  `json:"name"`
+	Kind     string  `json:"kind"`
+	Workload string  `json:"workload"`
+	OK       int     `json:"ok_runs"`
+	Failed   int     `json:"failed_runs"`
+	MsgsPerS float64 `json:"msgs_per_s"`
+	MBPerS   float64 `json:"mb_per_s"`
+	// ServerCPU is the servers' CPU per message (µs), all processes.
+	ServerCPU    float64            `json:"server_cpu_us_per_message"`
+	CPUByProcess map[string]float64 `json:"cpu_us_per_message_by_process,omitempty"`
+	ClientCPU    float64            `json:"client_cpu_us_per_message"`
+	Runs         []WSRun            `json:"runs"`
+}
+
+// WSRatio compares zmq with reverse_proxy on one workload.
+type WSRatio struct {
+	Workload string  `json:"workload"`
+	Ratio    float64 `json:"zmq_over_reverse_proxy"` // of msgs/s (= of MB/s: same message size)
+	CPURatio float64 `json:"server_cpu_ratio"`       // zmq's server CPU per message over reverse_proxy's
+	Pass     bool    `json:"aim_met"`                // Ratio >= 1
+}
+
+// WSReport is the -ws output (bin/bench-ws.json).
+type WSReport struct {
+	Started time.Time      `json:"started"`
+	Command string         `json:"command"`
+	Machine Machine        `json:"machine"`
+	Rounds  int            `json:"rounds"`
+	Cases   []WSCaseReport `json:"cases"`
+	Ratios  []WSRatio      `json:"ratios"`
+	Failed  bool           `json:"failed"`
+}
+
+func (rep *WSReport) finish(cases []Case, results [][]WSRun) {
+	rep.Cases = rep.Cases[:0]
+	for i, c := range cases {
+		cr := WSCaseReport{Name: c.Name, Kind: c.Kind, Workload: c.WS.Workload, Runs: results[i], CPUByProcess: map[string]float64{}}
+		var msgs, mbs, server, client []float64
+		byProc := map[string][]float64{}
+		for _, r := range results[i] {
+			if r.Error != "" || r.Messages == 0 {
+				cr.Failed++
+				rep.Failed = true
+				continue
+			}
+			cr.OK++
+			msgs, mbs = append(msgs, r.MsgsPerSec()), append(mbs, r.MBPerSec())
+			total := 0.0
+			for p, v := range r.CPUByProcess {
+				byProc[p] = append(byProc[p], v)
+				total += v
+			}
+			server, client = append(server, total), append(client, r.ClientCPU)
+		}
+		cr.MsgsPerS, cr.MBPerS = median(msgs), median(mbs)
+		cr.ServerCPU, cr.ClientCPU = median(server), median(client)
+		for p, v := range byProc {
+			cr.CPUByProcess[p] = median(v)
+		}
+		rep.Cases = append(rep.Cases, cr)
+	}
+	rep.Ratios = rep.Ratios[:0]
+	for _, w := range []string{"ws-echo", "ws-large"} {
+		z, rp := rep.find(w, "zmq"), rep.find(w, "reverse_proxy")
+		if z == nil || rp == nil || z.OK == 0 || rp.OK == 0 {
+			continue
+		}
+		r := WSRatio{Workload: w, Ratio: safeDiv(z.MsgsPerS, rp.MsgsPerS), CPURatio: safeDiv(z.ServerCPU, rp.ServerCPU)}
+		r.Pass = r.Ratio >= 1
+		rep.Ratios = append(rep.Ratios, r)
+	}
+}
+
+func (rep *WSReport) find(workload, kind string) *WSCaseReport {
+	for i := range rep.Cases {
+		if rep.Cases[i].Workload == workload && rep.Cases[i].Kind == kind {
+			return &rep.Cases[i]
+		}
+	}
+	return nil
+}
+
+func (rep *WSReport) print(w io.Writer) {
+	rows := [][]string{{"case", "runs", "msgs/s", "MB/s", "server CPU µs/msg", "by process", "client µs/msg"}}
+	for _, c := range rep.Cases {
+		var procs []string
+		for p, v := range c.CPUByProcess {
+			procs = append(procs, fmt.Sprintf("%s %.1f", p, v))
+		}
+		slices.Sort(procs)
+		rows = append(rows, []string{c.Name, fmt.Sprintf("%d/%d", c.OK, c.OK+c.Failed),
+			fmt.Sprintf("%.0f", c.MsgsPerS), fmt.Sprintf("%.1f", c.MBPerS),
+			fmt.Sprintf("%.1f", c.ServerCPU), strings.Join(procs, ", "), fmt.Sprintf("%.1f", c.ClientCPU)})
+	}
+	printColumns(w, rows, 1)
+	fmt.Fprintln(w)
+	for _, r := range rep.Ratios {
+		fmt.Fprintf(w, "%-9s zmq/reverse_proxy throughput %.2f (aim >= 1: %s), server CPU per message %.2f\n",
+			r.Workload, r.Ratio, passMiss(r.Pass), r.CPURatio)
+	}
+}
+
+func runWS(ctx context.Context, o options, cases []Case, env *Env, root string) int {
+	rep := &WSReport{Started: time.Now(), Command: commandLine(), Rounds: o.Rounds}
+	rep.Machine = machineInfo(root, env, o.Wrk)
+	m := rep.Machine
+	fmt.Printf("command:  %s\n", rep.Command)
+	fmt.Printf("machine:  %d CPUs, %s, kernel %s\n", m.CPUs, m.CPUModel, m.Kernel)
+	fmt.Printf("software: %s; caddy %s\n", m.GoVersion, m.Caddy)
+	fmt.Printf("commit:   %s\n", m.Commit)
+	fmt.Printf("load:     ws-echo %d sockets x %d-byte messages, ws-large %d sockets x %s messages; %v per run after a %v warm-up; %d interleaved round(s), fresh processes per run\n",
+		o.Conns, o.WSSmallBytes, o.WSLargeConns, fmtBytes(int64(o.WSLargeBytes)), o.Duration, o.Warmup, o.Rounds)
+	fmt.Printf("upstream: zmq -> %s /echo; reverse_proxy -> %s\n\n", env.WSChat, env.WSEchoHTTP)
+
+	results := make([][]WSRun, len(cases))
+	interrupted := false
+rounds:
+	for r := 0; r < o.Rounds; r++ {
+		for i := range cases {
+			ci := (i + r) % len(cases)
+			c := cases[ci]
+			run := runWSCase(ctx, c, env, o)
+			if ctx.Err() != nil {
+				interrupted = true
+				break rounds
+			}
+			run.Round, run.Position = r+1, i+1
+			results[ci] = append(results[ci], run)
+			if run.Error != "" {
+				fmt.Printf("round %d/%d  %-24s FAILED: %s\n", r+1, o.Rounds, c.Name, firstLine(run.Error))
+			} else {
+				fmt.Printf("round %d/%d  %-24s %8.0f msgs/s %8.1f MB/s  (other processes: %s of the CPU)\n",
+					r+1, o.Rounds, c.Name, run.MsgsPerSec(), run.MBPerSec(), fmtPercent(run.OtherPercent))
+			}
+		}
+	}
+	rep.finish(cases, results)
+	fmt.Println()
+	rep.print(os.Stdout)
+	if interrupted {
+		fmt.Println("\ninterrupted: the report covers the runs done so far; no files written")
+		return 130
+	}
+	if o.Out != "-" {
+		b, _ := json.MarshalIndent(rep, "", "  ")
+		if err := os.WriteFile(o.Out, append(b, '\n'), 0o644); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			return 1
+		}
+		fmt.Printf("\nwrote %s\n", o.Out)
+	}
+	if rep.Failed {
+		fmt.Println("FAILED: some runs failed (see above)")
+		return 1
+	}
+	return 0
+}
