@@ -119,7 +119,7 @@ type transport struct {
 	ids     *rand.ChaCha8 // connection ids (connid.go), under mu
 
 	// websockets counts open WebSockets, which Destruct lets close.
-	websockets sync.WaitGroup
+	websockets socketCount
 
 	// peers counts the workers connected to the request socket that can
 	// take a request (their handshake ended), conns all connected ones,

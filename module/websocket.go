@@ -141,8 +141,8 @@ func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request) error {
 		_ = conn.SetDeadline(time.Time{})
 		s.conn, br = conn, brw.Reader
 	}
-	t.websockets.Add(1)
-	defer t.websockets.Done()
+	t.websockets.add()
+	defer t.websockets.done()
 	defer s.conn.Close()
 	h.logger.Debug("websocket open", zap.String("conn_id", s.connID), zap.String("uri", r.RequestURI), zap.String("proto", r.Proto))
 	s.run(br, first)
@@ -431,12 +431,10 @@ func (s *wsSession) worker() string {
 // awaitWebSockets gives open WebSockets, whose exchanges just failed, up to
 // d to write their close frame before the process may exit.
 func (t *transport) awaitWebSockets(d time.Duration) {
-	done := make(chan struct{})
-	go func() { t.websockets.Wait(); close(done) }()
 	timer := time.NewTimer(d)
 	defer timer.Stop()
 	select {
-	case <-done:
+	case <-t.websockets.zero():
 	case <-timer.C:
 	}
 }
