@@ -219,25 +219,7 @@ rounds:
 		}
 	}
 	rep.finish(cases, results)
-	fmt.Println()
-	rep.print(os.Stdout)
-	if interrupted {
-		fmt.Println("\ninterrupted: the report covers the runs done so far; no files written")
-		return 130
-	}
-	if o.Out != "-" {
-		b, _ := json.MarshalIndent(rep, "", "  ")
-		if err := os.WriteFile(o.Out, append(b, '\n'), 0o644); err != nil {
-			fmt.Fprintln(os.Stderr, "bench:", err)
-			return 1
-		}
-		fmt.Printf("\nwrote %s\n", o.Out)
-	}
-	if rep.Failed {
-		fmt.Println("FAILED: some runs failed (see above)")
-		return 1
-	}
-	return 0
+	return conclude(rep, rep.print, rep.Failed, interrupted, o.Out)
 }
 
 func runLargeCase(ctx context.Context, c Case, env *Env, o options) LargeRun {
@@ -608,4 +590,29 @@ func fmtBytes(n int64) string {
 func largeFlags(o *options) {
 	flag.Int64Var(&o.LargeBytes, "large-bytes", 256<<20, "bytes per measured transfer with -large")
 	flag.Int64Var(&o.LargeWarmup, "large-warmup", 16<<20, "bytes of the unmeasured transfer before each measurement with -large (0 = none)")
+}
+
+// conclude ends a run of the large-body or WebSocket mode: it prints the
+// report, writes it to out as JSON (unless out is "-" or the run was
+// interrupted) and returns the exit code.
+func conclude(rep any, print func(io.Writer), failed, interrupted bool, out string) int {
+	fmt.Println()
+	print(os.Stdout)
+	if interrupted {
+		fmt.Println("\ninterrupted: the report covers the runs done so far; no files written")
+		return 130
+	}
+	if out != "-" {
+		b, _ := json.MarshalIndent(rep, "", "  ")
+		if err := os.WriteFile(out, append(b, '\n'), 0o644); err != nil {
+			fmt.Fprintln(os.Stderr, "bench:", err)
+			return 1
+		}
+		fmt.Printf("\nwrote %s\n", out)
+	}
+	if failed {
+		fmt.Println("FAILED: some runs failed (see above)")
+		return 1
+	}
+	return 0
 }

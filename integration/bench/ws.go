@@ -10,12 +10,10 @@ package main
 import (
 	"context"
 	"crypto/rand"
-	"encoding/json"
 	"flag"
 	"fmt"
 	"io"
 	"net"
-	"os"
 	"os/exec"
 	"slices"
 	"strings"
@@ -502,23 +500,5 @@ rounds:
 		}
 	}
 	rep.finish(cases, results)
-	fmt.Println()
-	rep.print(os.Stdout)
-	if interrupted {
-		fmt.Println("\ninterrupted: the report covers the runs done so far; no files written")
-		return 130
-	}
-	if o.Out != "-" {
-		b, _ := json.MarshalIndent(rep, "", "  ")
-		if err := os.WriteFile(o.Out, append(b, '\n'), 0o644); err != nil {
-			fmt.Fprintln(os.Stderr, "bench:", err)
-			return 1
-		}
-		fmt.Printf("\nwrote %s\n", o.Out)
-	}
-	if rep.Failed {
-		fmt.Println("FAILED: some runs failed (see above)")
-		return 1
-	}
-	return 0
+	return conclude(rep, rep.print, rep.Failed, interrupted, o.Out)
 }
