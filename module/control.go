@@ -36,6 +36,8 @@ type ctlMsg struct {
 	// message of a streamed upload).
 	body    *zmqio.CBuf
 	bodyLen int
+	// req marks a REQ: a request addressed to this worker (deliverReq).
+	req bool
 	// upload, set on the messages of a streamed upload (BODY, BODYEND,
 	// BODYERR), names the exchange whose body they carry (deliverUpload).
 	upload *exchange
@@ -66,6 +68,11 @@ type controlPlane struct {
 	hungAfter atomic.Int64
 	// ids binds worker ids to the CURVE keys that speak for them.
 	ids workerKeys
+
+	// stalled holds, per worker, REQs its full queue refused, in order;
+	// stalledN counts them (deliverReq). Owner-only.
+	stalled  map[string][]ctlMsg
+	stalledN int
 
 	controlObs // operator's view: history and counts (drain.go)
 }
@@ -128,7 +135,7 @@ func (c *controlPlane) credit(worker string, id uint64, n int) {
 
 // sendRequest addresses a request frame to one worker (session affinity).
 func (c *controlPlane) sendRequest(worker string, frame []byte) {
-	c.send(worker, zmqx.AppendReq(make([]byte, 0, len(frame)+8), frame))
+	c.enqueue(ctlMsg{worker: worker, payload: zmqx.AppendReq(make([]byte, 0, len(frame)+8), frame), req: true})
 }
 
 func (c *controlPlane) disconnect(worker string, id uint64) {
@@ -218,43 +225,126 @@ func (c *controlPlane) run(zctx *zmq.Context, ready chan<- error, quit <-chan st
 		}
 		// Whatever woke us: a send of ours may have taken the signal of
 		// what arrived meanwhile (zmqio.Notifier).
+		c.retryStalled(router)
 		c.receive(in, rs)
 	}
 }
 
 // deliver sends one message to its worker.
 func (c *controlPlane) deliver(router *zmq.Socket, m ctlMsg) {
-	if m.upload != nil {
+	switch {
+	case m.upload != nil:
 		c.deliverUpload(router, m)
-		return
+	case m.req:
+		c.deliverReq(router, m)
+	default:
+		c.sendTo(router, m)
 	}
-	c.sendTo(router, m)
 }
 
-// sendTo sends m to its worker and says whether libzmq took it.
-func (c *controlPlane) sendTo(router *zmq.Socket, m ctlMsg) bool {
+// sendResult is what became of one send on the ROUTER.
+type sendResult int
+
+const (
+	sent      sendResult = iota
+	queueFull            // EAGAIN: the worker's queue is at its high-water mark
+	notSent              // EHOSTUNREACH (the worker is gone) or another error
+)
+
+// trySend sends m to its worker without waiting. It frees nothing: on
+// failure the caller decides what becomes of m.
+func (c *controlPlane) trySend(router *zmq.Socket, m ctlMsg) sendResult {
 	if _, err := router.Send(m.worker, zmq.SNDMORE|zmq.DONTWAIT); err != nil {
-		// EHOSTUNREACH: the worker is gone. A request addressed to it
-		// goes back to load balancing; other messages are moot.
-		// EAGAIN: its queue is full (ROUTER_MANDATORY).
-		m.release()
-		c.undeliverable(m.payload)
-		return false
+		// With ROUTER_MANDATORY a full queue is EAGAIN at the first
+		// frame, before anything of the message went out.
+		if zmq.AsErrno(err) == zmq.Errno(syscallEAGAIN) {
+			return queueFull
+		}
+		return notSent
 	}
 	if m.body != nil {
 		if err := zmqio.SendOwned(router, m.body, m.bodyLen, zmq.DONTWAIT); err != nil {
-			m.release()
-			return false
+			return notSent
 		}
 		c.countUp(m.bodyLen)
-		return true
+		return sent
 	}
 	if _, err := router.SendBytes(m.payload, zmq.DONTWAIT); err != nil {
-		c.undeliverable(m.payload)
-		return false
+		return notSent
 	}
 	c.countUp(len(m.payload))
+	return sent
+}
+
+// sendTo sends m to its worker and says whether libzmq took it. Control
+// messages other than REQ are advisory: one that cannot go is dropped.
+func (c *controlPlane) sendTo(router *zmq.Socket, m ctlMsg) bool {
+	if c.trySend(router, m) != sent {
+		m.release()
+		return false
+	}
 	return true
+}
+
+// maxStalledReqs bounds the REQs held for workers whose queues are full.
+const maxStalledReqs = outQueueSize
+
+// deliverReq sends a request addressed to one worker (affinity, WebSocket
+// messages, broadcast). A worker that is only behind (its queue full) is not
+// a worker gone: the REQ waits, in order behind any earlier one for that
+// worker, until libzmq takes it (retryStalled). A worker that is gone fails
+// the exchange, which goes back to load balancing.
+func (c *controlPlane) deliverReq(router *zmq.Socket, m ctlMsg) {
+	if len(c.stalled[m.worker]) > 0 {
+		c.stall(m)
+		return
+	}
+	switch c.trySend(router, m) {
+	case queueFull:
+		c.stall(m)
+	case notSent:
+		c.undeliverable(m.payload)
+	}
+}
+
+func (c *controlPlane) stall(m ctlMsg) {
+	if c.stalledN >= maxStalledReqs {
+		c.undeliverable(m.payload)
+		return
+	}
+	if c.stalled == nil {
+		c.stalled = make(map[string][]ctlMsg)
+	}
+	c.stalled[m.worker] = append(c.stalled[m.worker], m)
+	c.stalledN++
+}
+
+// retryStalled sends held REQs, each worker's in order, as far as libzmq
+// takes them. The owner calls it on every wake-up: a worker that reads
+// frees its pipe, which signals the socket.
+func (c *controlPlane) retryStalled(router *zmq.Socket) {
+	if c.stalledN == 0 {
+		return
+	}
+	for wk, q := range c.stalled {
+		i := 0
+		for ; i < len(q); i++ {
+			r := c.trySend(router, q[i])
+			if r == queueFull {
+				break
+			}
+			if r == notSent {
+				c.undeliverable(q[i].payload)
+			}
+		}
+		c.stalledN -= i
+		if i == len(q) {
+			delete(c.stalled, wk)
+		} else {
+			clear(q[:i])
+			c.stalled[wk] = q[i:]
+		}
+	}
 }
 
 // deliverUpload sends one message of a streamed upload. A chunk (or the

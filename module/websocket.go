@@ -396,7 +396,7 @@ func (s *wsSession) forward(m wsframe.Message) error {
 			p := zmqx.AppendReq(make([]byte, 0, len(*buf)+8), *buf)
 			requestFrames.put(buf)
 			select {
-			case c.in <- ctlMsg{worker: wk, payload: p}:
+			case c.in <- ctlMsg{worker: wk, payload: p, req: true}:
 				return nil
 			case <-s.t.quit:
 				return errStopped
