@@ -35,9 +35,9 @@ CADDY_VERSION := $(shell sed -n 's/.*"caddy"[[:space:]]*:[[:space:]]*"\([^"]*\)"
 XCADDY_GOPROXY = $(shell $(GO) env GOPROXY | cut -d, -f1)|off
 
 # Everything that ends up in bin/caddy (test files do not).
-CADDY_SRCS := $(shell find module internal -name '*.go' ! -name '*_test.go' 2>/dev/null)
+CADDY_SRCS := $(shell find module internal \( -name '*.go' -o -name '*.h' \) ! -name '*_test.go' 2>/dev/null)
 # Everything that ends up in the workers.
-WORKERKIT_SRCS := $(shell find workerkit internal -name '*.go' ! -name '*_test.go' ! -path 'workerkit/examples/*' 2>/dev/null)
+WORKERKIT_SRCS := $(shell find workerkit internal \( -name '*.go' -o -name '*.h' \) ! -name '*_test.go' ! -path 'workerkit/examples/*' 2>/dev/null)
 
 WORKERS := $(BIN)/hello-worker $(BIN)/echo-worker $(BIN)/testworker $(BIN)/chaosworker $(BIN)/chat-worker \
 	$(BIN)/zmqx-conformance $(BIN)/pinned-worker $(BIN)/wschat-worker $(BIN)/floor-worker \
@@ -158,11 +158,11 @@ $(BIN)/testworker: $(WORKERKIT_SRCS) $(wildcard integration/testworker/*.go) go.
 
 # The ZeroMQ floor of make bench: a single-loop Mongrel2-protocol worker
 # (no workerkit; only the codec in internal/).
-$(BIN)/floor-worker: $(shell find internal -name '*.go' ! -name '*_test.go') $(wildcard integration/floorworker/*.go) go.mod go.sum | deps-run
+$(BIN)/floor-worker: $(shell find internal \( -name '*.go' -o -name '*.h' \) ! -name '*_test.go') $(wildcard integration/floorworker/*.go) go.mod go.sum | deps-run
 	$(call go_build,./integration/floorworker)
 
 # The net/http WebSocket echo behind reverse_proxy in make bench -ws.
-$(BIN)/wsecho-http: $(shell find internal -name '*.go' ! -name '*_test.go') $(wildcard integration/wsechohttp/*.go) go.mod go.sum | deps-run
+$(BIN)/wsecho-http: $(shell find internal \( -name '*.go' -o -name '*.h' \) ! -name '*_test.go') $(wildcard integration/wsechohttp/*.go) go.mod go.sum | deps-run
 	$(call go_build,./integration/wsechohttp)
 
 # The zmqx/1 conformance kit as a command (the kit is in WORKERKIT_SRCS).

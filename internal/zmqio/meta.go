@@ -6,6 +6,7 @@ package zmqio
 #include <errno.h>
 #include <string.h>
 #include <stdlib.h>
+#include "zmqio_recv.h"
 
 // zmqio_user is zmqio_recv's out struct for zmqio_recv_user, with the
 // sender's ZAP user id.
@@ -27,49 +28,20 @@ typedef struct {
 // "User-Id" metadata (the id the ZAP handler gave the peer that sent it;
 // userlen -1 when it has none).
 static int zmqio_recv_user(void *sock, zmq_msg_t *msg, void *buf, size_t cap, size_t keep, int flags, zmqio_user *out) {
-	int n;
-	const char *user;
+	void *data;
+	int n = zmqio_recv_part(sock, msg, flags, &out->err);
 	out->addrlen = -1;
-	zmq_msg_init(msg);
-	do {
-		n = zmq_msg_recv(msg, sock, flags);
-	} while (n < 0 && zmq_errno() == EINTR);
 	if (n < 0) {
-		out->err = zmq_errno();
-		zmq_msg_close(msg);
 		return -1;
 	}
 	out->more = zmq_msg_more(msg);
-	out->userlen = -1;
-	user = zmq_msg_gets(msg, "User-Id");
-	if (user != NULL) {
-		size_t l = strlen(user);
-		if (l > sizeof(out->user)) {
-			l = sizeof(out->user);
-		}
-		memcpy(out->user, user, l);
-		out->userlen = (int)l;
-	}
-	out->addrlen = -1;
+	out->userlen = zmqio_copy_meta(msg, "User-Id", out->user, sizeof(out->user));
 	if (out->addr_if_len > 0 && (size_t)n >= out->addr_if_len &&
 			memcmp(zmq_msg_data(msg), out->addr_if, out->addr_if_len) == 0) {
-		const char *addr = zmq_msg_gets(msg, "Peer-Address");
-		if (addr != NULL) {
-			size_t l = strlen(addr);
-			if (l > sizeof(out->addr)) {
-				l = sizeof(out->addr);
-			}
-			memcpy(out->addr, addr, l);
-			out->addrlen = (int)l;
-		}
+		out->addrlen = zmqio_copy_meta(msg, "Peer-Address", out->addr, sizeof(out->addr));
 	}
-	if ((size_t)n <= cap && (size_t)n < keep) {
-		if (n > 0) {
-			memcpy(buf, zmq_msg_data(msg), (size_t)n);
-		}
-		zmq_msg_close(msg);
-	} else {
-		out->data = zmq_msg_data(msg);
+	if ((data = zmqio_settle(msg, n, buf, cap, keep)) != NULL) {
+		out->data = data;
 	}
 	return n;
 }

@@ -6,6 +6,7 @@ package zmqio
 #include <errno.h>
 #include <string.h>
 #include <stdlib.h>
+#include "zmqio_recv.h"
 
 // zmqio_out holds zmqio_recv's results other than the size. It lives in C
 // memory: Go locals whose address went to C would each escape to the heap,
@@ -22,24 +23,14 @@ typedef struct {
 // at its bytes. Returns the part's size, or -1 with out->err set;
 // out->more is set when more parts follow.
 static int zmqio_recv(void *sock, zmq_msg_t *msg, void *buf, size_t cap, size_t keep, int flags, zmqio_out *out) {
-	int n;
-	zmq_msg_init(msg);
-	do {
-		n = zmq_msg_recv(msg, sock, flags);
-	} while (n < 0 && zmq_errno() == EINTR);
+	void *data;
+	int n = zmqio_recv_part(sock, msg, flags, &out->err);
 	if (n < 0) {
-		out->err = zmq_errno();
-		zmq_msg_close(msg);
 		return -1;
 	}
 	out->more = zmq_msg_more(msg);
-	if ((size_t)n <= cap && (size_t)n < keep) {
-		if (n > 0) {
-			memcpy(buf, zmq_msg_data(msg), (size_t)n);
-		}
-		zmq_msg_close(msg);
-	} else {
-		out->data = zmq_msg_data(msg);
+	if ((data = zmqio_settle(msg, n, buf, cap, keep)) != NULL) {
+		out->data = data;
 	}
 	return n;
 }
