@@ -86,6 +86,8 @@ type wsSession struct {
 	frames        wsframe.Boundaries
 	framesUnknown bool
 	keep          *wsKeepalive
+
+	msgHeaders map[byte][]byte // by FLAGS (headers); reader goroutine only
 }
 
 // serveWebSocket runs one WebSocket to its end.
@@ -244,6 +246,24 @@ func (s *wsSession) relayRefusal(w http.ResponseWriter, first []byte) error {
 // message encodes one request for the worker: the handshake's headers
 // with METHOD set, FLAGS for a WebSocket message.
 func (s *wsSession) message(method string, flags byte, body []byte) *[]byte {
+	headers := s.headers(method, flags)
+	buf := requestFrames.get()
+	if need := len(s.p.sender) + len(s.connID) + len(s.path) + len(headers) + len(body) + 48; cap(*buf) < need {
+		*buf = make([]byte, 0, need) // one allocation for a large message
+	}
+	*buf = mongrel2.AppendRequest(*buf, s.p.sender, s.connID, s.path, headers, body)
+	return buf
+}
+
+// headers encodes the header block of a request of the session. The
+// handshake's headers do not change, so those of WEBSOCKET messages are
+// encoded once per FLAGS value (a handful: the opcodes and FIN) and
+// reused; only the reader goroutine sends WEBSOCKET messages.
+func (s *wsSession) headers(method string, flags byte) []byte {
+	reuse := method == "WEBSOCKET"
+	if b, ok := s.msgHeaders[flags]; reuse && ok {
+		return b
+	}
 	var enc mongrel2.HeaderEncoder
 	r2 := *s.r
 	r2.Method = method
@@ -256,9 +276,14 @@ func (s *wsSession) message(method string, flags byte, body []byte) *[]byte {
 	if flags != 0 {
 		enc.Add("FLAGS", fmt.Sprintf("0x%X", flags))
 	}
-	buf := requestFrames.get()
-	*buf = mongrel2.AppendRequest(*buf, s.p.sender, s.connID, s.path, enc.Bytes(), body)
-	return buf
+	b := bytes.Clone(enc.Bytes())
+	if reuse {
+		if s.msgHeaders == nil {
+			s.msgHeaders = make(map[byte][]byte, 4)
+		}
+		s.msgHeaders[flags] = b
+	}
+	return b
 }
 
 // wsEnd says why a WebSocket ended, and what the client is told.
