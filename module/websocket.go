@@ -425,6 +425,7 @@ func (s *wsSession) writeClose(end wsEnd) {
 // protocol.
 func (s *wsSession) readClient(br *bufio.Reader) wsEnd {
 	rd := wsframe.NewReader(br, s.h.WebSocketMaxMessage)
+	rd.Buffers = wsBuffers
 	for {
 		m, err := rd.ReadMessage()
 		if err != nil {
@@ -440,7 +441,9 @@ func (s *wsSession) readClient(br *bufio.Reader) wsEnd {
 		if isKeepalivePong(m) {
 			continue // answers Caddy's ping, not the worker's
 		}
-		if err := s.forward(m); err != nil {
+		err = s.forward(m)
+		rd.Release(m.Payload) // forward copied it
+		if err != nil {
 			return s.failEnd(err)
 		}
 		if m.Opcode() == wsframe.OpClose {
