@@ -345,10 +345,7 @@ func TestObservabilityWorkers(t *testing.T) {
 		if w.MaxConcurrency <= 0 || w.LastHeard.IsZero() || w.Since.IsZero() {
 			t.Errorf("worker %+v: max concurrency, last heard and since must be known", w)
 		}
-		// The workers connect over tcp loopback; libzmq gives the host only.
-		if ip := net.ParseIP(w.RemoteAddr); ip == nil || !ip.IsLoopback() {
-			t.Errorf("worker %s: remote_addr %q, want a loopback address", w.ID, w.RemoteAddr)
-		}
+		checkRemoteAddr(t, w, procs[w.ID], p.ControlEndpoint)
 	}
 
 	// Errors as JSON with the right status.
@@ -415,7 +412,7 @@ func TestObservabilityWorkers(t *testing.T) {
 		}
 	}
 	for id, st := range map[string]string{"wk-1": "lost", "wk-2": "lost", "wk-3": "live", "wk-4": "draining"} {
-		if !lineHas(table, id, "127.0.0.1", st) {
+		if !lineHas(table, id, ws[id].RemoteAddr, st) {
 			t.Errorf("status table: no line with %s %s:\n%s", id, st, table)
 		}
 	}
@@ -444,6 +441,31 @@ func TestObservabilityWorkers(t *testing.T) {
 		"worker_draining wk-4", "worker_lost wk-1", "worker_lost wk-2", "worker_resumed wk-4",
 	}
 	waitEvents(t, events, "main", want)
+}
+
+// checkRemoteAddr: a worker connected over tcp loopback is listed with
+// the address of its control connection, ip:port, the port the worker's
+// side of that connection has.
+func checkRemoteAddr(t *testing.T, w obsWorker, p *process, controlEndpoint string) {
+	t.Helper()
+	host, port, err := net.SplitHostPort(w.RemoteAddr)
+	if ip := net.ParseIP(host); err != nil || ip == nil || !ip.IsLoopback() {
+		t.Errorf("worker %s: remote_addr %q, want a loopback ip:port (%v)", w.ID, w.RemoteAddr, err)
+		return
+	}
+	_, ctlPort, err := net.SplitHostPort(strings.TrimPrefix(controlEndpoint, "tcp://"))
+	if err != nil {
+		t.Fatalf("control endpoint %q: %v", controlEndpoint, err)
+	}
+	remote, _ := strconv.Atoi(ctlPort)
+	local, err := tcpLocalPorts(p.cmd.Process.Pid, remote)
+	if err != nil || len(local) != 1 {
+		t.Errorf("worker %s: its connections to the control port %d: %v %v", w.ID, remote, local, err)
+		return
+	}
+	if port != strconv.Itoa(local[0]) {
+		t.Errorf("worker %s: remote_addr %q, but its control connection's port is %d", w.ID, w.RemoteAddr, local[0])
+	}
 }
 
 // TestObservabilityHung: a worker that holds requests and answers none is

@@ -66,9 +66,9 @@ type PoolView struct {
 type WorkerView struct {
 	ID string `json:"id"`
 	// RemoteAddr is the address the worker's control connection comes
-	// from, as libzmq reports it (its "Peer-Address"): the IP address for
-	// tcp, without the port, which libzmq does not give. Empty until the
-	// worker's HELLO, and for transports without one.
+	// from, read when its HELLO arrives: ip:port for tcp ([ip]:port for
+	// IPv6), libzmq's "Peer-Address" for ipc (localhost:uid:gid:pid).
+	// Empty until the worker's HELLO.
 	RemoteAddr string `json:"remote_addr,omitempty"`
 	// State is live, paused (hung), draining (by an operator, or the
 	// worker is leaving) or lost (shown for a minute).
