@@ -176,6 +176,7 @@ func getWorker(t *testing.T, client *http.Client, url string) (int, string) {
 func TestObservabilityMetrics(t *testing.T) {
 	c, _ := startObsCaddy(t, map[string]string{
 		"REPLY_TIMEOUT": "5s", "MAX_INFLIGHT": "1", "QUEUE_TIMEOUT": "300ms", "HUNG_TIMEOUT": "off",
+		"BROADCAST_TIMEOUT": "3s",
 	})
 	client := c.Client(modeHTTP)
 	defer client.CloseIdleConnections()
@@ -228,6 +229,16 @@ func TestObservabilityMetrics(t *testing.T) {
 	// while it holds the request, which is retried on wk-b.
 	b := startNamedWorker(t, c, "wk-b")
 	waitStates(t, c, "main", map[string]string{"wk-a": "live", "wk-b": "live"})
+
+	// A broadcast counts once per worker asked: wk-a (asked first, ids
+	// in order) holds the broadcast route's only slot and hangs until the
+	// broadcast's timeout (504); wk-b waits queue_timeout for that slot
+	// and is not asked (503).
+	lines := broadcastLines(t, client, c.HTTPURL("/all/hang/broadcast?on=wk-a"))
+	if len(lines) != 3 || lines[0]["worker"] != "wk-b" || lines[0]["type"] != "failed" ||
+		lines[1]["worker"] != "wk-a" || lines[1]["type"] != "timed_out" {
+		t.Fatalf("broadcast: %v, want wk-b failed (not sent), wk-a timed out, a summary", lines)
+	}
 	var retried struct {
 		status int
 		worker string
@@ -273,14 +284,20 @@ func TestObservabilityMetrics(t *testing.T) {
 	}
 	_ = b
 
+	// Answered by wk-b, the one live worker left.
+	if lines := broadcastLines(t, client, c.HTTPURL("/all/echo")); len(lines) != 2 || lines[0]["type"] != "answer" || lines[0]["worker"] != "wk-b" {
+		t.Fatalf("broadcast: %v, want wk-b's answer and a summary", lines)
+	}
+	ok200++
+
 	after := scrape(t, c)
 	checks := []struct {
 		series string
 		want   float64
 	}{
 		{pool("caddy_zmq_requests_total", "outcome", "answered"), float64(ok200)},
-		{pool("caddy_zmq_requests_total", "outcome", "504"), 1},
-		{pool("caddy_zmq_requests_total", "outcome", "503"), 1},
+		{pool("caddy_zmq_requests_total", "outcome", "504"), 2},
+		{pool("caddy_zmq_requests_total", "outcome", "503"), 2},
 		{pool("caddy_zmq_requests_total", "outcome", "502"), 0},
 		{pool("caddy_zmq_requests_total", "outcome", "client_gone"), 0},
 		{pool("caddy_zmq_requests_total", "outcome", "aborted"), 0},
@@ -320,6 +337,24 @@ func TestObservabilityMetrics(t *testing.T) {
 			t.Errorf("%s = %v (present %v), want %v", g.series, got, ok, g.want)
 		}
 	}
+}
+
+// broadcastLines GETs a broadcast route and returns its NDJSON lines.
+func broadcastLines(t *testing.T, client *http.Client, url string) []map[string]any {
+	t.Helper()
+	r := mustDo(t, client, http.MethodGet, url, nil, nil)
+	if r.StatusCode != http.StatusOK {
+		t.Fatalf("broadcast %s: %d", url, r.StatusCode)
+	}
+	var lines []map[string]any
+	for _, l := range strings.Split(strings.TrimSpace(string(r.Body)), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(l), &m); err != nil {
+			t.Fatalf("broadcast %s: line %q: %v", url, l, err)
+		}
+		lines = append(lines, m)
+	}
+	return lines
 }
 
 // TestObservabilityWorkers: four workers show as four live; one killed and
