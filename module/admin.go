@@ -78,9 +78,14 @@ type WorkerView struct {
 	// MaxConcurrency is what the worker announced (HELLO), 0 if unknown.
 	MaxConcurrency int       `json:"max_concurrency"`
 	LastHeard      time.Time `json:"last_heard"`
-	PinnedSessions int       `json:"pinned_sessions"`
-	Since          time.Time `json:"since"`
-	Joined         time.Time `json:"joined,omitzero"`
+	// AffinitySessions counts the sessions the handler's affinity
+	// (cookie or header) has pinned to this worker in the front end's
+	// table, idle ones until their TTL; a session whose worker is gone
+	// stays counted here until its next request moves it. Not workerkit's
+	// thread-pinned sessions (PinnedSessions), which only the worker knows.
+	AffinitySessions int       `json:"affinity_sessions"`
+	Since            time.Time `json:"since"`
+	Joined           time.Time `json:"joined,omitzero"`
 }
 
 func (a adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
@@ -189,7 +194,7 @@ func poolViews(only string) []PoolView {
 // workerViews lists c's workers, those lost lately included, by id.
 func (c *controlPlane) workerViews() []WorkerView {
 	inFlight := c.t.inFlightByWorker()
-	pinned := c.t.pins.countByWorker()
+	pinned := c.t.pins.countByWorker() // affinity
 	now := time.Now()
 	var views []WorkerView
 	c.mu.Lock()
@@ -198,7 +203,7 @@ func (c *controlPlane) workerViews() []WorkerView {
 		views = append(views, WorkerView{
 			ID: id, RemoteAddr: wi.remoteAddr, State: st, Hung: wi.hung, InFlight: inFlight[wi],
 			MaxConcurrency: wi.maxConcurrent, LastHeard: wi.lastSeen,
-			PinnedSessions: pinned[id], Since: since, Joined: wi.joinedAt,
+			AffinitySessions: pinned[id], Since: since, Joined: wi.joinedAt,
 		})
 	}
 	for id, g := range c.gone {
@@ -207,7 +212,7 @@ func (c *controlPlane) workerViews() []WorkerView {
 		}
 		views = append(views, WorkerView{
 			ID: id, RemoteAddr: g.remoteAddr, State: stateLost, MaxConcurrency: g.maxConcurrent,
-			LastHeard: g.lastHeard, PinnedSessions: pinned[id], Since: g.at,
+			LastHeard: g.lastHeard, AffinitySessions: pinned[id], Since: g.at,
 		})
 	}
 	c.mu.Unlock()
@@ -230,13 +235,17 @@ func (t *transport) inFlightByWorker() map[*workerInfo]int {
 	return n
 }
 
-// countByWorker counts the sessions pinned to each worker.
+// countByWorker counts the sessions pinned to each worker, those idle past
+// the TTL (forgotten at their next request) left out.
 func (p *pinTable) countByWorker() map[string]int {
 	n := map[string]int{}
+	now := time.Now()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, e := range p.items {
-		n[e.Value.(*pin).worker]++
+		if pn := e.Value.(*pin); now.Sub(pn.used) <= p.ttl {
+			n[pn.worker]++
+		}
 	}
 	return n
 }

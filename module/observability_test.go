@@ -288,7 +288,7 @@ func TestPrintStatus(t *testing.T) {
 	pools := []PoolView{{
 		Name: "main", PlainConnections: 2,
 		Workers: []WorkerView{
-			{ID: "wk-1", RemoteAddr: "10.0.0.7", State: "live", InFlight: 3, MaxConcurrency: 64, LastHeard: now.Add(-120 * time.Millisecond), Since: now.Add(-5*time.Minute - 3*time.Second)},
+			{ID: "wk-1", RemoteAddr: "10.0.0.7", State: "live", InFlight: 3, MaxConcurrency: 64, AffinitySessions: 2, LastHeard: now.Add(-120 * time.Millisecond), Since: now.Add(-5*time.Minute - 3*time.Second)},
 			{ID: "wk-2", State: "lost", LastHeard: now.Add(-4 * time.Second), Since: now.Add(-3 * time.Second)},
 		},
 	}, {Name: "empty"}}
@@ -297,11 +297,11 @@ func TestPrintStatus(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []string{
-		"POOL    WORKER                  ADDRESS    STATE   IN-FLIGHT   MAX   LAST-HEARD   PINNED   AGE",
-		"main    wk-1                    10.0.0.7   live    3           64    120ms ago    0        5m3s",
-		"main    wk-2                    -          lost    0           ?     4s ago       0        3s",
-		"main    (2 plain connections)   -          -       -           -     -            -        -",
-		"empty   (0 plain connections)   -          -       -           -     -            -        -",
+		"POOL    WORKER                  ADDRESS    STATE   IN-FLIGHT   MAX   LAST-HEARD   AFFINITY   AGE",
+		"main    wk-1                    10.0.0.7   live    3           64    120ms ago    2          5m3s",
+		"main    wk-2                    -          lost    0           ?     4s ago       0          3s",
+		"main    (2 plain connections)   -          -       -           -     -            -          -",
+		"empty   (0 plain connections)   -          -       -           -     -            -          -",
 	}
 	if got := strings.TrimRight(b.String(), "\n"); got != strings.Join(want, "\n") {
 		t.Fatalf("table:\n%s\nwant:\n%s", got, strings.Join(want, "\n"))
