@@ -70,8 +70,18 @@ var zmqMetrics struct {
 	firstByte *prometheus.HistogramVec
 	state     *stateCollector
 	// unpooled counts requests that failed before any pool was chosen in
-	// a handler of several pools (label pool="").
-	unpooled *poolObs
+	// a handler of several pools (label pool=""). Made at its first use:
+	// its series would otherwise be in every scrape, most often all zero.
+	unpooledOnce sync.Once
+	unpooled     *poolObs
+}
+
+// unpooledObs is zmqMetrics.unpooled, made on first use.
+func unpooledObs() *poolObs {
+	initMetrics()
+	m := &zmqMetrics
+	m.unpooledOnce.Do(func() { m.unpooled = newPoolObs("") })
+	return m.unpooled
 }
 
 func initMetrics() {
@@ -101,7 +111,6 @@ func initMetrics() {
 			Buckets: buckets,
 		}, []string{"pool"})
 		m.state = newStateCollector()
-		m.unpooled = newPoolObs("")
 	})
 }
 
@@ -167,8 +176,7 @@ func (p *poolRuntime) metrics() *poolObs {
 	if p.obs != nil {
 		return p.obs
 	}
-	initMetrics()
-	return zmqMetrics.unpooled
+	return unpooledObs()
 }
 
 // waitForSlot counts a request that has to wait for a slot; the function
@@ -219,8 +227,7 @@ func (h *Handler) unsentObs() *poolObs {
 	if len(h.pools) == 1 {
 		return h.pools[0].metrics()
 	}
-	initMetrics()
-	return zmqMetrics.unpooled
+	return unpooledObs()
 }
 
 // countUnsent counts a request the handler answered with err (a

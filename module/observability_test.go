@@ -15,6 +15,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	zmq "github.com/pebbe/zmq4"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
@@ -308,12 +309,16 @@ func TestPrintStatus(t *testing.T) {
 	}
 }
 
-// BenchmarkScrape: what one /metrics scrape costs for the zmq series (the
-// state collector and the request counters) with a provisioned pool.
+// BenchmarkScrape: what one scrape costs for what is ours, served as
+// Caddy's admin endpoint serves it: /metrics with the zmq collectors only
+// (Caddy's, the Go runtime's and the process's are not ours), gzip as
+// Prometheus and Go clients ask for it; /zmq/pools; a provisioned pool
+// with one worker.
 func BenchmarkScrape(b *testing.B) {
 	dir := b.TempDir()
+	ctlEP := "ipc://" + filepath.Join(dir, "ctl")
 	h := &Handler{Pools: []Pool{{Name: "bench", RequestEndpoint: "ipc://" + filepath.Join(dir, "req"),
-		ReplyEndpoint: "ipc://" + filepath.Join(dir, "rep"), ControlEndpoint: "ipc://" + filepath.Join(dir, "ctl")}}}
+		ReplyEndpoint: "ipc://" + filepath.Join(dir, "rep"), ControlEndpoint: ctlEP}}}
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	defer cancel()
 	if err := h.Provision(ctx); err != nil {
@@ -324,11 +329,25 @@ func BenchmarkScrape(b *testing.B) {
 	if err := registerMetrics(reg); err != nil {
 		b.Fatal(err)
 	}
-	b.ReportAllocs()
-	for b.Loop() {
-		if _, err := reg.Gather(); err != nil {
-			b.Fatal(err)
-		}
-		_ = poolViews("")
+	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+	pools := caddy.AdminHandlerFunc(adminAPI{}.serve)
+	for _, tc := range []struct {
+		name, path string
+		serve      func(w http.ResponseWriter, r *http.Request) error
+	}{
+		{"metrics", "/metrics", func(w http.ResponseWriter, r *http.Request) error { metrics.ServeHTTP(w, r); return nil }},
+		{"pools", "/zmq/pools", pools.ServeHTTP},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			req := httptest.NewRequest(http.MethodGet, tc.path, nil)
+			req.Header.Set("Accept-Encoding", "gzip")
+			b.ReportAllocs()
+			for b.Loop() {
+				w := httptest.NewRecorder()
+				if err := tc.serve(w, req); err != nil || w.Code != http.StatusOK {
+					b.Fatalf("%s: %d %v", tc.path, w.Code, err)
+				}
+			}
+		})
 	}
 }
