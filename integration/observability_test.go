@@ -36,6 +36,9 @@ type obsPool struct {
 	InFlight         int         `json:"in_flight"`
 	MaxInflight      int         `json:"max_inflight"`
 	Workers          []obsWorker `json:"workers"`
+	RequestPeers     []struct {
+		RemoteAddr string `json:"remote_addr"`
+	} `json:"request_peers"`
 }
 
 type obsWorker struct {
@@ -662,13 +665,34 @@ func waitEvents(t *testing.T, path, pool string, want []string) {
 // workerkit worker drainable.
 func TestObservabilityPlainHandler(t *testing.T) {
 	c, _ := startObsCaddy(t, nil)
-	startPythonHandler(t, c.Endpoint("ZMQ_REQUESTS"), c.Endpoint("ZMQ_REPLIES"))
-	startNamedWorker(t, c, "wk-kit")
+	m2 := startPythonHandler(t, c.Endpoint("ZMQ_REQUESTS"), c.Endpoint("ZMQ_REPLIES"))
+	kit := startNamedWorker(t, c, "wk-kit")
 	waitStates(t, c, "main", map[string]string{"wk-kit": "live"})
+	// request_peers lists both connections to the request socket, each
+	// with the address the handler's and the worker's side has.
+	_, reqPort, _ := net.SplitHostPort(strings.TrimPrefix(c.Endpoint("ZMQ_REQUESTS"), "tcp://"))
+	remote, _ := strconv.Atoi(reqPort)
+	var want []string
+	for _, p := range []*process{m2, kit} {
+		local, err := tcpLocalPorts(p.cmd.Process.Pid, remote)
+		if err != nil || len(local) != 1 {
+			t.Fatalf("%s's connections to the request port: %v %v", p.name, local, err)
+		}
+		want = append(want, net.JoinHostPort("127.0.0.1", strconv.Itoa(local[0])))
+	}
+	sort.Strings(want)
 	if err := poll(detectBound, nil, func() error {
 		_, p := workerStates(t, c, "main")
 		if p.PlainConnections != 1 || p.Connections != 2 || len(p.Workers) != 1 {
 			return fmt.Errorf("pool %+v: want 2 connections, 1 plain, 1 worker", p)
+		}
+		var got []string
+		for _, rp := range p.RequestPeers {
+			got = append(got, rp.RemoteAddr)
+		}
+		sort.Strings(got)
+		if strings.Join(got, " ") != strings.Join(want, " ") {
+			return fmt.Errorf("request_peers %v, want %v", got, want)
 		}
 		return nil
 	}); err != nil {

@@ -55,11 +55,16 @@ type PoolView struct {
 	Connections int64 `json:"connections"`
 	// PlainConnections are those of workers without the control channel
 	// (Mongrel2 handlers): the front end knows no more of them.
-	PlainConnections int64        `json:"plain_connections"`
-	InFlight         int          `json:"in_flight"`
-	Waiting          int64        `json:"waiting"`
-	MaxInflight      int          `json:"max_inflight"`
-	Workers          []WorkerView `json:"workers"`
+	PlainConnections int64 `json:"plain_connections"`
+	// RequestPeers are those connections with their peers' addresses
+	// (ip:port, read from the connection when it arrives), oldest first:
+	// plain handlers and the control channel's workers alike (nothing
+	// links a worker to the connection its requests come through).
+	RequestPeers []ConnView   `json:"request_peers"`
+	InFlight     int          `json:"in_flight"`
+	Waiting      int64        `json:"waiting"`
+	MaxInflight  int          `json:"max_inflight"`
+	Workers      []WorkerView `json:"workers"`
 }
 
 // WorkerView is one worker of the control channel.
@@ -174,6 +179,7 @@ func poolViews(only string) []PoolView {
 			ControlEndpoint: p.ControlEndpoint,
 			WorkerEndpoints: p.Workers,
 			Connections:     p.transport.conns.Load(),
+			RequestPeers:    p.transport.connList.list(),
 			MaxInflight:     cap(p.slots),
 			Workers:         []WorkerView{},
 		}
