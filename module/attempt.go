@@ -89,7 +89,7 @@ func (a *attempt) submitRequest() error {
 		a.dispatchBy = time.Now().Add(time.Duration(h.DispatchTimeout))
 	}
 	if a.st.lazyBody {
-		ex.acked = make(chan struct{})
+		ex.expectAck("")
 		ex.upload = newUploadFlow(h.ReplyWindow)
 	}
 	buf := a.frame(a.bodyLen(), a.body, false)
@@ -156,10 +156,7 @@ func (a *attempt) pin() string {
 		pinned = ""
 	}
 	a.session = session
-	a.ex.session = session
-	if a.ex.acked == nil {
-		a.ex.acked = make(chan struct{})
-	}
+	a.ex.expectAck(session)
 	return pinned
 }
 
