@@ -394,7 +394,7 @@ func (c *controlPlane) undeliverable(payload []byte) {
 		return
 	}
 	if ex := c.t.lookup(id); ex != nil {
-		ex.fail(errPinnedGone)
+		ex.fail(errAddresseeGone)
 	}
 }
 

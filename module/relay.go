@@ -124,7 +124,7 @@ func (a *attempt) ended(err error) error {
 	switch {
 	case a.st.rr.HeadDone():
 		return a.abort(zapcore.ErrorLevel, err)
-	case errors.Is(err, errPinnedGone):
+	case errors.Is(err, errAddresseeGone):
 		a.t.pins.forget(a.session)
 		return err // serve sends it again, balanced
 	case errors.Is(err, errNoWorker), errors.Is(err, errWorkerLost):
