@@ -27,6 +27,9 @@ type attempt struct {
 	// request holds the claim to pin it (pinTable.claim).
 	session string
 	claimed bool
+	// undelivered: the request never reached a worker (its REQ could not
+	// be routed), so no ACK will come to settle the pin.
+	undelivered bool
 
 	// pumpStop and pumped (a streamed body only): stop the pump, and the
 	// pump has finished.
@@ -66,7 +69,7 @@ func (a *attempt) end() {
 		close(a.pumpStop)
 		<-a.pumped
 	}
-	if a.session != "" {
+	if a.session != "" && !a.undelivered {
 		a.settlePin()
 	}
 	if a.claimed {
