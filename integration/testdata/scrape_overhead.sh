@@ -14,7 +14,15 @@
 #      machine of few cores this also pays for the scraper's own CPU (printed
 #      at the end), which a real Prometheus spends elsewhere; and it moves
 #      with whatever else the machine runs: check `uptime` first.
+#   4. With `go` on PATH: one more round with the scraper, Caddy profiled
+#      (its admin endpoint's /debug/pprof): Caddy's CPU per scrape round
+#      under load (samples in its admin handler), as a share of Caddy's CPU
+#      under load as in 1. Like 1. it counts what the scrapes cost (not the
+#      GC their garbage adds outside them) and other jobs move it little.
 #
+# 2. and 3. move with what the rest of the machine does (on a 2-vCPU VM the
+# two vCPUs may share a core, so another process's work slows Caddy's):
+# with the machine not quiet, trust 1. and 4.
 #   make build && go build -o /tmp/scraper ./integration/testdata/scraper
 #   integration/testdata/scrape_overhead.sh /tmp/scraper [ROUNDS] [SECONDS] [SCRAPES]
 #
@@ -90,5 +98,28 @@ echo "Caddy CPU under load (without scraping): $load cores"
 echo "1. share of Caddy's CPU that 10 scrape rounds/s take: $(calc "10 * $per_round_ms / 1000 / $load * 100" 2)%"
 echo "2. median Caddy CPU per request: without $mca us, with $mcb us: +$(calc "($mcb - $mca) / $mca * 100" 2)%"
 echo "3. median req/s: without $mra, with $mrb: cost $(calc "($mra - $mrb) / $mra * 100" 2)%"
+if command -v go >/dev/null; then
+	"$scraper" "${urls[@]}" 2>/dev/null &
+	sp=$!
+	curl -sf -o "$dir/cpu.prof" "http://$ADMIN_ADDR/debug/pprof/profile?seconds=$((secs > 2 ? secs - 1 : 1))" &
+	cp=$!
+	wrk -t1 -c32 -d"${secs}s" "$url" >/dev/null
+	wait $cp || true
+	kill -TERM $sp
+	wait $sp || true
+	# "Showing nodes accounting for 0.10s, 1.99% of 5.02s total": the
+	# admin endpoint's samples, in seconds.
+	admin_s=$(go tool pprof -top -focus 'caddy/v2\.adminHandler\.ServeHTTP' "$repo/bin/caddy" "$dir/cpu.prof" 2>/dev/null |
+		awk '/^Showing nodes accounting for/ {v = $5; sub(/,$/, "", v)
+			if (v ~ /ms$/) v = v / 1000; else if (v ~ /us$/) v = v / 1e6; else sub(/s$/, "", v)
+			print v + 0}')
+	prof_s=$((secs > 2 ? secs - 1 : 1))
+	if [[ -n $admin_s ]]; then
+		round_ms=$(calc "$admin_s * 1000 / ($prof_s * 10)" 3)
+		echo "4. under load, Caddy CPU per scrape round (profiled): $round_ms ms: $(calc "10 * $round_ms / 1000 / $load * 100" 2)% of Caddy's CPU"
+	else
+		echo "4. no profile (is the admin endpoint's /debug/pprof reachable?)"
+	fi
+fi
 echo "scraper (its own process; last rounds):"
 tail -n 3 "$dir/scraper.log"
