@@ -124,7 +124,7 @@ type bcLine struct {
 	// failed
 	Error string `json:"error,omitempty"`
 	// outcome is what caddy_zmq_requests_total counts for the worker
-	// (see countBroadcast).
+	// (how broadcasts count: metrics.go, before stateCollector).
 	outcome outcome
 	// summary
 	Asked      *int     `json:"asked,omitempty"`

@@ -201,9 +201,11 @@ func (o *poolObs) observeFirstByte(start time.Time) {
 // the status the handler answered with); the answered case reads only the
 // reply state.
 func (h *Handler) countOutcome(r *http.Request, st *requestState, err error) {
-	o := h.unsentObs()
+	var o *poolObs
 	if st.pool != nil {
 		o = st.pool.metrics()
+	} else {
+		o = h.unsentObs()
 	}
 	if st.rr.Done() {
 		o.outcomes[outcomeAnswered].Inc()

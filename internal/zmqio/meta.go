@@ -31,12 +31,13 @@ typedef struct {
 
 // zmqio_peer_port turns addr (len bytes, libzmq's "Peer-Address": the
 // peer's numeric host, without its port) into host:port ([host]:port for
-// IPv6; an IPv4 peer of a dual-stack socket as IPv4), and returns the new length; or len, unchanged, when that cannot be
-// done. The port comes from the connection's own socket: libzmq attaches
-// its descriptor to each message as the property "__fd" (what
-// zmq_msg_get(ZMQ_SRCFD) reads). The descriptor may have been closed and
-// reused by another connection since libzmq read the message, so the
-// result is kept only if that socket's peer host is the message's.
+// IPv6; an IPv4 peer of a dual-stack socket as IPv4) and returns the new
+// length; or len, addr unchanged, when that cannot be done. The port comes
+// from the connection's own socket: libzmq attaches its descriptor to each
+// message as the property "__fd" (what zmq_msg_get(ZMQ_SRCFD) reads). The
+// descriptor may have been closed, and reused by another connection, since
+// libzmq read the message, so the result is kept only if that socket's
+// peer host is the message's.
 static int zmqio_peer_port(zmq_msg_t *msg, char *addr, int len, size_t cap) {
 	struct sockaddr_storage ss;
 	socklen_t sslen = sizeof(ss);
@@ -129,9 +130,9 @@ func (u *UserReceiver) Close() {
 }
 
 // ReadAddrOf makes the receiver read the sender's address (see Addr) of the
-// parts that begin with prefix, and only of
-// those, so that a caller who needs it once per connection (on the message
-// that opens one) pays nothing for the others. An empty prefix turns it off.
+// parts that begin with prefix, and only of those, so that a caller who
+// needs it once per connection (on the message that opens one) pays nothing
+// for the others. An empty prefix turns it off.
 func (u *UserReceiver) ReadAddrOf(prefix string) error {
 	if len(prefix) > len(u.out.addr_if) {
 		return fmt.Errorf("zmqio: address prefix %q longer than %d bytes", prefix, len(u.out.addr_if))
