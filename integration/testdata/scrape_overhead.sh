@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # Measures what scraping /metrics and /zmq/pools every 100 ms costs the
 # hello-world load of `make bench` (wrk -t1 -c32, loopback, bin/hello-worker
-# behind caddyfiles/observability.Caddyfile), three ways:
+# behind caddyfiles/observability.Caddyfile), four ways:
 #
 #   1. Caddy's CPU per scrape, measured alone (no load): SCRAPES back-to-back
 #      rounds of both URLs, Caddy's utime+stime from /proc/PID/stat. With
 #      Caddy's CPU per second under load, this gives the share of Caddy's CPU
-#      that 10 rounds a second take: the figure noise moves least.
+#      that 10 rounds a second take.
 #   2. Caddy's CPU per request under load, in rounds without (A) and with (B)
 #      the scraper, alternated (ABBA...), medians compared: what scraping adds
 #      to each request's CPU, GC included.
@@ -22,7 +22,9 @@
 #
 # 2. and 3. move with what the rest of the machine does (on a 2-vCPU VM the
 # two vCPUs may share a core, so another process's work slows Caddy's):
-# with the machine not quiet, trust 1. and 4.
+# with the machine not quiet, trust 1. and 4. Profile samples are 10 ms
+# each: use rounds of 10 s for a few dozen in 4.
+#
 #   make build && go build -o /tmp/scraper ./integration/testdata/scraper
 #   integration/testdata/scrape_overhead.sh /tmp/scraper [ROUNDS] [SECONDS] [SCRAPES]
 #
