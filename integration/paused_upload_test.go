@@ -10,7 +10,7 @@ import (
 )
 
 // TestStreamedUploadPausedClient: a client streams a body of unknown
-// length over HTTP/2, sends 128 KiB (less than a BODY message) and pauses
+// length (over HTTP/2, and chunked over HTTP/1), sends 128 KiB (less than a BODY message) and pauses
 // without ending it; the worker's handler reads 64 KiB and answers 201.
 // The bytes the client sent reach the worker although no message is full,
 // the client gets the 201 while it still holds its body open, and the
@@ -19,14 +19,21 @@ import (
 func TestStreamedUploadPausedClient(t *testing.T) {
 	c := startStreamsCaddy(t, true, nil)
 	w := startNamedWorker(t, c, "wk-paused")
-	client := c.Client(modeH2)
-	defer client.CloseIdleConnections()
-	waitWorker(t, client, c.HTTPSURL("/echo"), "wk-paused", w)
-	waitStreamedUploads(t, c)
+	for _, m := range []clientMode{modeH2, modeHTTP} {
+		t.Run(m.Name, func(t *testing.T) {
+			client := c.Client(m)
+			defer client.CloseIdleConnections()
+			waitWorker(t, client, c.URL(m, "/echo"), "wk-paused", w)
+			waitStreamedUploads(t, c)
+			pausedUpload(t, c, client, m)
+		})
+	}
+}
 
+func pausedUpload(t *testing.T, c *caddy, client *http.Client, m clientMode) {
 	pr, pw := io.Pipe()
 	defer pw.Close()
-	req, err := http.NewRequest(http.MethodPost, c.HTTPSURL("/upload?read=65536&status=201"), pr)
+	req, err := http.NewRequest(http.MethodPost, c.URL(m, "/upload?read=65536&status=201"), pr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,7 +86,7 @@ func TestStreamedUploadPausedClient(t *testing.T) {
 	}
 	// Caddy still serves: the same client's next upload goes through.
 	pw.CloseWithError(io.ErrUnexpectedEOF)
-	st, _ := getWorker(t, client, c.HTTPSURL("/echo"))
+	st, _ := getWorker(t, client, c.URL(m, "/echo"))
 	if st != http.StatusOK {
 		t.Fatalf("GET after the paused upload: %d", st)
 	}
