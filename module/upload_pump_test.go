@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"net/http"
+	"net/http/httptest"
 	"os"
 	"sync"
 	"testing"
@@ -281,3 +283,52 @@ func TestUploadPumpClientError(t *testing.T) {
 type errReader struct{ err error }
 
 func (r errReader) Read([]byte) (int, error) { return 0, r.err }
+
+// interruptRead unblocks a handler's Read of a body whose client paused,
+// over HTTP/1 and HTTP/2, so that the pump ends with the exchange.
+func TestUploadPumpInterruptsRealRead(t *testing.T) {
+	for _, h2 := range []bool{false, true} {
+		stopped := make(chan error, 1)
+		srv := httptest.NewUnstartedServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if want := map[bool]int{false: 1, true: 2}[h2]; r.ProtoMajor != want {
+				t.Errorf("the request came over HTTP/%d, want HTTP/%d", r.ProtoMajor, want)
+			}
+			done := make(chan struct{})
+			sink := &pumpSink{t: t}
+			p := newUploadPump(r.Body, newUploadFlow(1<<20), 7, sink.send, done)
+			sink.head, sink.granted = len(p.head), 1<<20
+			p.flushAfter = time.Millisecond
+			readerDone := make(chan struct{})
+			var err error
+			go func() {
+				defer close(readerDone)
+				err = p.run()
+			}()
+			go p.watch(readerDone, func() { interruptRead(w, r) })
+			sink.waitSent(t, 10<<10) // the client's first bytes, then it pauses
+			close(done)
+			<-readerDone
+			stopped <- err
+		}))
+		srv.EnableHTTP2 = h2
+		srv.StartTLS()
+		pr, pw := io.Pipe()
+		go func() { _, _ = pw.Write(make([]byte, 10<<10)) }()
+		req, _ := http.NewRequest(http.MethodPost, srv.URL, pr)
+		go func() {
+			if resp, err := srv.Client().Do(req); err == nil {
+				resp.Body.Close()
+			}
+		}()
+		select {
+		case err := <-stopped:
+			if !errors.Is(err, errPumpStopped) {
+				t.Errorf("h2=%v: run returned %v, want errPumpStopped", h2, err)
+			}
+		case <-time.After(testDeadline):
+			t.Fatalf("h2=%v: the pump waited for a paused client", h2)
+		}
+		pw.Close()
+		srv.Close()
+	}
+}
