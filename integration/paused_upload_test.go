@@ -7,10 +7,12 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/quic-go/quic-go/http3"
 )
 
 // TestStreamedUploadPausedClient: a client streams a body of unknown
-// length (over HTTP/2, and chunked over HTTP/1), sends 128 KiB (less than a BODY message) and pauses
+// length (over HTTP/2 and HTTP/3, and chunked over HTTP/1), sends 128 KiB (less than a BODY message) and pauses
 // without ending it; the worker's handler reads 64 KiB and answers 201.
 // The bytes the client sent reach the worker although no message is full,
 // the client gets the 201 while it still holds its body open, and the
@@ -19,21 +21,31 @@ import (
 func TestStreamedUploadPausedClient(t *testing.T) {
 	c := startStreamsCaddy(t, true, nil)
 	w := startNamedWorker(t, c, "wk-paused")
-	for _, m := range []clientMode{modeH2, modeHTTP} {
-		t.Run(m.Name, func(t *testing.T) {
-			client := c.Client(m)
-			defer client.CloseIdleConnections()
-			waitWorker(t, client, c.URL(m, "/echo"), "wk-paused", w)
+	h3 := newHTTP3Client(c.roots)
+	defer h3.Transport.(*http3.Transport).Close()
+	for _, tc := range []struct {
+		name   string
+		client *http.Client
+		url    func(string) string
+	}{
+		{"h2", c.Client(modeH2), c.HTTPSURL},
+		{"http1", c.Client(modeHTTP), c.HTTPURL},
+		// HTTP/3 has no read deadline: the body is closed instead.
+		{"h3", h3, c.HTTPSURL},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			waitWorker(t, tc.client, tc.url("/echo"), "wk-paused", w)
 			waitStreamedUploads(t, c)
-			pausedUpload(t, c, client, m)
+			pausedUpload(t, c, tc.client, tc.url)
 		})
 	}
 }
 
-func pausedUpload(t *testing.T, c *caddy, client *http.Client, m clientMode) {
+func pausedUpload(t *testing.T, c *caddy, client *http.Client, url func(string) string) {
+	defer client.CloseIdleConnections()
 	pr, pw := io.Pipe()
 	defer pw.Close()
-	req, err := http.NewRequest(http.MethodPost, c.URL(m, "/upload?read=65536&status=201"), pr)
+	req, err := http.NewRequest(http.MethodPost, url("/upload?read=65536&status=201"), pr)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -86,7 +98,7 @@ func pausedUpload(t *testing.T, c *caddy, client *http.Client, m clientMode) {
 	}
 	// Caddy still serves: the same client's next upload goes through.
 	pw.CloseWithError(io.ErrUnexpectedEOF)
-	st, _ := getWorker(t, client, c.URL(m, "/echo"))
+	st, _ := getWorker(t, client, url("/echo"))
 	if st != http.StatusOK {
 		t.Fatalf("GET after the paused upload: %d", st)
 	}
