@@ -304,10 +304,14 @@ func TestUploadPumpInterruptsRealRead(t *testing.T) {
 				defer close(readerDone)
 				err = p.run()
 			}()
-			go p.watch(readerDone, func() { interruptRead(w, r) })
+			watched := make(chan struct{})
+			go func() {
+				defer close(watched)
+				p.watch(readerDone, func() { interruptRead(w, r) })
+			}()
 			sink.waitSent(t, 10<<10) // the client's first bytes, then it pauses
 			close(done)
-			<-readerDone
+			<-watched
 			stopped <- err
 		}))
 		srv.EnableHTTP2 = h2
