@@ -27,6 +27,9 @@ type attempt struct {
 	// request holds the claim to pin it (pinTable.claim).
 	session string
 	claimed bool
+	// undelivered: the request never reached a worker (its REQ could not
+	// be routed), so no ACK will come to settle the pin.
+	undelivered bool
 
 	// pumpStop and pumped (a streamed body only): stop the pump, and the
 	// pump has finished.
@@ -62,11 +65,12 @@ func (c *call) try(p *poolRuntime) error {
 func (a *attempt) end() {
 	if a.pumped != nil {
 		// The pump reads r.Body: it must be finished before ServeHTTP
-		// returns and net/http reuses the request.
+		// returns and net/http reuses the request. It does not wait for
+		// a stalled client: a Read it is blocked in is interrupted.
 		close(a.pumpStop)
 		<-a.pumped
 	}
-	if a.session != "" {
+	if a.session != "" && !a.undelivered {
 		a.settlePin()
 	}
 	if a.claimed {
@@ -89,7 +93,7 @@ func (a *attempt) submitRequest() error {
 		a.dispatchBy = time.Now().Add(time.Duration(h.DispatchTimeout))
 	}
 	if a.st.lazyBody {
-		ex.acked = make(chan struct{})
+		ex.expectAck("")
 		ex.upload = newUploadFlow(h.ReplyWindow)
 	}
 	buf := a.frame(a.bodyLen(), a.body, false)
@@ -156,10 +160,7 @@ func (a *attempt) pin() string {
 		pinned = ""
 	}
 	a.session = session
-	a.ex.session = session
-	if a.ex.acked == nil {
-		a.ex.acked = make(chan struct{})
-	}
+	a.ex.expectAck(session)
 	return pinned
 }
 
@@ -204,10 +205,10 @@ func (a *attempt) sendBody() error {
 // startPump streams the body to the worker that acknowledges the request.
 func (a *attempt) startPump() {
 	a.pumpStop, a.pumped = make(chan struct{}), make(chan struct{})
-	h, r, t, ex, stop, pumped, consumed := a.h, a.r, a.t, a.ex, a.pumpStop, a.pumped, &a.st.bodyConsumed
+	h, w, r, t, ex, stop, pumped, consumed := a.h, a.w, a.r, a.t, a.ex, a.pumpStop, a.pumped, &a.st.bodyConsumed
 	go func() {
 		defer close(pumped)
-		h.pumpUpload(r, t, ex, stop, consumed)
+		h.pumpUpload(w, r, t, ex, stop, consumed)
 	}()
 }
 

@@ -82,7 +82,7 @@ type workerInfo struct {
 	maxConcurrent int
 	draining      bool
 	// remoteAddr is the peer address of the connection it last said HELLO
-	// on (libzmq's Peer-Address: the host, without a port).
+	// on (zmqio.UserReceiver.Addr: ip:port for tcp).
 	remoteAddr string
 
 	// answered counts this worker's requests whose first reply frame has
@@ -394,7 +394,7 @@ func (c *controlPlane) undeliverable(payload []byte) {
 		return
 	}
 	if ex := c.t.lookup(id); ex != nil {
-		ex.fail(errPinnedGone)
+		ex.fail(errAddresseeGone)
 	}
 }
 
@@ -490,8 +490,8 @@ func (c *controlPlane) handleMsg(worker, key, addr string, payload []byte) {
 					continue
 				}
 				ex.setWorker(worker, wi)
-				if ex.session != "" {
-					c.t.pins.pinFirst(ex.session, worker, c.isLive)
+				if session := ex.sessionKey(); session != "" {
+					c.t.pins.pinFirst(session, worker, c.isLive)
 				}
 			} else {
 				// The exchange is over: either its reply beat the ACK, or
