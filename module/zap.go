@@ -184,19 +184,31 @@ func newAuthorizer(pool string, logger *zap.Logger) *authorizer {
 	return a
 }
 
-// setAllowed replaces the allow-list. Keys that are no longer allowed are
-// forgotten by the log, so that their next refusal is logged again.
+// setAllowed replaces the allow-list. A key that leaves it is forgotten by
+// the refusal log, so that its first refusal from now on is logged; every
+// other refusal already logged stays logged once, across reloads (the
+// authorizer lives with the sockets, which a reload keeps).
 func (a *authorizer) setAllowed(keys map[string]string) {
-	a.allowed.Store(&keys)
+	old := *a.allowed.Swap(&keys)
 	a.mu.Lock()
-	clear(a.seen)
-	a.unseen = 0
+	for k := range old {
+		if _, still := keys[k]; !still {
+			a.forgetLocked(k)
+		}
+	}
 	a.mu.Unlock()
 	if len(keys) == 0 {
 		a.logger.Warn("CURVE is on and no worker key is allowed: every worker is refused. "+
 			"Make a key with 'caddy zmq keygen --out <dir>/<name>' and list it under curve { allow <public key> } "+
 			"or put its .key file in the allow_dir directory, then 'caddy reload'",
 			zap.String("pool", a.pool))
+	}
+}
+
+// forgetLocked drops the logged refusals of key (under a.mu).
+func (a *authorizer) forgetLocked(key string) {
+	for _, reason := range []string{refusedUnknownKey, refusedPlaintext, refusedWrongServer, refusedHandshake} {
+		delete(a.seen, reason+"|"+key)
 	}
 }
 
