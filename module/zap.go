@@ -2,6 +2,7 @@ package caddyzmq
 
 import (
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 
@@ -188,12 +189,15 @@ func newAuthorizer(pool string, logger *zap.Logger) *authorizer {
 // the refusal log, so that its first refusal from now on is logged; every
 // other refusal already logged stays logged once, across reloads (the
 // authorizer lives with the sockets, which a reload keeps).
-func (a *authorizer) setAllowed(keys map[string]string) {
+//
+// It returns the keys that left the list.
+func (a *authorizer) setAllowed(keys map[string]string) (removed []string) {
 	old := *a.allowed.Swap(&keys)
 	a.mu.Lock()
 	for k := range old {
 		if _, still := keys[k]; !still {
 			a.forgetLocked(k)
+			removed = append(removed, k)
 		}
 	}
 	a.mu.Unlock()
@@ -203,6 +207,8 @@ func (a *authorizer) setAllowed(keys map[string]string) {
 			"or put its .key file in the allow_dir directory, then 'caddy reload'",
 			zap.String("pool", a.pool))
 	}
+	slices.Sort(removed)
+	return removed
 }
 
 // forgetLocked drops the logged refusals of key (under a.mu).

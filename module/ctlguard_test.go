@@ -1,0 +1,170 @@
+package caddyzmq
+
+import (
+	"fmt"
+	"net"
+	"path/filepath"
+	"testing"
+	"time"
+
+	zmq "github.com/pebbe/zmq4"
+
+	"github.com/zmqbridge/caddy-zmq/internal/zmqx"
+)
+
+// curveDealer connects a DEALER with routing id id and keypair kp to the
+// control endpoint, as a CURVE client of server; closed with the test.
+func curveDealer(t *testing.T, ep, id string, server string, kp keyPair) *zmq.Socket {
+	t.Helper()
+	d, err := zmq.NewSocket(zmq.DEALER)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.SetLinger(0); d.Close() })
+	if err := firstErr(d.SetLinger(0), d.SetIdentity(id), curveClient(d, server, kp), d.Connect(ep)); err != nil {
+		t.Fatal(err)
+	}
+	return d
+}
+
+// TestWorkerIDCannotBeTakenOver: with CURVE, a second allowed key that
+// connects under a worker's id gets none of the messages addressed to that
+// id; the worker keeps them, and the impostor's connection, which libzmq
+// ignores, is closed and counted.
+func TestWorkerIDCannotBeTakenOver(t *testing.T) {
+	server, good, rogue := mustKeyPair(t), mustKeyPair(t), mustKeyPair(t)
+	ctlEP := "ipc://" + filepath.Join(t.TempDir(), "ctl")
+	env := newTestEnv(t, func(h *Handler) {
+		h.ControlEndpoint = ctlEP
+		h.Curve = &Curve{SecretKey: server.secret, Allow: []string{good.public, rogue.public}}
+	})
+	tr := env.h.pools[0].transport
+	worker := curveDealer(t, ctlEP, "wk-1", server.public, good)
+	if _, err := worker.SendBytes(zmqx.AppendHello(nil, 4), 0); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the worker on the control channel", func() bool { return tr.control.isLive("wk-1") })
+
+	impostor := curveDealer(t, ctlEP, "wk-1", server.public, rogue)
+	mon := "inproc://impostor-" + t.Name()
+	if err := impostor.Monitor(mon, zmq.EVENT_HANDSHAKE_SUCCEEDED|zmq.EVENT_DISCONNECTED); err != nil {
+		t.Fatal(err)
+	}
+	events, err := zmq.NewSocket(zmq.PAIR)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { events.Close() })
+	if err := firstErr(events.SetRcvtimeo(testDeadline), events.Connect(mon)); err != nil {
+		t.Fatal(err)
+	}
+	if ev, _, _, err := events.RecvEvent(0); err != nil || ev != zmq.EVENT_HANDSHAKE_SUCCEEDED {
+		t.Fatalf("impostor: %v %v, want its handshake to succeed (its key is allowed)", ev, err)
+	}
+	refused := tr.auth.refused.Load()
+	if _, err := impostor.SendBytes(zmqx.AppendHello(nil, 4), 0); err != nil {
+		t.Fatal(err)
+	}
+	// Messages for wk-1, sent after the impostor is in: each reaches the
+	// worker, none the impostor.
+	for i := range 20 {
+		tr.control.credit("wk-1", uint64(i+1), 100)
+		worker.SetRcvtimeo(testDeadline)
+		if _, err := worker.RecvBytes(0); err != nil {
+			t.Fatalf("message %d did not reach the worker: %v", i, err)
+		}
+		worker.SendBytes(zmqx.AppendHeartbeat(nil), 0)
+		impostor.SetRcvtimeo(0)
+		if msg, err := impostor.RecvBytes(zmq.DONTWAIT); err == nil {
+			t.Fatalf("the impostor received %q, addressed to the worker", msg)
+		}
+	}
+	// libzmq never reads the impostor: it is closed as a silent
+	// connection, and counted. The worker keeps beating meanwhile.
+	events.SetRcvtimeo(100 * time.Millisecond)
+	for deadline := time.Now().Add(testDeadline); ; {
+		worker.SendBytes(zmqx.AppendHeartbeat(nil), 0)
+		ev, _, _, err := events.RecvEvent(0)
+		if err == nil && ev == zmq.EVENT_DISCONNECTED {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the impostor's connection was not closed")
+		}
+	}
+	waitFor(t, "the impostor's connection counted as refused", func() bool { return tr.auth.refused.Load() > refused })
+	if !tr.control.isLive("wk-1") {
+		t.Fatal("the worker is no longer live")
+	}
+}
+
+// TestShutdownConnChecksTheDescriptor: a tracked connection is shut down
+// only while its descriptor still holds the connection seen at accept.
+func TestShutdownConnChecksTheDescriptor(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	conn, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	raw, err := conn.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var fd int
+	raw.Control(func(f uintptr) { fd = int(f) })
+	var ct connTracker
+	ct.event(zmq.EVENT_ACCEPTED, fd, time.Now())
+	pc := ct.find(func(*peerConn) bool { return true })[0]
+	if pc.peer != client.LocalAddr().String() || pc.local != ln.Addr().String() {
+		t.Fatalf("tracked %s -> %s, want %s -> %s", pc.peer, pc.local, client.LocalAddr(), ln.Addr())
+	}
+	other := pc
+	other.peer = "127.0.0.1:1"
+	if shutdownConn(other) {
+		t.Fatal("shut down a descriptor that holds another connection")
+	}
+	if !shutdownConn(pc) {
+		t.Fatal("did not shut down the tracked connection")
+	}
+	client.SetReadDeadline(time.Now().Add(testDeadline))
+	if _, err := client.Read(make([]byte, 1)); err == nil {
+		t.Fatal("the peer still reads after the shutdown")
+	}
+	if ct.event(zmq.EVENT_DISCONNECTED, fd, time.Now()) == nil || len(ct.find(func(*peerConn) bool { return true })) != 0 {
+		t.Fatal("the disconnection did not end the tracked connection")
+	}
+}
+
+// TestWorkerRedialsUnderItsID: a worker that comes back under its id with
+// its key (a new connection after its old one ended) gets its messages
+// again: handover off does not lock it out.
+func TestWorkerRedialsUnderItsID(t *testing.T) {
+	server, good := mustKeyPair(t), mustKeyPair(t)
+	ctlEP := "ipc://" + filepath.Join(t.TempDir(), "ctl")
+	env := newTestEnv(t, func(h *Handler) {
+		h.ControlEndpoint = ctlEP
+		h.Curve = &Curve{SecretKey: server.secret, Allow: []string{good.public}}
+	})
+	tr := env.h.pools[0].transport
+	for round := range 3 {
+		d := curveDealer(t, ctlEP, "wk-1", server.public, good)
+		d.SetRcvtimeo(50 * time.Millisecond)
+		waitFor(t, fmt.Sprintf("round %d: a message to reach the worker", round), func() bool {
+			d.SendBytes(zmqx.AppendHello(nil, 4), zmq.DONTWAIT)
+			tr.control.credit("wk-1", 1, 100)
+			_, err := d.RecvBytes(0)
+			return err == nil
+		})
+		d.Close()
+	}
+}
