@@ -9,6 +9,7 @@ import (
 
 	zmq "github.com/pebbe/zmq4"
 
+	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
 	"github.com/zmqbridge/caddy-zmq/internal/zmqx"
 )
 
@@ -166,5 +167,93 @@ func TestWorkerRedialsUnderItsID(t *testing.T) {
 			return err == nil
 		})
 		d.Close()
+	}
+}
+
+// monitored returns a PAIR reading sock's DISCONNECTED events.
+func monitored(t *testing.T, sock *zmq.Socket) *zmq.Socket {
+	t.Helper()
+	ep := fmt.Sprintf("inproc://mon-%d", testMonitorSeq.Add(1))
+	if err := sock.Monitor(ep, zmq.EVENT_DISCONNECTED); err != nil {
+		t.Fatal(err)
+	}
+	mon, err := zmq.NewSocket(zmq.PAIR)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { mon.Close() })
+	if err := firstErr(mon.SetRcvtimeo(50*time.Millisecond), mon.Connect(ep)); err != nil {
+		t.Fatal(err)
+	}
+	return mon
+}
+
+// TestRemovedKeyDropped: a reload that removes a connected worker's key
+// closes its control connection and its request connection, forgets it on
+// the control channel, and drops what it sends; the worker that stays
+// keeps its control connection.
+func TestRemovedKeyDropped(t *testing.T) {
+	server, stays, removed := mustKeyPair(t), mustKeyPair(t), mustKeyPair(t)
+	ctlEP := "ipc://" + filepath.Join(t.TempDir(), "ctl")
+	env := newTestEnv(t, func(h *Handler) {
+		h.ControlEndpoint = ctlEP
+		h.Curve = &Curve{SecretKey: server.secret, Allow: []string{stays.public, removed.public}}
+	})
+	tr := env.h.pools[0].transport
+	type worker struct {
+		ctl, pull, ctlMon, pullMon *zmq.Socket
+	}
+	start := func(id string, kp keyPair) worker {
+		w := worker{ctl: curveDealer(t, ctlEP, id, server.public, kp)}
+		pull, err := zmq.NewSocket(zmq.PULL)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { pull.SetLinger(0); pull.Close() })
+		w.pull, w.ctlMon, w.pullMon = pull, monitored(t, w.ctl), monitored(t, pull)
+		if err := firstErr(curveClient(pull, server.public, kp), pull.Connect(env.reqEP)); err != nil {
+			t.Fatal(err)
+		}
+		return w
+	}
+	keep, gone := start("wk-stays", stays), start("wk-gone", removed)
+	for _, id := range []string{"wk-stays", "wk-gone"} {
+		w := map[string]worker{"wk-stays": keep, "wk-gone": gone}[id]
+		waitFor(t, id+" on the control channel", func() bool {
+			w.ctl.SendBytes(zmqx.AppendHello(nil, 4), zmq.DONTWAIT)
+			return tr.control.isLive(id)
+		})
+	}
+	waitFor(t, "both request connections", func() bool { return tr.peers.Load() == 2 })
+
+	tr.dropKeys(tr.auth.setAllowed(map[string]string{stays.public: "inline"}))
+
+	disconnected := func(mon *zmq.Socket) bool {
+		ev, _, _, err := mon.RecvEvent(0)
+		return err == nil && ev == zmq.EVENT_DISCONNECTED
+	}
+	waitFor(t, "the removed worker's control connection closed", func() bool { return disconnected(gone.ctlMon) })
+	waitFor(t, "the removed worker's request connection closed", func() bool { return disconnected(gone.pullMon) })
+	if tr.control.isLive("wk-gone") {
+		t.Fatal("the removed worker is still live on the control channel")
+	}
+	// The worker that stays: its control connection is untouched.
+	keep.ctl.SendBytes(zmqx.AppendHeartbeat(nil), 0)
+	if disconnected(keep.ctlMon) {
+		t.Fatal("the control connection of the worker that stays was closed")
+	}
+	if !tr.control.isLive("wk-stays") {
+		t.Fatal("the worker that stays is not live")
+	}
+	// What the removed key sent before its connection closed is dropped.
+	ex := tr.register(0, false)
+	defer tr.unregister(ex)
+	before := tr.badReplies.Load()
+	reply := mongrel2.AppendReplyOne(nil, tr.cfg.sender, fmt.Sprint(ex.id), okReply("forged")[0])
+	f := newFrame(len(reply))
+	copy(f.buf, reply)
+	tr.dispatchFrom(f, removed.public)
+	if tr.badReplies.Load() != before+1 {
+		t.Fatal("a reply from the removed key was not dropped")
 	}
 }
