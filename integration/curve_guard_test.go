@@ -1,0 +1,195 @@
+package integration
+
+// CURVE guards that hold for connections already made (bin/caddy, real
+// workers): a worker id cannot be taken over by another allowed key, and a
+// key removed by reload takes effect at once, without touching the worker
+// that stays.
+
+import (
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestCurveWorkerIDImpostor: caddyfiles/pinned.Caddyfile with CURVE, a
+// pinned worker with its key serving a session, and an impostor: a second
+// pinned worker, with another allowed key, that connects under the same
+// worker id. Every request of the session is still answered by the worker
+// (its PID): the impostor receives none of the REQs addressed to that id,
+// and Caddy says it closed the impostor's control connection.
+func TestCurveWorkerIDImpostor(t *testing.T) {
+	caddyBin(t)
+	pinnedWorkerBin(t)
+	dir := t.TempDir()
+	keyDir := filepath.Join(dir, "allowed")
+	if err := os.Mkdir(keyDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	c := startCaddy(t, caddyOpts{Config: withCurve(t, "caddyfiles/pinned.Caddyfile", keyDir)})
+	keys := curveWorkerKeys(t, c, keyDir)
+	fe := c.FrontEndControl()
+	legit := startPinnedWorker(t, "wk-legit", fe, keys("legit")...)
+	client := &http.Client{Timeout: requestTimeout}
+	t.Cleanup(client.CloseIdleConnections)
+	waitPinnedWorkers(t, client, c.HTTPURL("/"), []string{"wk-legit"}, legit, c.proc)
+	st, first, err := pinnedGet(client, c.HTTPURL("/"), "s1")
+	if err != nil || st != http.StatusOK || first.PID != pidOf(legit) {
+		t.Fatalf("first request of the session: %d %+v %v, want 200 from the worker (pid %d)", st, first, err, pidOf(legit))
+	}
+
+	impostor := startPinnedWorker(t, "wk-legit", fe, keys("impostor")...)
+	c.proc.MustWaitFor("closed an authenticated control connection that sent nothing", startTimeout)
+	for i := range 30 {
+		st, a, err := pinnedGet(client, c.HTTPURL("/"), "s1")
+		if err != nil || st != http.StatusOK {
+			t.Fatalf("request %d of the session: %d %v", i, st, err)
+		}
+		if a.PID != pidOf(legit) {
+			t.Fatalf("request %d of the session answered by pid %d, want the worker's %d (impostor: %d)", i, a.PID, pidOf(legit), pidOf(impostor))
+		}
+	}
+}
+
+// TestCurveKeyRemovalUnderLoad: two allowed workers under load, and a
+// third whose key is unknown. A reload that changes nothing logs the
+// unknown key no second time. A reload that removes one worker's key:
+// no request fails, none that starts after the reload is answered by the
+// removed worker, and the log says so once.
+func TestCurveKeyRemovalUnderLoad(t *testing.T) {
+	caddyBin(t)
+	testworkerBin(t)
+	dir := t.TempDir()
+	keyDir := filepath.Join(dir, "allowed")
+	if err := os.Mkdir(keyDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	staying, removed, stranger := filepath.Join(dir, "staying"), filepath.Join(dir, "removed"), filepath.Join(dir, "stranger")
+	curveKeygen(t, staying)
+	removedPub := curveKeygen(t, removed)
+	strangerPub := curveKeygen(t, stranger)
+	allowKey(t, keyDir, staying)
+	allowKey(t, keyDir, removed)
+	c := startCurveCaddy(t, keyDir)
+	serverKey := curveFrontEndKey(t, c)
+	fe := c.FrontEndControl()
+	stayW := startCurveWorker(t, "staying", fe, serverKey, staying+".key_secret")
+	remW := startCurveWorker(t, "removed", fe, serverKey, removed+".key_secret")
+	startCurveWorker(t, "stranger", fe, serverKey, stranger+".key_secret")
+	client := c.Client(modeH2)
+	t.Cleanup(client.CloseIdleConnections)
+	waitWorker(t, client, c.HTTPSURL("/ready"), "staying", stayW, c.proc)
+	waitWorker(t, client, c.HTTPSURL("/ready"), "removed", remW, c.proc)
+	c.proc.MustWaitFor(strangerPub, startTimeout)
+
+	const clients = 4
+	cls := make([]*http.Client, clients)
+	for i := range cls {
+		cls[i] = c.Client(modeH2)
+		t.Cleanup(cls[i].CloseIdleConnections)
+	}
+	l := rtStartLoad(clients, 2*time.Minute, func(i, n int) rtHit {
+		return rtSend(cls[i], http.MethodGet, c.HTTPSURL("/load/{tok}"), "", nil, requestTimeout)
+	})
+	defer l.stop()
+	answeredBy := func(w string, after time.Time) func([]rtHit) error {
+		return func(hits []rtHit) error {
+			for _, h := range hits {
+				if h.ok() && h.Worker == w && h.Start.After(after) {
+					return nil
+				}
+			}
+			return fmt.Errorf("no answer from %s yet", w)
+		}
+	}
+	l.waitUntil(t, startTimeout, "both workers answer", func(hits []rtHit) error {
+		return errors.Join(answeredBy("staying", time.Time{})(hits), answeredBy("removed", time.Time{})(hits))
+	})
+	// A reload that changes nothing: the unknown key is not logged again.
+	if err := c.Reload(nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Remove(filepath.Join(keyDir, "removed.key")); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Reload(nil); err != nil {
+		t.Fatal(err)
+	}
+	reloaded := time.Now()
+	l.waitUntil(t, 30*time.Second, "load after the removal", func(hits []rtHit) error {
+		n := 0
+		for _, h := range hits {
+			if h.Start.After(reloaded) {
+				n++
+			}
+		}
+		if n < 100 {
+			return fmt.Errorf("%d requests since the removal", n)
+		}
+		return nil
+	})
+	hits := l.stop()
+	rtReportFailures(t, "key removal by reload", len(hits), rtFailures(hits))
+	for _, h := range hits {
+		if h.Start.After(reloaded) && h.Worker == "removed" {
+			t.Fatalf("a request started %v after the removal was answered by the removed worker", h.Start.Sub(reloaded))
+		}
+	}
+	out := c.proc.out.String()
+	if n := strings.Count(out, "worker keys removed from the allow-list"); n != 1 {
+		t.Errorf("the removal was logged %d times, want once", n)
+	}
+	if !strings.Contains(out, removedPub) {
+		t.Error("the removal's log line does not name the key")
+	}
+	if n := strings.Count(out, `"public_key":"`+strangerPub+`"`); n != 1 {
+		t.Errorf("the unknown key was logged %d times across two reloads, want once", n)
+	}
+}
+
+// TestCurveOversizedFrameNamed: an allowed worker that also sends a reply
+// frame over the reply socket's cap (max_buffered_reply plus slack) on a
+// socket of its own: libzmq drops that connection before taking the frame
+// in (Caddy's RSS does not grow by it), and Caddy's log names the worker,
+// its key and the cap, while the worker goes on serving.
+func TestCurveOversizedFrameNamed(t *testing.T) {
+	caddyBin(t)
+	testworkerBin(t)
+	dir := t.TempDir()
+	keyDir := filepath.Join(dir, "allowed")
+	if err := os.Mkdir(keyDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	rogue := filepath.Join(dir, "rogue")
+	roguePub := curveKeygen(t, rogue)
+	allowKey(t, keyDir, rogue)
+	c := startCurveCaddy(t, keyDir)
+	serverKey := curveFrontEndKey(t, c)
+	client := c.Client(modeH2)
+	t.Cleanup(client.CloseIdleConnections)
+	rss := startRSS(t, c.proc)
+	const frame = 96 << 20 // over the default cap, 64 MiB + 64 KiB
+	w := startProcess(t, "rogue", command(t, testworkerBin(t), "-name", "rogue", "-frontend", c.FrontEndControl(),
+		"-curve-server-key", serverKey, "-curve-key", rogue+".key_secret", "-rogue-frame", fmt.Sprint(frame)))
+	waitWorker(t, client, c.HTTPSURL("/ready"), "rogue", w, c.proc)
+	w.MustWaitFor("ROGUE FRAME SENT", startTimeout)
+	c.proc.MustWaitFor("closed a worker's reply connection while the worker stays on the control channel", startTimeout)
+	out := c.proc.out.String()
+	for _, want := range []string{`"worker_key":"` + roguePub + `"`, `"max_frame_bytes":67174400`, `"socket":"reply"`} {
+		if !strings.Contains(out, want) {
+			t.Errorf("the log line lacks %s:\n%s", want, out)
+		}
+	}
+	rss.Stop()
+	rss.Check("a frame over the cap", 32<<20)
+	for i := range 5 {
+		r := mustDo(t, client, http.MethodGet, c.HTTPSURL(fmt.Sprintf("/after/%d", i)), nil, nil)
+		if r.StatusCode != http.StatusOK {
+			t.Fatalf("request %d after the rogue frame: %d", i, r.StatusCode)
+		}
+	}
+}
