@@ -1,6 +1,7 @@
 package caddyzmq
 
 import (
+	"context"
 	"errors"
 	"slices"
 	"sync"
@@ -78,6 +79,11 @@ func (c *controlPlane) reapSilent(now time.Time) {
 		if !shutdownConn(pc) || early {
 			continue // a redial: it dials again, into a free id
 		}
+		if c.t.auth.stalledSince(pc.host(), pc.since.Add(-time.Second)) {
+			// Most likely a worker whose key is refused, its handshake
+			// held open by libzmq: refused and logged already.
+			continue
+		}
 		c.t.auth.count(refusedIDTaken)
 		c.t.warnPeer("closed an authenticated control connection that sent nothing: libzmq reads nothing from a connection "+
 			"claiming a worker id that another connection holds (with CURVE an id stays with the connection that has it), "+
@@ -132,6 +138,9 @@ func (t *transport) dropKeys(removed []string) {
 		return // none of the removed keys is connected
 	}
 	req := t.reqConns.find(func(pc *peerConn) bool { return hosts[pc.host()] })
+	if len(req) > 0 {
+		t.redialUntil.Store(time.Now().Add(redialGrace).UnixNano())
+	}
 	closed := closeConns(ctl) + closeConns(rep)
 	reqClosed := closeConns(req)
 	failed := 0
@@ -251,4 +260,35 @@ func (c *controlPlane) judgeReplyGone(now time.Time) {
 			zap.Strings("worker", workers), zap.String("peer", pc.peer), zap.String("socket", "reply"),
 			zap.Int64("max_frame_bytes", c.t.cfg.maxReplyFrame))
 	}
+}
+
+// redialGrace is how long, after dropKeys closed request connections, a
+// request that finds no worker waits for the workers that stay to dial
+// again (libzmq redials after its reconnect interval, then the handshake),
+// instead of getting 503 at once.
+const redialGrace = 2 * time.Second
+
+// awaitRedial waits, while one of h's transports is within its
+// redialGrace, for one of its pools to have a worker again, polling; it
+// reports whether one has. Only the path to a 503 comes here.
+func (h *Handler) awaitRedial(ctx context.Context) bool {
+	var until int64
+	for _, p := range h.pools {
+		until = max(until, p.transport.redialUntil.Load())
+	}
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for time.Now().UnixNano() < until {
+		select {
+		case <-ctx.Done():
+			return false
+		case <-tick.C:
+		}
+		for _, p := range h.pools {
+			if p.live() {
+				return true
+			}
+		}
+	}
+	return false
 }

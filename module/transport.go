@@ -133,7 +133,10 @@ type transport struct {
 	// reqConns, repConns follow the request and reply sockets'
 	// connections with CURVE (peerconns.go).
 	reqConns, repConns connTracker
-	zap                *zapHandler
+	// redialUntil (unix ns): requests finding no worker wait until then
+	// for workers to dial again (dropKeys closed their connections).
+	redialUntil atomic.Int64
+	zap         *zapHandler
 	// warn rate-limits repeated warnings about what peers send.
 	warn warnLimiter
 

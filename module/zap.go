@@ -5,6 +5,7 @@ import (
 	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	zmq "github.com/pebbe/zmq4"
 	"go.uber.org/zap"
@@ -145,6 +146,7 @@ func (h *zapHandler) answer(req [][]byte) [6]any {
 			// handshake times out and libzmq dials again by itself.
 			status, text = "300", "key not allowed (yet)"
 			a.refuse(refusedUnknownKey, address, key)
+			a.noteStalled(address, time.Now())
 		}
 	}
 	return [6]any{"1.0", req[1], status, text, user, ""}
@@ -174,6 +176,10 @@ type authorizer struct {
 
 	refused atomic.Uint64
 	mu      sync.Mutex
+	// stalled: when a handshake from each host was last answered "not
+	// yet" (300): libzmq keeps such a connection open, silent, until its
+	// handshake times out (ctlguard.go must not take it for another).
+	stalled map[string]time.Time
 	seen    map[string]struct{} // refusals already logged, by reason and key or peer
 	unseen  uint64              // refusals not logged because seen was full
 }
@@ -283,4 +289,23 @@ func refusalMessage(reason string) string {
 		return "a worker connection ended during its handshake: a plaintext worker (it needs the front end's public key and a keypair), " +
 			"or a CURVE worker that gave up (wrong server key, or a key not allowed yet)"
 	}
+}
+
+// noteStalled records that a handshake from host was answered "not yet".
+func (a *authorizer) noteStalled(host string, now time.Time) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.stalled == nil || len(a.stalled) >= maxRememberedRefusal {
+		a.stalled = make(map[string]time.Time)
+	}
+	a.stalled[host] = now
+}
+
+// stalledSince reports whether a handshake from host was answered "not
+// yet" at or after since.
+func (a *authorizer) stalledSince(host string, since time.Time) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	at, ok := a.stalled[host]
+	return ok && !at.Before(since)
 }
