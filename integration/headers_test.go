@@ -24,6 +24,7 @@ func TestHopByHopHeaders(t *testing.T) {
 			"Proxy-Connection":    {"keep-alive"},
 			"Keep-Alive":          {"timeout=5"},
 			"Te":                  {"trailers"},
+			"Proxy":               {"http://attacker.example:8080"},
 			"X-Public":            {"p"},
 			"Authorization":       {"Bearer end-to-end"},
 		})
@@ -31,7 +32,7 @@ func TestHopByHopHeaders(t *testing.T) {
 			t.Fatalf("GET /hop: %s %q", r.Status, r.Body)
 		}
 		e := decodeEcho(t, r)
-		for _, name := range []string{"connection", "x-secret", "proxy-authorization", "proxy-connection", "keep-alive", "te"} {
+		for _, name := range []string{"connection", "x-secret", "proxy-authorization", "proxy-connection", "keep-alive", "te", "proxy"} {
 			if v, ok := e.Headers[name]; ok {
 				t.Errorf("%s reached the worker: %q", name, v)
 			}

@@ -34,7 +34,10 @@ const maxPinnedSessions = 100000
 
 const defaultAffinityTTL = time.Hour
 
-var errPinnedGone = errors.New("the pinned worker is gone")
+// errAddresseeGone fails a request addressed to one worker (affinity pin,
+// WebSocket, broadcast target) that the control socket could not route to
+// it: the worker has gone, and nothing was delivered.
+var errAddresseeGone = errors.New("the worker the request was addressed to is gone")
 
 func (a *Affinity) validate() error {
 	if a.Source != "cookie" && a.Source != "header" {

@@ -27,6 +27,9 @@ type attempt struct {
 	// request holds the claim to pin it (pinTable.claim).
 	session string
 	claimed bool
+	// undelivered: the request never reached a worker (its REQ could not
+	// be routed), so no ACK will come to settle the pin.
+	undelivered bool
 
 	// pumpStop and pumped (a streamed body only): stop the pump, and the
 	// pump has finished.
@@ -66,7 +69,7 @@ func (a *attempt) end() {
 		close(a.pumpStop)
 		<-a.pumped
 	}
-	if a.session != "" {
+	if a.session != "" && !a.undelivered {
 		a.settlePin()
 	}
 	if a.claimed {
@@ -89,7 +92,7 @@ func (a *attempt) submitRequest() error {
 		a.dispatchBy = time.Now().Add(time.Duration(h.DispatchTimeout))
 	}
 	if a.st.lazyBody {
-		ex.acked = make(chan struct{})
+		ex.expectAck("")
 		ex.upload = newUploadFlow(h.ReplyWindow)
 	}
 	buf := a.frame(a.bodyLen(), a.body, false)
@@ -156,10 +159,7 @@ func (a *attempt) pin() string {
 		pinned = ""
 	}
 	a.session = session
-	a.ex.session = session
-	if a.ex.acked == nil {
-		a.ex.acked = make(chan struct{})
-	}
+	a.ex.expectAck(session)
 	return pinned
 }
 

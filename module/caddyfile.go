@@ -192,6 +192,11 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err != nil || n < -1 {
 				return d.Errf("bad retries %q", d.Val())
 			}
+			if n == 0 {
+				// In JSON 0 is the unset field (the default); written
+				// out, "retries 0" can only mean none.
+				n = -1
+			}
 			h.Retries = n
 		case "curve":
 			h.Curve = new(Curve)

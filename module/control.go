@@ -412,7 +412,7 @@ func (c *controlPlane) undeliverable(payload []byte) {
 		return
 	}
 	if ex := c.t.lookup(id); ex != nil {
-		ex.fail(errPinnedGone)
+		ex.fail(errAddresseeGone)
 	}
 }
 
@@ -512,8 +512,8 @@ func (c *controlPlane) handleMsg(worker, key, addr string, payload []byte) {
 					continue
 				}
 				ex.setWorker(worker, wi)
-				if ex.session != "" {
-					c.t.pins.pinFirst(ex.session, worker, c.isLive)
+				if session := ex.sessionKey(); session != "" {
+					c.t.pins.pinFirst(session, worker, c.isLive)
 				}
 			} else {
 				// The exchange is over: either its reply beat the ACK, or

@@ -332,7 +332,7 @@ func TestDispatchDeadlineResends(t *testing.T) {
 }
 
 // TestDroppedRequestFailsExchange: a REQ that the full control queue drops
-// fails its exchange at once (errPinnedGone: serve balances it again, a
+// fails its exchange at once (errAddresseeGone: serve balances it again, a
 // broadcast reports it failed) rather than leaving the client to wait for
 // the reply timeout; an advisory message dropped fails nothing.
 func TestDroppedRequestFailsExchange(t *testing.T) {
@@ -347,7 +347,7 @@ func TestDroppedRequestFailsExchange(t *testing.T) {
 	}
 	frame := mongrel2.AppendRequest(nil, "uuid", strconv.FormatUint(ex.id, 10), "/", []byte("{}"), nil)
 	c.sendRequest("wk", frame)
-	if _, err := ex.take(nil); !errors.Is(err, errPinnedGone) {
-		t.Fatalf("exchange error after its REQ was dropped = %v, want errPinnedGone", err)
+	if _, err := ex.take(nil); !errors.Is(err, errAddresseeGone) {
+		t.Fatalf("exchange error after its REQ was dropped = %v, want errAddresseeGone", err)
 	}
 }

@@ -238,7 +238,7 @@ func (c *call) serve() error {
 		case errors.Is(err, errNoWorker), errors.Is(err, errQueueFull), errors.Is(err, errBusy):
 			tried |= 1 << h.poolIndex(p)
 			lastErr = fmt.Errorf("pool %s: %w", p.Name, err)
-		case errors.Is(err, errPinnedGone):
+		case errors.Is(err, errAddresseeGone):
 			// Nothing was delivered: balance it like a first request.
 		case errors.Is(err, errWorkerLost), errors.Is(err, errWorkerHung):
 			if err := c.retryAfterLoss(err); err != nil {

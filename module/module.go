@@ -197,7 +197,8 @@ type Handler struct {
 	// Retries is how many times an idempotent request (GET, HEAD, OPTIONS,
 	// TRACE, PUT, DELETE) is sent again when the worker that took it is
 	// lost before its reply starts (control channel liveness). Other
-	// methods get 502 at once. Default: 1; -1 disables retries.
+	// methods get 502 at once. Default: 1; -1 disables retries (in the
+	// Caddyfile, `retries 0` does too).
 	Retries int `json:"retries,omitempty"`
 
 	// Pattern is the value of the PATTERN header, the route a Mongrel2

@@ -124,8 +124,9 @@ func (a *attempt) ended(err error) error {
 	switch {
 	case a.st.rr.HeadDone():
 		return a.abort(zapcore.ErrorLevel, err)
-	case errors.Is(err, errPinnedGone):
+	case errors.Is(err, errAddresseeGone):
 		a.t.pins.forget(a.session)
+		a.undelivered = true
 		return err // serve sends it again, balanced
 	case errors.Is(err, errNoWorker), errors.Is(err, errWorkerLost):
 		return err // serve tries another pool, or retries

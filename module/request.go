@@ -38,7 +38,12 @@ var clientHeaderRules = map[string]headerRule{
 	"X-Forwarded-Proto":       neverFromClient,
 	"X-Forwarded-Host":        neverFromClient,
 	"X-Real-Ip":               trustedProxyOnly,
-	"Forwarded":               trustedProxyOnly,
+	// httpoxy: a CGI-style gateway (WSGI, Rack, PHP, CGI) behind a
+	// Mongrel2 handler turns "Proxy" into HTTP_PROXY, which HTTP libraries
+	// take as the proxy for the worker's own outgoing requests; no client
+	// has a reason to send it (https://httpoxy.org).
+	"Proxy":     neverFromClient,
+	"Forwarded": trustedProxyOnly,
 }
 
 // ruleFor is the rule for a client header name. A name spelled

@@ -662,13 +662,15 @@ type exchange struct {
 	id     uint64
 	signal chan struct{}
 
-	// acked is closed when a worker acknowledges the request.
+	// acked is closed when a worker acknowledges the request. Set by
+	// expectAck, under mu: the exchange is registered, and so visible to
+	// the control goroutine, before the request is sent.
 	acked chan struct{}
 	// upload is the credit of a streamed upload (nil otherwise).
 	upload *uploadFlow
 
 	// session is the affinity session of the request, if any: its ACK
-	// pins the session.
+	// pins the session. Set by expectAck, under mu.
 	session string
 	// addressed is the worker a pinned request was sent to by REQ; it
 	// gets the disconnect even before its ACK arrives.
@@ -727,9 +729,30 @@ func (ex *exchange) deliver(body []byte, f *replyFrame) {
 
 // setWorker records which worker acknowledged the request and wakes the
 // request, which may owe that worker credit. wi is nil in tests.
+// expectAck makes the worker's ACK observable on acked and, for a request
+// of an affinity session, records the session the ACK pins.
+func (ex *exchange) expectAck(session string) {
+	ex.mu.Lock()
+	if ex.acked == nil {
+		ex.acked = make(chan struct{})
+	}
+	if session != "" {
+		ex.session = session
+	}
+	ex.mu.Unlock()
+}
+
+// sessionKey is the affinity session expectAck recorded, or "".
+func (ex *exchange) sessionKey() string {
+	ex.mu.Lock()
+	defer ex.mu.Unlock()
+	return ex.session
+}
+
 func (ex *exchange) setWorker(w string, wi *workerInfo) {
 	ex.mu.Lock()
 	first := ex.worker == ""
+	acked := ex.acked
 	ex.worker = w
 	if first {
 		ex.wi = wi
@@ -739,8 +762,8 @@ func (ex *exchange) setWorker(w string, wi *workerInfo) {
 		}
 	}
 	ex.mu.Unlock()
-	if first && ex.acked != nil {
-		close(ex.acked)
+	if first && acked != nil {
+		close(acked)
 	}
 	ex.wake()
 }

@@ -91,7 +91,7 @@ func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request) error {
 	ex := t.register(int(h.MaxBufferedReply), false)
 	defer t.unregister(ex)
 	if t.control != nil {
-		ex.acked = make(chan struct{})
+		ex.expectAck("")
 	}
 	s := &wsSession{h: h, t: t, p: p, ex: ex, r: r,
 		connID: string(mongrel2.AppendUint(nil, ex.id)), ip: clientIP(r), path: r.URL.EscapedPath()}
