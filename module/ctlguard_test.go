@@ -8,6 +8,8 @@ import (
 	"time"
 
 	zmq "github.com/pebbe/zmq4"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
 	"github.com/zmqbridge/caddy-zmq/internal/zmqx"
@@ -255,5 +257,48 @@ func TestRemovedKeyDropped(t *testing.T) {
 	tr.dispatchFrom(f, removed.public)
 	if tr.badReplies.Load() != before+1 {
 		t.Fatal("a reply from the removed key was not dropped")
+	}
+}
+
+// TestJudgeReplyGone: a reply connection that ended is reported, naming
+// the worker, its key and the cap, only when that key's worker stays on
+// the control channel over a connection older than the end, and only once
+// it has had time to show otherwise.
+func TestJudgeReplyGone(t *testing.T) {
+	const key, worker = "key-1", "wk-1"
+	now := time.Now()
+	for _, tc := range []struct {
+		name       string
+		ctlSince   time.Duration // control connection accepted, relative to the reply's end
+		draining   bool
+		judgedLate time.Duration
+		want       bool
+	}{
+		{"worker stays", -time.Minute, false, replyGoneJudgeAfter, true},
+		{"judged too early", -time.Minute, false, replyGoneJudgeAfter / 2, false},
+		{"worker restarted", time.Second, false, replyGoneJudgeAfter, false},
+		{"worker leaving", -time.Minute, true, replyGoneJudgeAfter, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			core, logs := observer.New(zap.WarnLevel)
+			tr := &transport{logger: zap.New(core), cfg: transportConfig{maxReplyFrame: 1234}}
+			tr.auth = newAuthorizer("pool", tr.logger)
+			tr.control = newControlPlane(tr, "")
+			c := tr.control
+			c.workers[worker] = &workerInfo{lastSeen: now, draining: tc.draining}
+			c.ids.admit(worker, key)
+			c.conns.event(zmq.EVENT_ACCEPTED, 1000, now.Add(tc.ctlSince))
+			c.conns.note(1000, key, worker)
+			tr.repConns.event(zmq.EVENT_ACCEPTED, 1001, now.Add(-time.Minute))
+			tr.repConns.note(1001, key, "")
+			if pc := tr.repConns.event(zmq.EVENT_DISCONNECTED, 1001, now); pc != nil {
+				tr.replyConnGone(pc)
+			}
+			c.judgeReplyGone(time.Now().Add(tc.judgedLate)) // after the end noted
+			got := logs.FilterField(zap.Int64("max_frame_bytes", 1234)).FilterField(zap.String("worker_key", key)).Len()
+			if got != map[bool]int{true: 1, false: 0}[tc.want] {
+				t.Fatalf("%d warnings, want one: %v", got, tc.want)
+			}
+		})
 	}
 }
