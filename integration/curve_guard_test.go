@@ -43,7 +43,8 @@ func TestCurveWorkerIDImpostor(t *testing.T) {
 	}
 
 	impostor := startPinnedWorker(t, "wk-legit", fe, keys("impostor")...)
-	c.proc.MustWaitFor("closed an authenticated control connection that sent nothing", startTimeout)
+	// Its handshake succeeded and it said HELLO (which Caddy never reads).
+	impostor.MustWaitFor("control channel connected", startTimeout)
 	for i := range 30 {
 		st, a, err := pinnedGet(client, c.HTTPURL("/"), "s1")
 		if err != nil || st != http.StatusOK {
@@ -53,6 +54,7 @@ func TestCurveWorkerIDImpostor(t *testing.T) {
 			t.Fatalf("request %d of the session answered by pid %d, want the worker's %d (impostor: %d)", i, a.PID, pidOf(legit), pidOf(impostor))
 		}
 	}
+	c.proc.MustWaitFor("closed an authenticated control connection that sent nothing", startTimeout)
 }
 
 // TestCurveKeyRemovalUnderLoad: two allowed workers under load. A reload
