@@ -459,7 +459,7 @@ func (c *controlPlane) handleFrom(worker, key string, payload []byte) {
 // handleMsg is handleFrom for a message that came from addr (the peer's
 // address, read from the HELLO that opens a connection; "" otherwise).
 func (c *controlPlane) handleMsg(worker, key, addr string, payload []byte) {
-	if !c.admit(worker, key) {
+	if !c.admit(worker, key, payload) {
 		return
 	}
 	m, err := zmqx.Parse(payload)

@@ -3,12 +3,14 @@ package caddyzmq
 import (
 	"context"
 	"errors"
+	"fmt"
 	"slices"
 	"sync"
 	"time"
 
 	"go.uber.org/zap"
 
+	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
 	"github.com/zmqbridge/caddy-zmq/internal/zmqx"
 )
 
@@ -94,6 +96,30 @@ func (c *controlPlane) reapSilent(now time.Time) {
 }
 
 var errKeyRemoved = errors.New("the worker's CURVE key was removed from the allow-list")
+
+// errTakenByRemoved fails a request that a worker whose key was removed
+// acknowledged (it had received it before its connection closed): its
+// reply would be dropped, so the request is lost with it, retried where the
+// method allows (errWorkerLost).
+var errTakenByRemoved = fmt.Errorf("%w: %w", errWorkerLost, errKeyRemoved)
+
+// failTakenByRemoved fails the requests an ACK from a removed key names
+// that no other worker holds.
+func (c *controlPlane) failTakenByRemoved(payload []byte) {
+	m, err := zmqx.Parse(payload)
+	if err != nil || m.Verb != zmqx.Ack {
+		return
+	}
+	for id, rest := zmqx.NextID(m.IDs); id != nil; id, rest = zmqx.NextID(rest) {
+		n, ok := mongrel2.ParseUint(id)
+		if !ok {
+			continue
+		}
+		if ex := c.t.lookup(n); ex != nil && ex.workerID() == "" {
+			ex.fail(errTakenByRemoved)
+		}
+	}
+}
 
 // dropKeys makes a reload that removed keys from the allow-list take
 // effect for workers already connected (ZAP only runs at the handshake):

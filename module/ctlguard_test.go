@@ -1,6 +1,7 @@
 package caddyzmq
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"path/filepath"
@@ -247,7 +248,17 @@ func TestRemovedKeyDropped(t *testing.T) {
 	if !tr.control.isLive("wk-stays") {
 		t.Fatal("the worker that stays is not live")
 	}
-	// What the removed key sent before its connection closed is dropped.
+	// What the removed key sent before its connection closed is dropped;
+	// a request it acknowledged (it has it) is lost with it.
+	acked := tr.register(0, false)
+	defer tr.unregister(acked)
+	tr.control.handleFrom("wk-gone", removed.public, zmqx.AppendAck(nil, fmt.Sprint(acked.id)))
+	acked.mu.Lock()
+	err := acked.err
+	acked.mu.Unlock()
+	if !errors.Is(err, errWorkerLost) || acked.workerID() != "" {
+		t.Fatalf("a request the removed worker acknowledged: error %v, holder %q; want it lost, held by none", err, acked.workerID())
+	}
 	ex := tr.register(0, false)
 	defer tr.unregister(ex)
 	before := tr.badReplies.Load()

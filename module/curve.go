@@ -351,7 +351,7 @@ func (w *workerKeys) forget(worker string) {
 // gives each one its peer's ZAP user id), and a worker id belongs to the
 // first key that used it until the worker is forgotten: a worker cannot
 // speak for another.
-func (c *controlPlane) admit(worker, key string) bool {
+func (c *controlPlane) admit(worker, key string, payload []byte) bool {
 	if c.t.auth == nil {
 		return true
 	}
@@ -360,6 +360,7 @@ func (c *controlPlane) admit(worker, key string) bool {
 		// (dropKeys closes its connection; this came before).
 		c.t.warnPeer("dropping a control message from a worker whose key is no longer allowed", key,
 			zap.String("worker", worker))
+		c.failTakenByRemoved(payload)
 		return false
 	}
 	if key == "" || !c.ids.admit(worker, key) {
