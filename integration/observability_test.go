@@ -36,6 +36,9 @@ type obsPool struct {
 	InFlight         int         `json:"in_flight"`
 	MaxInflight      int         `json:"max_inflight"`
 	Workers          []obsWorker `json:"workers"`
+	RequestPeers     []struct {
+		RemoteAddr string `json:"remote_addr"`
+	} `json:"request_peers"`
 }
 
 type obsWorker struct {
@@ -176,6 +179,7 @@ func getWorker(t *testing.T, client *http.Client, url string) (int, string) {
 func TestObservabilityMetrics(t *testing.T) {
 	c, _ := startObsCaddy(t, map[string]string{
 		"REPLY_TIMEOUT": "5s", "MAX_INFLIGHT": "1", "QUEUE_TIMEOUT": "300ms", "HUNG_TIMEOUT": "off",
+		"BROADCAST_TIMEOUT": "3s",
 	})
 	client := c.Client(modeHTTP)
 	defer client.CloseIdleConnections()
@@ -228,6 +232,16 @@ func TestObservabilityMetrics(t *testing.T) {
 	// while it holds the request, which is retried on wk-b.
 	b := startNamedWorker(t, c, "wk-b")
 	waitStates(t, c, "main", map[string]string{"wk-a": "live", "wk-b": "live"})
+
+	// A broadcast counts once per worker asked: wk-a (asked first, ids
+	// in order) holds the broadcast route's only slot and hangs until the
+	// broadcast's timeout (504); wk-b waits queue_timeout for that slot
+	// and is not asked (503).
+	lines := broadcastLines(t, client, c.HTTPURL("/all/hang/broadcast?on=wk-a"))
+	if len(lines) != 3 || lines[0]["worker"] != "wk-b" || lines[0]["type"] != "failed" ||
+		lines[1]["worker"] != "wk-a" || lines[1]["type"] != "timed_out" {
+		t.Fatalf("broadcast: %v, want wk-b failed (not sent), wk-a timed out, a summary", lines)
+	}
 	var retried struct {
 		status int
 		worker string
@@ -273,14 +287,20 @@ func TestObservabilityMetrics(t *testing.T) {
 	}
 	_ = b
 
+	// Answered by wk-b, the one live worker left.
+	if lines := broadcastLines(t, client, c.HTTPURL("/all/echo")); len(lines) != 2 || lines[0]["type"] != "answer" || lines[0]["worker"] != "wk-b" {
+		t.Fatalf("broadcast: %v, want wk-b's answer and a summary", lines)
+	}
+	ok200++
+
 	after := scrape(t, c)
 	checks := []struct {
 		series string
 		want   float64
 	}{
 		{pool("caddy_zmq_requests_total", "outcome", "answered"), float64(ok200)},
-		{pool("caddy_zmq_requests_total", "outcome", "504"), 1},
-		{pool("caddy_zmq_requests_total", "outcome", "503"), 1},
+		{pool("caddy_zmq_requests_total", "outcome", "504"), 2},
+		{pool("caddy_zmq_requests_total", "outcome", "503"), 2},
 		{pool("caddy_zmq_requests_total", "outcome", "502"), 0},
 		{pool("caddy_zmq_requests_total", "outcome", "client_gone"), 0},
 		{pool("caddy_zmq_requests_total", "outcome", "aborted"), 0},
@@ -322,6 +342,24 @@ func TestObservabilityMetrics(t *testing.T) {
 	}
 }
 
+// broadcastLines GETs a broadcast route and returns its NDJSON lines.
+func broadcastLines(t *testing.T, client *http.Client, url string) []map[string]any {
+	t.Helper()
+	r := mustDo(t, client, http.MethodGet, url, nil, nil)
+	if r.StatusCode != http.StatusOK {
+		t.Fatalf("broadcast %s: %d", url, r.StatusCode)
+	}
+	var lines []map[string]any
+	for _, l := range strings.Split(strings.TrimSpace(string(r.Body)), "\n") {
+		var m map[string]any
+		if err := json.Unmarshal([]byte(l), &m); err != nil {
+			t.Fatalf("broadcast %s: line %q: %v", url, l, err)
+		}
+		lines = append(lines, m)
+	}
+	return lines
+}
+
 // TestObservabilityWorkers: four workers show as four live; one killed and
 // one frozen show as lost, one drained through the admin API as draining,
 // within the detection bound, and the gauges agree. The drained worker
@@ -345,10 +383,7 @@ func TestObservabilityWorkers(t *testing.T) {
 		if w.MaxConcurrency <= 0 || w.LastHeard.IsZero() || w.Since.IsZero() {
 			t.Errorf("worker %+v: max concurrency, last heard and since must be known", w)
 		}
-		// The workers connect over tcp loopback; libzmq gives the host only.
-		if ip := net.ParseIP(w.RemoteAddr); ip == nil || !ip.IsLoopback() {
-			t.Errorf("worker %s: remote_addr %q, want a loopback address", w.ID, w.RemoteAddr)
-		}
+		checkRemoteAddr(t, w, procs[w.ID], p.ControlEndpoint)
 	}
 
 	// Errors as JSON with the right status.
@@ -415,7 +450,7 @@ func TestObservabilityWorkers(t *testing.T) {
 		}
 	}
 	for id, st := range map[string]string{"wk-1": "lost", "wk-2": "lost", "wk-3": "live", "wk-4": "draining"} {
-		if !lineHas(table, id, "127.0.0.1", st) {
+		if !lineHas(table, id, ws[id].RemoteAddr, st) {
 			t.Errorf("status table: no line with %s %s:\n%s", id, st, table)
 		}
 	}
@@ -444,6 +479,31 @@ func TestObservabilityWorkers(t *testing.T) {
 		"worker_draining wk-4", "worker_lost wk-1", "worker_lost wk-2", "worker_resumed wk-4",
 	}
 	waitEvents(t, events, "main", want)
+}
+
+// checkRemoteAddr: a worker connected over tcp loopback is listed with
+// the address of its control connection, ip:port, the port the worker's
+// side of that connection has.
+func checkRemoteAddr(t *testing.T, w obsWorker, p *process, controlEndpoint string) {
+	t.Helper()
+	host, port, err := net.SplitHostPort(w.RemoteAddr)
+	if ip := net.ParseIP(host); err != nil || ip == nil || !ip.IsLoopback() {
+		t.Errorf("worker %s: remote_addr %q, want a loopback ip:port (%v)", w.ID, w.RemoteAddr, err)
+		return
+	}
+	_, ctlPort, err := net.SplitHostPort(strings.TrimPrefix(controlEndpoint, "tcp://"))
+	if err != nil {
+		t.Fatalf("control endpoint %q: %v", controlEndpoint, err)
+	}
+	remote, _ := strconv.Atoi(ctlPort)
+	local, err := tcpLocalPorts(p.cmd.Process.Pid, remote)
+	if err != nil || len(local) != 1 {
+		t.Errorf("worker %s: its connections to the control port %d: %v %v", w.ID, remote, local, err)
+		return
+	}
+	if port != strconv.Itoa(local[0]) {
+		t.Errorf("worker %s: remote_addr %q, but its control connection's port is %d", w.ID, w.RemoteAddr, local[0])
+	}
 }
 
 // TestObservabilityHung: a worker that holds requests and answers none is
@@ -605,13 +665,34 @@ func waitEvents(t *testing.T, path, pool string, want []string) {
 // workerkit worker drainable.
 func TestObservabilityPlainHandler(t *testing.T) {
 	c, _ := startObsCaddy(t, nil)
-	startPythonHandler(t, c.Endpoint("ZMQ_REQUESTS"), c.Endpoint("ZMQ_REPLIES"))
-	startNamedWorker(t, c, "wk-kit")
+	m2 := startPythonHandler(t, c.Endpoint("ZMQ_REQUESTS"), c.Endpoint("ZMQ_REPLIES"))
+	kit := startNamedWorker(t, c, "wk-kit")
 	waitStates(t, c, "main", map[string]string{"wk-kit": "live"})
+	// request_peers lists both connections to the request socket, each
+	// with the address the handler's and the worker's side has.
+	_, reqPort, _ := net.SplitHostPort(strings.TrimPrefix(c.Endpoint("ZMQ_REQUESTS"), "tcp://"))
+	remote, _ := strconv.Atoi(reqPort)
+	var want []string
+	for _, p := range []*process{m2, kit} {
+		local, err := tcpLocalPorts(p.cmd.Process.Pid, remote)
+		if err != nil || len(local) != 1 {
+			t.Fatalf("%s's connections to the request port: %v %v", p.name, local, err)
+		}
+		want = append(want, net.JoinHostPort("127.0.0.1", strconv.Itoa(local[0])))
+	}
+	sort.Strings(want)
 	if err := poll(detectBound, nil, func() error {
 		_, p := workerStates(t, c, "main")
 		if p.PlainConnections != 1 || p.Connections != 2 || len(p.Workers) != 1 {
 			return fmt.Errorf("pool %+v: want 2 connections, 1 plain, 1 worker", p)
+		}
+		var got []string
+		for _, rp := range p.RequestPeers {
+			got = append(got, rp.RemoteAddr)
+		}
+		sort.Strings(got)
+		if strings.Join(got, " ") != strings.Join(want, " ") {
+			return fmt.Errorf("request_peers %v, want %v", got, want)
 		}
 		return nil
 	}); err != nil {

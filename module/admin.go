@@ -55,20 +55,25 @@ type PoolView struct {
 	Connections int64 `json:"connections"`
 	// PlainConnections are those of workers without the control channel
 	// (Mongrel2 handlers): the front end knows no more of them.
-	PlainConnections int64        `json:"plain_connections"`
-	InFlight         int          `json:"in_flight"`
-	Waiting          int64        `json:"waiting"`
-	MaxInflight      int          `json:"max_inflight"`
-	Workers          []WorkerView `json:"workers"`
+	PlainConnections int64 `json:"plain_connections"`
+	// RequestPeers are those connections with their peers' addresses
+	// (ip:port, read from the connection when it arrives), oldest first:
+	// plain handlers and the control channel's workers alike (nothing
+	// links a worker to the connection its requests come through).
+	RequestPeers []ConnView   `json:"request_peers"`
+	InFlight     int          `json:"in_flight"`
+	Waiting      int64        `json:"waiting"`
+	MaxInflight  int          `json:"max_inflight"`
+	Workers      []WorkerView `json:"workers"`
 }
 
 // WorkerView is one worker of the control channel.
 type WorkerView struct {
 	ID string `json:"id"`
 	// RemoteAddr is the address the worker's control connection comes
-	// from, as libzmq reports it (its "Peer-Address"): the IP address for
-	// tcp, without the port, which libzmq does not give. Empty until the
-	// worker's HELLO, and for transports without one.
+	// from, read when its HELLO arrives: ip:port for tcp ([ip]:port for
+	// IPv6), libzmq's "Peer-Address" for ipc (localhost:uid:gid:pid).
+	// Empty until the worker's HELLO.
 	RemoteAddr string `json:"remote_addr,omitempty"`
 	// State is live, paused (hung), draining (by an operator, or the
 	// worker is leaving) or lost (shown for a minute).
@@ -78,9 +83,14 @@ type WorkerView struct {
 	// MaxConcurrency is what the worker announced (HELLO), 0 if unknown.
 	MaxConcurrency int       `json:"max_concurrency"`
 	LastHeard      time.Time `json:"last_heard"`
-	PinnedSessions int       `json:"pinned_sessions"`
-	Since          time.Time `json:"since"`
-	Joined         time.Time `json:"joined,omitzero"`
+	// AffinitySessions counts the sessions the handler's affinity
+	// (cookie or header) has pinned to this worker in the front end's
+	// table, idle ones until their TTL; a session whose worker is gone
+	// stays counted here until its next request moves it. Not workerkit's
+	// thread-pinned sessions (PinnedSessions), which only the worker knows.
+	AffinitySessions int       `json:"affinity_sessions"`
+	Since            time.Time `json:"since"`
+	Joined           time.Time `json:"joined,omitzero"`
 }
 
 func (a adminAPI) serve(w http.ResponseWriter, r *http.Request) error {
@@ -169,6 +179,7 @@ func poolViews(only string) []PoolView {
 			ControlEndpoint: p.ControlEndpoint,
 			WorkerEndpoints: p.Workers,
 			Connections:     p.transport.conns.Load(),
+			RequestPeers:    p.transport.connList.list(),
 			MaxInflight:     cap(p.slots),
 			Workers:         []WorkerView{},
 		}
@@ -189,7 +200,7 @@ func poolViews(only string) []PoolView {
 // workerViews lists c's workers, those lost lately included, by id.
 func (c *controlPlane) workerViews() []WorkerView {
 	inFlight := c.t.inFlightByWorker()
-	pinned := c.t.pins.countByWorker()
+	pinned := c.t.pins.countByWorker() // affinity
 	now := time.Now()
 	var views []WorkerView
 	c.mu.Lock()
@@ -198,7 +209,7 @@ func (c *controlPlane) workerViews() []WorkerView {
 		views = append(views, WorkerView{
 			ID: id, RemoteAddr: wi.remoteAddr, State: st, Hung: wi.hung, InFlight: inFlight[wi],
 			MaxConcurrency: wi.maxConcurrent, LastHeard: wi.lastSeen,
-			PinnedSessions: pinned[id], Since: since, Joined: wi.joinedAt,
+			AffinitySessions: pinned[id], Since: since, Joined: wi.joinedAt,
 		})
 	}
 	for id, g := range c.gone {
@@ -207,7 +218,7 @@ func (c *controlPlane) workerViews() []WorkerView {
 		}
 		views = append(views, WorkerView{
 			ID: id, RemoteAddr: g.remoteAddr, State: stateLost, MaxConcurrency: g.maxConcurrent,
-			LastHeard: g.lastHeard, PinnedSessions: pinned[id], Since: g.at,
+			LastHeard: g.lastHeard, AffinitySessions: pinned[id], Since: g.at,
 		})
 	}
 	c.mu.Unlock()
@@ -230,13 +241,17 @@ func (t *transport) inFlightByWorker() map[*workerInfo]int {
 	return n
 }
 
-// countByWorker counts the sessions pinned to each worker.
+// countByWorker counts the sessions pinned to each worker, those idle past
+// the TTL (forgotten at their next request) left out.
 func (p *pinTable) countByWorker() map[string]int {
 	n := map[string]int{}
+	now := time.Now()
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, e := range p.items {
-		n[e.Value.(*pin).worker]++
+		if pn := e.Value.(*pin); now.Sub(pn.used) <= p.ttl {
+			n[pn.worker]++
+		}
 	}
 	return n
 }

@@ -36,3 +36,19 @@ func TestAffinityTTLJSON(t *testing.T) {
 		})
 	}
 }
+
+// TestPinCountByWorker: /zmq/pools' affinity_sessions counts each worker's
+// pins, not those idle past the TTL.
+func TestPinCountByWorker(t *testing.T) {
+	p := newPinTable(time.Hour)
+	for s, w := range map[string]string{"alice": "wk-1", "bob": "wk-1", "carol": "wk-2", "dave": "wk-2"} {
+		p.set(s, w)
+	}
+	p.mu.Lock()
+	p.items["dave"].Value.(*pin).used = time.Now().Add(-2 * time.Hour)
+	p.mu.Unlock()
+	got := p.countByWorker()
+	if len(got) != 2 || got["wk-1"] != 2 || got["wk-2"] != 1 {
+		t.Fatalf("counts %v, want wk-1: 2, wk-2: 1 (dave expired)", got)
+	}
+}

@@ -106,7 +106,8 @@ type bcTarget struct {
 	pool   *poolRuntime
 	worker string
 	ex     *exchange
-	err    error // why it was not sent (no in-flight slot)
+	err    error     // why it was not sent (no in-flight slot)
+	sent   time.Time // when it was sent (caddy_zmq_first_byte_seconds)
 }
 
 // bcLine is one NDJSON line of a broadcast response.
@@ -122,6 +123,9 @@ type bcLine struct {
 	BodyBase64 []byte  `json:"body_base64,omitempty"`
 	// failed
 	Error string `json:"error,omitempty"`
+	// outcome is what caddy_zmq_requests_total counts for the worker
+	// (how broadcasts count: metrics.go, before stateCollector).
+	outcome outcome
 	// summary
 	Asked      *int     `json:"asked,omitempty"`
 	Answered   *int     `json:"answered,omitempty"`
@@ -138,7 +142,9 @@ func (h *Handler) serveBroadcast(w http.ResponseWriter, r *http.Request) error {
 	started := time.Now()
 	body, status, err := h.readBody(r, nil)
 	if err != nil {
-		return statusErrorFor(r, status, err)
+		err = statusErrorFor(r, status, err)
+		h.countUnsent(err)
+		return err
 	}
 	var targets []*bcTarget
 	for _, p := range h.pools {
@@ -149,7 +155,9 @@ func (h *Handler) serveBroadcast(w http.ResponseWriter, r *http.Request) error {
 		}
 	}
 	if len(targets) == 0 {
-		return statusErrorFor(r, http.StatusServiceUnavailable, errors.New("broadcast: no live worker on a control channel"))
+		err := statusErrorFor(r, http.StatusServiceUnavailable, errors.New("broadcast: no live worker on a control channel"))
+		h.countUnsent(err)
+		return err
 	}
 	timeout := time.Duration(h.Broadcast.Timeout)
 	if timeout <= 0 {
@@ -174,7 +182,11 @@ func (h *Handler) serveBroadcast(w http.ResponseWriter, r *http.Request) error {
 		h.sendBroadcast(slotReq, tg, headers, body)
 		// Gathered at once: its slot comes free with its answer, for a
 		// target further down that waits for one of the same pool.
-		go func() { results <- h.gather(ctx, r, tg) }()
+		go func() {
+			line := h.gather(ctx, r, tg)
+			tg.pool.metrics().outcomes[line.outcome].Inc()
+			results <- line
+		}()
 	}
 	enc := json.NewEncoder(w)
 	var answered, failed, timedOut []string
@@ -226,6 +238,7 @@ func (h *Handler) sendBroadcast(r *http.Request, tg *bcTarget, headers, body []b
 		tg.err = err // gather reports it failed
 		return
 	}
+	tg.sent = time.Now()
 	t := tg.pool.transport
 	// Retryable as far as hung detection goes: a broadcast request
 	// held by a hung worker is taken back, which reports it failed.
@@ -243,7 +256,10 @@ func (h *Handler) sendBroadcast(r *http.Request, tg *bcTarget, headers, body []b
 func (h *Handler) gather(ctx context.Context, r *http.Request, tg *bcTarget) bcLine {
 	line := bcLine{Worker: tg.worker, Pool: tg.pool.Name}
 	if tg.ex == nil {
-		line.Type, line.Error = "failed", "not sent: "+tg.err.Error()
+		line.Type, line.Error, line.outcome = "failed", "not sent: "+tg.err.Error(), outcomeNoWorker
+		if r.Context().Err() != nil {
+			line.outcome = outcomeClientGone
+		}
 		return line
 	}
 	defer tg.pool.release()
@@ -259,20 +275,25 @@ func (h *Handler) gather(ctx context.Context, r *http.Request, tg *bcTarget) bcL
 	defer rr.Release()
 	owed, creditBatch := 0, int(h.ReplyWindow/4)
 	var frames []queuedFrame
+	firstByte := false
 	for {
 		select {
 		case <-ex.signal:
 		case <-ctx.Done():
 			t.notifyDisconnect(ex)
 			if r.Context().Err() != nil {
-				line.Type, line.Error = "failed", "the client went away"
+				line.Type, line.Error, line.outcome = "failed", "the client went away", outcomeClientGone
 				return line
 			}
-			line.Type = "timed_out"
+			line.Type, line.outcome = "timed_out", outcomeTimeout
 			return line
 		}
 		var xerr error
 		frames, xerr = ex.take(frames[:0])
+		if len(frames) > 0 && !firstByte {
+			firstByte = true
+			tg.pool.metrics().observeFirstByte(tg.sent)
+		}
 		var ferr error
 		for _, qf := range frames {
 			owed += len(qf.body)
@@ -285,10 +306,10 @@ func (h *Handler) gather(ctx context.Context, r *http.Request, tg *bcTarget) bcL
 		switch {
 		case ferr != nil:
 			t.notifyDisconnect(ex)
-			line.Type, line.Error = "failed", "bad answer: "+ferr.Error()
+			line.Type, line.Error, line.outcome = "failed", "bad answer: "+ferr.Error(), outcomeBadGateway
 			return line
 		case rr.Done():
-			line.Type, line.Status, line.Headers = "answer", rec.status, rec.header
+			line.Type, line.Status, line.Headers, line.outcome = "answer", rec.status, rec.header, outcomeAnswered
 			if utf8.Valid(rec.body) {
 				s := string(rec.body)
 				line.Body = &s
@@ -300,7 +321,7 @@ func (h *Handler) gather(ctx context.Context, r *http.Request, tg *bcTarget) bcL
 			if errors.Is(xerr, errWorkerHung) {
 				t.notifyDisconnect(ex) // its handler must not run it later
 			}
-			line.Type, line.Error = "failed", xerr.Error()
+			line.Type, line.Error, line.outcome = "failed", xerr.Error(), outcomeBadGateway
 			return line
 		}
 		if owed >= creditBatch {

@@ -88,7 +88,7 @@ type workerInfo struct {
 	maxConcurrent int
 	draining      bool
 	// remoteAddr is the peer address of the connection it last said HELLO
-	// on (libzmq's Peer-Address: the host, without a port).
+	// on (zmqio.UserReceiver.Addr: ip:port for tcp).
 	remoteAddr string
 
 	// answered counts this worker's requests whose first reply frame has

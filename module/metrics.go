@@ -70,8 +70,18 @@ var zmqMetrics struct {
 	firstByte *prometheus.HistogramVec
 	state     *stateCollector
 	// unpooled counts requests that failed before any pool was chosen in
-	// a handler of several pools (label pool="").
-	unpooled *poolObs
+	// a handler of several pools (label pool=""). Made at its first use:
+	// its series would otherwise be in every scrape, most often all zero.
+	unpooledOnce sync.Once
+	unpooled     *poolObs
+}
+
+// unpooledObs is zmqMetrics.unpooled, made on first use.
+func unpooledObs() *poolObs {
+	initMetrics()
+	m := &zmqMetrics
+	m.unpooledOnce.Do(func() { m.unpooled = newPoolObs("") })
+	return m.unpooled
 }
 
 func initMetrics() {
@@ -101,7 +111,6 @@ func initMetrics() {
 			Buckets: buckets,
 		}, []string{"pool"})
 		m.state = newStateCollector()
-		m.unpooled = newPoolObs("")
 	})
 }
 
@@ -167,8 +176,7 @@ func (p *poolRuntime) metrics() *poolObs {
 	if p.obs != nil {
 		return p.obs
 	}
-	initMetrics()
-	return zmqMetrics.unpooled
+	return unpooledObs()
 }
 
 // waitForSlot counts a request that has to wait for a slot; the function
@@ -194,14 +202,10 @@ func (o *poolObs) observeFirstByte(start time.Time) {
 // reply state.
 func (h *Handler) countOutcome(r *http.Request, st *requestState, err error) {
 	var o *poolObs
-	switch {
-	case st.pool != nil:
+	if st.pool != nil {
 		o = st.pool.metrics()
-	case len(h.pools) == 1:
-		o = h.pools[0].metrics()
-	default:
-		initMetrics()
-		o = zmqMetrics.unpooled
+	} else {
+		o = h.unsentObs()
 	}
 	if st.rr.Done() {
 		o.outcomes[outcomeAnswered].Inc()
@@ -218,6 +222,36 @@ func (h *Handler) countOutcome(r *http.Request, st *requestState, err error) {
 	}
 	o.outcomes[outcomeClientGone].Inc()
 }
+
+// unsentObs is where a request that failed before a pool was chosen is
+// counted: the handler's pool if it has one, else the unpooled series.
+func (h *Handler) unsentObs() *poolObs {
+	if len(h.pools) == 1 {
+		return h.pools[0].metrics()
+	}
+	return unpooledObs()
+}
+
+// countUnsent counts a request the handler answered with err (a
+// HandlerError) before sending it anywhere.
+func (h *Handler) countUnsent(err error) {
+	o := h.unsentObs()
+	var he caddyhttp.HandlerError
+	if errors.As(err, &he) && he.StatusCode != 0 {
+		o.outcomes[outcomeOfStatus(he.StatusCode)].Inc()
+		return
+	}
+	o.outcomes[outcomeError].Inc()
+}
+
+// A broadcast counts in caddy_zmq_requests_total once per worker asked,
+// in that worker's pool, as the request sent to it ended (bcLine.outcome):
+// answered (its answer came in full), 502 (a bad or too large answer, or
+// the worker lost or found hung first), 503 (not sent: no in-flight slot
+// in time), 504 (no answer within the broadcast's timeout), client_gone
+// (the client left first). A broadcast that asks nobody (no live worker:
+// 503; a request body over the limit: 413, or unreadable: 400) counts
+// once, like any request.
 
 // stateCollector reports, at scrape time, the state of the provisioned
 // pools and the counters their sockets keep.

@@ -15,6 +15,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	zmq "github.com/pebbe/zmq4"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
@@ -288,7 +289,7 @@ func TestPrintStatus(t *testing.T) {
 	pools := []PoolView{{
 		Name: "main", PlainConnections: 2,
 		Workers: []WorkerView{
-			{ID: "wk-1", RemoteAddr: "10.0.0.7", State: "live", InFlight: 3, MaxConcurrency: 64, LastHeard: now.Add(-120 * time.Millisecond), Since: now.Add(-5*time.Minute - 3*time.Second)},
+			{ID: "wk-1", RemoteAddr: "10.0.0.7", State: "live", InFlight: 3, MaxConcurrency: 64, AffinitySessions: 2, LastHeard: now.Add(-120 * time.Millisecond), Since: now.Add(-5*time.Minute - 3*time.Second)},
 			{ID: "wk-2", State: "lost", LastHeard: now.Add(-4 * time.Second), Since: now.Add(-3 * time.Second)},
 		},
 	}, {Name: "empty"}}
@@ -297,23 +298,27 @@ func TestPrintStatus(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := []string{
-		"POOL    WORKER                  ADDRESS    STATE   IN-FLIGHT   MAX   LAST-HEARD   PINNED   AGE",
-		"main    wk-1                    10.0.0.7   live    3           64    120ms ago    0        5m3s",
-		"main    wk-2                    -          lost    0           ?     4s ago       0        3s",
-		"main    (2 plain connections)   -          -       -           -     -            -        -",
-		"empty   (0 plain connections)   -          -       -           -     -            -        -",
+		"POOL    WORKER                  ADDRESS    STATE   IN-FLIGHT   MAX   LAST-HEARD   AFFINITY   AGE",
+		"main    wk-1                    10.0.0.7   live    3           64    120ms ago    2          5m3s",
+		"main    wk-2                    -          lost    0           ?     4s ago       0          3s",
+		"main    (2 plain connections)   -          -       -           -     -            -          -",
+		"empty   (0 plain connections)   -          -       -           -     -            -          -",
 	}
 	if got := strings.TrimRight(b.String(), "\n"); got != strings.Join(want, "\n") {
 		t.Fatalf("table:\n%s\nwant:\n%s", got, strings.Join(want, "\n"))
 	}
 }
 
-// BenchmarkScrape: what one /metrics scrape costs for the zmq series (the
-// state collector and the request counters) with a provisioned pool.
+// BenchmarkScrape: what one scrape costs for what is ours, served as
+// Caddy's admin endpoint serves it: /metrics with the zmq collectors only
+// (Caddy's, the Go runtime's and the process's are not ours), gzip as
+// Prometheus and Go clients ask for it; /zmq/pools; a provisioned pool
+// with one worker.
 func BenchmarkScrape(b *testing.B) {
 	dir := b.TempDir()
+	ctlEP := "ipc://" + filepath.Join(dir, "ctl")
 	h := &Handler{Pools: []Pool{{Name: "bench", RequestEndpoint: "ipc://" + filepath.Join(dir, "req"),
-		ReplyEndpoint: "ipc://" + filepath.Join(dir, "rep"), ControlEndpoint: "ipc://" + filepath.Join(dir, "ctl")}}}
+		ReplyEndpoint: "ipc://" + filepath.Join(dir, "rep"), ControlEndpoint: ctlEP}}}
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	defer cancel()
 	if err := h.Provision(ctx); err != nil {
@@ -324,11 +329,25 @@ func BenchmarkScrape(b *testing.B) {
 	if err := registerMetrics(reg); err != nil {
 		b.Fatal(err)
 	}
-	b.ReportAllocs()
-	for b.Loop() {
-		if _, err := reg.Gather(); err != nil {
-			b.Fatal(err)
-		}
-		_ = poolViews("")
+	metrics := promhttp.HandlerFor(reg, promhttp.HandlerOpts{})
+	pools := caddy.AdminHandlerFunc(adminAPI{}.serve)
+	for _, tc := range []struct {
+		name, path string
+		serve      func(w http.ResponseWriter, r *http.Request) error
+	}{
+		{"metrics", "/metrics", func(w http.ResponseWriter, r *http.Request) error { metrics.ServeHTTP(w, r); return nil }},
+		{"pools", "/zmq/pools", pools.ServeHTTP},
+	} {
+		b.Run(tc.name, func(b *testing.B) {
+			req := httptest.NewRequest(http.MethodGet, tc.path, nil)
+			req.Header.Set("Accept-Encoding", "gzip")
+			b.ReportAllocs()
+			for b.Loop() {
+				w := httptest.NewRecorder()
+				if err := tc.serve(w, req); err != nil || w.Code != http.StatusOK {
+					b.Fatalf("%s: %d %v", tc.path, w.Code, err)
+				}
+			}
+		})
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"strconv"
 	"strings"
 	"testing"
 )
@@ -20,16 +21,20 @@ func freeLoopbackEndpoint(t *testing.T) string {
 }
 
 // TestWorkerRemoteAddr: a worker whose control connection comes over tcp
-// loopback is listed with the address it comes from. libzmq's Peer-Address
-// has the host only, so that is what is shown (no port); over ipc it ends
-// with the peer's uid, gid and pid.
+// loopback is listed with the address and port it comes from; over ipc,
+// which has no port, with libzmq's Peer-Address, which ends with the peer's
+// uid, gid and pid.
 func TestWorkerRemoteAddr(t *testing.T) {
 	for _, tc := range []struct {
 		name string
 		ep   func(t *testing.T) string
 		ok   func(addr string) bool
 	}{
-		{"tcp loopback", freeLoopbackEndpoint, func(a string) bool { return a == "127.0.0.1" }},
+		{"tcp loopback", freeLoopbackEndpoint, func(a string) bool {
+			host, port, err := net.SplitHostPort(a)
+			n, _ := strconv.Atoi(port)
+			return err == nil && host == "127.0.0.1" && n > 0
+		}},
 		{"ipc", func(t *testing.T) string { return "ipc://" + t.TempDir() + "/ctl" },
 			// "localhost:uid:gid:pid", the pid this test's (the worker's).
 			func(a string) bool { return strings.HasSuffix(a, fmt.Sprintf(":%d", os.Getpid())) }},

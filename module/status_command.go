@@ -115,7 +115,7 @@ func newResumeCommand() *cobra.Command {
 // `kubectl get` does.
 func printStatus(w io.Writer, pools []PoolView, now time.Time) error {
 	tw := tabwriter.NewWriter(w, 0, 8, 3, ' ', 0)
-	fmt.Fprintln(tw, "POOL\tWORKER\tADDRESS\tSTATE\tIN-FLIGHT\tMAX\tLAST-HEARD\tPINNED\tAGE")
+	fmt.Fprintln(tw, "POOL\tWORKER\tADDRESS\tSTATE\tIN-FLIGHT\tMAX\tLAST-HEARD\tAFFINITY\tAGE")
 	for _, p := range pools {
 		for _, wk := range p.Workers {
 			state := wk.State
@@ -123,7 +123,7 @@ func printStatus(w io.Writer, pools []PoolView, now time.Time) error {
 				state += ",hung"
 			}
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%d\t%s\t%s\t%d\t%s\n", p.Name, wk.ID, orDash(wk.RemoteAddr), state, wk.InFlight,
-				orUnknown(wk.MaxConcurrency), ago(now, wk.LastHeard), wk.PinnedSessions, age(now, wk.Since))
+				orUnknown(wk.MaxConcurrency), ago(now, wk.LastHeard), wk.AffinitySessions, age(now, wk.Since))
 		}
 		if p.PlainConnections > 0 || len(p.Workers) == 0 {
 			fmt.Fprintf(tw, "%s\t(%d plain connections)\t-\t-\t-\t-\t-\t-\t-\n", p.Name, p.PlainConnections)

@@ -126,6 +126,8 @@ type transport struct {
 	// from libzmq's socket monitor (see peerCounter); a pool with no
 	// peers is skipped.
 	peers, conns atomic.Int64
+	// connList lists those connections with their addresses (peeraddrs.go).
+	connList connTable
 
 	// auth is the allow-list of a CURVE transport (nil without CURVE),
 	// served by zap (curve.go).
@@ -501,6 +503,7 @@ func (t *transport) startMonitor(zctx *zmq.Context, sock *zmq.Socket) (<-chan st
 			now := time.Now()
 			if err == nil {
 				count.event(ev, now)
+				t.connList.event(ev, value, now)
 				t.noteHandshake(ev, endpoint, value)
 				if t.auth != nil {
 					t.reqConns.event(ev, value, now)

@@ -4,8 +4,13 @@ package zmqio
 #cgo !windows pkg-config: libzmq
 #include <zmq.h>
 #include <errno.h>
+#include <stdio.h>
 #include <string.h>
 #include <stdlib.h>
+#include <sys/socket.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <stdint.h>
 #include "zmqio_recv.h"
 
 // zmqio_user is zmqio_recv's out struct for zmqio_recv_user, with the
@@ -28,6 +33,43 @@ typedef struct {
 	int fd;
 } zmqio_user;
 
+// zmqio_peer_port turns addr (len bytes, libzmq's "Peer-Address": the
+// peer's numeric host, without its port) into host:port ([host]:port for
+// IPv6; an IPv4 peer of a dual-stack socket as IPv4) and returns the new
+// length; or len, addr unchanged, when that cannot be done. The port comes
+// from the connection's own socket: libzmq attaches its descriptor to each
+// message as the property "__fd" (what zmq_msg_get(ZMQ_SRCFD) reads). The
+// descriptor may have been closed, and reused by another connection, since
+// libzmq read the message, so the result is kept only if that socket's
+// peer host is the message's.
+static int zmqio_peer_port(zmq_msg_t *msg, char *addr, int len, size_t cap) {
+	struct sockaddr_storage ss;
+	socklen_t sslen = sizeof(ss);
+	char host[NI_MAXHOST], port[NI_MAXSERV], full[NI_MAXHOST + NI_MAXSERV + 4];
+	const char *fd = zmq_msg_gets(msg, "__fd");
+	int n;
+	if (fd == NULL || len <= 0 || getpeername(atoi(fd), (struct sockaddr *)&ss, &sslen) != 0 ||
+			(ss.ss_family != AF_INET && ss.ss_family != AF_INET6) ||
+			getnameinfo((struct sockaddr *)&ss, sslen, host, sizeof(host), port, sizeof(port),
+				NI_NUMERICHOST | NI_NUMERICSERV) != 0 ||
+			strlen(host) != (size_t)len || memcmp(host, addr, (size_t)len) != 0) {
+		return len;
+	}
+	if (ss.ss_family == AF_INET6 && IN6_IS_ADDR_V4MAPPED(&((struct sockaddr_in6 *)&ss)->sin6_addr)) {
+		// An IPv4 peer of a dual-stack socket: shown as the IPv4 address
+		// it is, as it would be by an IPv4 socket.
+		const uint8_t *a = ((struct sockaddr_in6 *)&ss)->sin6_addr.s6_addr;
+		n = snprintf(full, sizeof(full), "%u.%u.%u.%u:%s", a[12], a[13], a[14], a[15], port);
+	} else {
+		n = snprintf(full, sizeof(full), ss.ss_family == AF_INET6 ? "[%s]:%s" : "%s:%s", host, port);
+	}
+	if (n < 0 || (size_t)n > cap) {
+		return len;
+	}
+	memcpy(addr, full, (size_t)n);
+	return n;
+}
+
 // zmqio_recv_user is zmqio_recv (recv.go) that also copies the part's
 // "User-Id" metadata (the id the ZAP handler gave the peer that sent it;
 // userlen -1 when it has none).
@@ -44,6 +86,7 @@ static int zmqio_recv_user(void *sock, zmq_msg_t *msg, void *buf, size_t cap, si
 	if (out->addr_if_len > 0 && (size_t)n >= out->addr_if_len &&
 			memcmp(zmq_msg_data(msg), out->addr_if, out->addr_if_len) == 0) {
 		out->addrlen = zmqio_copy_meta(msg, "Peer-Address", out->addr, sizeof(out->addr));
+		out->addrlen = zmqio_peer_port(msg, out->addr, out->addrlen, sizeof(out->addr));
 	}
 	if (out->want_fd) {
 		const char *fd = zmq_msg_gets(msg, "__fd");
@@ -98,10 +141,10 @@ func (u *UserReceiver) Close() {
 	u.Receiver.Close()
 }
 
-// ReadAddrOf makes the receiver read the sender's address (libzmq's
-// "Peer-Address" metadata) of the parts that begin with prefix, and only of
-// those, so that a caller who needs it once per connection (on the message
-// that opens one) pays nothing for the others. An empty prefix turns it off.
+// ReadAddrOf makes the receiver read the sender's address (see Addr) of the
+// parts that begin with prefix, and only of those, so that a caller who
+// needs it once per connection (on the message that opens one) pays nothing
+// for the others. An empty prefix turns it off.
 func (u *UserReceiver) ReadAddrOf(prefix string) error {
 	if len(prefix) > len(u.out.addr_if) {
 		return fmt.Errorf("zmqio: address prefix %q longer than %d bytes", prefix, len(u.out.addr_if))
@@ -113,10 +156,13 @@ func (u *UserReceiver) ReadAddrOf(prefix string) error {
 	return nil
 }
 
-// Addr is the "Peer-Address" of the part last received, if it began with
-// ReadAddrOf's prefix; "" otherwise, or when libzmq gives none. libzmq
-// gives the peer's host only, without its port: the numeric IP address for
-// tcp, and for ipc the peer's credentials where the system has them.
+// Addr is the sender's address of the part last received, if it began with
+// ReadAddrOf's prefix; "" otherwise, or when libzmq gives none. For tcp it
+// is ip:port ([ip]:port for IPv6): libzmq's "Peer-Address" has the host
+// only, so the port is read from the connection's socket while the part is
+// in hand (see zmqio_peer_port); should that socket no longer be the
+// part's connection, it is the host alone. For ipc it is libzmq's
+// "Peer-Address" as is: the peer's credentials where the system has them.
 func (u *UserReceiver) Addr() string {
 	l := int(u.out.addrlen)
 	if l <= 0 {

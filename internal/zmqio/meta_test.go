@@ -1,16 +1,20 @@
 package zmqio
 
 import (
+	"net"
+	"path/filepath"
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	zmq "github.com/pebbe/zmq4"
 )
 
-// tcpPair returns a PUSH (tx) connected over tcp loopback to a PULL (rx)
-// read by a UserReceiver, closed when the test ends.
-func tcpPair(t *testing.T) (*zmq.Socket, *UserReceiver) {
+// sockPair returns a PUSH (tx) connected to a PULL (rx) bound to bind and read
+// by a UserReceiver, closed when the test ends. When source is set, tx
+// connects from it (libzmq's "tcp://source;destination").
+func sockPair(t *testing.T, bind, source string) (*zmq.Socket, *UserReceiver) {
 	t.Helper()
 	ctx, err := zmq.NewContext()
 	if err != nil {
@@ -33,16 +37,22 @@ func tcpPair(t *testing.T) (*zmq.Socket, *UserReceiver) {
 		if err := s.SetLinger(0); err != nil {
 			t.Fatal(err)
 		}
+		if err := s.SetIpv6(true); err != nil {
+			t.Fatal(err)
+		}
 	}
-	if err := rx.Bind("tcp://127.0.0.1:*"); err != nil {
+	if err := rx.Bind(bind); err != nil {
 		t.Fatal(err)
 	}
 	ep, err := rx.GetLastEndpoint()
 	if err != nil {
 		t.Fatal(err)
 	}
+	if source != "" {
+		ep = "tcp://" + source + ";" + strings.TrimPrefix(ep, "tcp://")
+	}
 	if err := tx.Connect(ep); err != nil {
-		t.Fatal(err)
+		t.Fatalf("connect %s: %v", ep, err)
 	}
 	u, err := NewUserReceiver(rx)
 	if err != nil {
@@ -50,6 +60,23 @@ func tcpPair(t *testing.T) (*zmq.Socket, *UserReceiver) {
 	}
 	t.Cleanup(u.Close)
 	return tx, u
+}
+
+// tcpPair is sockPair over tcp loopback.
+func tcpPair(t *testing.T) (*zmq.Socket, *UserReceiver) {
+	return sockPair(t, "tcp://127.0.0.1:*", "")
+}
+
+// freePort is a tcp port free on host at the time of the call.
+func freePort(t *testing.T, host string) string {
+	t.Helper()
+	l, err := net.Listen("tcp", net.JoinHostPort(host, "0"))
+	if err != nil {
+		t.Skipf("no %s: %v", host, err)
+	}
+	defer l.Close()
+	_, port, _ := net.SplitHostPort(l.Addr().String())
+	return port
 }
 
 func TestReadAddrOf(t *testing.T) {
@@ -76,14 +103,171 @@ func TestReadAddrOf(t *testing.T) {
 			t.Fatalf("%q: got %q, %v", tc.msg, part, err)
 		}
 		addr := u.Addr()
-		t.Logf("%q: Peer-Address %q", tc.msg, addr)
+		t.Logf("%q: address %q", tc.msg, addr)
 		if got := addr != ""; got != tc.wantAddr {
 			t.Fatalf("%q: address %q, want one: %v", tc.msg, addr, tc.wantAddr)
 		}
-		// libzmq gives the host, without the port.
-		if tc.wantAddr && addr != "127.0.0.1" {
-			t.Fatalf("%q: address %q, want 127.0.0.1", tc.msg, addr)
+		if !tc.wantAddr {
+			continue
 		}
+		host, port, err := net.SplitHostPort(addr)
+		if err != nil || host != "127.0.0.1" || port == "0" {
+			t.Fatalf("%q: address %q, want 127.0.0.1:port", tc.msg, addr)
+		}
+	}
+}
+
+// TestAddrPort: the address of a tcp sender is its connection's own host
+// and port, for IPv4 and IPv6: the sender binds its side to a known port.
+func TestAddrPort(t *testing.T) {
+	for _, tc := range []struct{ name, host, bind string }{
+		{"ipv4", "127.0.0.1", "tcp://127.0.0.1:*"},
+		{"ipv6", "::1", "tcp://[::1]:*"},
+		// A dual-stack socket sees an IPv4 peer as ::ffff:a.b.c.d.
+		{"ipv4 on ipv6", "127.0.0.1", "tcp://*:*"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			port := freePort(t, tc.host)
+			src := net.JoinHostPort(tc.host, port)
+			tx, u := sockPair(t, tc.bind, src)
+			if err := u.ReadAddrOf("HELLO"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := tx.Send("HELLO", 0); err != nil {
+				t.Fatal(err)
+			}
+			if _, _, _, err := u.RecvIntoUser(make([]byte, 64), 0, ""); err != nil {
+				t.Fatal(err)
+			}
+			if got := u.Addr(); got != src {
+				t.Fatalf("address %q, want the sender's %q", got, src)
+			}
+		})
+	}
+}
+
+// TestAddrIPC: over ipc there is no port; the address stays libzmq's.
+func TestAddrIPC(t *testing.T) {
+	tx, u := sockPair(t, "ipc://"+filepath.Join(t.TempDir(), "s"), "")
+	if err := u.ReadAddrOf("HELLO"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Send("HELLO", 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, _, err := u.RecvIntoUser(make([]byte, 64), 0, ""); err != nil {
+		t.Fatal(err)
+	}
+	addr := u.Addr()
+	t.Logf("ipc address %q", addr)
+	if strings.Contains(addr, "[") || strings.HasSuffix(addr, ":0") {
+		t.Fatalf("ipc address %q looks like a tcp one", addr)
+	}
+}
+
+// TestRecvUserNoAlloc: with ReadAddrOf set, receiving parts that do not
+// begin with its prefix allocates nothing (the hot path stays as it was).
+func TestRecvUserNoAlloc(t *testing.T) {
+	tx, u := tcpPair(t)
+	if err := u.ReadAddrOf("HELLO"); err != nil {
+		t.Fatal(err)
+	}
+	const runs = 100
+	for range runs + 1 {
+		if _, err := tx.Send("HB", 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	buf := make([]byte, 64)
+	allocs := testing.AllocsPerRun(runs, func() {
+		part, _, _, err := u.RecvIntoUser(buf, 0, "")
+		if err != nil || string(part) != "HB" || u.Addr() != "" {
+			t.Fatalf("got %q, %v, address %q", part, err, u.Addr())
+		}
+	})
+	if allocs != 0 {
+		t.Fatalf("%v allocations per receive", allocs)
+	}
+}
+
+// TestAddrConnectionGone: a HELLO read after its connection closed (its
+// descriptor closed, perhaps reused) gives the host alone, not another
+// connection's port.
+func TestAddrConnectionGone(t *testing.T) {
+	ctx, err := zmq.NewContext()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ctx.Term()
+	rx, _ := ctx.NewSocket(zmq.PULL)
+	defer rx.Close()
+	_ = rx.SetLinger(0)
+	mon, err := ctx.NewSocket(zmq.PAIR)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer mon.Close()
+	_ = mon.SetLinger(0)
+	if err := rx.Monitor("inproc://gone-monitor", zmq.EVENT_ACCEPTED|zmq.EVENT_DISCONNECTED); err != nil {
+		t.Fatal(err)
+	}
+	if err := mon.Connect("inproc://gone-monitor"); err != nil {
+		t.Fatal(err)
+	}
+	if err := rx.Bind("tcp://127.0.0.1:*"); err != nil {
+		t.Fatal(err)
+	}
+	ep, _ := rx.GetLastEndpoint()
+	tx, _ := ctx.NewSocket(zmq.PUSH)
+	_ = tx.SetLinger(5000)
+	if err := tx.Connect(ep); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Send("HELLO", 0); err != nil {
+		t.Fatal(err)
+	}
+	// Wait until HELLO is in rx's queue (polling also attaches the
+	// connection's pipe to rx, which keeps it past the disconnect).
+	poller := zmq.NewPoller()
+	poller.Add(rx, zmq.POLLIN)
+	if polled, err := poller.Poll(10 * time.Second); err != nil || len(polled) != 1 {
+		t.Fatalf("HELLO not received: %v", err)
+	}
+	_ = tx.Close()
+	_ = mon.SetRcvtimeo(10 * time.Second)
+	fd := -1
+	for _, want := range []zmq.Event{zmq.EVENT_ACCEPTED, zmq.EVENT_DISCONNECTED} {
+		ev, _, value, err := mon.RecvEvent(0)
+		if err != nil || ev != want {
+			t.Fatalf("waiting for %v: %v %v", want, ev, err)
+		}
+		fd = value // the connection's descriptor
+	}
+	// libzmq reports the disconnect before it closes the descriptor.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if _, err := syscall.Getpeername(fd); err != nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("descriptor %d still connected", fd)
+		}
+		time.Sleep(time.Millisecond) // polling with a deadline
+	}
+	u, err := NewUserReceiver(rx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer u.Close()
+	if err := u.ReadAddrOf("HELLO"); err != nil {
+		t.Fatal(err)
+	}
+	_ = rx.SetRcvtimeo(10 * time.Second)
+	if part, _, _, err := u.RecvIntoUser(make([]byte, 64), 0, ""); err != nil || string(part) != "HELLO" {
+		t.Fatalf("got %q, %v", part, err)
+	}
+	if got := u.Addr(); got != "127.0.0.1" {
+		t.Fatalf("address %q of a gone connection, want the host alone", got)
 	}
 }
 
