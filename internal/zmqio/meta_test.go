@@ -314,7 +314,14 @@ func TestReadFD(t *testing.T) {
 		if err != nil {
 			t.Fatalf("fd %d: %v", fd, err)
 		}
-		if in4, ok := sa.(*syscall.SockaddrInet4); !ok || in4.Addr != [4]byte{127, 0, 0, 1} {
+		var ip net.IP
+		switch a := sa.(type) {
+		case *syscall.SockaddrInet4:
+			ip = a.Addr[:]
+		case *syscall.SockaddrInet6: // a dual-stack socket: ::ffff:127.0.0.1
+			ip = a.Addr[:]
+		}
+		if !ip.Equal(net.IPv4(127, 0, 0, 1)) {
 			t.Fatalf("fd %d's peer is %#v, want 127.0.0.1", fd, sa)
 		}
 	}
