@@ -12,6 +12,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -90,9 +91,7 @@ func TestCurveKeyRemovalUnderLoad(t *testing.T) {
 		t.Cleanup(cls[i].CloseIdleConnections)
 	}
 	l := rtStartLoad(clients, 2*time.Minute, func(i, n int) rtHit {
-		// Retried when the old server refused it unprocessed (GOAWAY) as
-		// the reloads replace it.
-		return rtSendRetry(cls[i], c.HTTPSURL("/load/{tok}"), nil, requestTimeout)
+		return sendThroughReloads(cls[i], c.HTTPSURL("/load/{tok}"))
 	})
 	defer l.stop()
 	answeredBy := func(w string, after time.Time) func([]rtHit) error {
@@ -128,7 +127,27 @@ func TestCurveKeyRemovalUnderLoad(t *testing.T) {
 		return nil
 	})
 	hits := l.stop()
-	rtReportFailures(t, "key removal by reload", len(hits), rtFailures(hits))
+	// A request Caddy's HTTP side refused before any response (its
+	// listener changing hands at the reload) never reached the bridge:
+	// counted apart, as this test is about the workers.
+	var reached []rtHit
+	refused := 0
+	for _, h := range hits {
+		if h.Err != nil && h.Status == 0 && unprocessed(h.Err) {
+			refused++
+			t.Logf("refused by the HTTP side, not counted: %v", h.Err)
+			continue
+		}
+		reached = append(reached, h)
+	}
+	rtReportFailures(t, "key removal by reload", len(reached), rtFailures(reached))
+	var slowest rtHit
+	for _, h := range hits {
+		if h.Dur > slowest.Dur {
+			slowest = h
+		}
+	}
+	t.Logf("%d requests, slowest %v (started %v after the removal, worker %q)", len(hits), slowest.Dur, slowest.Start.Sub(reloaded), slowest.Worker)
 	for _, h := range hits {
 		if h.Start.After(reloaded) && h.Worker == "removed" {
 			t.Fatalf("a request started %v after the removal was answered by the removed worker", h.Start.Sub(reloaded))
@@ -219,4 +238,37 @@ func TestCurveOversizedFrameNamed(t *testing.T) {
 			t.Fatalf("request %d after the rogue frame: %d", i, r.StatusCode)
 		}
 	}
+}
+
+// sendThroughReloads is rtSendRetry for a GET sent while Caddy reloads:
+// the HTTP side may refuse it unprocessed (GOAWAY from the old server, then
+// refused dials for a moment as the listener is handed over), which says
+// nothing about the workers. A request the HTTP side dropped before any
+// response is retried, polling, for up to 5 s.
+func sendThroughReloads(client *http.Client, url string) rtHit {
+	h := rtSendRetry(client, url, nil, requestTimeout)
+	for deadline := time.Now().Add(5 * time.Second); h.Err != nil && time.Now().Before(deadline); {
+		if !unprocessed(h.Err) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond) // polling interval, not synchronisation
+		h = rtSend(client, http.MethodGet, url, "", nil, requestTimeout)
+		h.Retried = true
+	}
+	return h
+}
+
+// unprocessed reports an error of Caddy's HTTP side that leaves a GET
+// unanswered and unprocessed while it reloads: a refused dial, a reset,
+// GOAWAY or EOF before any response.
+func unprocessed(err error) bool {
+	if errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) {
+		return true
+	}
+	for _, s := range []string{"connection refused", "connection reset", "GOAWAY", "EOF"} {
+		if strings.Contains(err.Error(), s) {
+			return true
+		}
+	}
+	return false
 }
