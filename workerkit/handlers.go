@@ -26,23 +26,33 @@ func (s *server) run(fl *flight) {
 }
 
 func (s *server) handlerLoop(fl *flight) {
-	var idle *time.Timer
-	for {
+	idle := time.NewTimer(handlerIdle)
+	defer idle.Stop()
+	for ok := true; ok; fl, ok = s.nextRequest(idle, time.Now()) {
 		s.serveRequest(fl)
-		if idle == nil {
-			idle = time.NewTimer(handlerIdle)
-		} else {
-			idle.Reset(handlerIdle)
-		}
+	}
+}
+
+// nextRequest waits for the next request of a handler goroutine that served
+// its last one at last; false means the goroutine should exit: it has been
+// idle for handlerIdle, or the worker is stopping. The idle timer is not
+// reset per request (a reset takes the timer's lock and reorders the timer
+// heap, on every request): when it fires early, it is set for the rest.
+func (s *server) nextRequest(idle *time.Timer, last time.Time) (*flight, bool) {
+	for {
 		select {
-		case fl = <-s.idle:
+		case fl := <-s.idle:
+			return fl, true
 		case <-idle.C:
-			return
+			rest := handlerIdle - time.Since(last)
+			if rest <= 0 {
+				return nil, false
+			}
+			idle.Reset(rest)
 		case <-s.stop:
 			// Requests started from now on (those held at shutdown)
 			// find no waiting goroutine and get their own.
-			idle.Stop()
-			return
+			return nil, false
 		}
 	}
 }
