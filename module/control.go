@@ -68,6 +68,12 @@ type controlPlane struct {
 	hungAfter atomic.Int64
 	// ids binds worker ids to the CURVE keys that speak for them.
 	ids workerKeys
+	// conns follows the control socket's connections with CURVE
+	// (peerconns.go, ctlguard.go).
+	conns connTracker
+	// replyGone holds reply connections that ended while their worker
+	// may still be on the control channel (ctlguard.go).
+	replyGone suspectConns
 
 	// stalled holds, per worker, REQs its full queue refused, in order;
 	// stalledN counts them (deliverReq). Owner-only.
@@ -162,9 +168,19 @@ func (c *controlPlane) run(zctx *zmq.Context, ready chan<- error, quit <-chan st
 		ready <- err
 		return
 	}
-	// A worker that reconnects under its id takes the route over at once,
-	// even while libzmq still holds its old connection.
-	if err := router.SetRouterHandover(true); err != nil {
+	// Without CURVE, a worker that reconnects under its id takes the route
+	// over at once, even while libzmq still holds its old connection.
+	// With CURVE, handover is off. Why: handover gives the id to whoever
+	// says it last, so a second allowed key claiming a worker's id would
+	// take its route, and with it the messages meant for it (affinity REQs,
+	// WebSocket messages, CREDIT), before saying anything we could check;
+	// libzmq terminates the first connection as the second is identified.
+	// Off, libzmq keeps the id with the connection that has it and ignores
+	// the newcomer (it reads nothing from it). A worker redialling while
+	// its old connection lingers is such a newcomer too: reapSilent closes
+	// any control connection that says nothing, so it dials again, and gets
+	// in once the old connection is gone (ZMTP heartbeats drop a dead one).
+	if err := router.SetRouterHandover(c.t.auth == nil); err != nil {
 		ready <- err
 		return
 	}
@@ -172,7 +188,7 @@ func (c *controlPlane) run(zctx *zmq.Context, ready chan<- error, quit <-chan st
 		ready <- err
 		return
 	}
-	hsDone, err := c.t.watchHandshakes(zctx, router)
+	hsDone, err := c.t.watchHandshakes(zctx, router, &c.conns, nil)
 	if err != nil {
 		ready <- fmt.Errorf("control socket: %w", err)
 		return
@@ -194,6 +210,8 @@ func (c *controlPlane) run(zctx *zmq.Context, ready chan<- error, quit <-chan st
 		ready <- fmt.Errorf("control socket: %w", err)
 		return
 	}
+	// With CURVE, which key speaks on which connection (peerconns.go).
+	in.ReadFD(c.t.auth != nil)
 	notify, err := zmqio.NewNotifier(router)
 	if err != nil {
 		ready <- fmt.Errorf("control socket: %w", err)
@@ -422,7 +440,11 @@ func (c *controlPlane) receive(in *zmqio.UserReceiver, rs *ctlScratch) {
 			}
 		}
 		c.countDown(len(payload))
-		c.handleMsg(string(id), user, in.Addr(), payload)
+		worker := string(id)
+		if c.t.auth != nil {
+			c.conns.note(in.FD(), user, worker)
+		}
+		c.handleMsg(worker, user, in.Addr(), payload)
 	}
 }
 
@@ -437,7 +459,7 @@ func (c *controlPlane) handleFrom(worker, key string, payload []byte) {
 // handleMsg is handleFrom for a message that came from addr (the peer's
 // address, read from the HELLO that opens a connection; "" otherwise).
 func (c *controlPlane) handleMsg(worker, key, addr string, payload []byte) {
-	if !c.admit(worker, key) {
+	if !c.admit(worker, key, payload) {
 		return
 	}
 	m, err := zmqx.Parse(payload)
@@ -553,6 +575,8 @@ func (c *controlPlane) sweep(now time.Time) {
 	}
 	var lost []gone
 	c.t.pins.prune(now)
+	c.reapSilent(now)
+	c.judgeReplyGone(now)
 	grace := max(2*time.Second, 5*c.t.cfg.heartbeat+time.Second)
 	c.mu.Lock()
 	if c.lost == nil {

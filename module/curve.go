@@ -12,6 +12,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -350,19 +351,20 @@ func (w *workerKeys) forget(worker string) {
 // gives each one its peer's ZAP user id), and a worker id belongs to the
 // first key that used it until the worker is forgotten: a worker cannot
 // speak for another.
-func (c *controlPlane) admit(worker, key string) bool {
+func (c *controlPlane) admit(worker, key string, payload []byte) bool {
 	if c.t.auth == nil {
 		return true
 	}
-	if key == "" || !c.ids.admit(worker, key) {
-		c.t.warnPeer("dropping a control message under a worker id that belongs to another CURVE key", key,
+	if key != "" && !c.t.auth.allows(key) {
+		// Its key left the allow-list by reload: it is no longer heard
+		// (dropKeys closes its connection; this came before).
+		c.t.warnPeer("dropping a control message from a worker whose key is no longer allowed", key,
 			zap.String("worker", worker))
+		c.failTakenByRemoved(payload)
 		return false
 	}
-	if !c.t.auth.allows(key) {
-		// Its key left the allow-list by reload: its connection stays up
-		// until it drops, but it is no longer heard.
-		c.t.warnPeer("dropping a control message from a worker whose key is no longer allowed", key,
+	if key == "" || !c.ids.admit(worker, key) {
+		c.t.warnPeer("dropping a control message under a worker id that belongs to another CURVE key", key,
 			zap.String("worker", worker))
 		return false
 	}
@@ -402,7 +404,7 @@ func (h *Handler) attachCurve(t *transport, cfg transportConfig, cs *curveSetup,
 		warnPlaintextExposure(h.logger, p.Name, eps...)
 		return nil
 	}
-	t.auth.setAllowed(maps.Clone(cs.allowed))
+	t.dropKeys(t.auth.setAllowed(maps.Clone(cs.allowed)))
 	h.logger.Info("CURVE on: workers need the front end's public key and an allowed keypair",
 		zap.String("pool", p.Name), zap.String("frontend_public_key", cs.kp.public), zap.Int("allowed_keys", len(cs.allowed)))
 	return nil
@@ -445,17 +447,23 @@ func (t *transport) noteHandshake(ev zmq.Event, endpoint string, value int) {
 var handshakeMonitorSeq atomic.Uint64
 
 // watchHandshakes logs the failed handshakes of a CURVE socket (the reply
-// and control sockets; the request socket's peer monitor does it there).
-// The reader is connected before sock binds, and stops with the transport;
-// the caller waits for the returned channel before closing sock.
-func (t *transport) watchHandshakes(zctx *zmq.Context, sock *zmq.Socket) (<-chan struct{}, error) {
+// and control sockets; the request socket's peer monitor does it there),
+// and feeds ct (if not nil) the socket's connections, calling gone (if not
+// nil) with each one that ends. The reader is connected before sock
+// binds, and stops with the transport; the caller waits for the returned
+// channel before closing sock.
+func (t *transport) watchHandshakes(zctx *zmq.Context, sock *zmq.Socket, ct *connTracker, gone func(*peerConn)) (<-chan struct{}, error) {
 	done := make(chan struct{})
 	if t.auth == nil {
 		close(done)
 		return done, nil
 	}
 	addr := "inproc://caddy-zmq-handshakes-" + strconv.FormatUint(handshakeMonitorSeq.Add(1), 10)
-	if err := sock.Monitor(addr, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL|zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL); err != nil {
+	events := zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
+	if ct != nil {
+		events |= zmq.EVENT_ACCEPTED | zmq.EVENT_CONNECTED | zmq.EVENT_DISCONNECTED
+	}
+	if err := sock.Monitor(addr, events); err != nil {
 		return nil, err
 	}
 	mon, err := zctx.NewSocket(zmq.PAIR)
@@ -475,6 +483,11 @@ func (t *transport) watchHandshakes(zctx *zmq.Context, sock *zmq.Socket) (<-chan
 			ev, endpoint, value, err := mon.RecvEvent(0)
 			if err == nil {
 				t.noteHandshake(ev, endpoint, value)
+				if ct != nil {
+					if pc := ct.event(ev, value, time.Now()); pc != nil && gone != nil {
+						gone(pc)
+					}
+				}
 				continue
 			}
 			select {

@@ -210,6 +210,10 @@ func (c *call) serve() error {
 	for {
 		p := h.selectPool(r, c.w, tried)
 		if p == nil {
+			if h.awaitRedial(r.Context()) {
+				tried = 0 // workers dialled again after a key removal
+				continue
+			}
 			return c.statusError(http.StatusServiceUnavailable, lastErr)
 		}
 		if c.st.lazyBody && !h.streamsUpload(r, p.transport) {

@@ -132,7 +132,13 @@ type transport struct {
 	// auth is the allow-list of a CURVE transport (nil without CURVE),
 	// served by zap (curve.go).
 	auth *authorizer
-	zap  *zapHandler
+	// reqConns, repConns follow the request and reply sockets'
+	// connections with CURVE (peerconns.go).
+	reqConns, repConns connTracker
+	// redialUntil (unix ns): requests finding no worker wait until then
+	// for workers to dial again (dropKeys closed their connections).
+	redialUntil atomic.Int64
+	zap         *zapHandler
 	// warn rate-limits repeated warnings about what peers send.
 	warn warnLimiter
 
@@ -325,7 +331,7 @@ func (t *transport) runReceiver(zctx *zmq.Context, ready chan<- error) {
 		ready <- fmt.Errorf("subscribing reply socket: %w", err)
 		return
 	}
-	hsDone, err := t.watchHandshakes(zctx, sock)
+	hsDone, err := t.watchHandshakes(zctx, sock, &t.repConns, t.replyConnGone)
 	if err != nil {
 		ready <- fmt.Errorf("reply socket: %w", err)
 		return
@@ -342,6 +348,8 @@ func (t *transport) runReceiver(zctx *zmq.Context, ready chan<- error) {
 		return
 	}
 	defer urcv.Close()
+	// With CURVE, which key sends on which connection (peerconns.go).
+	urcv.ReadFD(t.auth != nil)
 	rcv := urcv.Receiver
 	rd, err := zmqio.NewReadiness(sock)
 	if err != nil {
@@ -369,10 +377,17 @@ func (t *transport) runReceiver(zctx *zmq.Context, ready chan<- error) {
 		kept *zmqio.Msg
 		rerr error
 		user string
+		fd   = -1
 	)
 	recv := func() bool {
 		if t.auth != nil {
+			last := user
 			part, kept, _, user, rerr = urcv.RecvKeepUser(scratch.buf, keptFrameMin, zmq.DONTWAIT, user)
+			// Noted when the connection or key changes, not per reply.
+			if rerr == nil && (urcv.FD() != fd || user != last) {
+				fd = urcv.FD()
+				t.repConns.note(fd, user, "")
+			}
 		} else {
 			part, kept, _, rerr = rcv.RecvKeep(scratch.buf, keptFrameMin, zmq.DONTWAIT)
 		}
@@ -490,6 +505,9 @@ func (t *transport) startMonitor(zctx *zmq.Context, sock *zmq.Socket) (<-chan st
 				count.event(ev, now)
 				t.connList.event(ev, value, now)
 				t.noteHandshake(ev, endpoint, value)
+				if t.auth != nil {
+					t.reqConns.event(ev, value, now)
+				}
 			}
 			count.settle(now)
 			t.conns.Store(count.conns)
@@ -532,6 +550,13 @@ func (t *transport) dispatchFrom(f *replyFrame, user string) {
 	if string(sender) != t.cfg.sender {
 		t.badReplies.Add(1)
 		t.warnPeer("dropping reply for another sender", user, zap.ByteString("sender", sender))
+		return
+	}
+	if user != "" && !t.auth.allows(user) {
+		// Its key left the allow-list by reload (ctlguard.go closes its
+		// connection; this is what it sent before that).
+		t.badReplies.Add(1)
+		t.warnPeer("dropping a reply from a worker whose key is no longer allowed", user, zap.Int("size", len(msg)))
 		return
 	}
 	t.replies.Add(1)

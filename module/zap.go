@@ -2,8 +2,10 @@ package caddyzmq
 
 import (
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	zmq "github.com/pebbe/zmq4"
 	"go.uber.org/zap"
@@ -144,6 +146,7 @@ func (h *zapHandler) answer(req [][]byte) [6]any {
 			// handshake times out and libzmq dials again by itself.
 			status, text = "300", "key not allowed (yet)"
 			a.refuse(refusedUnknownKey, address, key)
+			a.noteStalled(address, time.Now())
 		}
 	}
 	return [6]any{"1.0", req[1], status, text, user, ""}
@@ -173,6 +176,10 @@ type authorizer struct {
 
 	refused atomic.Uint64
 	mu      sync.Mutex
+	// stalled: when a handshake from each host was last answered "not
+	// yet" (300): libzmq keeps such a connection open, silent, until its
+	// handshake times out (ctlguard.go must not take it for another).
+	stalled map[string]time.Time
 	seen    map[string]struct{} // refusals already logged, by reason and key or peer
 	unseen  uint64              // refusals not logged because seen was full
 }
@@ -184,19 +191,36 @@ func newAuthorizer(pool string, logger *zap.Logger) *authorizer {
 	return a
 }
 
-// setAllowed replaces the allow-list. Keys that are no longer allowed are
-// forgotten by the log, so that their next refusal is logged again.
-func (a *authorizer) setAllowed(keys map[string]string) {
-	a.allowed.Store(&keys)
+// setAllowed replaces the allow-list. A key that leaves it is forgotten by
+// the refusal log, so that its first refusal from now on is logged; every
+// other refusal already logged stays logged once, across reloads (the
+// authorizer lives with the sockets, which a reload keeps).
+//
+// It returns the keys that left the list.
+func (a *authorizer) setAllowed(keys map[string]string) (removed []string) {
+	old := *a.allowed.Swap(&keys)
 	a.mu.Lock()
-	clear(a.seen)
-	a.unseen = 0
+	for k := range old {
+		if _, still := keys[k]; !still {
+			a.forgetLocked(k)
+			removed = append(removed, k)
+		}
+	}
 	a.mu.Unlock()
 	if len(keys) == 0 {
 		a.logger.Warn("CURVE is on and no worker key is allowed: every worker is refused. "+
 			"Make a key with 'caddy zmq keygen --out <dir>/<name>' and list it under curve { allow <public key> } "+
 			"or put its .key file in the allow_dir directory, then 'caddy reload'",
 			zap.String("pool", a.pool))
+	}
+	slices.Sort(removed)
+	return removed
+}
+
+// forgetLocked drops the logged refusals of key (under a.mu).
+func (a *authorizer) forgetLocked(key string) {
+	for _, reason := range []string{refusedUnknownKey, refusedPlaintext, refusedWrongServer, refusedHandshake} {
+		delete(a.seen, reason+"|"+key)
 	}
 }
 
@@ -265,4 +289,23 @@ func refusalMessage(reason string) string {
 		return "a worker connection ended during its handshake: a plaintext worker (it needs the front end's public key and a keypair), " +
 			"or a CURVE worker that gave up (wrong server key, or a key not allowed yet)"
 	}
+}
+
+// noteStalled records that a handshake from host was answered "not yet".
+func (a *authorizer) noteStalled(host string, now time.Time) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.stalled == nil || len(a.stalled) >= maxRememberedRefusal {
+		a.stalled = make(map[string]time.Time)
+	}
+	a.stalled[host] = now
+}
+
+// stalledSince reports whether a handshake from host was answered "not
+// yet" at or after since.
+func (a *authorizer) stalledSince(host string, since time.Time) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	at, ok := a.stalled[host]
+	return ok && !at.Before(since)
 }

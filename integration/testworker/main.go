@@ -13,8 +13,12 @@
 //	/big?bytes=N      N bytes of a fixed pattern (see bigPattern)
 //	anything else     JSON echo of the request (type echo)
 //
+// -rogue-frame N makes it also a rogue: it sends one reply frame of N bytes
+// on a PUB socket of its own (rogue.go).
+//
 // On every path ?read=N reads N bytes of the body (or up to its end) and
-// answers "read <bytes>" at once, without waiting for the rest; ?status=N sets the status, ?sleep=DURATION delays the
+// answers "read <bytes>" at once, without waiting for the rest; ?status=N
+// sets the status, ?sleep=DURATION delays the
 // answer, ?header=NAME:VALUE (repeatable) adds a response header and
 // ?on=NAME limits sleep and /hang to the worker of that name. Every response carries "X-Worker: <name>", two Set-Cookie headers,
 // and "X-Echo-Token: <token>" when the request had an X-Token header.
@@ -97,6 +101,7 @@ func main() {
 	curve.Register(flag.CommandLine)
 	id := flag.String("id", "", "Worker.ID on control channels (default: random)")
 	debugAddr := flag.String("debug", "", "serve the worker's Stats as JSON on `ADDR`")
+	rogueFrame := flag.Int("rogue-frame", 0, "also send one reply frame of `N` bytes on a PUB of its own, with the worker's keys (a rogue worker)")
 	flag.Parse()
 	if len(fes) == 0 {
 		_ = fes.Set("tcp://127.0.0.1:9997,tcp://127.0.0.1:9996")
@@ -127,6 +132,13 @@ func main() {
 		}()
 	}
 	say("SERVING %s", *name)
+	if *rogueFrame > 0 {
+		go func() {
+			if err := sendRogueFrame(fes[0], *rogueFrame); err != nil {
+				logger.Error("rogue frame", "err", err)
+			}
+		}()
+	}
 	if err := w.Serve(ctx); err != nil {
 		logger.Error("serve", "err", err)
 		os.Exit(1)

@@ -27,6 +27,10 @@ typedef struct {
 	size_t addr_if_len;
 	int addrlen;
 	char addr[256];
+	// want_fd: read the part's "__fd" (the connection's file descriptor)
+	// into fd (-1 when it has none).
+	int want_fd;
+	int fd;
 } zmqio_user;
 
 // zmqio_peer_port turns addr (len bytes, libzmq's "Peer-Address": the
@@ -73,6 +77,7 @@ static int zmqio_recv_user(void *sock, zmq_msg_t *msg, void *buf, size_t cap, si
 	void *data;
 	int n = zmqio_recv_part(sock, msg, flags, &out->err);
 	out->addrlen = -1;
+	out->fd = -1;
 	if (n < 0) {
 		return -1;
 	}
@@ -82,6 +87,12 @@ static int zmqio_recv_user(void *sock, zmq_msg_t *msg, void *buf, size_t cap, si
 			memcmp(zmq_msg_data(msg), out->addr_if, out->addr_if_len) == 0) {
 		out->addrlen = zmqio_copy_meta(msg, "Peer-Address", out->addr, sizeof(out->addr));
 		out->addrlen = zmqio_peer_port(msg, out->addr, out->addrlen, sizeof(out->addr));
+	}
+	if (out->want_fd) {
+		const char *fd = zmq_msg_gets(msg, "__fd");
+		if (fd != NULL) {
+			out->fd = atoi(fd);
+		}
 	}
 	if ((data = zmqio_settle(msg, n, buf, cap, keep)) != NULL) {
 		out->data = data;
@@ -117,6 +128,7 @@ func NewUserReceiver(sock *zmq.Socket) (*UserReceiver, error) {
 	}
 	out := (*C.zmqio_user)(C.malloc(C.size_t(unsafe.Sizeof(C.zmqio_user{}))))
 	out.addr_if_len, out.addrlen = 0, -1
+	out.want_fd, out.fd = 0, -1
 	return &UserReceiver{Receiver: r, out: out}, nil
 }
 
@@ -158,6 +170,23 @@ func (u *UserReceiver) Addr() string {
 	}
 	return string(unsafe.Slice((*byte)(unsafe.Pointer(&u.out.addr[0])), l))
 }
+
+// ReadFD makes the receiver read, with every part, the file descriptor of
+// the connection it came on (libzmq's "__fd" metadata), in the same call:
+// a caller that follows connections (who sent on which) pays no extra cgo
+// call for it.
+func (u *UserReceiver) ReadFD(on bool) {
+	u.out.want_fd = 0
+	if on {
+		u.out.want_fd = 1
+	}
+}
+
+// FD is the connection file descriptor of the part last received, with
+// ReadFD on; -1 otherwise, or when libzmq gives none (inproc). libzmq
+// owns it: it is a name for the connection, to be compared with the
+// socket monitor's, not an fd to use.
+func (u *UserReceiver) FD() int { return int(u.out.fd) }
 
 // RecvKeepUser is Receiver.RecvKeep that also returns the part's user id
 // ("" when the peer has none, as without a ZAP handler). The id is a new

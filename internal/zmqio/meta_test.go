@@ -286,3 +286,43 @@ func TestReadAddrOfOff(t *testing.T) {
 		t.Fatalf("address %q read without a prefix", a)
 	}
 }
+
+// TestReadFD: with ReadFD on, each part names its connection's file
+// descriptor, a socket whose peer is the sender; off, none.
+func TestReadFD(t *testing.T) {
+	tx, u := tcpPair(t)
+	buf := make([]byte, 64)
+	for _, on := range []bool{true, false, true} {
+		u.ReadFD(on)
+		if _, err := tx.Send("x", 0); err != nil {
+			t.Fatal(err)
+		}
+		if _, _, _, err := u.RecvIntoUser(buf, 0, ""); err != nil {
+			t.Fatal(err)
+		}
+		fd := u.FD()
+		if !on {
+			if fd != -1 {
+				t.Fatalf("ReadFD off: fd %d, want -1", fd)
+			}
+			continue
+		}
+		if fd < 0 {
+			t.Fatal("ReadFD on: no fd")
+		}
+		sa, err := syscall.Getpeername(fd)
+		if err != nil {
+			t.Fatalf("fd %d: %v", fd, err)
+		}
+		var ip net.IP
+		switch a := sa.(type) {
+		case *syscall.SockaddrInet4:
+			ip = a.Addr[:]
+		case *syscall.SockaddrInet6: // a dual-stack socket: ::ffff:127.0.0.1
+			ip = a.Addr[:]
+		}
+		if !ip.Equal(net.IPv4(127, 0, 0, 1)) {
+			t.Fatalf("fd %d's peer is %#v, want 127.0.0.1", fd, sa)
+		}
+	}
+}

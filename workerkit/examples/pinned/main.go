@@ -14,6 +14,9 @@
 // X-Session, or a cookie); requests without one run on any thread.
 //
 //	pinned -frontend tcp://127.0.0.1:9997,tcp://127.0.0.1:9996,tcp://127.0.0.1:9995 -max-threads 64 -idle 30s
+//
+// With -curve-server-key and -curve-key it speaks CURVE, as the other
+// example workers (docs/security.md).
 package main
 
 import (
@@ -82,27 +85,51 @@ func handler(id string) http.Handler {
 	})
 }
 
-func main() {
-	var frontEnds workerkit.FrontEndList
-	flag.Var(&frontEnds, "frontend", workerkit.FrontEndUsage)
-	flag.Var(frontEnds.Bind(), "bind", workerkit.BindUsage)
-	id := flag.String("id", "", "worker `ID` on control channels (default: random)")
-	maxThreads := flag.Int("max-threads", workerkit.DefaultMaxPinnedThreads, "pinned session threads at most")
-	idle := flag.Duration("idle", workerkit.DefaultPinnedIdleTimeout, "a session idle this long ends, with its thread")
-	wait := flag.Duration("wait", workerkit.DefaultPinnedSessionWait, "how long a new session waits for a thread before 503")
-	maxConc := flag.Int("max-concurrent", workerkit.DefaultMaxConcurrent, "handlers running (or queued on a session) at once")
-	flag.Parse()
-	if len(frontEnds) == 0 {
-		frontEnds = workerkit.FrontEndList{workerkit.DefaultFrontEnd}
+// options is what the command line says.
+type options struct {
+	frontEnds workerkit.FrontEndList
+	id        string
+	pinned    workerkit.PinnedSessions
+	maxConc   int
+}
+
+// parseFlags reads args (without the program name) into options, the
+// front ends with their CURVE keys when -curve-server-key is given, as the
+// other example workers do.
+func parseFlags(args []string) (options, error) {
+	var o options
+	fs := flag.NewFlagSet("pinned", flag.ContinueOnError)
+	fs.Var(&o.frontEnds, "frontend", workerkit.FrontEndUsage)
+	fs.Var(o.frontEnds.Bind(), "bind", workerkit.BindUsage)
+	fs.StringVar(&o.id, "id", "", "worker `ID` on control channels (default: random)")
+	fs.IntVar(&o.pinned.MaxThreads, "max-threads", workerkit.DefaultMaxPinnedThreads, "pinned session threads at most")
+	fs.DurationVar(&o.pinned.IdleTimeout, "idle", workerkit.DefaultPinnedIdleTimeout, "a session idle this long ends, with its thread")
+	fs.DurationVar(&o.pinned.Wait, "wait", workerkit.DefaultPinnedSessionWait, "how long a new session waits for a thread before 503")
+	fs.IntVar(&o.maxConc, "max-concurrent", workerkit.DefaultMaxConcurrent, "handlers running (or queued on a session) at once")
+	var curve workerkit.CurveFlags
+	curve.Register(fs)
+	if err := fs.Parse(args); err != nil {
+		return o, err
 	}
-	if *id == "" {
-		*id = workerkit.NewWorkerID()
+	if len(o.frontEnds) == 0 {
+		o.frontEnds = workerkit.FrontEndList{workerkit.DefaultFrontEnd}
+	}
+	if o.id == "" {
+		o.id = workerkit.NewWorkerID()
+	}
+	return o, curve.Apply(o.frontEnds)
+}
+
+func main() {
+	o, err := parseFlags(os.Args[1:])
+	if err != nil {
+		log.Fatal(err)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	w := &workerkit.Worker{
-		FrontEnds: frontEnds, Handler: handler(*id), MaxConcurrent: *maxConc, ID: *id,
-		PinnedSessions: &workerkit.PinnedSessions{MaxThreads: *maxThreads, IdleTimeout: *idle, Wait: *wait},
+		FrontEnds: o.frontEnds, Handler: handler(o.id), MaxConcurrent: o.maxConc, ID: o.id,
+		PinnedSessions: &o.pinned,
 	}
 	if err := w.Serve(ctx); err != nil {
 		log.Fatal(err)

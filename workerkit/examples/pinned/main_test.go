@@ -4,9 +4,15 @@ import (
 	"encoding/json"
 	"net/http"
 	"net/http/httptest"
+	"os"
+	"path/filepath"
 	"runtime"
 	"syscall"
 	"testing"
+
+	zmq "github.com/pebbe/zmq4"
+
+	"github.com/zmqbridge/caddy-zmq/internal/zcert"
 )
 
 func ask(t *testing.T, h http.Handler, path string) answer {
@@ -49,4 +55,34 @@ func TestPanicPath(t *testing.T) {
 		}
 	}()
 	ask(t, handler("wk-test"), "/panic")
+}
+
+// TestCurveFlags: like the other example workers, pinned takes the front
+// end's public key and its own keypair file, and rejects one without the
+// other.
+func TestCurveFlags(t *testing.T) {
+	serverPub, _, err := zmq.NewCurveKeypair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	workerPub, workerSec, err := zmq.NewCurveKeypair()
+	if err != nil {
+		t.Fatal(err)
+	}
+	server, worker := struct{ Public string }{serverPub}, struct{ Public, Secret string }{workerPub, workerSec}
+	keyFile := filepath.Join(t.TempDir(), "w.key_secret")
+	if err := os.WriteFile(keyFile, zcert.Format(worker.Public, worker.Secret), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	o, err := parseFlags([]string{"-id", "wk-1", "-curve-server-key", server.Public, "-curve-key", keyFile})
+	if err != nil {
+		t.Fatal(err)
+	}
+	fe := o.frontEnds[0]
+	if fe.ServerKey != server.Public || fe.PublicKey != worker.Public || fe.SecretKey != worker.Secret {
+		t.Fatalf("front end keys %q %q, want server %q and the worker's keypair", fe.ServerKey, fe.PublicKey, server.Public)
+	}
+	if _, err := parseFlags([]string{"-curve-server-key", server.Public}); err == nil {
+		t.Fatal("-curve-server-key without -curve-key was accepted")
+	}
 }
