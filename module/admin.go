@@ -179,7 +179,7 @@ func poolViews(only string) []PoolView {
 			ControlEndpoint: p.ControlEndpoint,
 			WorkerEndpoints: p.Workers,
 			Connections:     p.transport.conns.Load(),
-			RequestPeers:    p.transport.connList.list(),
+			RequestPeers:    p.transport.reqConns.list(),
 			MaxInflight:     cap(p.slots),
 			Workers:         []WorkerView{},
 		}

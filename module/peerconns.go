@@ -2,7 +2,9 @@ package caddyzmq
 
 import (
 	"net"
+	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -14,10 +16,21 @@ import (
 // monitor reports each connection by its file descriptor (ACCEPTED or
 // CONNECTED, then DISCONNECTED), and each message received carries the
 // descriptor of the connection it came on ("__fd") with the sender's ZAP
-// user id. A connTracker joins them, so that the module can name the
-// worker behind a connection (a reply socket's connection dropped for an
-// oversized frame) and close the connections of one worker key (a key
-// removed by reload, a control connection libzmq ignores).
+// user id. A connTracker joins them, so that the module can list a
+// socket's connections with their addresses (the request socket's in
+// /zmq/pools: every worker's, plain Mongrel2 handlers included, the only
+// place those show as more than a count), name the worker behind a
+// connection (a reply socket's connection dropped for an oversized frame)
+// and close the connections of one worker key (a key removed by reload, a
+// control connection libzmq ignores).
+//
+// The addresses are read (getsockname, getpeername) when the monitor reads
+// the connection's event, which is after the fact: by then the connection
+// may have closed and its descriptor gone to a newer connection. The entry
+// then has no address (closed) or the newer one's, until the disconnect
+// that follows in the event stream removes it; the newer connection's own
+// event then reads its addresses again. Once the monitor has caught up,
+// every entry is right.
 //
 // Closing is shutdown(2) on libzmq's descriptor: libzmq then sees the
 // connection end and tears it down as if the peer had left (it closes the
@@ -93,6 +106,36 @@ func (ct *connTracker) note(fd int, key, worker string) {
 	ct.mu.Unlock()
 }
 
+// ConnView is one connection to a pool's request socket, as /zmq/pools
+// shows it.
+type ConnView struct {
+	// RemoteAddr is the peer's ip:port ([ip]:port for IPv6); empty for
+	// ipc, or when the connection was gone before it was read.
+	RemoteAddr string    `json:"remote_addr,omitempty"`
+	Since      time.Time `json:"since"`
+}
+
+// list is the connections, oldest first.
+func (ct *connTracker) list() []ConnView {
+	ct.mu.Lock()
+	views := make([]ConnView, 0, len(ct.conns))
+	for _, pc := range ct.conns {
+		addr := pc.peer
+		if strings.HasPrefix(addr, unixAddrPrefix) {
+			addr = ""
+		}
+		views = append(views, ConnView{RemoteAddr: addr, Since: pc.since})
+	}
+	ct.mu.Unlock()
+	slices.SortFunc(views, func(a, b ConnView) int {
+		if d := a.Since.Compare(b.Since); d != 0 {
+			return d
+		}
+		return strings.Compare(a.RemoteAddr, b.RemoteAddr)
+	})
+	return views
+}
+
 // find returns copies of the connections for which match holds.
 func (ct *connTracker) find(match func(*peerConn) bool) []peerConn {
 	ct.mu.Lock()
@@ -132,6 +175,9 @@ func shutdownConn(pc peerConn) bool {
 
 // sockAddrs reads fd's local and peer addresses ("" when unreadable).
 func sockAddrs(fd int) (local, peer string) {
+	if fd < 0 {
+		return "", ""
+	}
 	if sa, err := syscall.Getsockname(fd); err == nil {
 		local = sockaddrString(sa)
 	}
@@ -141,14 +187,26 @@ func sockAddrs(fd int) (local, peer string) {
 	return local, peer
 }
 
+// unixAddrPrefix marks an ipc (unix socket) address in a peerConn.
+const unixAddrPrefix = "unix:"
+
+// sockaddrString is sa as ip:port ([ip%zone]:port for a link-local IPv6
+// peer; an IPv4-mapped address prints as IPv4), or unix:path.
 func sockaddrString(sa syscall.Sockaddr) string {
 	switch a := sa.(type) {
 	case *syscall.SockaddrInet4:
 		return net.JoinHostPort(net.IP(a.Addr[:]).String(), strconv.Itoa(a.Port))
 	case *syscall.SockaddrInet6:
-		return net.JoinHostPort(net.IP(a.Addr[:]).String(), strconv.Itoa(a.Port))
+		ip := net.IP(a.Addr[:])
+		host := ip.String()
+		if ip.To4() == nil && a.ZoneId != 0 {
+			if ifc, err := net.InterfaceByIndex(int(a.ZoneId)); err == nil {
+				host += "%" + ifc.Name
+			}
+		}
+		return net.JoinHostPort(host, strconv.Itoa(a.Port))
 	case *syscall.SockaddrUnix:
-		return "unix:" + a.Name
+		return unixAddrPrefix + a.Name
 	}
 	return ""
 }

@@ -126,14 +126,14 @@ type transport struct {
 	// from libzmq's socket monitor (see peerCounter); a pool with no
 	// peers is skipped.
 	peers, conns atomic.Int64
-	// connList lists those connections with their addresses (peeraddrs.go).
-	connList connTable
 
 	// auth is the allow-list of a CURVE transport (nil without CURVE),
 	// served by zap (curve.go).
 	auth *authorizer
-	// reqConns, repConns follow the request and reply sockets'
-	// connections with CURVE (peerconns.go).
+	// reqConns follows the request socket's connections with their
+	// addresses (/zmq/pools lists them; with CURVE, dropKeys closes those
+	// of a removed key's hosts), repConns the reply socket's with CURVE
+	// (peerconns.go).
 	reqConns, repConns connTracker
 	// redialUntil (unix ns): requests finding no worker wait until then
 	// for workers to dial again (dropKeys closed their connections).
@@ -503,11 +503,8 @@ func (t *transport) startMonitor(zctx *zmq.Context, sock *zmq.Socket) (<-chan st
 			now := time.Now()
 			if err == nil {
 				count.event(ev, now)
-				t.connList.event(ev, value, now)
+				t.reqConns.event(ev, value, now)
 				t.noteHandshake(ev, endpoint, value)
-				if t.auth != nil {
-					t.reqConns.event(ev, value, now)
-				}
 			}
 			count.settle(now)
 			t.conns.Store(count.conns)

@@ -11,10 +11,10 @@ import (
 	zmq "github.com/pebbe/zmq4"
 )
 
-// TestConnTable: a connection's entry comes with its accept and goes with
+// TestConnTrackerList: a connection's entry comes with its accept and goes with
 // its disconnect; a descriptor that is no connection (closed since) has no
 // address; events of other kinds change nothing.
-func TestConnTable(t *testing.T) {
+func TestConnTrackerList(t *testing.T) {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -36,7 +36,7 @@ func TestConnTable(t *testing.T) {
 	}
 	defer notSock.Close()
 
-	var c connTable
+	var c connTracker
 	now := time.Now()
 	steps := []struct {
 		ev    zmq.Event
