@@ -617,8 +617,8 @@ func (c *controlPlane) sweep(now time.Time) {
 // runs late must not be sent twice.
 func (c *controlPlane) coversPeers() bool {
 	// All connections, those in their handshake too: they are about to
-	// take requests.
-	peers := c.t.conns.Load()
+	// take requests. Not those whose handshake failed: they never will.
+	peers := c.t.takers.Load()
 	if peers <= 0 {
 		return false
 	}

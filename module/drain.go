@@ -111,7 +111,7 @@ func (c *controlPlane) noteResumed(id string, wi *workerInfo, reason string) {
 // worker of the control channel, present or lost lately (a frozen worker's
 // connection lingers until ZMTP heartbeats drop it); c.mu is held.
 func (c *controlPlane) plainConnectionsLocked() int64 {
-	return max(0, c.t.conns.Load()-int64(len(c.workers))-int64(len(c.lost)))
+	return max(0, c.t.takers.Load()-int64(len(c.workers))-int64(len(c.lost)))
 }
 
 func (c *controlPlane) plainConnections() int64 {

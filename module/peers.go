@@ -36,9 +36,23 @@ const handshakeSettle = 31 * time.Second
 // arrived for handshakeSettle every connection is taken as ready. ZMTP
 // 1.0/2.0 peers (libzmq 2 and 3) get no outcome event at all and are never
 // counted as ready; libzmq 4.3.4 also drops them every handshake interval.
+//
+// failed counts the connections whose handshake failed and that have not
+// disconnected yet, which takers leaves out. Most disconnect at once, but a
+// worker whose CURVE key is refused "for now" (ZAP 300, see zap.go) keeps
+// its connection open and silent until libzmq's handshake timeout, then
+// dials again: counted among conns, it would turn dispatch deadlines off
+// for the whole pool (coversPeers) while it retries, an unauthenticated
+// peer disabling safe re-sends. Outcome events carry no descriptor, so a
+// DISCONNECTED cannot tell whether the failed connection left; it takes
+// one off failed anyway. That can only make failed too low (a failed
+// connection counted among takers until it leaves: the safe side), never
+// too high, as libzmq emits at most one outcome per connection: a
+// connection still in its handshake is never left out, so a plain handler
+// attaching between coversPeers and a send is still counted.
 type peerCounter struct {
-	conns, ready int64
-	lastConn     time.Time
+	conns, ready, failed int64
+	lastConn             time.Time
 }
 
 func (c *peerCounter) event(ev zmq.Event, now time.Time) {
@@ -49,12 +63,23 @@ func (c *peerCounter) event(ev zmq.Event, now time.Time) {
 	case zmq.EVENT_DISCONNECTED:
 		c.conns--
 		c.ready--
-	case zmq.EVENT_HANDSHAKE_SUCCEEDED, zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL,
-		zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL, zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+		c.failed--
+	case zmq.EVENT_HANDSHAKE_SUCCEEDED:
 		c.ready++
+	case zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL, zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL,
+		zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+		c.ready++
+		c.failed++
 	}
 	c.conns = max(c.conns, 0)
 	c.ready = min(max(c.ready, 0), c.conns)
+	c.failed = min(max(c.failed, 0), c.conns)
+}
+
+// takers is how many connections take requests now or will once their
+// handshake ends: conns without those whose handshake failed.
+func (c *peerCounter) takers() int64 {
+	return c.conns - c.failed
 }
 
 // settle marks every connection ready once none arrived for

@@ -126,6 +126,9 @@ type transport struct {
 	// from libzmq's socket monitor (see peerCounter); a pool with no
 	// peers is skipped.
 	peers, conns atomic.Int64
+	// takers is conns without the connections whose handshake failed
+	// (peerCounter.takers): the workers coversPeers must account for.
+	takers atomic.Int64
 
 	// auth is the allow-list of a CURVE transport (nil without CURVE),
 	// served by zap (curve.go).
@@ -508,6 +511,7 @@ func (t *transport) startMonitor(zctx *zmq.Context, sock *zmq.Socket) (<-chan st
 			}
 			count.settle(now)
 			t.conns.Store(count.conns)
+			t.takers.Store(count.takers())
 			t.peers.Store(count.ready)
 			if err == nil {
 				continue
