@@ -191,8 +191,9 @@ func TestRecvUserNoAlloc(t *testing.T) {
 }
 
 // TestAddrConnectionGone: a HELLO read after its connection closed (its
-// descriptor closed, perhaps reused) gives the host alone, not another
-// connection's port.
+// descriptor closed, not reused) gives the host alone, not a stale port.
+// A descriptor reused by a connection from the same host is not told
+// apart (docs/observability.md says so) and is not tested.
 func TestAddrConnectionGone(t *testing.T) {
 	ctx, err := zmq.NewContext()
 	if err != nil {
