@@ -65,7 +65,8 @@ func (c *call) try(p *poolRuntime) error {
 func (a *attempt) end() {
 	if a.pumped != nil {
 		// The pump reads r.Body: it must be finished before ServeHTTP
-		// returns and net/http reuses the request.
+		// returns and net/http reuses the request. It does not wait for
+		// a stalled client: a Read it is blocked in is interrupted.
 		close(a.pumpStop)
 		<-a.pumped
 	}
@@ -204,10 +205,10 @@ func (a *attempt) sendBody() error {
 // startPump streams the body to the worker that acknowledges the request.
 func (a *attempt) startPump() {
 	a.pumpStop, a.pumped = make(chan struct{}), make(chan struct{})
-	h, r, t, ex, stop, pumped, consumed := a.h, a.r, a.t, a.ex, a.pumpStop, a.pumped, &a.st.bodyConsumed
+	h, w, r, t, ex, stop, pumped, consumed := a.h, a.w, a.r, a.t, a.ex, a.pumpStop, a.pumped, &a.st.bodyConsumed
 	go func() {
 		defer close(pumped)
-		h.pumpUpload(r, t, ex, stop, consumed)
+		h.pumpUpload(w, r, t, ex, stop, consumed)
 	}()
 }
 

@@ -38,6 +38,8 @@ func parseCaddyfile(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error)
 //	    max_request_body   <size>           # 413 past it, e.g. 10MB
 //	    max_buffered_reply <size>
 //	    websocket_max_message <size>        # close 1009 past it (default 16MiB)
+//	    websocket_ping_interval <duration>|off  # ping a quiet client (default 30s)
+//	    websocket_idle_timeout  <duration>|off  # close a silent client (default 60s)
 //	    upload_temp_store  <pattern>        # Mongrel2 temp-file uploads, e.g. /tmp/upload.XXXXXX
 //	    upload_threshold   <size>           # bodies above it go through the file (default 20480)
 //	    reply_window       <size>           # credit per request on the control channel
@@ -106,12 +108,13 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			case "upload_temp_store":
 				h.UploadTempStore = v
 			}
-		case "reply_timeout", "stream_timeout", "heartbeat", "queue_timeout", "dispatch_timeout", "hung_timeout":
+		case "reply_timeout", "stream_timeout", "heartbeat", "queue_timeout", "dispatch_timeout", "hung_timeout",
+			"websocket_ping_interval", "websocket_idle_timeout":
 			if !d.NextArg() {
 				return d.ArgErr()
 			}
 			var dur time.Duration
-			if (name == "heartbeat" || name == "dispatch_timeout" || name == "hung_timeout") && d.Val() == "off" {
+			if offAllowed[name] && d.Val() == "off" {
 				dur = -1
 			} else {
 				var err error
@@ -132,6 +135,10 @@ func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				h.DispatchTimeout = caddy.Duration(dur)
 			case "hung_timeout":
 				h.HungTimeout = caddy.Duration(dur)
+			case "websocket_ping_interval":
+				h.WebSocketPingInterval = caddy.Duration(dur)
+			case "websocket_idle_timeout":
+				h.WebSocketIdleTimeout = caddy.Duration(dur)
 			}
 		case "max_request_body", "max_buffered_reply", "reply_window", "upload_threshold", "websocket_max_message":
 			if !d.NextArg() {
@@ -310,3 +317,9 @@ func parseSize(s string) (int64, error) {
 
 // Interface guard
 var _ caddyfile.Unmarshaler = (*Handler)(nil)
+
+// offAllowed lists the duration options that take "off" (stored as -1).
+var offAllowed = map[string]bool{
+	"heartbeat": true, "dispatch_timeout": true, "hung_timeout": true,
+	"websocket_ping_interval": true, "websocket_idle_timeout": true,
+}

@@ -269,7 +269,7 @@ func (c *controlPlane) trySend(router *zmq.Socket, m ctlMsg) sendResult {
 		c.countUp(m.bodyLen)
 		return sent
 	}
-	if _, err := router.SendBytes(m.payload, zmq.DONTWAIT); err != nil {
+	if _, err := zmqio.SendBytes(router, m.payload, zmq.DONTWAIT); err != nil {
 		return notSent
 	}
 	c.countUp(len(m.payload))

@@ -165,6 +165,21 @@ type Handler struct {
 	// Default: 16 MiB.
 	WebSocketMaxMessage int64 `json:"websocket_max_message,omitempty"`
 
+	// WebSocketPingInterval is how long a WebSocket client may stay quiet
+	// before Caddy pings it. The ping goes between two of the worker's
+	// frames, never inside one, and the client's pong stays with Caddy.
+	// A negative value turns Caddy's pings off (workers may still ping).
+	// Default: 30s.
+	WebSocketPingInterval caddy.Duration `json:"websocket_ping_interval,omitempty"`
+
+	// WebSocketIdleTimeout closes a WebSocket whose client has sent
+	// nothing, pongs included, for this long, or has taken none of the
+	// bytes written to it for this long: close 1001, or a TCP close if
+	// the worker's last frame is half written. Must exceed
+	// WebSocketPingInterval, so that a healthy quiet client is pinged
+	// first. A negative value turns it off. Default: 60s.
+	WebSocketIdleTimeout caddy.Duration `json:"websocket_idle_timeout,omitempty"`
+
 	// MaxInflight bounds the requests in flight per pool (streams
 	// included). Past it a request waits up to QueueTimeout for a slot,
 	// then gets 503, so a flood cannot grow memory without bound. Default:
@@ -274,6 +289,12 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	}
 	if h.WebSocketMaxMessage == 0 {
 		h.WebSocketMaxMessage = DefaultWebSocketMaxMessage
+	}
+	if h.WebSocketPingInterval == 0 {
+		h.WebSocketPingInterval = caddy.Duration(DefaultWebSocketPingInterval)
+	}
+	if h.WebSocketIdleTimeout == 0 {
+		h.WebSocketIdleTimeout = caddy.Duration(DefaultWebSocketIdleTimeout)
 	}
 	if h.MaxInflight == 0 {
 		h.MaxInflight = DefaultMaxInflight
@@ -422,6 +443,10 @@ func (h *Handler) Validate() error {
 	}
 	if h.MaxRequestBody < 0 || h.MaxBufferedReply < 0 || h.WebSocketMaxMessage < 0 {
 		return fmt.Errorf("zmq: size limits must not be negative")
+	}
+	if h.WebSocketPingInterval > 0 && h.WebSocketIdleTimeout > 0 && h.WebSocketIdleTimeout <= h.WebSocketPingInterval {
+		return fmt.Errorf("zmq: websocket_idle_timeout (%v) must be longer than websocket_ping_interval (%v), or a quiet client is closed before it is pinged",
+			time.Duration(h.WebSocketIdleTimeout), time.Duration(h.WebSocketPingInterval))
 	}
 	return nil
 }

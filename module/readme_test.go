@@ -50,31 +50,33 @@ var poolJSONOnlyFields = map[string]string{
 // readmeDefaults checks, for every option of the README's table, what its
 // "default" column says against what the code applies.
 var readmeDefaults = map[string]func(readme string) error{
-	"request_endpoint":      isText(DefaultRequestEndpoint),
-	"reply_endpoint":        isText(DefaultReplyEndpoint),
-	"sender_id":             isText("derived"), // DefaultSenderID
-	"header_format":         isHeaderFormat(""),
-	"pattern":               isText("/"), // set by Provision
-	"reply_timeout":         isDuration(DefaultReplyTimeout),
-	"stream_timeout":        isDuration(0),
-	"max_request_body":      isSize(DefaultMaxRequestBody),
-	"max_buffered_reply":    isSize(DefaultMaxBufferedReply),
-	"websocket_max_message": isSize(DefaultWebSocketMaxMessage),
-	"upload_temp_store":     isText("off"),
-	"upload_threshold":      isSize(DefaultUploadThreshold),
-	"heartbeat":             isDuration(DefaultHeartbeat),
-	"max_inflight":          isInt(DefaultMaxInflight),
-	"queue_timeout":         isDuration(DefaultQueueTimeout),
-	"control_endpoint":      isText("off"),
-	"reply_window":          isSize(DefaultReplyWindow),
-	"dispatch_timeout":      isDuration(DefaultDispatchTimeout),
-	"hung_timeout":          isDuration(DefaultHungTimeout),
-	"retries":               isInt(1), // set by Provision
-	"affinity":              isText("off"),
-	"broadcast":             isText("off"),
-	"curve":                 isText("off"),
-	"pool":                  isText("one pool"),
-	"lb_policy":             isText("random"), // RandomSelection in Provision
+	"request_endpoint":        isText(DefaultRequestEndpoint),
+	"reply_endpoint":          isText(DefaultReplyEndpoint),
+	"sender_id":               isText("derived"), // DefaultSenderID
+	"header_format":           isHeaderFormat(""),
+	"pattern":                 isText("/"), // set by Provision
+	"reply_timeout":           isDuration(DefaultReplyTimeout),
+	"stream_timeout":          isDuration(0),
+	"max_request_body":        isSize(DefaultMaxRequestBody),
+	"max_buffered_reply":      isSize(DefaultMaxBufferedReply),
+	"websocket_max_message":   isSize(DefaultWebSocketMaxMessage),
+	"websocket_ping_interval": isDuration(DefaultWebSocketPingInterval),
+	"websocket_idle_timeout":  isDuration(DefaultWebSocketIdleTimeout),
+	"upload_temp_store":       isText("off"),
+	"upload_threshold":        isSize(DefaultUploadThreshold),
+	"heartbeat":               isDuration(DefaultHeartbeat),
+	"max_inflight":            isInt(DefaultMaxInflight),
+	"queue_timeout":           isDuration(DefaultQueueTimeout),
+	"control_endpoint":        isText("off"),
+	"reply_window":            isSize(DefaultReplyWindow),
+	"dispatch_timeout":        isDuration(DefaultDispatchTimeout),
+	"hung_timeout":            isDuration(DefaultHungTimeout),
+	"retries":                 isInt(1), // set by Provision
+	"affinity":                isText("off"),
+	"broadcast":               isText("off"),
+	"curve":                   isText("off"),
+	"pool":                    isText("one pool"),
+	"lb_policy":               isText("random"), // RandomSelection in Provision
 }
 
 func TestReadmeOptionTableMatchesCode(t *testing.T) {

@@ -2,14 +2,12 @@ package caddyzmq
 
 import (
 	"errors"
-	"io"
 	"net/http"
 	"sync"
 	"sync/atomic"
 
 	"go.uber.org/zap"
 
-	"github.com/zmqbridge/caddy-zmq/internal/zmqio"
 	"github.com/zmqbridge/caddy-zmq/internal/zmqx"
 )
 
@@ -97,21 +95,6 @@ func (u *uploadFlow) take(want int64, done <-chan struct{}) (int64, bool) {
 	}
 }
 
-// fill reads into buf until it is full or the body ends. Unlike io.ReadFull
-// it keeps io.EOF (a complete body) apart from io.ErrUnexpectedEOF, which
-// net/http returns for a client body that was cut short.
-func fill(r io.Reader, buf []byte) (int, error) {
-	n := 0
-	for n < len(buf) {
-		m, err := r.Read(buf[n:])
-		n += m
-		if err != nil {
-			return n, err
-		}
-	}
-	return n, nil
-}
-
 // streamsUpload reports whether r's body is streamed to the worker.
 func (h *Handler) streamsUpload(r *http.Request, t *transport) bool {
 	if t.control == nil || r.Body == nil || r.Body == http.NoBody {
@@ -123,10 +106,13 @@ func (h *Handler) streamsUpload(r *http.Request, t *transport) bool {
 	return t.control.coversPeers()
 }
 
-// pumpUpload sends r's body to the worker that acknowledged ex, paced by
-// its credit. It runs in its own goroutine and ends when the body is sent,
-// the exchange is over (done), or the worker cannot be reached.
-func (h *Handler) pumpUpload(r *http.Request, t *transport, ex *exchange, done <-chan struct{}, consumed *bool) {
+// pumpUpload sends r's body to the worker that acknowledges ex, paced by
+// its credit (uploadPump). It runs in its own goroutine and ends when the
+// body is sent, the exchange is over (done), or the worker cannot be
+// reached; it never returns while a Read of r's body is under way, and
+// it does not wait for a stalled client once done is closed (w serves to
+// interrupt that Read).
+func (h *Handler) pumpUpload(w http.ResponseWriter, r *http.Request, t *transport, ex *exchange, done <-chan struct{}, consumed *bool) {
 	// Wait for the acknowledgement: it names the worker.
 	var worker string
 	for worker == "" {
@@ -137,55 +123,33 @@ func (h *Handler) pumpUpload(r *http.Request, t *transport, ex *exchange, done <
 			return
 		}
 	}
-	bodyHead := zmqx.AppendBodyHead(nil, ex.id)
-	head := len(bodyHead)
-	var sent int64
 	*consumed = true // from here on the body cannot be sent again
-	for {
-		// Credit first, then read the client's body straight into the
-		// message after its head: no copy between the two, and nothing
-		// is read from the client that the worker has no room for.
-		c, ok := ex.upload.take(streamChunk, done)
-		if !ok {
-			return
-		}
-		// The message is built in C memory that libzmq sends from and
-		// frees: no copy of the body in Caddy's user space at all.
-		msg := zmqio.NewCBuf(head + int(c))
-		m := msg.Bytes()
-		copy(m, bodyHead)
-		n, err := fill(r.Body, m[head:])
-		if int64(n) < c {
-			ex.upload.grant(c - int64(n)) // not used: keep it for the next read
-		}
-		switch {
-		case n == 0:
-			msg.Free()
-		case h.MaxRequestBody > 0 && sent+int64(n) > h.MaxRequestBody:
-			msg.Free()
-			// The exchange fails first: a reply the worker makes of the
-			// broken body must not reach the client, who gets 413.
-			ex.fail(errUploadTooLarge)
-			t.sendUpload(ex, worker, ctlMsg{payload: zmqx.AppendBodyErr(nil, ex.id)}, done)
-			return
-		default:
-			t.sendUpload(ex, worker, ctlMsg{body: msg, bodyLen: head + n}, done)
-			sent += int64(n)
-		}
-		if err == io.EOF {
-			t.sendUpload(ex, worker, ctlMsg{payload: zmqx.AppendBodyEnd(nil, ex.id)}, done)
-			return
-		}
-		if err != nil {
-			var mbe *http.MaxBytesError
-			if errors.As(err, &mbe) {
-				ex.fail(errUploadTooLarge) // Caddy's own request_body limit
-			} else {
-				h.logger.Info("client request body failed during a streamed upload",
-					zap.Uint64("conn_id", ex.id), zap.Error(err))
-			}
-			t.sendUpload(ex, worker, ctlMsg{payload: zmqx.AppendBodyErr(nil, ex.id)}, done)
-			return
-		}
+	send := func(m ctlMsg) { t.sendUpload(ex, worker, m, done) }
+	p := newUploadPump(r.Body, ex.upload, ex.id, send, done)
+	p.max = h.MaxRequestBody
+	readerDone := make(chan struct{})
+	go func() {
+		defer close(readerDone)
+		h.endUpload(ex, send, p.run())
+	}()
+	p.watch(readerDone, func() { interruptRead(w, r) })
+}
+
+// endUpload settles a streamed upload that stopped short of BODYEND (err
+// from uploadPump.run).
+func (h *Handler) endUpload(ex *exchange, send func(ctlMsg), err error) {
+	var mbe *http.MaxBytesError
+	switch {
+	case err == nil, errors.Is(err, errPumpStopped):
+		return
+	case errors.Is(err, errUploadTooLarge), errors.As(err, &mbe):
+		// The exchange fails first: a reply the worker makes of the
+		// broken body must not reach the client, who gets 413 (the
+		// limit is ours, or Caddy's own request_body one).
+		ex.fail(errUploadTooLarge)
+	default:
+		h.logger.Info("client request body failed during a streamed upload",
+			zap.Uint64("conn_id", ex.id), zap.Error(err))
 	}
+	send(ctlMsg{payload: zmqx.AppendBodyErr(nil, ex.id)})
 }

@@ -279,14 +279,14 @@ func (t *transport) runSender(zctx *zmq.Context, ready chan<- error) {
 }
 
 func (t *transport) send(sock *zmq.Socket, m outMsg) {
-	_, err := sock.SendBytes(*m.buf, zmq.DONTWAIT)
+	_, err := zmqio.SendBytes(sock, *m.buf, zmq.DONTWAIT)
 	if err != nil && zmq.AsErrno(err) == zmq.Errno(syscallEAGAIN) {
 		// The pipe of a worker that just finished its handshake arrives as
 		// a command to the socket, which a send processes at most once a
 		// millisecond or so (libzmq throttles it); reading ZMQ_EVENTS
 		// processes it now. Only then does EAGAIN mean no worker.
 		_, _ = sock.GetEvents()
-		_, err = sock.SendBytes(*m.buf, zmq.DONTWAIT)
+		_, err = zmqio.SendBytes(sock, *m.buf, zmq.DONTWAIT)
 	}
 	if err == nil {
 		t.bytesUp.Add(uint64(len(*m.buf)))

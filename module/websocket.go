@@ -79,6 +79,15 @@ type wsSession struct {
 	// extended: an HTTP/2 or HTTP/3 extended CONNECT (websocket_h2.go).
 	extended bool
 	writeMu  sync.Mutex // the reader answers protocol errors while replies flow
+
+	// frames follows the worker's frames to the client, so that Caddy's
+	// own frames go between them (websocket_keepalive.go); framesUnknown
+	// when it cannot.
+	frames        wsframe.Boundaries
+	framesUnknown bool
+	keep          *wsKeepalive
+
+	msgHeaders map[byte][]byte // by FLAGS (headers); reader goroutine only
 }
 
 // serveWebSocket runs one WebSocket to its end.
@@ -94,7 +103,8 @@ func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request) error {
 		ex.expectAck("")
 	}
 	s := &wsSession{h: h, t: t, p: p, ex: ex, r: r,
-		connID: string(mongrel2.AppendUint(nil, ex.id)), ip: clientIP(r), path: r.URL.EscapedPath()}
+		connID: string(mongrel2.AppendUint(nil, ex.id)), ip: clientIP(r), path: r.URL.EscapedPath(),
+		keep: newKeepalive(time.Duration(h.WebSocketPingInterval), time.Duration(h.WebSocketIdleTimeout))}
 	if isExtendedConnect(r) {
 		// The worker sees the HTTP/1.1 upgrade it knows (as reverse_proxy
 		// sends upstream); its 101 becomes the 200 of the CONNECT.
@@ -141,6 +151,8 @@ func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request) error {
 		_ = conn.SetDeadline(time.Time{})
 		s.conn, br = conn, brw.Reader
 	}
+	// The client's bytes count as signs of life (websocket_idle_timeout).
+	br = bufio.NewReader(&heardReader{r: br, k: s.keep})
 	t.websockets.add()
 	defer t.websockets.done()
 	defer s.conn.Close()
@@ -234,6 +246,24 @@ func (s *wsSession) relayRefusal(w http.ResponseWriter, first []byte) error {
 // message encodes one request for the worker: the handshake's headers
 // with METHOD set, FLAGS for a WebSocket message.
 func (s *wsSession) message(method string, flags byte, body []byte) *[]byte {
+	headers := s.headers(method, flags)
+	buf := requestFrames.get()
+	if need := len(s.p.sender) + len(s.connID) + len(s.path) + len(headers) + len(body) + 48; cap(*buf) < need {
+		*buf = make([]byte, 0, need) // one allocation for a large message
+	}
+	*buf = mongrel2.AppendRequest(*buf, s.p.sender, s.connID, s.path, headers, body)
+	return buf
+}
+
+// headers encodes the header block of a request of the session. The
+// handshake's headers do not change, so those of WEBSOCKET messages are
+// encoded once per FLAGS value (a handful: the opcodes and FIN) and
+// reused; only the reader goroutine sends WEBSOCKET messages.
+func (s *wsSession) headers(method string, flags byte) []byte {
+	reuse := method == "WEBSOCKET"
+	if b, ok := s.msgHeaders[flags]; reuse && ok {
+		return b
+	}
 	var enc mongrel2.HeaderEncoder
 	r2 := *s.r
 	r2.Method = method
@@ -246,9 +276,14 @@ func (s *wsSession) message(method string, flags byte, body []byte) *[]byte {
 	if flags != 0 {
 		enc.Add("FLAGS", fmt.Sprintf("0x%X", flags))
 	}
-	buf := requestFrames.get()
-	*buf = mongrel2.AppendRequest(*buf, s.p.sender, s.connID, s.path, enc.Bytes(), body)
-	return buf
+	b := bytes.Clone(enc.Bytes())
+	if reuse {
+		if s.msgHeaders == nil {
+			s.msgHeaders = make(map[byte][]byte, 4)
+		}
+		s.msgHeaders[flags] = b
+	}
+	return b
 }
 
 // wsEnd says why a WebSocket ended, and what the client is told.
@@ -265,11 +300,11 @@ func (s *wsSession) run(br *bufio.Reader, first []byte) {
 		s.t.notifyDisconnect(s.ex)
 		return
 	}
+	s.followFirst(first)
 	go func() { readerDone <- s.readClient(br) }()
 	end := s.relayReplies(readerDone)
 	if end.code != 0 {
-		_ = s.conn.SetWriteDeadline(time.Now().Add(time.Second))
-		_ = s.write(wsframe.AppendClose(nil, end.code, end.reason))
+		s.writeClose(end)
 	}
 	if end.notify {
 		s.t.notifyDisconnect(s.ex)
@@ -285,9 +320,16 @@ func (s *wsSession) relayReplies(readerDone <-chan wsEnd) wsEnd {
 	owed := 0
 	creditBatch := int(s.h.ReplyWindow / 4)
 	var frames []queuedFrame
+	keepalive := s.keep.start()
+	defer s.keep.stop()
 	for {
 		select {
 		case <-s.ex.signal:
+		case <-keepalive:
+			if end, over := s.keepaliveTick(); over {
+				return end
+			}
+			continue
 		case end := <-readerDone:
 			if end.code == -1 {
 				// The client sent close: the worker answers it and ends the
@@ -309,6 +351,7 @@ func (s *wsSession) relayReplies(readerDone <-chan wsEnd) wsEnd {
 			werr := error(nil)
 			if !empty {
 				werr = s.write(qf.body)
+				s.frames.Write(qf.body)
 				owed += len(qf.body)
 			}
 			qf.frame.release()
@@ -352,11 +395,29 @@ func (s *wsSession) failEnd(err error) wsEnd {
 }
 
 // write sends bytes to the client; the reader may write close frames too.
+// A client that takes none of them for websocket_idle_timeout is gone.
 func (s *wsSession) write(b []byte) error {
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
+	if s.keep.idle > 0 {
+		_ = s.conn.SetWriteDeadline(time.Now().Add(s.keep.idle))
+	}
 	_, err := s.conn.Write(b)
 	return err
+}
+
+// writeClose sends the close frame of end, if the worker's last frame is
+// whole: a close frame inside a half-written one would garble both, so the
+// client then gets a TCP close (1006 to it) instead.
+func (s *wsSession) writeClose(end wsEnd) {
+	if !s.betweenFrames() {
+		s.h.logger.Debug("websocket closed mid-frame: no close frame", zap.String("conn_id", s.connID), zap.Int("code", end.code))
+		return
+	}
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	_ = s.conn.SetWriteDeadline(time.Now().Add(time.Second))
+	_, _ = s.conn.Write(wsframe.AppendClose(nil, end.code, end.reason))
 }
 
 // readClient forwards the client's messages to the worker until the
@@ -364,6 +425,7 @@ func (s *wsSession) write(b []byte) error {
 // protocol.
 func (s *wsSession) readClient(br *bufio.Reader) wsEnd {
 	rd := wsframe.NewReader(br, s.h.WebSocketMaxMessage)
+	rd.Buffers = wsBuffers
 	for {
 		m, err := rd.ReadMessage()
 		if err != nil {
@@ -376,7 +438,12 @@ func (s *wsSession) readClient(br *bufio.Reader) wsEnd {
 			s.h.logger.Info("websocket client broke the protocol", zap.String("conn_id", s.connID), zap.Error(err))
 			return wsEnd{code: wsframe.CloseCode(err), reason: err.Error(), notify: true}
 		}
-		if err := s.forward(m); err != nil {
+		if isKeepalivePong(m) {
+			continue // answers Caddy's ping, not the worker's
+		}
+		err = s.forward(m)
+		rd.Release(m.Payload) // forward copied it
+		if err != nil {
 			return s.failEnd(err)
 		}
 		if m.Opcode() == wsframe.OpClose {

@@ -2,12 +2,15 @@ package caddyzmq
 
 import (
 	"bytes"
+	"io"
 	"net"
 	"net/http"
 	"net/url"
 	"strconv"
 	"testing"
 	"time"
+
+	"github.com/caddyserver/caddy/v2"
 
 	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
 	"github.com/zmqbridge/caddy-zmq/internal/wsclient"
@@ -226,4 +229,142 @@ func TestIsWebSocketUpgrade(t *testing.T) {
 			t.Errorf("%s: %v, want %v", tc.name, got, tc.want)
 		}
 	}
+}
+
+// Validate refuses an idle timeout that would close a healthy quiet
+// client before Caddy pinged it; either may be off.
+func TestValidateWebSocketKeepalive(t *testing.T) {
+	tests := []struct {
+		name       string
+		ping, idle time.Duration
+		ok         bool
+	}{
+		{"defaults", DefaultWebSocketPingInterval, DefaultWebSocketIdleTimeout, true},
+		{"idle shorter than ping", 30 * time.Second, 10 * time.Second, false},
+		{"idle equal to ping", 30 * time.Second, 30 * time.Second, false},
+		{"pings off", -1, 10 * time.Second, true},
+		{"idle off", 30 * time.Second, -1, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			h := Handler{ReplyWindow: DefaultReplyWindow, WebSocketPingInterval: caddy.Duration(tc.ping), WebSocketIdleTimeout: caddy.Duration(tc.idle)}
+			if err := h.Validate(); (err == nil) != tc.ok {
+				t.Fatalf("Validate: %v, want ok=%v", err, tc.ok)
+			}
+		})
+	}
+}
+
+// Caddy's own keepalive: a quiet client is pinged between the worker's
+// frames and its pong stays with Caddy; a client that answers nothing is
+// closed with 1001 after the idle timeout and the worker hears it; a
+// worker frame half written when the timeout strikes gets no ping and no
+// close frame spliced into it, only a TCP close.
+func TestWebSocketKeepalive(t *testing.T) {
+	// idle is long enough that a stalled test machine does not miss it
+	// between a ping and its pong.
+	const ping, idle = 100 * time.Millisecond, 1500 * time.Millisecond
+	env := newTestEnv(t, func(h *Handler) {
+		h.WebSocketPingInterval = caddy.Duration(ping)
+		h.WebSocketIdleTimeout = caddy.Duration(idle)
+	})
+	halfFrame := append(wsframe.AppendHeader(nil, 0x82, 100), make([]byte, 10)...)
+	fw := startFakeWorker(t, env.reqEP, env.repEP, func(r *mongrel2.Request) [][]byte {
+		if r.Path == "/__ready" {
+			return okReply("ok")
+		}
+		if r.Header("METHOD") == "WEBSOCKET" && string(r.Body) == "half" {
+			return [][]byte{halfFrame}
+		}
+		return m2Echo(r)
+	})
+	env.waitForWorker(t)
+	// nextMessage is the worker's next message of the socket connID
+	// ("" for any socket's handshake).
+	nextMessage := func(t *testing.T, connID string) *mongrel2.Request {
+		t.Helper()
+		for {
+			select {
+			case m := <-fw.seen:
+				if connID == "" && m.Header("METHOD") == "WEBSOCKET_HANDSHAKE" || connID != "" && m.ConnID == connID {
+					return m
+				}
+			case <-time.After(testDeadline):
+				t.Fatal("the worker got nothing")
+			}
+		}
+	}
+	open := func(t *testing.T) (*wsclient.Conn, string) {
+		ws := dialWS(t, env, "/ws")
+		return ws, nextMessage(t, "").ConnID
+	}
+
+	t.Run("quiet client pinged, pong kept", func(t *testing.T) {
+		ws, id := open(t)
+		// Answering every ping keeps the socket open well past idle.
+		deadline := time.Now().Add(2 * idle)
+		pings := 0
+		for time.Now().Before(deadline) {
+			b0, p, err := ws.ReadFrame()
+			if err != nil {
+				t.Fatalf("after %d pings: %v", pings, err)
+			}
+			if b0 != 0x89 || !bytes.Equal(p, keepalivePayload) {
+				t.Fatalf("got %#x %q, want Caddy's ping", b0, p)
+			}
+			pings++
+			if err := ws.WriteFrame(0x8A, p); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := ws.WriteText("still open"); err != nil {
+			t.Fatal(err)
+		}
+		if m := nextMessage(t, id); m.Header("FLAGS") != "0x81" || string(m.Body) != "still open" {
+			t.Fatalf("worker got FLAGS=%s %q, want the text (pongs to Caddy's pings are not passed on)", m.Header("FLAGS"), m.Body)
+		}
+		for {
+			b0, p, err := ws.ReadFrame()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if b0 == 0x81 && string(p) == "still open" {
+				break
+			}
+		}
+	})
+
+	t.Run("silent client closed with 1001", func(t *testing.T) {
+		ws, id := open(t)
+		for {
+			b0, p, err := ws.ReadFrame()
+			if err != nil {
+				t.Fatalf("no close frame: %v", err)
+			}
+			if b0 == 0x89 {
+				continue // pings, unanswered
+			}
+			code, reason, err := wsframe.ParseClose(p)
+			if b0 != 0x88 || err != nil || code != 1001 || reason != "idle timeout" {
+				t.Fatalf("got %#x %q, want close 1001 \"idle timeout\"", b0, p)
+			}
+			break
+		}
+		for m := nextMessage(t, id); !m.IsDisconnect(); m = nextMessage(t, id) {
+		}
+	})
+
+	t.Run("half-written frame: TCP close only", func(t *testing.T) {
+		ws, _ := open(t)
+		if err := ws.WriteText("half"); err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(ws.Raw()) // until Caddy closes the connection
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, halfFrame) {
+			t.Fatalf("client got % x, want only the worker's half frame % x", got, halfFrame)
+		}
+	})
 }

@@ -13,7 +13,8 @@
 //	/big?bytes=N      N bytes of a fixed pattern (see bigPattern)
 //	anything else     JSON echo of the request (type echo)
 //
-// On every path ?status=N sets the status, ?sleep=DURATION delays the
+// On every path ?read=N reads N bytes of the body (or up to its end) and
+// answers "read <bytes>" at once, without waiting for the rest; ?status=N sets the status, ?sleep=DURATION delays the
 // answer, ?header=NAME:VALUE (repeatable) adds a response header and
 // ?on=NAME limits sleep and /hang to the worker of that name. Every response carries "X-Worker: <name>", two Set-Cookie headers,
 // and "X-Echo-Token: <token>" when the request had an X-Token header.
@@ -167,6 +168,19 @@ func handler(name string) http.Handler {
 				return
 			}
 			status = n
+		}
+
+		if s := q.Get("read"); s != "" {
+			n, err := strconv.ParseInt(s, 10, 64)
+			if err != nil || n < 0 {
+				http.Error(w, "bad read", http.StatusBadRequest)
+				return
+			}
+			got, _ := io.CopyN(io.Discard, r.Body, n)
+			h.Set("Content-Type", "text/plain")
+			w.WriteHeader(status)
+			fmt.Fprintf(w, "read %d\n", got)
+			return
 		}
 
 		switch {

@@ -83,3 +83,7 @@ func (c *Conn) ReadClose() (int, error) {
 		}
 	}
 }
+
+// Raw reads the bytes that follow the handshake as they come, frames or
+// not (to check exactly what a server wrote).
+func (c *Conn) Raw() io.Reader { return c.br }

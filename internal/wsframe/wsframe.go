@@ -106,12 +106,31 @@ func (m Message) Opcode() byte { return m.Flags & 0x0F }
 type Reader struct {
 	r          *bufio.Reader
 	MaxMessage int64
+	// Buffers, if set, lends the buffers of messages larger than a Reader
+	// keeps between messages; Release gives them back.
+	Buffers Buffers
 
 	partial     []byte
 	partialOpen bool
 	partialFlag byte
 	hdr         [maxHeaderLen]byte
 	ctl         [maxControlPayload]byte
+}
+
+// Buffers lends byte buffers: Get returns one of length 0 and capacity n
+// or more, Put takes back one that nobody uses any more.
+type Buffers interface {
+	Get(n int) []byte
+	Put(b []byte)
+}
+
+// Release hands the payload of a message returned by ReadMessage back to
+// Buffers once the caller is done with it. Payloads the Reader keeps for
+// itself (small messages, control frames) are left alone.
+func (rd *Reader) Release(p []byte) {
+	if rd.Buffers != nil && cap(p) > defaultReassemblyCap {
+		rd.Buffers.Put(p[:0])
+	}
 }
 
 // NewReader reads frames from r.
@@ -154,7 +173,7 @@ func (rd *Reader) ReadMessage() (Message, error) {
 			return Message{}, ErrTooBig
 		}
 		start := len(rd.partial)
-		rd.partial = grow(rd.partial, int(payloadLen))
+		rd.partial = rd.grow(rd.partial, int(payloadLen))
 		if _, err := io.ReadFull(rd.r, rd.partial[start:]); err != nil {
 			return Message{}, unexpected(err)
 		}
@@ -226,12 +245,20 @@ func unexpected(err error) error {
 
 // grow extends b by n bytes, doubling the capacity as append does, so a
 // message of many small fragments costs no more than one copy per byte.
-func grow(b []byte, n int) []byte {
+// Buffers past what the Reader keeps come from Buffers when set.
+func (rd *Reader) grow(b []byte, n int) []byte {
 	if len(b)+n <= cap(b) {
 		return b[:len(b)+n]
 	}
-	nb := make([]byte, len(b)+n, max(2*cap(b), len(b)+n))
+	size := max(2*cap(b), len(b)+n)
+	if rd.Buffers == nil || size <= defaultReassemblyCap {
+		nb := make([]byte, len(b)+n, size)
+		copy(nb, b)
+		return nb
+	}
+	nb := rd.Buffers.Get(len(b) + n)[:len(b)+n]
 	copy(nb, b)
+	rd.Release(b) // an earlier buffer of this message
 	return nb
 }
 

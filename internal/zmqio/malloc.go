@@ -34,8 +34,17 @@ import (
 // the heap, and up to trimThreshold
 // of freed heap for the next frames, removes that churn; what is kept is
 // bounded by the frames in flight, which the credit window bounds.
+//
+// Messages that cannot be cut into frames (a WebSocket message is one
+// Mongrel2 request, up to 16 MiB by default) stay on the heap too:
+// mmapThreshold is the largest value glibc accepts on 64-bit systems.
+// Under a lower one every such message was mapped, faulted in page by
+// page and unmapped by libzmq on both sides of the hop, which cost more
+// CPU than everything else a WebSocket echo of large messages does. What
+// such messages leave in the heap is given back by the trims that
+// noteLarge schedules.
 const (
-	mmapThreshold = 1 << 20
+	mmapThreshold = 32 << 20
 	trimThreshold = 16 << 20
 )
 

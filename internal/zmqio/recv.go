@@ -238,6 +238,7 @@ func (r *Receiver) Take(buf []byte) []byte {
 		p = unsafe.Pointer(&buf[0])
 	}
 	C.zmqio_take(r.msg, p)
+	noteLarge(r.big)
 	r.big = -1
 	return buf
 }
