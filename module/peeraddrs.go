@@ -34,8 +34,10 @@ type connTable struct {
 type ConnView struct {
 	// RemoteAddr is the peer's ip:port ([ip]:port for IPv6); empty for
 	// ipc, or when the connection was gone before it was read.
-	RemoteAddr string    `json:"remote_addr,omitempty"`
-	Since      time.Time `json:"since"`
+	RemoteAddr string `json:"remote_addr,omitempty"`
+	// Since is when the socket monitor reported the connection accepted
+	// (or, for a request socket that connects, connected).
+	Since time.Time `json:"since"`
 }
 
 // event notes a monitor event of the request socket.
