@@ -669,23 +669,25 @@ func TestObservabilityPlainHandler(t *testing.T) {
 	kit := startNamedWorker(t, c, "wk-kit")
 	waitStates(t, c, "main", map[string]string{"wk-kit": "live"})
 	// request_peers lists both connections to the request socket, each
-	// with the address the handler's and the worker's side has.
+	// with the address the handler's and the worker's side has. Both
+	// connect in the background (a READY line or a HELLO does not mean
+	// the request connection is up): their ports are read in the poll.
 	_, reqPort, _ := net.SplitHostPort(strings.TrimPrefix(c.Endpoint("ZMQ_REQUESTS"), "tcp://"))
 	remote, _ := strconv.Atoi(reqPort)
-	var want []string
-	for _, p := range []*process{m2, kit} {
-		local, err := tcpLocalPorts(p.cmd.Process.Pid, remote)
-		if err != nil || len(local) != 1 {
-			t.Fatalf("%s's connections to the request port: %v %v", p.name, local, err)
-		}
-		want = append(want, net.JoinHostPort("127.0.0.1", strconv.Itoa(local[0])))
-	}
-	sort.Strings(want)
 	if err := poll(detectBound, nil, func() error {
 		_, p := workerStates(t, c, "main")
 		if p.PlainConnections != 1 || p.Connections != 2 || len(p.Workers) != 1 {
 			return fmt.Errorf("pool %+v: want 2 connections, 1 plain, 1 worker", p)
 		}
+		var want []string
+		for _, proc := range []*process{m2, kit} {
+			local, err := tcpLocalPorts(proc.cmd.Process.Pid, remote)
+			if err != nil || len(local) != 1 {
+				return fmt.Errorf("%s's connections to the request port: %v %v", proc.name, local, err)
+			}
+			want = append(want, net.JoinHostPort("127.0.0.1", strconv.Itoa(local[0])))
+		}
+		sort.Strings(want)
 		var got []string
 		for _, rp := range p.RequestPeers {
 			got = append(got, rp.RemoteAddr)

@@ -321,7 +321,7 @@ func (h *Handler) gather(ctx context.Context, r *http.Request, tg *bcTarget) bcL
 			if errors.Is(xerr, errWorkerHung) {
 				t.notifyDisconnect(ex) // its handler must not run it later
 			}
-			line.Type, line.Error, line.outcome = "failed", xerr.Error(), outcomeBadGateway
+			line.Type, line.Error, line.outcome = "failed", xerr.Error(), broadcastFailure(xerr)
 			return line
 		}
 		if owed >= creditBatch {
@@ -331,6 +331,17 @@ func (h *Handler) gather(ctx context.Context, r *http.Request, tg *bcTarget) bcL
 			}
 		}
 	}
+}
+
+// broadcastFailure is how a target whose exchange failed with err counts:
+// 503 when its request never reached the worker (not routable: the worker
+// left before it was sent; or Caddy stopping), as a request that was not
+// sent; 502 when the worker took it and failed it (lost, hung).
+func broadcastFailure(err error) outcome {
+	if errors.Is(err, errAddresseeGone) || errors.Is(err, errStopped) {
+		return outcomeNoWorker
+	}
+	return outcomeBadGateway
 }
 
 // answerRecorder is the http.ResponseWriter a worker's answer is parsed

@@ -1,7 +1,9 @@
 package caddyzmq
 
 import (
+	"context"
 	"net/http"
+	"net/http/httptest"
 	"path/filepath"
 	"testing"
 	"time"
@@ -83,5 +85,42 @@ func TestBroadcastCounted(t *testing.T) {
 		if time.Now().After(deadline) {
 			t.Fatalf("no broadcast answered by wk-1 and timed out on wk-2: %v", lines)
 		}
+	}
+}
+
+// TestBroadcastGatherFailed: a target whose exchange fails reports a
+// failed line, counted 503 when its request never reached the worker (it
+// could not be routed, or Caddy is stopping) and 502 when the worker took
+// it and was lost or found hung.
+func TestBroadcastGatherFailed(t *testing.T) {
+	for _, tc := range []struct {
+		err  error
+		want outcome
+	}{
+		{errAddresseeGone, outcomeNoWorker},
+		{errStopped, outcomeNoWorker},
+		{errWorkerLost, outcomeBadGateway},
+		{errWorkerHung, outcomeBadGateway},
+	} {
+		t.Run(tc.err.Error(), func(t *testing.T) {
+			tr := &transport{pending: map[uint64]*exchange{}}
+			p := &poolRuntime{Pool: Pool{Name: "p"}, transport: tr, slots: make(chan struct{}, 1)}
+			p.slots <- struct{}{} // the target's in-flight slot
+			p.inflight.Add(1)
+			ex := tr.register(0, true)
+			ex.fail(tc.err)
+			h := &Handler{Broadcast: &Broadcast{}}
+			r := httptest.NewRequest(http.MethodGet, "/all", nil)
+			ctx, cancel := context.WithTimeout(context.Background(), testDeadline)
+			defer cancel()
+			line := h.gather(ctx, r, &bcTarget{pool: p, worker: "wk", ex: ex})
+			if line.Type != "failed" || line.outcome != tc.want {
+				t.Fatalf("line %q (%s) counted %s, want failed, %s", line.Type, line.Error,
+					outcomeLabels[line.outcome], outcomeLabels[tc.want])
+			}
+			if len(p.slots) != 0 || tr.lookup(ex.id) != nil {
+				t.Fatal("the target kept its slot or its exchange")
+			}
+		})
 	}
 }

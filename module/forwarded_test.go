@@ -63,12 +63,13 @@ func TestHopByHopHeadersNotForwarded(t *testing.T) {
 		"Transfer-Encoding":   {"chunked"},
 		"Upgrade":             {"websocket"},
 		"Alt-Svc":             {`h3=":443"`},
+		"Proxy":               {"http://attacker.example:8080"}, // httpoxy
 		"X-Public":            {"p"},
 		"Authorization":       {"Bearer t"},
 	})
 	seen := workerView(t, r)
 	for _, name := range []string{"connection", "x-secret", "x-other", "proxy-authorization", "proxy-authenticate",
-		"proxy-connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade", "alt-svc"} {
+		"proxy-connection", "keep-alive", "te", "trailer", "transfer-encoding", "upgrade", "alt-svc", "proxy"} {
 		if v, ok := seen[name]; ok {
 			t.Errorf("%s reached the worker: %q", name, v)
 		}

@@ -248,8 +248,9 @@ func (h *Handler) countUnsent(err error) {
 // in that worker's pool, as the request sent to it ended (bcLine.outcome):
 // answered (its answer came in full), 502 (a bad or too large answer, or
 // the worker lost or found hung first), 503 (not sent: no in-flight slot
-// in time), 504 (no answer within the broadcast's timeout), client_gone
-// (the client left first). A broadcast that asks nobody (no live worker:
+// in time, or the worker gone before its request could be routed), 504
+// (no answer within the broadcast's timeout), client_gone (the client
+// left first). A broadcast that asks nobody (no live worker:
 // 503; a request body over the limit: 413, or unreadable: 400) counts
 // once, like any request.
 

@@ -111,8 +111,10 @@ func (ct *connTracker) note(fd int, key, worker string) {
 type ConnView struct {
 	// RemoteAddr is the peer's ip:port ([ip]:port for IPv6); empty for
 	// ipc, or when the connection was gone before it was read.
-	RemoteAddr string    `json:"remote_addr,omitempty"`
-	Since      time.Time `json:"since"`
+	RemoteAddr string `json:"remote_addr,omitempty"`
+	// Since is when the socket monitor reported the connection accepted
+	// (or, for a request socket that connects, connected).
+	Since time.Time `json:"since"`
 }
 
 // list is the connections, oldest first.

@@ -731,8 +731,6 @@ func (ex *exchange) deliver(body []byte, f *replyFrame) {
 	ex.wake()
 }
 
-// setWorker records which worker acknowledged the request and wakes the
-// request, which may owe that worker credit. wi is nil in tests.
 // expectAck makes the worker's ACK observable on acked and, for a request
 // of an affinity session, records the session the ACK pins.
 func (ex *exchange) expectAck(session string) {
@@ -753,6 +751,8 @@ func (ex *exchange) sessionKey() string {
 	return ex.session
 }
 
+// setWorker records which worker acknowledged the request and wakes the
+// request, which may owe that worker credit. wi is nil in tests.
 func (ex *exchange) setWorker(w string, wi *workerInfo) {
 	ex.mu.Lock()
 	first := ex.worker == ""

@@ -41,7 +41,8 @@ typedef struct {
 // message as the property "__fd" (what zmq_msg_get(ZMQ_SRCFD) reads). The
 // descriptor may have been closed, and reused by another connection, since
 // libzmq read the message, so the result is kept only if that socket's
-// peer host is the message's.
+// peer host is the message's: a reuse by a connection from the same host
+// cannot be told apart, and gives that connection's port.
 static int zmqio_peer_port(zmq_msg_t *msg, char *addr, int len, size_t cap) {
 	struct sockaddr_storage ss;
 	socklen_t sslen = sizeof(ss);
@@ -161,7 +162,8 @@ func (u *UserReceiver) ReadAddrOf(prefix string) error {
 // is ip:port ([ip]:port for IPv6): libzmq's "Peer-Address" has the host
 // only, so the port is read from the connection's socket while the part is
 // in hand (see zmqio_peer_port); should that socket no longer be the
-// part's connection, it is the host alone. For ipc it is libzmq's
+// part's connection, it is the host alone, or, when its descriptor went to
+// a new connection from the same host, that one's port. For ipc it is libzmq's
 // "Peer-Address" as is: the peer's credentials where the system has them.
 func (u *UserReceiver) Addr() string {
 	l := int(u.out.addrlen)

@@ -1,0 +1,39 @@
+package caddyzmq
+
+import (
+	"errors"
+	"testing"
+	"time"
+)
+
+// TestUndeliveredAttemptEnd: an attempt whose REQ could not be routed to
+// its session's worker (errAddresseeGone) forgets the pin and ends without
+// settling it: no ACK can come, so none is waited for, nor left awaited
+// for its exchange (pinTable.awaitAck).
+func TestUndeliveredAttemptEnd(t *testing.T) {
+	tr := &transport{pending: map[uint64]*exchange{}, pins: newPinTable(time.Hour)}
+	p := &poolRuntime{transport: tr, slots: make(chan struct{}, 1)}
+	p.slots <- struct{}{} // the attempt's in-flight slot
+	p.inflight.Add(1)
+	ex := tr.register(0, false)
+	ex.expectAck("sess")
+	tr.pins.set("sess", "wk-gone")
+	a := &attempt{call: &call{st: &requestState{}}, p: p, t: tr, ex: ex, session: "sess"}
+
+	if err := a.ended(errAddresseeGone); !errors.Is(err, errAddresseeGone) {
+		t.Fatalf("ended: %v, want errAddresseeGone (serve balances it again)", err)
+	}
+	a.end()
+	if wk := tr.pins.get("sess"); wk != "" {
+		t.Fatalf("session still pinned to %q", wk)
+	}
+	tr.pins.mu.Lock()
+	_, awaited := tr.pins.awaiting[ex.id]
+	tr.pins.mu.Unlock()
+	if awaited {
+		t.Fatal("an ACK is awaited for a request no worker received")
+	}
+	if len(p.slots) != 0 || tr.lookup(ex.id) != nil {
+		t.Fatal("the attempt kept its slot or its exchange")
+	}
+}
