@@ -62,13 +62,7 @@ func TestCurveWorkerIDImpostor(t *testing.T) {
 // that removes one worker's key: no request fails, none that starts after
 // the reload is answered by the removed worker, and the log says so once.
 func TestCurveKeyRemovalUnderLoad(t *testing.T) {
-	caddyBin(t)
-	testworkerBin(t)
-	dir := t.TempDir()
-	keyDir := filepath.Join(dir, "allowed")
-	if err := os.Mkdir(keyDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	dir, keyDir := curveTestDir(t)
 	staying, removed := filepath.Join(dir, "staying"), filepath.Join(dir, "removed")
 	curveKeygen(t, staying)
 	removedPub := curveKeygen(t, removed)
@@ -166,13 +160,7 @@ func TestCurveKeyRemovalUnderLoad(t *testing.T) {
 // is logged once; the same key refused after each of three reloads (a new
 // process each time) is not logged again.
 func TestCurveRefusalLoggedOnceAcrossReloads(t *testing.T) {
-	caddyBin(t)
-	testworkerBin(t)
-	dir := t.TempDir()
-	keyDir := filepath.Join(dir, "allowed")
-	if err := os.Mkdir(keyDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	dir, keyDir := curveTestDir(t)
 	stranger, other := filepath.Join(dir, "stranger"), filepath.Join(dir, "other")
 	strangerPub := curveKeygen(t, stranger)
 	curveKeygen(t, other)
@@ -203,13 +191,7 @@ func TestCurveRefusalLoggedOnceAcrossReloads(t *testing.T) {
 // in (Caddy's RSS does not grow by it), and Caddy's log names the worker,
 // its key and the cap, while the worker goes on serving.
 func TestCurveOversizedFrameNamed(t *testing.T) {
-	caddyBin(t)
-	testworkerBin(t)
-	dir := t.TempDir()
-	keyDir := filepath.Join(dir, "allowed")
-	if err := os.Mkdir(keyDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	dir, keyDir := curveTestDir(t)
 	rogue := filepath.Join(dir, "rogue")
 	roguePub := curveKeygen(t, rogue)
 	allowKey(t, keyDir, rogue)

@@ -2,7 +2,6 @@ package integration
 
 import (
 	"fmt"
-	"os"
 	"path/filepath"
 	"testing"
 
@@ -19,13 +18,7 @@ import (
 // on) stays 0 beside an allowed control-channel worker, so an
 // unauthenticated peer cannot turn safe re-sends off.
 func TestCurveRefusedPeerNotPlain(t *testing.T) {
-	caddyBin(t)
-	testworkerBin(t)
-	dir := t.TempDir()
-	keyDir := filepath.Join(dir, "allowed")
-	if err := os.Mkdir(keyDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	dir, keyDir := curveTestDir(t)
 	good := filepath.Join(dir, "good")
 	curveKeygen(t, good)
 	allowKey(t, keyDir, good)

@@ -82,18 +82,26 @@ func allowKey(t testing.TB, keyDir, base string) {
 	}
 }
 
+// curveTestDir needs bin/caddy and bin/testworker, and makes a test
+// directory for key files with an empty allow-list directory, keyDir, in it.
+func curveTestDir(t *testing.T) (dir, keyDir string) {
+	t.Helper()
+	caddyBin(t)
+	testworkerBin(t)
+	dir = t.TempDir()
+	keyDir = filepath.Join(dir, "allowed")
+	if err := os.Mkdir(keyDir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir, keyDir
+}
+
 // TestCurveWorkers: with curve on, workers that are plaintext, have an
 // unknown key, or have a wrong server key get no request (clients get 503,
 // Caddy's log says why for each, once); an allowed workerkit worker serves
 // over CURVE on all three sockets, and then only it answers.
 func TestCurveWorkers(t *testing.T) {
-	caddyBin(t)
-	testworkerBin(t)
-	dir := t.TempDir()
-	keyDir := filepath.Join(dir, "allowed")
-	if err := os.Mkdir(keyDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	dir, keyDir := curveTestDir(t)
 	good := filepath.Join(dir, "good")
 	stranger := filepath.Join(dir, "stranger")
 	goodPub := curveKeygen(t, good)
@@ -173,13 +181,7 @@ func TestCurveWorkers(t *testing.T) {
 // while the allowed worker keeps serving a steady load with no failed
 // request.
 func TestCurveReloadUnderLoad(t *testing.T) {
-	caddyBin(t)
-	testworkerBin(t)
-	dir := t.TempDir()
-	keyDir := filepath.Join(dir, "allowed")
-	if err := os.Mkdir(keyDir, 0o755); err != nil {
-		t.Fatal(err)
-	}
+	dir, keyDir := curveTestDir(t)
 	staying, joining := filepath.Join(dir, "staying"), filepath.Join(dir, "joining")
 	curveKeygen(t, staying)
 	curveKeygen(t, joining)
