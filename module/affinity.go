@@ -39,6 +39,11 @@ const defaultAffinityTTL = time.Hour
 // it: the worker has gone, and nothing was delivered.
 var errAddresseeGone = errors.New("the worker the request was addressed to is gone")
 
+// errReqNotQueued fails a request addressed to a live worker whose control
+// queues were full: nothing was sent, the worker stays pinned, and the
+// request is answered as by a pool whose queues are full (errQueueFull).
+var errReqNotQueued = fmt.Errorf("%w: the control channel to the worker it was addressed to is full", errQueueFull)
+
 func (a *Affinity) validate() error {
 	if a.Source != "cookie" && a.Source != "header" {
 		return fmt.Errorf("zmq: affinity source must be cookie or header, not %q", a.Source)

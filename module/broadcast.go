@@ -338,7 +338,7 @@ func (h *Handler) gather(ctx context.Context, r *http.Request, tg *bcTarget) bcL
 // left before it was sent; or Caddy stopping), as a request that was not
 // sent; 502 when the worker took it and failed it (lost, hung).
 func broadcastFailure(err error) outcome {
-	if errors.Is(err, errAddresseeGone) || errors.Is(err, errStopped) {
+	if errors.Is(err, errAddresseeGone) || errors.Is(err, errReqNotQueued) || errors.Is(err, errStopped) {
 		return outcomeNoWorker
 	}
 	return outcomeBadGateway

@@ -118,9 +118,9 @@ func newControlPlane(t *transport, endpoint string) *controlPlane {
 // send queues a control message without blocking; control messages are
 // advisory (a lost CREDIT is re-granted with the next one, a lost
 // DISCONNECT falls back on timeouts), so a full queue drops. A request
-// (REQ) is not advisory: dropped, its exchange fails as one the worker
-// could not be reached for, so it is balanced again (a pinned request) or
-// reported failed (a broadcast) instead of waiting for a timeout.
+// (REQ) is not advisory: dropped, its exchange fails with errReqNotQueued
+// at once (the client gets 503, a broadcast reports it not sent) instead
+// of waiting for a timeout; the worker is alive, so its pins stay.
 func (c *controlPlane) send(worker string, payload []byte) {
 	c.enqueue(ctlMsg{worker: worker, payload: payload})
 }
@@ -131,7 +131,7 @@ func (c *controlPlane) enqueue(m ctlMsg) {
 	default:
 		c.logger.Warn("control queue full, dropping message", zap.String("worker", m.worker))
 		m.release()
-		c.undeliverable(m.payload)
+		c.undeliverable(m.payload, errReqNotQueued)
 	}
 }
 
@@ -321,13 +321,13 @@ func (c *controlPlane) deliverReq(router *zmq.Socket, m ctlMsg) {
 	case queueFull:
 		c.stall(m)
 	case notSent:
-		c.undeliverable(m.payload)
+		c.undeliverable(m.payload, errAddresseeGone)
 	}
 }
 
 func (c *controlPlane) stall(m ctlMsg) {
 	if c.stalledN >= maxStalledReqs {
-		c.undeliverable(m.payload)
+		c.undeliverable(m.payload, errReqNotQueued)
 		return
 	}
 	if c.stalled == nil {
@@ -352,7 +352,7 @@ func (c *controlPlane) retryStalled(router *zmq.Socket) {
 				break
 			}
 			if r == notSent {
-				c.undeliverable(q[i].payload)
+				c.undeliverable(q[i].payload, errAddresseeGone)
 			}
 		}
 		c.stalledN -= i
@@ -398,8 +398,10 @@ type ctlScratch struct {
 	user    string // the last sender's ZAP user id, reused while it repeats
 }
 
-// undeliverable fails the exchange of a REQ that could not be routed.
-func (c *controlPlane) undeliverable(payload []byte) {
+// undeliverable fails with cause the exchange of a REQ that was not sent:
+// errAddresseeGone when libzmq could not route it (the worker has gone),
+// errReqNotQueued when the queues towards a live worker were full.
+func (c *controlPlane) undeliverable(payload []byte, cause error) {
 	m, err := zmqx.Parse(payload)
 	if err != nil || m.Verb != zmqx.Req {
 		return
@@ -412,7 +414,7 @@ func (c *controlPlane) undeliverable(payload []byte) {
 		return
 	}
 	if ex := c.t.lookup(id); ex != nil {
-		ex.fail(errAddresseeGone)
+		ex.fail(cause)
 	}
 }
 

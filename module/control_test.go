@@ -332,9 +332,10 @@ func TestDispatchDeadlineResends(t *testing.T) {
 }
 
 // TestDroppedRequestFailsExchange: a REQ that the full control queue drops
-// fails its exchange at once (errAddresseeGone: serve balances it again, a
-// broadcast reports it failed) rather than leaving the client to wait for
-// the reply timeout; an advisory message dropped fails nothing.
+// fails its exchange at once (errReqNotQueued: the worker is alive, so its
+// pin stays; the client gets 503, a broadcast reports it not sent) rather
+// than leaving the client to wait for the reply timeout; an advisory
+// message dropped fails nothing.
 func TestDroppedRequestFailsExchange(t *testing.T) {
 	tr := &transport{pending: map[uint64]*exchange{}}
 	c := &controlPlane{t: tr, logger: zap.NewNop(), in: make(chan ctlMsg, 1)}
@@ -347,7 +348,8 @@ func TestDroppedRequestFailsExchange(t *testing.T) {
 	}
 	frame := mongrel2.AppendRequest(nil, "uuid", strconv.FormatUint(ex.id, 10), "/", []byte("{}"), nil)
 	c.sendRequest("wk", frame)
-	if _, err := ex.take(nil); !errors.Is(err, errAddresseeGone) {
-		t.Fatalf("exchange error after its REQ was dropped = %v, want errAddresseeGone", err)
+	_, err := ex.take(nil)
+	if !errors.Is(err, errReqNotQueued) || !errors.Is(err, errQueueFull) || errors.Is(err, errAddresseeGone) {
+		t.Fatalf("exchange error after its REQ was dropped = %v, want errReqNotQueued (an errQueueFull)", err)
 	}
 }

@@ -128,6 +128,9 @@ func (a *attempt) ended(err error) error {
 		a.t.pins.forget(a.session)
 		a.undelivered = true
 		return err // serve sends it again, balanced
+	case errors.Is(err, errReqNotQueued):
+		a.undelivered = true // the pin stays: its worker is alive
+		return err           // serve tries another pool, or answers 503
 	case errors.Is(err, errNoWorker), errors.Is(err, errWorkerLost):
 		return err // serve tries another pool, or retries
 	case errors.Is(err, errNotTaken):

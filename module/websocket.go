@@ -385,11 +385,15 @@ func (s *wsSession) releaseRest(frames []queuedFrame) {
 }
 
 // failEnd maps an exchange error to a close code: 1001 when Caddy stops
-// these sockets, 1011 when the worker is lost or misbehaves.
+// these sockets, 1013 when a message could not be queued to a worker that
+// is alive but overloaded, 1011 when the worker is lost or misbehaves.
 func (s *wsSession) failEnd(err error) wsEnd {
 	s.h.logger.Warn("closing websocket", zap.String("conn_id", s.connID), zap.Error(err))
-	if errors.Is(err, errStopped) {
+	switch {
+	case errors.Is(err, errStopped):
 		return wsEnd{code: wsframe.CloseGoingAway, reason: "server shutting down", notify: true}
+	case errors.Is(err, errReqNotQueued):
+		return wsEnd{code: wsframe.CloseTryAgainLater, reason: "worker overloaded", notify: true}
 	}
 	return wsEnd{code: wsframe.CloseInternalError, reason: "worker lost", notify: true}
 }

@@ -35,6 +35,7 @@ const (
 	CloseInvalidPayload = 1007
 	CloseMessageTooBig  = 1009
 	CloseInternalError  = 1011
+	CloseTryAgainLater  = 1013
 )
 
 const (
