@@ -208,7 +208,13 @@ func TestAddrConnectionGone(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer mon.Close()
+	defer func() {
+		// libzmq sends monitor events with a blocking send: stop
+		// monitoring before the reader goes, or an event for a PAIR with
+		// no reader blocks the I/O thread that emits it.
+		_ = rx.Monitor("", 0)
+		mon.Close()
+	}()
 	_ = mon.SetLinger(0)
 	if err := rx.Monitor("inproc://gone-monitor", zmq.EVENT_ACCEPTED|zmq.EVENT_DISCONNECTED); err != nil {
 		t.Fatal(err)
