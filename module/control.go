@@ -188,12 +188,12 @@ func (c *controlPlane) run(zctx *zmq.Context, ready chan<- error, quit <-chan st
 		ready <- err
 		return
 	}
-	hsDone, err := c.t.watchHandshakes(zctx, router, &c.conns, nil)
+	stopWatch, err := c.t.watchHandshakes(zctx, router, &c.conns, nil)
 	if err != nil {
 		ready <- fmt.Errorf("control socket: %w", err)
 		return
 	}
-	defer func() { <-hsDone }()
+	defer stopWatch()
 	if err := router.Bind(c.endpoint); err != nil {
 		ready <- fmt.Errorf("binding control endpoint %s: %w", c.endpoint, err)
 		return

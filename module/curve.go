@@ -450,14 +450,13 @@ var handshakeMonitorSeq atomic.Uint64
 // and control sockets; the request socket's peer monitor does it there),
 // and feeds ct (if not nil) the socket's connections, calling gone (if not
 // nil) with each one that ends. The reader is connected before sock
-// binds, and stops with the transport; the caller waits for the returned
-// channel before closing sock.
-func (t *transport) watchHandshakes(zctx *zmq.Context, sock *zmq.Socket, ct *connTracker, gone func(*peerConn)) (<-chan struct{}, error) {
-	done := make(chan struct{})
+// binds; sock's owner calls the returned stop function before it closes
+// sock (stopMonitorFunc).
+func (t *transport) watchHandshakes(zctx *zmq.Context, sock *zmq.Socket, ct *connTracker, gone func(*peerConn)) (func(), error) {
 	if t.auth == nil {
-		close(done)
-		return done, nil
+		return func() {}, nil
 	}
+	done, stop := make(chan struct{}), make(chan struct{})
 	addr := "inproc://caddy-zmq-handshakes-" + strconv.FormatUint(handshakeMonitorSeq.Add(1), 10)
 	events := zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
 	if ct != nil {
@@ -491,11 +490,11 @@ func (t *transport) watchHandshakes(zctx *zmq.Context, sock *zmq.Socket, ct *con
 				continue
 			}
 			select {
-			case <-t.quit:
+			case <-stop:
 				return
 			default:
 			}
 		}
 	}()
-	return done, nil
+	return stopMonitorFunc(sock, stop, done), nil
 }

@@ -247,12 +247,12 @@ func (t *transport) runSender(zctx *zmq.Context, ready chan<- error) {
 		ready <- fmt.Errorf("configuring request socket: %w", err)
 		return
 	}
-	monDone, err := t.startMonitor(zctx, sock)
+	stopMonitor, err := t.startMonitor(zctx, sock)
 	if err != nil {
 		ready <- fmt.Errorf("monitoring request socket: %w", err)
 		return
 	}
-	defer func() { <-monDone }()
+	defer stopMonitor()
 	if t.cfg.connect != "" {
 		// Queue only toward workers whose connection is up, so that with
 		// none up the send fails at once (503) instead of waiting.
@@ -334,12 +334,12 @@ func (t *transport) runReceiver(zctx *zmq.Context, ready chan<- error) {
 		ready <- fmt.Errorf("subscribing reply socket: %w", err)
 		return
 	}
-	hsDone, err := t.watchHandshakes(zctx, sock, &t.repConns, t.replyConnGone)
+	stopWatch, err := t.watchHandshakes(zctx, sock, &t.repConns, t.replyConnGone)
 	if err != nil {
 		ready <- fmt.Errorf("reply socket: %w", err)
 		return
 	}
-	defer func() { <-hsDone }()
+	defer stopWatch()
 	if err := t.cfg.attach(sock, t.cfg.replyEndpoint, 1); err != nil {
 		ready <- fmt.Errorf("reply socket: %w", err)
 		return
@@ -475,15 +475,31 @@ func sleepOrQuit(quit <-chan struct{}, d time.Duration) bool {
 
 var monitorSeq atomic.Uint64
 
+// stopMonitorFunc is how sock's owner ends a monitor reader: it stops
+// libzmq's monitor first, then lets the reader go, and waits for it.
+// libzmq sends monitor events with a blocking send from the thread that
+// emits them (an I/O thread of the context for connection events): an
+// event for a PAIR whose reader has gone would block that thread, and with
+// it every socket of the context. Only sock's owner may call it, before it
+// closes sock.
+func stopMonitorFunc(sock *zmq.Socket, stop chan struct{}, done <-chan struct{}) func() {
+	return func() {
+		_ = sock.Monitor("", 0)
+		close(stop)
+		<-done
+	}
+}
+
 // startMonitor counts the peers of sock through libzmq's socket monitor.
 // The reader owns its PAIR socket and is connected before sock binds, so no
-// event is missed. It stops with the transport.
-func (t *transport) startMonitor(zctx *zmq.Context, sock *zmq.Socket) (<-chan struct{}, error) {
+// event is missed. sock's owner calls the stop function it returns before
+// closing sock (stopMonitorFunc).
+func (t *transport) startMonitor(zctx *zmq.Context, sock *zmq.Socket) (func(), error) {
 	addr := "inproc://caddy-zmq-monitor-" + strconv.FormatUint(monitorSeq.Add(1), 10)
 	if err := sock.Monitor(addr, monitoredEvents); err != nil {
 		return nil, err
 	}
-	done := make(chan struct{})
+	done, stop := make(chan struct{}), make(chan struct{})
 	ready := make(chan error, 1)
 	go func() {
 		defer close(done)
@@ -517,7 +533,7 @@ func (t *transport) startMonitor(zctx *zmq.Context, sock *zmq.Socket) (<-chan st
 				continue
 			}
 			select {
-			case <-t.quit:
+			case <-stop:
 				return
 			default:
 			}
@@ -527,7 +543,7 @@ func (t *transport) startMonitor(zctx *zmq.Context, sock *zmq.Socket) (<-chan st
 		<-done
 		return nil, err
 	}
-	return done, nil
+	return stopMonitorFunc(sock, stop, done), nil
 }
 
 // dispatch hands one reply frame to every exchange it names. The body is
