@@ -158,17 +158,30 @@ func (s *server) takeSlot(fl *flight, abort <-chan struct{}) bool {
 	}
 }
 
-// start runs an admitted request on the handler slot the caller took: the
-// moment it would start is the moment to check that it still may. If not, it
-// drops the request silently (no ACK, no reply) and gives the slot back.
+// start runs an admitted request, on a handler goroutine, on the handler
+// slot the caller took.
 func (s *server) start(fl *flight) {
+	if !s.prepare(fl) {
+		return
+	}
+	if s.sessions != nil && s.sessions.route(fl) {
+		return
+	}
+	s.run(fl)
+}
+
+// prepare readies an admitted request to run on the handler slot the caller
+// took: the moment it would start is the moment to check that it still may.
+// If not, it drops the request silently (no ACK, no reply), gives the slot
+// back and returns false.
+func (s *server) prepare(fl *flight) bool {
 	fe := fl.key.fe
 	if fl.ctx.Err() != nil {
 		// Its client went away (DISCONNECT) while it waited for a slot, or
 		// the worker is being shut down hard.
 		fe.log.Debug("dropping a request whose client went away before it started", "conn", fl.key.connID)
 		s.drop(fl)
-		return
+		return false
 	}
 	if fl.deadline != 0 {
 		// The front end re-sends a request that nobody acknowledged by its
@@ -178,7 +191,7 @@ func (s *server) start(fl *flight) {
 			fe.log.Debug("dropping a request past its dispatch deadline", "conn", fl.key.connID,
 				"late", time.Duration(late)*time.Microsecond)
 			s.drop(fl)
-			return
+			return false
 		}
 	}
 	if fl.window > 0 {
@@ -205,15 +218,12 @@ func (s *server) start(fl *flight) {
 			fe.ctl.warnUnacked()
 			fe.log.Debug("dropping a request that cannot be acknowledged (control channel down)", "conn", fl.key.connID)
 			s.drop(fl)
-			return
+			return false
 		}
 		// Otherwise serve it without ACK and flow control, as a worker
 		// without control channel would.
 	}
 	s.handlers.Add(1)
 	s.running.Add(1)
-	if s.sessions != nil && s.sessions.route(fl) {
-		return
-	}
-	s.run(fl)
+	return true
 }

@@ -29,7 +29,7 @@ func (s *server) handlerLoop(fl *flight) {
 	idle := time.NewTimer(handlerIdle)
 	defer idle.Stop()
 	for ok := true; ok; fl, ok = s.nextRequest(idle, time.Now()) {
-		s.serveRequest(fl)
+		s.serveRequest(fl, false)
 	}
 }
 
@@ -57,11 +57,21 @@ func (s *server) nextRequest(idle *time.Timer, last time.Time) (*flight, bool) {
 	}
 }
 
-func (s *server) serveRequest(fl *flight) { s.serveWith(fl, s.h) }
+// serveRequest answers fl with the worker's handler, and notes how long
+// that took (inline.go). direct: fl runs inline, on the goroutine that
+// received it, which sends the reply itself when it can.
+func (s *server) serveRequest(fl *flight, direct bool) {
+	t0 := time.Now()
+	s.serveFlight(fl, s.h, direct)
+	s.noteCost(time.Since(t0))
+}
 
 // serveWith answers fl with h and reports whether h returned normally (it
 // did not panic).
-func (s *server) serveWith(fl *flight, h http.Handler) (ok bool) {
+func (s *server) serveWith(fl *flight, h http.Handler) bool { return s.serveFlight(fl, h, false) }
+
+// serveFlight is serveWith; direct is serveRequest's.
+func (s *server) serveFlight(fl *flight, h http.Handler, direct bool) (ok bool) {
 	// flow and upload were set before this goroutine started, and stay.
 	fe, req, ctx, flow, up := fl.key.fe, fl.req, fl.ctx, fl.flow, fl.upload
 	fl.req, fl.ctx = nil, nil // a Group member keeps its flight, not the request
@@ -117,7 +127,7 @@ func (s *server) serveWith(fl *flight, h http.Handler) (ok bool) {
 		}
 	}
 	rw := getResponseWriter(fe, ctx, req.Sender, req.ConnID, r.Method, r.ProtoMajor, r.ProtoMinor)
-	rw.flow, rw.fl = flow, fl
+	rw.flow, rw.fl, rw.direct = flow, fl, direct
 	if r.Method == "WEBSOCKET_HANDSHAKE" {
 		r = prepareHandshake(rw, r, req.Body) // websocket.go
 	}

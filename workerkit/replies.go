@@ -72,6 +72,9 @@ func (fe *frontEndConn) runReplies(ready chan<- error, quit <-chan struct{}) {
 		return
 	}
 	defer stopWatch()
+	fe.reply.mu.Lock()
+	fe.reply.sock = sock
+	fe.reply.mu.Unlock()
 
 	topics := make(map[string]int)
 	delay := subCheckMin
@@ -83,15 +86,21 @@ func (fe *frontEndConn) runReplies(ready chan<- error, quit <-chan struct{}) {
 	for {
 		select {
 		case f := <-fe.out:
+			fe.reply.mu.Lock()
 			fe.send(sock, f, topics, deadline)
+			fe.reply.mu.Unlock()
 		case <-fe.subPoke: // nil unless bind mode
 			// A front end connected to the request socket and has not
 			// subscribed yet: the request socket's owner waits for it.
+			fe.reply.mu.Lock()
 			fe.readSubs(sock, topics)
+			fe.reply.mu.Unlock()
 			delay = subCheckMin
 			timer.Reset(delay)
 		case <-timer.C:
+			fe.reply.mu.Lock()
 			fe.readSubs(sock, topics)
+			fe.reply.mu.Unlock()
 			if fe.active.Load() && (!fe.cfg.Bind || fe.peers.Load() <= fe.subs.Load()) {
 				delay = subCheckMax
 				waitingSince = time.Time{}
@@ -116,6 +125,10 @@ func (fe *frontEndConn) runReplies(ready chan<- error, quit <-chan struct{}) {
 			timer.Reset(delay)
 		case <-quit:
 			deadline = time.Now().Add(replyLinger)
+			// From now on every frame comes through fe.out.
+			fe.reply.mu.Lock()
+			fe.reply.sock = nil
+			fe.reply.mu.Unlock()
 		drain:
 			for {
 				select {
@@ -140,13 +153,7 @@ func (fe *frontEndConn) runReplies(ready chan<- error, quit <-chan struct{}) {
 func (fe *frontEndConn) send(sock *zmq.Socket, f *frame, topics map[string]int, deadline time.Time) {
 	defer putFrame(f)
 	for {
-		var err error
-		if c := f.inC(); c != nil {
-			// On failure c is still ours: the loop may send it again.
-			err = zmqio.SendOwned(sock, c, len(f.b), 0)
-		} else {
-			_, err = sock.SendBytes(f.b, 0)
-		}
+		err := sendFrame(sock, f, 0)
 		if err == nil {
 			return
 		}
@@ -160,6 +167,16 @@ func (fe *frontEndConn) send(sock *zmq.Socket, f *frame, topics map[string]int, 
 			return
 		}
 	}
+}
+
+// sendFrame sends f as one message. On failure f is unchanged (its C
+// memory still its own), to send again or to recycle.
+func sendFrame(sock *zmq.Socket, f *frame, flags zmq.Flag) error {
+	if c := f.inC(); c != nil {
+		return zmqio.SendOwned(sock, c, len(f.b), flags)
+	}
+	_, err := sock.SendBytes(f.b, flags)
+	return err
 }
 
 // readSubs reads the pending subscription frames: 0x01+topic subscribes,

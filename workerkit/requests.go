@@ -37,14 +37,19 @@ func (fe *frontEndConn) runRequests(ready chan<- error) {
 		}
 		return
 	}
-	held := fe.receive(sock, gate)
+	fe.receive(sock, gate)
+}
+
+// closeRequests closes the request socket once its loop has ended, and
+// serves held, what the loop took before cutting the flow.
+func (fe *frontEndConn) closeRequests(sock *zmq.Socket, gate *bindGate, held []*flight) {
+	s := fe.s
 	if gate != nil {
 		gate.close(sock)
 	}
 	if err := sock.Close(); err != nil {
 		fe.log.Warn("closing request socket", "err", err)
 	}
-	// Serve what we took before cutting the flow.
 	for i, fl := range held {
 		if !s.takeSlot(fl, s.base.Done()) {
 			fe.log.Warn("shutdown timeout: dropping queued requests", "count", len(held)-i)
@@ -60,24 +65,34 @@ func (fe *frontEndConn) runRequests(ready chan<- error) {
 	}
 }
 
-// receive is the request socket owner's working life: it returns when the
-// worker stops, with the requests already queued locally (admitted, not
-// started). gate is set in bind mode, where the socket is already bound.
-func (fe *frontEndConn) receive(sock *zmq.Socket, gate *bindGate) (held []*flight) {
-	s := fe.s
-	connected := gate != nil
+// receive is the request socket's working life: it returns when the worker
+// stops, once the socket is closed and the requests queued locally then
+// are started. gate is set in bind mode, where the socket is already bound.
+// The loop runs on goroutines of its own (inline.go): this one only waits
+// for it, so that Serve's wait for request owners never waits for a
+// handler that runs inline.
+func (fe *frontEndConn) receive(sock *zmq.Socket, gate *bindGate) {
+	in, err := newSocketReader(sock)
+	if err != nil {
+		fe.s.fatal(fmt.Errorf("workerkit: request socket for %s: %w", fe.cfg.Requests, err))
+		fe.closeRequests(sock, gate, nil)
+		return
+	}
+	newReqLoop(fe, sock, gate, in).runLoop()
+}
+
+// lead runs the receive loop as its leader. It returns true when the loop
+// has ended, false when this goroutine lost the loop to another while it ran
+// a request inline.
+func (l *reqLoop) lead() bool {
+	fe, s, sock, gate := l.fe, l.fe.s, l.sock, l.gate
+	var held []*flight // admitted as the worker stopped
 	wait := func() bool { return fe.waitActive(fe.kick) }
 	if gate != nil {
 		wait = func() bool { return fe.waitBound(gate) }
 	}
-	in, err := newSocketReader(sock)
-	if err != nil {
-		s.fatal(fmt.Errorf("workerkit: request socket for %s: %w", fe.cfg.Requests, err))
-		return nil
-	}
-	defer in.close()
 	for wait() {
-		if !connected {
+		if !l.connected {
 			// Only now: a request taken before the front end subscribed
 			// would be answered into the void (slow joiner). And, with a
 			// control channel, preferably once it is up, or the first
@@ -88,9 +103,10 @@ func (fe *frontEndConn) receive(sock *zmq.Socket, gate *bindGate) (held []*fligh
 			}
 			if err := sock.Connect(fe.cfg.Requests); err != nil {
 				s.fatal(fmt.Errorf("workerkit: connecting to %s: %w", fe.cfg.Requests, err))
-				return nil
+				l.end(nil)
+				return true
 			}
-			connected = true
+			l.connected = true
 		}
 		// Receive first, then wait for a handler slot. An idle owner holds
 		// no slot, so requests addressed to this worker over the control
@@ -98,7 +114,7 @@ func (fe *frontEndConn) receive(sock *zmq.Socket, gate *bindGate) (held []*fligh
 		// and cancels its request, even while every slot is busy. While
 		// all slots are busy one request waits here and the rest in the
 		// socket's queue: either way they were routed to this worker.
-		msg, err := in.recv(recvTimeout)
+		msg, err := l.in.recv(recvTimeout)
 		if err != nil {
 			if !isEAGAIN(err) {
 				fe.log.Error("receiving request", "err", err)
@@ -128,14 +144,31 @@ func (fe *frontEndConn) receive(sock *zmq.Socket, gate *bindGate) (held []*fligh
 		}
 		switch s.takeSlotUnlessPaused(fl) {
 		case slotTaken:
-			s.start(fl)
+			if !l.serve(fl) {
+				return false
+			}
 		case slotPaused:
 			fe.ctl.nack(fl)
 		case slotStopped:
 			held = append(held, fl) // served below, with what is queued
 		}
 	}
-	if !connected || !fe.active.Load() {
+	l.end(l.drain(held))
+	return true
+}
+
+// end ends the loop: it closes the socket and serves held.
+func (l *reqLoop) end(held []*flight) {
+	l.in.close()
+	l.fe.closeRequests(l.sock, l.gate, held)
+	close(l.done)
+}
+
+// drain takes, at shutdown, what has already arrived in the socket, and
+// leaves the front end: it returns the requests to serve before closing.
+func (l *reqLoop) drain(held []*flight) []*flight {
+	fe, s, sock, gate := l.fe, l.fe.s, l.sock, l.gate
+	if !l.connected || !fe.active.Load() {
 		// Nothing queued, or nobody to answer.
 		for _, fl := range held {
 			s.discard(fl)

@@ -124,6 +124,10 @@ type responseWriter struct {
 	isHEAD      bool
 	http10      bool
 	joined      bool // a Group took the response over
+	// direct: the response's frames go out from the handler's goroutine
+	// when the reply socket is free (inline.go); once one went to the
+	// socket's owner, the rest follow it there, in order.
+	direct bool
 	// WebSocket handshake (websocket.go): the accept key the front end
 	// computed, the accepted connection, and whether its handler slot
 	// was given back.
@@ -152,7 +156,7 @@ func (rw *responseWriter) release() {
 	rw.keys = rw.keys[:0]
 	rw.buf = rw.buf[:0]
 	rw.fe, rw.ctx, rw.err, rw.fl, rw.flow = nil, nil, nil, nil, nil
-	rw.wroteHeader, rw.headSent, rw.chunked, rw.closeAfter = false, false, false, false
+	rw.wroteHeader, rw.headSent, rw.chunked, rw.closeAfter, rw.direct = false, false, false, false, false
 	rw.wsAccept, rw.ws, rw.slotFreed = "", nil, false
 	rwPool.Put(rw)
 }
@@ -447,6 +451,12 @@ func (rw *responseWriter) push(f *frame) error {
 			putFrame(f)
 			return err
 		}
+	}
+	if rw.direct {
+		if rw.fe.sendDirect(f) {
+			return nil
+		}
+		rw.direct = false
 	}
 	// Most of the time the reply socket's owner keeps up: hand the frame
 	// over without waiting, which spares the request context its Done

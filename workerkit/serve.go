@@ -84,6 +84,8 @@ type server struct {
 	websockets map[flightKey]*WSConn
 
 	sessions *sessionTable // nil without Worker.PinnedSessions (pinned.go)
+
+	handlerCost atomic.Int64 // moving average of handler run times, ns (inline.go)
 }
 
 // frontEndConn is the run-time state of one FrontEnd. Its request socket is
@@ -117,6 +119,8 @@ type frontEndConn struct {
 	subs    atomic.Int64
 	peers   atomic.Int64
 	subPoke chan struct{}
+
+	reply replySocket // the reply socket, for sendDirect (inline.go)
 }
 
 // serveUntil is Serve; a close of force (a second signal) cancels the running
