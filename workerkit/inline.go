@@ -35,10 +35,11 @@ import (
 // the run marker (run) from the leader, which the leader checks when its
 // handler returns.
 
+// inlineCostMax is the average handler run time below which requests run
+// inline. A variable for tests only (set before a worker starts).
+var inlineCostMax = 50 * time.Microsecond
+
 const (
-	// inlineCostMax is the average handler run time below which requests
-	// run inline.
-	inlineCostMax = 50 * time.Microsecond
 	// costCap bounds what one run adds to the average: one very slow
 	// handler keeps requests off the inline path for a while, not forever.
 	costCap = 20 * time.Millisecond
@@ -107,6 +108,9 @@ func (l *reqLoop) serve(fl *flight) bool {
 	if s.sessions != nil && s.sessions.route(fl) {
 		return true
 	}
+	if testHookInline != nil {
+		testHookInline(fl.key.connID)
+	}
 	n := l.runs.Add(1)
 	l.run.Store(n)
 	if l.idle.Load() && l.idle.CompareAndSwap(true, false) {
@@ -115,6 +119,10 @@ func (l *reqLoop) serve(fl *flight) bool {
 	s.serveRequest(fl, true)
 	return l.run.CompareAndSwap(n, 0)
 }
+
+// testHookInline, when set by tests, is called when a request is about to
+// run inline.
+var testHookInline func(connID string)
 
 // takeOver is the life of a goroutine that took the loop from a slow
 // inline run.
