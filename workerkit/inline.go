@@ -46,7 +46,7 @@ const (
 	// costWeight is the weight of the newest run in the average: 1/costWeight.
 	costWeight = 16
 	// inlineWatch is how often the watchdog looks at an inline run.
-	inlineWatch = time.Millisecond
+	inlineWatch = 5 * time.Millisecond
 )
 
 // noteCost adds a handler's run time to the server's moving average.
