@@ -438,9 +438,11 @@ func replyPrefixLen(sender, connID string) int {
 	return len(sender) + 1 + digits + 1 + len(connID) + 1 + 1
 }
 
-// push hands a frame to the reply socket's owner. It blocks while that owner
-// is behind, which is what paces a streaming handler, and, with flow
-// control, until the front end has granted credit for the frame's body.
+// push hands a frame to the reply socket's owner, or, for a request running
+// inline, sends it itself when the socket is free (sendDirect). It blocks
+// while that owner is behind, which is what paces a streaming handler, and,
+// with flow control, until the front end has granted credit for the frame's
+// body.
 func (rw *responseWriter) push(f *frame) error {
 	if rw.ctx.Err() != nil {
 		putFrame(f)

@@ -25,7 +25,9 @@ import (
 //     takeSlot waits for a handler slot; start checks the dispatch deadline
 //     and queues the ACK (control.go);
 //   - handlers.go: run hands the flight to a handler goroutine; serveRequest
-//     builds the http.Request (request.go) and calls the Handler;
+//     builds the http.Request (request.go) and calls the Handler; a cheap
+//     handler runs inline instead, on the goroutine that received the
+//     request, which also sends its reply (inline.go);
 //   - response.go: the responseWriter frames the reply, paced by CREDIT
 //     (flow.go), and hands it to the reply socket's owner (replies.go).
 //
