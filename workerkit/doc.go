@@ -36,6 +36,12 @@
 //     pulling requests while all slots are busy (one request waits for a
 //     slot, the rest stay in the socket's small queue), so PUSH round-robin
 //     at the front end sends the work to idle workers instead.
+//   - While handlers have been cheap lately (a moving average of their run
+//     times), a request runs on the goroutine that received it, which also
+//     sends its reply: one goroutine per request instead of three, which
+//     saves thread wake-ups. A handler that turns out slow there loses the
+//     request socket to another goroutine within about 10 ms, and slow
+//     handlers run on goroutines of their own, as always (inline.go).
 //   - A response that fits in 64 KiB and is not flushed travels as one
 //     message with a Content-Length. Flushing, or writing more, streams it as
 //     chunks of at most 256 KiB per message.
