@@ -37,7 +37,8 @@
 //     slot, the rest stay in the socket's small queue), so PUSH round-robin
 //     at the front end sends the work to idle workers instead.
 //   - While handlers have been cheap lately (a moving average of their run
-//     times), a request runs on the goroutine that received it, which also
+//     times), a request that needs no ACK over a control channel runs on
+//     the goroutine that received it, which also
 //     sends its reply: one goroutine per request instead of three, which
 //     saves thread wake-ups. A handler that turns out slow there loses the
 //     request socket to another goroutine within about 10 ms, and slow

@@ -21,7 +21,8 @@ import (
 //   - only handlers that have been cheap lately run inline: the server
 //     keeps a moving average of handler run times (noteCost), and at or
 //     above inlineCostMax every request is handed to a handler goroutine
-//     as before; streamed uploads and WebSocket handshakes never run inline;
+//     as before; requests acknowledged over the control channel, streamed
+//     uploads and WebSocket handshakes never run inline;
 //   - a watchdog looks at the inline run every inlineWatch; one that was
 //     already running at its last look loses the request socket: a new
 //     goroutine takes over receiving (reqLoop.takeOver), and the one
@@ -58,8 +59,11 @@ func (s *server) noteCost(d time.Duration) {
 }
 
 // inlineFits reports whether fl may run on the goroutine that received it.
+// A request acknowledged over the control channel (a window) does not: its
+// ACK wakes the control owner's goroutine anyway, and running it inline
+// saved no CPU there, only added thread switches.
 func (s *server) inlineFits(fl *flight) bool {
-	return s.handlerCost.Load() < int64(inlineCostMax) && !fl.stream &&
+	return s.handlerCost.Load() < int64(inlineCostMax) && fl.window == 0 && !fl.stream &&
 		fl.req.Header("METHOD") != "WEBSOCKET_HANDSHAKE"
 }
 

@@ -68,8 +68,9 @@ func TestSlowInlineHandler(t *testing.T) {
 	}
 }
 
-// Which requests run inline: cheap handlers lately, no streamed body, no
-// WebSocket handshake; one very slow run counts only up to costCap.
+// Which requests run inline: cheap handlers lately, no ACK over the control
+// channel, no streamed body, no WebSocket handshake; one very slow run
+// counts only up to costCap.
 func TestInlineFits(t *testing.T) {
 	get := func(method string) *mongrel2.Request {
 		f := &testFE{sender: testSender}
@@ -83,12 +84,14 @@ func TestInlineFits(t *testing.T) {
 		name   string
 		runs   []time.Duration // noted before the check
 		stream bool
+		window int64
 		method string
 		want   bool
 	}{
 		{name: "fresh worker", want: true},
 		{name: "cheap handlers", runs: []time.Duration{5 * time.Microsecond, 8 * time.Microsecond}, want: true},
 		{name: "streamed upload", stream: true, want: false},
+		{name: "acknowledged over the control channel", window: 1 << 20, want: false},
 		{name: "WebSocket handshake", method: "WEBSOCKET_HANDSHAKE", want: false},
 		{name: "one slow run", runs: []time.Duration{time.Second}, want: false},
 		{name: "slow handlers", runs: []time.Duration{time.Millisecond, time.Millisecond, time.Millisecond}, want: false},
@@ -107,7 +110,7 @@ func TestInlineFits(t *testing.T) {
 			if method == "" {
 				method = "GET"
 			}
-			fl := &flight{req: get(method), stream: tc.stream}
+			fl := &flight{req: get(method), stream: tc.stream, window: tc.window}
 			if got := s.inlineFits(fl); got != tc.want {
 				t.Errorf("inlineFits = %v, want %v (average %v)", got, tc.want, time.Duration(s.handlerCost.Load()))
 			}
