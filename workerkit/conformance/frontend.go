@@ -289,6 +289,11 @@ func (f *frontEnd) readControl(router *zmq.Socket) {
 		}
 		ev := ctlEvent{at: time.Now(), worker: string(parts[0]), payload: parts[1]}
 		ev.msg, ev.err = zmqx.Parse(ev.payload)
+		if ev.msg.Verb == zmqx.Hello && ev.err == nil {
+			// As a front end does: answered on the connection that said
+			// it, before anything else (docs/zmqx.md section 6).
+			_ = sendControl(router, ev.worker, zmqx.AppendWelcome(nil))
+		}
 		f.mu.Lock()
 		f.ctl = append(f.ctl, ev)
 		f.notifyLocked()
