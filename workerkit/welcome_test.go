@@ -104,3 +104,28 @@ func TestFrontEndWithoutWelcome(t *testing.T) {
 		t.Fatalf("the missing WELCOME logged %d times, want once:\n%s", n, logs.String())
 	}
 }
+
+// TestLapseWhileUnansweredSaysReset: the lease lapses while the new control
+// connection is unanswered (the front end may take us for lost): the
+// requests acknowledged before are cancelled, and RESET goes out first
+// thing once the connection is up.
+func TestLapseWhileUnansweredSaysReset(t *testing.T) {
+	t.Cleanup(func() { testClockJump.Store(0) })
+	f := newTestFECtl(t)
+	g := newGate()
+	startWorker(t, &Worker{FrontEnds: []FrontEnd{f.fe}, Handler: g})
+	f.ctlWait("HELLO", func(m ctlMsg) bool { return strings.HasPrefix(m.body, "HELLO") })
+	f.request("1", treq{uri: "/block/1", window: testWindow})
+	eq(t, "started", recvWithin(t, g.started, "handler start"), "/block/1")
+	f.ctlWaitAck("1")
+
+	id := reconnectUnanswered(t, f)
+	testClockJump.Add(int64(2 * leaseLapse))
+	eq(t, "cancelled", recvWithin(t, g.cancelled, "the acknowledged request cancelled"), "/block/1")
+	f.pumpCtl()
+	if slices.ContainsFunc(f.ctlLog, func(m ctlMsg) bool { return m.body == "RESET" }) {
+		t.Fatalf("RESET sent on a connection the front end has not answered: %v", f.ctlLog)
+	}
+	f.ctlSend(id, "WELCOME")
+	f.ctlWaitBody("RESET")
+}
