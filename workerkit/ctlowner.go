@@ -37,6 +37,8 @@ type ctlOwner struct {
 	// resetDue: the lease lapsed while no connection was up; RESET goes
 	// out first when one comes up.
 	resetDue bool
+	// flushDue: the connection just came up (flushUp).
+	flushDue bool
 }
 
 // run owns the DEALER and its monitor.
@@ -181,6 +183,7 @@ func (c *ctlConn) run(ready chan<- error, quit <-chan struct{}) {
 			}
 		}
 		o.receive()
+		o.flushUp()
 		hb.Reset(max(time.Until(nextHB), 0)) // Go 1.23 timers: no stale tick to drain
 		select {
 		case <-c.wake:
@@ -268,16 +271,31 @@ func (o *ctlOwner) up() {
 	c.noteSent(o.greetSent)
 	c.connected.Store(true)
 	c.warnedUnacked.Store(false)
-	if o.resetDue {
-		o.resetDue = false
-		o.send(zmqx.AppendReset(o.buf[:0]))
-	}
+	// The RESET due and the ACKs held go out before the owner waits again
+	// (flushUp), not from here: up may run inside a send, whose message
+	// is in o.buf.
+	o.flushDue = true
 	c.fe.log.Info("control channel connected", "control", c.fe.cfg.Control, "id", c.fe.s.id)
 	if !o.upClosed {
 		o.upClosed = true
 		close(c.up)
 	}
 	c.fe.wakeOwner() // the request socket's owner waits for this
+}
+
+// flushUp sends what waited for the connection to come up: the RESET due,
+// then the held ACKs (a held ACK may be close to too late, so not at the
+// owner's next wake-up).
+func (o *ctlOwner) flushUp() {
+	if !o.flushDue {
+		return
+	}
+	o.flushDue = false
+	if o.resetDue {
+		o.resetDue = false
+		o.send(zmqx.AppendReset(o.buf[:0]))
+	}
+	o.drainAcks()
 }
 
 // fallBack gives up waiting for the front end's answer to HELLO: a front
