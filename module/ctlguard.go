@@ -160,7 +160,7 @@ func (t *transport) dropKeys(removed []string) {
 	hosts := map[string]bool{}
 	workers := map[string]bool{}
 	for _, pc := range append(slices.Clip(ctl), rep...) {
-		hosts[pc.host()] = true
+		hosts[hostKey(pc.host())] = true
 		if pc.worker != "" {
 			workers[pc.worker] = true
 		}
@@ -180,7 +180,7 @@ func (t *transport) dropKeys(removed []string) {
 	if len(hosts) == 0 && len(workers) == 0 {
 		return // none of the removed keys is connected
 	}
-	req := t.reqConns.find(func(pc *peerConn) bool { return hosts[pc.host()] })
+	req := t.reqConns.find(func(pc *peerConn) bool { return hosts[hostKey(pc.host())] })
 	if len(req) > 0 {
 		t.redialUntil.Store(time.Now().Add(redialGrace).UnixNano())
 	}

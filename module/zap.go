@@ -3,7 +3,6 @@ package caddyzmq
 import (
 	"fmt"
 	"maps"
-	"net"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -149,7 +148,7 @@ func (h *zapHandler) answer(req [][]byte) [6]any {
 		key := zmq.Z85encode(string(req[6]))
 		if a.allows(key) {
 			status, text, user = "200", "OK", key
-			a.noteAdmitted(key, zapHost(address))
+			a.noteAdmitted(key, hostKey(address))
 			if d.control {
 				a.noteControlApproval(address, key, time.Now())
 			}
@@ -257,16 +256,6 @@ func (a *authorizer) noteAdmitted(key, host string) {
 	if len(hs) < maxHostsPerKey {
 		hs[host] = struct{}{}
 	}
-}
-
-// zapHost is the host of a ZAP request's address as peerConn.host has it:
-// libzmq gives a TCP peer's IP, and for an ipc peer its credentials from
-// SO_PEERCRED (e.g. "localhost:0:0:1234"), which peerConn.host knows as "".
-func zapHost(address string) string {
-	if net.ParseIP(address) == nil {
-		return ""
-	}
-	return address
 }
 
 // takeHosts returns the hosts key was allowed in from, and forgets them
