@@ -58,6 +58,10 @@ func (e *CloseError) Error() string {
 	return fmt.Sprintf("workerkit: websocket closed by the client: %d %s", e.Code, e.Reason)
 }
 
+// wsFin is the FIN bit of a frame's first byte: the worker's frames are
+// whole messages.
+const wsFin = 0x80
+
 // wsCloseWait bounds how long Close waits for the client's answering close
 // frame before it ends the connection anyway.
 const wsCloseWait = 2 * time.Second
@@ -171,11 +175,16 @@ func prepareHandshake(rw *responseWriter, r *http.Request, acceptKey []byte) *ht
 
 // sendRaw sends b as reply bodies, within the reply credit when flow
 // control is on, so that a slow client slows the writer.
-func (rw *responseWriter) sendRaw(b []byte) error {
+func (rw *responseWriter) sendRaw(b []byte) error { return rw.sendFrame(nil, b) }
+
+// sendFrame sends head then payload as one stream of reply bodies: the
+// bytes go straight into the reply frames (C memory for large ones), with
+// no copy of the whole frame assembled first.
+func (rw *responseWriter) sendFrame(head, payload []byte) error {
 	if rw.err != nil {
 		return rw.err
 	}
-	for len(b) > 0 {
+	for len(head)+len(payload) > 0 {
 		credit := int64(math.MaxInt64)
 		if rw.flow != nil {
 			c, err := rw.flow.await(rw.ctx, rw.fe.dead)
@@ -185,14 +194,16 @@ func (rw *responseWriter) sendRaw(b []byte) error {
 			}
 			credit = c
 		}
-		n := int(min(int64(len(b)), maxMsgBody, max(credit, 1)))
+		n := int(min(int64(len(head)+len(payload)), maxMsgBody, max(credit, 1)))
 		f := getFrame()
 		f.b = mongrel2.AppendReplyOne(f.b, rw.sender, rw.connID, nil)
 		if n >= cFrameMin {
 			f = f.toC(len(f.b) + n)
 		}
-		f.b = append(f.b, b[:n]...)
-		b = b[n:]
+		h := min(n, len(head))
+		f.b = append(f.b, head[:h]...)
+		f.b = append(f.b, payload[:n-h]...)
+		head, payload = head[h:], payload[n-h:]
 		if err := rw.push(f); err != nil {
 			rw.err = err
 			return err
@@ -342,7 +353,8 @@ func (c *WSConn) writeFrame(op byte, payload []byte) error {
 	if c.closed || c.closeSent {
 		return ErrWebSocketClosed
 	}
-	return c.rw.sendRaw(wsframe.AppendFrame(make([]byte, 0, len(payload)+10), op, payload))
+	var head [10]byte
+	return c.rw.sendFrame(wsframe.AppendHeader(head[:0], wsFin|op, len(payload)), payload)
 }
 
 // Close sends a close frame with code and reason, waits a moment for the
