@@ -110,7 +110,15 @@ type Reader struct {
 	// Buffers, if set, lends the buffers of messages larger than a Reader
 	// keeps between messages; Release gives them back.
 	Buffers Buffers
+	// Place, if set, is offered every data message that arrives as one
+	// frame, before its payload is read: it returns n bytes of memory of
+	// its own for the payload (the caller's outgoing message, so that the
+	// bytes are read and unmasked where they are sent from), or nil for
+	// the Reader's buffer. flags is the message's Flags. The payload of
+	// such a message is the caller's; Release ignores it.
+	Place func(flags byte, n int) []byte
 
+	placed      []byte // the last payload Place gave, for Release
 	partial     []byte
 	partialOpen bool
 	partialFlag byte
@@ -129,6 +137,9 @@ type Buffers interface {
 // Buffers once the caller is done with it. Payloads the Reader keeps for
 // itself (small messages, control frames) are left alone.
 func (rd *Reader) Release(p []byte) {
+	if len(p) > 0 && len(rd.placed) > 0 && &p[0] == &rd.placed[0] {
+		return
+	}
 	if rd.Buffers != nil && cap(p) > defaultReassemblyCap {
 		rd.Buffers.Put(p[:0])
 	}
@@ -143,6 +154,7 @@ func NewReader(r *bufio.Reader, maxMessage int64) *Reader {
 // payload is valid until the next call. io.EOF means the client closed
 // the connection between frames.
 func (rd *Reader) ReadMessage() (Message, error) {
+	rd.placed = nil
 	for {
 		b0, payloadLen, mask, err := rd.readHeader()
 		if err != nil {
@@ -163,6 +175,11 @@ func (rd *Reader) ReadMessage() (Message, error) {
 		}
 		if op != OpContinuation && rd.partialOpen {
 			return Message{}, ErrExpectedContinue
+		}
+		if op != OpContinuation && fin && rd.Place != nil {
+			if p := rd.Place(b0|finBit, int(payloadLen)); p != nil {
+				return rd.readPlaced(b0|finBit, p[:payloadLen:payloadLen], mask)
+			}
 		}
 		if op != OpContinuation { // a continuation keeps the first frame's flags
 			rd.partialFlag = b0
@@ -188,6 +205,16 @@ func (rd *Reader) ReadMessage() (Message, error) {
 			return msg, nil
 		}
 	}
+}
+
+// readPlaced reads a one-frame message's payload into p, which Place gave.
+func (rd *Reader) readPlaced(flags byte, p []byte, mask [4]byte) (Message, error) {
+	rd.placed = p
+	if _, err := io.ReadFull(rd.r, p); err != nil {
+		return Message{}, unexpected(err)
+	}
+	unmaskAt(p, mask)
+	return Message{Flags: flags, Payload: p}, nil
 }
 
 // readHeader reads and validates one frame header.
