@@ -8,6 +8,7 @@ package wsframe
 import (
 	"bufio"
 	"crypto/sha1"
+	"crypto/subtle"
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
@@ -291,8 +292,24 @@ func (rd *Reader) grow(b []byte, n int) []byte {
 }
 
 // unmaskAt XORs p with the masking key, starting at key offset 0 (each
-// frame has its own key), eight bytes at a time where it can.
+// frame has its own key). Large messages are unmasked in place on their
+// way to the worker, so this is a per-byte cost of the bridge: long
+// payloads go through crypto/subtle's vectorised XOR against the key
+// repeated, short ones eight bytes at a time.
 func unmaskAt(p []byte, key [4]byte) {
+	if len(p) >= unmaskVectorMin {
+		var stream [unmaskStream]byte
+		copy(stream[:], key[:])
+		for n := len(key); n < len(stream); n *= 2 {
+			copy(stream[n:], stream[:n])
+		}
+		for len(p) >= len(stream) { // len(stream) is a multiple of 4
+			subtle.XORBytes(p, p[:len(stream)], stream[:])
+			p = p[len(stream):]
+		}
+		subtle.XORBytes(p, p, stream[:len(p)])
+		return
+	}
 	k32 := binary.LittleEndian.Uint32(key[:])
 	k64 := uint64(k32) | uint64(k32)<<32
 	i := 0
@@ -303,6 +320,13 @@ func unmaskAt(p []byte, key [4]byte) {
 		p[i] ^= key[i&3]
 	}
 }
+
+// unmaskStream is the key stream's length, and unmaskVectorMin the
+// payload length from which it pays to build it.
+const (
+	unmaskStream    = 2048
+	unmaskVectorMin = 1024
+)
 
 // AppendHeader appends the header of an unmasked server frame, as
 // Mongrel2's websocket_make_header writes it.

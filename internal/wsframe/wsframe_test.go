@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"strconv"
 	"testing"
 )
 
@@ -185,10 +186,20 @@ func FuzzReadMessage(f *testing.F) {
 	})
 }
 
-// The word-at-a-time unmasking equals the byte-wise definition for every
-// length and alignment.
+// The word-at-a-time and vectorised unmasking equal the byte-wise
+// definition for every length and alignment, around the sizes where the
+// method and the key stream's chunks change too.
 func TestUnmask(t *testing.T) {
+	var sizes []int
 	for n := range 40 {
+		sizes = append(sizes, n)
+	}
+	for _, edge := range []int{unmaskVectorMin, unmaskStream, 2 * unmaskStream, 5*unmaskStream + 3} {
+		for n := edge - 9; n <= edge+9; n++ {
+			sizes = append(sizes, n)
+		}
+	}
+	for _, n := range sizes {
 		p := make([]byte, n)
 		for i := range p {
 			p[i] = byte(i * 7)
@@ -201,5 +212,18 @@ func TestUnmask(t *testing.T) {
 		if !bytes.Equal(p, want) {
 			t.Fatalf("n=%d: % x, want % x", n, p, want)
 		}
+	}
+}
+
+// go test -run XXX -bench Unmask ./internal/wsframe/
+func BenchmarkUnmask(b *testing.B) {
+	for _, n := range []int{64, 4 << 10, 1 << 20} {
+		p := make([]byte, n)
+		b.Run(strconv.Itoa(n), func(b *testing.B) {
+			b.SetBytes(int64(n))
+			for b.Loop() {
+				unmaskAt(p, key)
+			}
+		})
 	}
 }
