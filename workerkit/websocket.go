@@ -173,6 +173,12 @@ func prepareHandshake(rw *responseWriter, r *http.Request, acceptKey []byte) *ht
 	return r.WithContext(context.WithValue(r.Context(), wsHandshakeKey{}, rw))
 }
 
+// wsMaxPiece bounds the bytes of one reply message of a WebSocket: larger
+// than an HTTP body's pieces (maxMsgBody), because every reply message
+// costs a hand-off, a send and a receive on both sides, and a frame of up
+// to this size goes whole, without a copy, from C memory (zmqio.CBuf).
+const wsMaxPiece = 1<<20 + 16
+
 // sendRaw sends b as reply bodies, within the reply credit when flow
 // control is on, so that a slow client slows the writer.
 func (rw *responseWriter) sendRaw(b []byte) error { return rw.sendFrame(nil, b) }
@@ -194,7 +200,7 @@ func (rw *responseWriter) sendFrame(head, payload []byte) error {
 			}
 			credit = c
 		}
-		n := int(min(int64(len(head)+len(payload)), maxMsgBody, max(credit, 1)))
+		n := int(min(int64(len(head)+len(payload)), wsMaxPiece, max(credit, 1)))
 		f := getFrame()
 		f.b = mongrel2.AppendReplyOne(f.b, rw.sender, rw.connID, nil)
 		if n >= cFrameMin {
