@@ -128,8 +128,9 @@ func (c *controlPlane) failTakenByRemoved(payload []byte) {
 //   - the control channel forgets their worker ids and fails the requests
 //     they held, which go back to balancing;
 //   - the request socket's connections from the hosts those keys spoke
-//     from are closed: libzmq tells nothing about who is behind a PUSH
-//     connection (it only sends), so the host is the best it gives. Other
+//     from (their messages, and every handshake ZAP let in with them) are
+//     closed: libzmq tells nothing about who is behind a PUSH connection
+//     (it only sends), so the host is the best it gives. Other
 //     workers on those hosts dial again at once; a request queued toward
 //     one of them when its connection closed was not acknowledged, and the
 //     control channel's dispatch deadline sends it again, safely.
@@ -153,11 +154,16 @@ func (t *transport) dropKeys(removed []string) {
 			workers[pc.worker] = true
 		}
 	}
-	if t.control != nil {
-		for _, k := range removed {
+	for _, k := range removed {
+		if t.control != nil {
 			for _, w := range t.control.ids.workersOf(k) {
 				workers[w] = true
 			}
+		}
+		// A worker that has sent nothing yet (no reply, no control
+		// channel) is known only from its handshakes.
+		for _, h := range t.auth.takeHosts(k) {
+			hosts[h] = true
 		}
 	}
 	if len(hosts) == 0 && len(workers) == 0 {

@@ -277,6 +277,38 @@ func TestRemovedKeyDropped(t *testing.T) {
 	}
 }
 
+// TestRemovedKeySilentWorkerDropped: a worker whose key is removed while it
+// has only a request connection (a pool without control channel, and it
+// has not replied yet: no message names its key) loses that connection
+// too: ZAP saw the key's host at the handshake.
+func TestRemovedKeySilentWorkerDropped(t *testing.T) {
+	server, stays, removed := mustKeyPair(t), mustKeyPair(t), mustKeyPair(t)
+	env := newTestEnv(t, func(h *Handler) {
+		h.Curve = &Curve{SecretKey: server.secret, Allow: []string{stays.public, removed.public}}
+	})
+	tr := env.h.pools[0].transport
+	pull, err := zmq.NewSocket(zmq.PULL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { pull.SetLinger(0); pull.Close() })
+	mon := monitored(t, pull)
+	if err := firstErr(curveClient(pull, server.public, removed), pull.Connect(env.reqEP)); err != nil {
+		t.Fatal(err)
+	}
+	waitFor(t, "the request connection", func() bool { return tr.peers.Load() == 1 })
+
+	tr.dropKeys(tr.auth.setAllowed(map[string]string{stays.public: "inline"}))
+
+	waitFor(t, "the removed worker's request connection closed", func() bool {
+		ev, _, _, err := mon.RecvEvent(0)
+		return err == nil && ev == zmq.EVENT_DISCONNECTED
+	})
+	if hs := tr.auth.takeHosts(removed.public); len(hs) != 0 {
+		t.Fatalf("hosts of the removed key still remembered: %q", hs)
+	}
+}
+
 // TestJudgeReplyGone: a reply connection that ended is reported, naming
 // the worker, its key and the cap, only when that key's worker stays on
 // the control channel over a connection older than the end, and only once

@@ -478,10 +478,9 @@ func TestDisconnectNotice(t *testing.T) {
 				cancel()
 				continue
 			}
-			if r.IsDisconnect() {
-				if r.ConnID != connID {
-					t.Fatalf("disconnect for %s, want %s", r.ConnID, connID)
-				}
+			// A notice for another request is an earlier one's: a
+			// readiness probe that gave up on a loaded machine.
+			if r.IsDisconnect() && connID != "" && r.ConnID == connID {
 				return
 			}
 		case <-deadline:

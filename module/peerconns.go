@@ -53,6 +53,9 @@ type peerConn struct {
 
 // host is the peer's address without its port ("" for ipc).
 func (pc *peerConn) host() string {
+	if strings.HasPrefix(pc.peer, unixAddrPrefix) {
+		return ""
+	}
 	h, _, err := net.SplitHostPort(pc.peer)
 	if err != nil {
 		return pc.peer

@@ -2,6 +2,8 @@ package caddyzmq
 
 import (
 	"fmt"
+	"maps"
+	"net"
 	"slices"
 	"sync"
 	"sync/atomic"
@@ -138,6 +140,7 @@ func (h *zapHandler) answer(req [][]byte) [6]any {
 		key := zmq.Z85encode(string(req[6]))
 		if a.allows(key) {
 			status, text, user = "200", "OK", key
+			a.noteAdmitted(key, zapHost(address))
 		} else {
 			// 300, "temporary failure", not 400: libzmq gives up on a
 			// connection refused with 400 for good, on both sides, so a
@@ -181,11 +184,16 @@ type authorizer struct {
 	// handshake times out (ctlguard.go must not take it for another).
 	stalled map[string]time.Time
 	seen    map[string]struct{} // refusals already logged, by reason and key or peer
-	unseen  uint64              // refusals not logged because seen was full
+	// hosts: where each allowed key's handshakes came from (ZAP's
+	// address, "" for ipc), every socket's, so that removing the key can
+	// find its request connections, which carry no message that names it.
+	hosts  map[string]map[string]struct{}
+	unseen uint64 // refusals not logged because seen was full
 }
 
 func newAuthorizer(pool string, logger *zap.Logger) *authorizer {
-	a := &authorizer{pool: pool, logger: logger, seen: make(map[string]struct{})}
+	a := &authorizer{pool: pool, logger: logger, seen: make(map[string]struct{}),
+		hosts: make(map[string]map[string]struct{})}
 	empty := map[string]string{}
 	a.allowed.Store(&empty)
 	return a
@@ -215,6 +223,45 @@ func (a *authorizer) setAllowed(keys map[string]string) (removed []string) {
 	}
 	slices.Sort(removed)
 	return removed
+}
+
+// maxHostsPerKey bounds what noteAdmitted remembers of one key: a key used
+// from more hosts than that is a deployment that removing it by reload
+// cannot handle host by host anyway.
+const maxHostsPerKey = 256
+
+// noteAdmitted records that key was allowed in from host.
+func (a *authorizer) noteAdmitted(key, host string) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	hs := a.hosts[key]
+	if hs == nil {
+		hs = make(map[string]struct{})
+		a.hosts[key] = hs
+	}
+	if len(hs) < maxHostsPerKey {
+		hs[host] = struct{}{}
+	}
+}
+
+// zapHost is the host of a ZAP request's address as peerConn.host has it:
+// libzmq gives a TCP peer's IP, and for an ipc peer its credentials from
+// SO_PEERCRED (e.g. "localhost:0:0:1234"), which peerConn.host knows as "".
+func zapHost(address string) string {
+	if net.ParseIP(address) == nil {
+		return ""
+	}
+	return address
+}
+
+// takeHosts returns the hosts key was allowed in from, and forgets them
+// (the key has left the allow-list).
+func (a *authorizer) takeHosts(key string) []string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	hs := slices.Sorted(maps.Keys(a.hosts[key]))
+	delete(a.hosts, key)
+	return hs
 }
 
 // forgetLocked drops the logged refusals of key (under a.mu).

@@ -41,8 +41,11 @@ func cpuTicks() (busy, total uint64, ok bool) {
 }
 
 // procTicks is utime+stime of a process, in the same clock ticks.
-func procTicks(pid int) uint64 {
-	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+func procTicks(pid int) uint64 { return taskTicks("/proc/" + strconv.Itoa(pid) + "/stat") }
+
+// taskTicks is utime+stime from a /proc stat file (a process's or a thread's).
+func taskTicks(path string) uint64 {
+	b, err := os.ReadFile(path)
 	if err != nil {
 		return 0
 	}
@@ -88,6 +91,27 @@ func procSwitches(pid int) uint64 {
 	return n
 }
 
+// zmqIOTicks is the CPU time of a process's libzmq I/O threads (named
+// "ZMQbg/IO/<n>" by libzmq), which do the TCP work of every ZeroMQ socket:
+// it splits a process's cost per request between libzmq's own threads and
+// the Go (or Mongrel2) code around them.
+func zmqIOTicks(pid int) uint64 {
+	dir := "/proc/" + strconv.Itoa(pid) + "/task"
+	tasks, err := os.ReadDir(dir)
+	if err != nil {
+		return 0
+	}
+	var n uint64
+	for _, t := range tasks {
+		comm, err := os.ReadFile(dir + "/" + t.Name() + "/comm")
+		if err != nil || !strings.HasPrefix(string(comm), "ZMQbg/IO") {
+			continue
+		}
+		n += taskTicks(dir + "/" + t.Name() + "/stat")
+	}
+	return n
+}
+
 // ticksPerSecond is USER_HZ, 100 on every Linux we run on.
 const ticksPerSecond = 100
 
@@ -96,6 +120,7 @@ type cpuMeter struct {
 	busy, total, own uint64
 	procs            []uint64 // per process of the stack, in start order
 	switches         []uint64 // the same processes' context switches
+	zmqIO            []uint64 // their libzmq I/O threads' CPU (zmqIOTicks)
 	ok               bool
 }
 
@@ -105,6 +130,7 @@ func startCPUMeter(s *Stack) cpuMeter {
 	for _, p := range s.procs {
 		m.procs = append(m.procs, procTicks(p.cmd.Process.Pid))
 		m.switches = append(m.switches, procSwitches(p.cmd.Process.Pid))
+		m.zmqIO = append(m.zmqIO, zmqIOTicks(p.cmd.Process.Pid))
 	}
 	return m
 }
@@ -126,6 +152,9 @@ type cpuShares struct {
 	// SwitchesByProcess is each process's context switches per request
 	// (all its threads, libzmq's included).
 	SwitchesByProcess map[string]float64 `json:"switches_per_request_by_process,omitempty"`
+	// ZmqIOByProcess is the part of ByProcess spent in each process's
+	// libzmq I/O threads (absent for processes without libzmq).
+	ZmqIOByProcess map[string]float64 `json:"zmq_io_per_request_us_by_process,omitempty"`
 }
 
 // shares measures since start; wrkCPU is the CPU time wrk used meanwhile
@@ -141,17 +170,21 @@ func (m cpuMeter) shares(s *Stack, wrkCPU time.Duration, requests int64) cpuShar
 	wrk := wrkCPU.Seconds() * ticksPerSecond
 	b := float64(busy - m.busy)
 	perReq, wrkPerReq := -1.0, -1.0
-	var byProc, swByProc map[string]float64
+	var byProc, swByProc, ioByProc map[string]float64
 	if requests > 0 {
 		perReq = ours / ticksPerSecond * 1e6 / float64(requests)
 		wrkPerReq = wrkCPU.Seconds() * 1e6 / float64(requests)
-		byProc, swByProc = map[string]float64{}, map[string]float64{}
+		byProc, swByProc, ioByProc = map[string]float64{}, map[string]float64{}, map[string]float64{}
 		for i, p := range s.procs {
 			if i < len(m.procs) {
 				t := max(0, float64(procTicks(p.cmd.Process.Pid))-float64(m.procs[i]))
 				byProc[p.Name] += t / ticksPerSecond * 1e6 / float64(requests)
 				sw := max(0, float64(procSwitches(p.cmd.Process.Pid))-float64(m.switches[i]))
 				swByProc[p.Name] += sw / float64(requests)
+				if io := zmqIOTicks(p.cmd.Process.Pid); io > 0 {
+					d := max(0, float64(io)-float64(m.zmqIO[i]))
+					ioByProc[p.Name] += d / ticksPerSecond * 1e6 / float64(requests)
+				}
 			}
 		}
 	}
@@ -160,6 +193,7 @@ func (m cpuMeter) shares(s *Stack, wrkCPU time.Duration, requests int64) cpuShar
 		WrkPerRequestUS:   wrkPerReq,
 		ByProcess:         byProc,
 		SwitchesByProcess: swByProc,
+		ZmqIOByProcess:    ioByProc,
 		Other:             100 * max(0, b-ours-wrk) / capacity,
 		Idle:              100 * max(0, capacity-b) / capacity,
 		Ours:              100 * ours / capacity,

@@ -79,8 +79,10 @@ type CaseReport struct {
 	// SwitchesByProc is the median per process of
 	// Run.CPU.SwitchesByProcess.
 	SwitchesByProc map[string]float64 `json:"switches_per_request_by_process,omitempty"`
-	Flagged        bool               `json:"flagged"` // failed runs or errors: do not trust the numbers
-	Runs           []Run              `json:"runs"`
+	// ZmqIOByProc is the median per process of Run.CPU.ZmqIOByProcess.
+	ZmqIOByProc map[string]float64 `json:"zmq_io_per_request_us_by_process,omitempty"`
+	Flagged     bool               `json:"flagged"` // failed runs or errors: do not trust the numbers
+	Runs        []Run              `json:"runs"`
 }
 
 // Check is one ratio or latency comparison, with its target if it has one.
@@ -171,6 +173,7 @@ func (rep *Report) finish(cases []Case, results [][]Run) {
 		cr.CPUPerReq, cr.WrkPerReq = medianOrUnknown(cpu), medianOrUnknown(wrkCPU)
 		cr.CPUByProc = medianByProcess(results[i], func(c cpuShares) map[string]float64 { return c.ByProcess })
 		cr.SwitchesByProc = medianByProcess(results[i], func(c cpuShares) map[string]float64 { return c.SwitchesByProcess })
+		cr.ZmqIOByProc = medianByProcess(results[i], func(c cpuShares) map[string]float64 { return c.ZmqIOByProcess })
 		if len(rps) > 0 {
 			cr.RPSMedian, cr.RPSMin, cr.RPSMax = median(rps), slices.Min(rps), slices.Max(rps)
 			cr.P50US, cr.P99US = median(p50), median(p99)
@@ -402,7 +405,8 @@ func printReport(w io.Writer, rep *Report) {
 	}
 	fmt.Fprintln(w, "cpu/req: CPU time of the measured processes (not wrk) per request, median; it depends much less on")
 	fmt.Fprintln(w, "other load than req/s does. \"by cpu/req\" below is each ratio computed from it. By process, with")
-	fmt.Fprintln(w, "its context switches per request (\"sw\", all its threads): each is a thread hand-off, several µs here.")
+	fmt.Fprintln(w, "its context switches per request (\"sw\", all its threads): each is a thread hand-off, several µs here;")
+	fmt.Fprintln(w, "\"io\" is the part of its CPU spent in libzmq's I/O threads.")
 	for _, c := range rep.Cases {
 		if len(c.CPUByProc) == 0 {
 			continue
@@ -411,6 +415,9 @@ func printReport(w io.Writer, rep *Report) {
 		parts := make([]string, len(names))
 		for i, n := range names {
 			parts[i] = fmt.Sprintf("%s %s", n, fmtMicros(c.CPUByProc[n]))
+			if io, ok := c.ZmqIOByProc[n]; ok {
+				parts[i] += fmt.Sprintf(" (io %s)", fmtMicros(io))
+			}
 			if sw, ok := c.SwitchesByProc[n]; ok {
 				parts[i] += fmt.Sprintf(" %.2f sw", sw)
 			}

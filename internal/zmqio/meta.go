@@ -89,7 +89,11 @@ static int zmqio_recv_user(void *sock, zmq_msg_t *msg, void *buf, size_t cap, si
 		out->addrlen = zmqio_copy_meta(msg, "Peer-Address", out->addr, sizeof(out->addr));
 		out->addrlen = zmqio_peer_port(msg, out->addr, out->addrlen, sizeof(out->addr));
 	}
-	if (out->want_fd) {
+	// libzmq puts its own "Peer-Address" and "__fd" first and never lets
+	// the peer's ZMTP READY properties overwrite them; but where it has no
+	// peer address it sets neither, and a peer could supply both. Only a
+	// message that has libzmq's address has libzmq's descriptor.
+	if (out->want_fd && zmq_msg_gets(msg, "Peer-Address") != NULL) {
 		const char *fd = zmq_msg_gets(msg, "__fd");
 		if (fd != NULL) {
 			out->fd = atoi(fd);
