@@ -9,22 +9,21 @@ import (
 // A large client message that comes as one frame (what browsers and most
 // clients send) is read straight into the request that carries it to the
 // worker: the request's head is written first, the payload is read and
-// unmasked after it, and the request goes as it is. Through the PUSH socket
-// it lies in C memory, which libzmq sends without a copy of its own; a REQ
-// to the worker that took the handshake is one Go buffer. Smaller messages,
-// and fragmented ones (whose size is known only at their end), are
-// reassembled and copied into their request (forward), which costs little
-// for them.
+// unmasked after it, and the request goes as it is: through the PUSH
+// socket, or as a REQ over the control channel to the worker that took the
+// handshake, from C memory that libzmq sends without a copy of its own.
+// Smaller messages, and fragmented ones (whose size is known only at their
+// end), are reassembled and copied into their request (forward), which
+// costs little for them.
 
 // wsPlaceMin is the payload size from which a message is placed.
 const wsPlaceMin = 64 << 10
 
 // wsPlaced is a request being filled with a client message's payload.
 type wsPlaced struct {
-	c      *zmqio.CBuf // the request in C memory (through PUSH), or
-	b      []byte      // the REQ for worker
-	worker string
-	n      int // the request's length
+	c      *zmqio.CBuf // the request, in C memory
+	worker string      // a REQ for this worker, or "" for PUSH
+	n      int         // the request's length
 }
 
 // place is the session's wsframe.Reader.Place: it writes the head of the
@@ -43,15 +42,9 @@ func (s *wsSession) place(flags byte, n int) []byte {
 	}
 	head = mongrel2.AppendRequestHead(head, s.p.sender, s.connID, s.path, s.headers("WEBSOCKET", flags), n)
 	total := len(head) + n + 1
-	var b []byte
-	if wk != "" {
-		b = make([]byte, total)
-		s.placed = wsPlaced{b: b, worker: wk, n: total}
-	} else {
-		c := zmqio.NewCBuf(total)
-		b = c.Bytes()[:total]
-		s.placed = wsPlaced{c: c, n: total}
-	}
+	c := zmqio.NewCBuf(total)
+	b := c.Bytes()[:total]
+	s.placed = wsPlaced{c: c, worker: wk, n: total}
 	copy(b, head)
 	b[total-1] = ','
 	return b[len(head) : len(head)+n]
@@ -73,9 +66,10 @@ func (s *wsSession) forwardPlaced() error {
 	s.placed = wsPlaced{}
 	if pl.worker != "" {
 		select {
-		case s.t.control.in <- ctlMsg{worker: pl.worker, payload: pl.b, req: true}:
+		case s.t.control.in <- ctlMsg{worker: pl.worker, body: pl.c, bodyLen: pl.n, req: true}:
 			return nil
 		case <-s.t.quit:
+			pl.c.Free()
 			return errStopped
 		}
 	}
