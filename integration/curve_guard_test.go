@@ -44,8 +44,10 @@ func TestCurveWorkerIDImpostor(t *testing.T) {
 	}
 
 	impostor := startPinnedWorker(t, "wk-legit", fe, keys("impostor")...)
-	// Its handshake succeeded and it said HELLO (which Caddy never reads).
-	impostor.MustWaitFor("control channel connected", startTimeout)
+	// Its handshake succeeds and it says HELLO, which Caddy never reads,
+	// so it never answers: the impostor never counts its control
+	// connection up, and Caddy closes it.
+	impostor.MustWaitFor("control connection closed before the front end answered HELLO", startTimeout)
 	for i := range 30 {
 		st, a, err := pinnedGet(client, c.HTTPURL("/"), "s1")
 		if err != nil || st != http.StatusOK {
@@ -56,6 +58,9 @@ func TestCurveWorkerIDImpostor(t *testing.T) {
 		}
 	}
 	c.proc.MustWaitFor("closed an authenticated control connection that sent nothing", startTimeout)
+	if strings.Contains(impostor.out.String(), "control channel connected") {
+		t.Errorf("the impostor counted its control connection up:\n%s", impostor.out.String())
+	}
 }
 
 // TestCurveKeyRemovalUnderLoad: two allowed workers under load. A reload

@@ -71,6 +71,9 @@ type controlPlane struct {
 	lost map[string]time.Time
 
 	acks atomic.Uint64
+	// redials counts the lingering connections closed because their key
+	// dialled again (redial.go).
+	redials atomic.Uint64
 	// hungAfter is the handler's hung_timeout (0: off). The last config
 	// provisioned on these sockets sets it.
 	hungAfter atomic.Int64
@@ -87,6 +90,11 @@ type controlPlane struct {
 	// stalledN counts them (deliverReq). Owner-only.
 	stalled  map[string][]ctlMsg
 	stalledN int
+	// welcome lists the workers whose HELLO was just read: the owner
+	// answers each with WELCOME on the same connection (sendWelcomes)
+	// before it sends anything else. Guarded by mu (tests hand messages in
+	// from other goroutines).
+	welcome []string
 
 	controlObs // operator's view: history and counts (drain.go)
 }
@@ -252,6 +260,22 @@ func (c *controlPlane) run(zctx *zmq.Context, ready chan<- error, quit <-chan st
 		// what arrived meanwhile (zmqio.Notifier).
 		c.retryStalled(router)
 		c.receive(in, rs)
+		c.sendWelcomes(router)
+	}
+}
+
+// sendWelcomes answers the HELLOs just read with WELCOME. Straight from the
+// owner, not through the queue: the queue drops when full, and a worker
+// that hears no WELCOME holds its ACKs (zmqx.WelcomeWait). A worker that
+// sent HELLO on a connection libzmq attached is reachable now; one whose
+// connection went since is not, and needs no answer.
+func (c *controlPlane) sendWelcomes(router *zmq.Socket) {
+	c.mu.Lock()
+	due := c.welcome
+	c.welcome = nil
+	c.mu.Unlock()
+	for _, w := range due {
+		c.sendTo(router, ctlMsg{worker: w, payload: zmqx.AppendWelcome(nil)})
 	}
 }
 
@@ -493,6 +517,9 @@ func (c *controlPlane) handleMsg(worker, key, addr string, payload []byte) {
 	}
 	switch m.Verb {
 	case zmqx.Hello:
+		// Answered on this connection before anything else (sendWelcomes):
+		// until then the worker counts it as not heard.
+		c.welcome = append(c.welcome, worker)
 		wi.maxConcurrent = int(m.N)
 		wi.draining = false
 		if addr != "" {

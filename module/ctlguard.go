@@ -42,6 +42,8 @@ const (
 
 // reapSilent closes the control connections that libzmq ignores, so that
 // their worker dials again:
+//   - a connection whose key dialled the control socket again while it fell
+//     silent, with the new connection not read: at once (reapRedialled);
 //   - a connection that said nothing for silentConnAfter since it was
 //     accepted: its worker id is taken (an impostor with another key, or the
 //     same worker redialling while its old connection lingers). An
@@ -54,13 +56,22 @@ func (c *controlPlane) reapSilent(now time.Time) {
 	if c.t.auth == nil {
 		return
 	}
-	waiting := c.conns.find(func(pc *peerConn) bool { return !pc.heard && now.Sub(pc.since) > 2*sweepInterval })
-	if len(waiting) == 0 {
+	unheard := c.conns.find(func(pc *peerConn) bool { return !pc.heard })
+	if len(unheard) == 0 {
 		return
 	}
+	// First the connections that their own key dialled again: at once.
+	rescued := c.reapRedialled(now, unheard)
+	var waiting []peerConn
 	hosts := map[string]bool{}
-	for _, pc := range waiting {
-		hosts[pc.host()] = true
+	for _, pc := range unheard {
+		if now.Sub(pc.since) > 2*sweepInterval && !rescued[hostKey(pc.host())] {
+			waiting = append(waiting, pc)
+			hosts[pc.host()] = true
+		}
+	}
+	if len(waiting) == 0 {
+		return
 	}
 	lingering := c.conns.find(func(pc *peerConn) bool {
 		return pc.heard && now.Sub(pc.last) > lingeringAfter && hosts[pc.host()]

@@ -199,16 +199,24 @@ func (t *transport) startCurve(zctx *zmq.Context) error {
 	}
 	t.auth = newAuthorizer(t.cfg.key(), t.logger)
 	t.zap = zh
-	zh.register(t.cfg.key(), t.auth)
+	zh.register(t.cfg.key(), t.auth, false)
+	zh.register(ctlZapDomain(t.cfg.key()), t.auth, true)
 	return nil
 }
 
-// stopCurve forgets the transport's domain: later handshakes on it fail.
+// stopCurve forgets the transport's domains: later handshakes on them fail.
 func (t *transport) stopCurve() {
 	if t.zap != nil {
 		t.zap.unregister(t.cfg.key(), t.auth)
+		t.zap.unregister(ctlZapDomain(t.cfg.key()), t.auth)
 	}
 }
+
+// ctlZapDomain is the ZAP domain of a transport's control socket: a domain
+// of its own, so that the ZAP handler knows a handshake is a control
+// connection's (libzmq says nothing else about it to ZAP) and can record
+// it (redial.go).
+func ctlZapDomain(domain string) string { return domain + "|control" }
 
 // Frame size caps (ZMQ_MAXMSGSIZE): libzmq drops the connection of a peer
 // that announces a larger frame before reading it, so no peer makes Caddy
@@ -232,11 +240,13 @@ func (t *transport) secure(s *zmq.Socket) error {
 		return err
 	}
 	limit := int64(maxRequestInMsg)
+	domain := t.cfg.key()
 	switch typ {
 	case zmq.SUB:
 		limit = t.cfg.maxReplyFrame
 	case zmq.ROUTER:
 		limit = maxControlMsg
+		domain = ctlZapDomain(domain)
 	}
 	if limit > 0 {
 		if err := s.SetMaxmsgsize(limit); err != nil {
@@ -247,7 +257,7 @@ func (t *transport) secure(s *zmq.Socket) error {
 		return nil
 	}
 	return firstError(
-		s.SetZapDomain(t.cfg.key()),
+		s.SetZapDomain(domain),
 		s.SetCurveServer(1),
 		s.SetCurveSecretkey(t.cfg.curveSecret),
 	)

@@ -11,10 +11,24 @@ const monitoredEvents = zmq.EVENT_ACCEPTED | zmq.EVENT_CONNECTED | zmq.EVENT_DIS
 	zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL |
 	zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH
 
-// handshakeSettle is libzmq's default ZMQ_HANDSHAKE_IVL (the module does
-// not change it) plus a margin: a connection older than that has ended its
-// handshake, or libzmq has dropped it.
-const handshakeSettle = 31 * time.Second
+// handshakeIvl bounds the ZMTP handshake of every connection of the
+// module's sockets (ZMQ_HANDSHAKE_IVL): libzmq drops a connection still in
+// its handshake after it. Why not libzmq's default (30 s): a connection to
+// the request socket counts as a possible plain Mongrel2 handler until its
+// handshake ends (peerCounter), which keeps dispatch deadlines off for the
+// pool (coversPeers), so a peer that connects and never greets turned safe
+// re-sends off for half a minute per connection; and a worker whose key is
+// answered "not yet" (zap.go) waits out this interval before it dials
+// again, so a key allowed by reload gets in sooner. Why not shorter: a
+// CURVE handshake takes three round trips (greetings, HELLO and WELCOME,
+// INITIATE and READY) plus the ZAP answer, about a second between
+// continents; this leaves room for a few TCP retransmissions on such a
+// link.
+const handshakeIvl = 5 * time.Second
+
+// handshakeSettle is handshakeIvl plus a margin: a connection older than
+// that has ended its handshake, or libzmq has dropped it.
+const handshakeSettle = handshakeIvl + time.Second
 
 // peerCounter turns a request socket's monitor events into two counts.
 //

@@ -224,6 +224,9 @@ func (t *transport) configure(s *zmq.Socket) error {
 	if err := t.secure(s); err != nil {
 		return err
 	}
+	if err := s.SetHandshakeIvl(handshakeIvl); err != nil {
+		return err
+	}
 	if t.cfg.heartbeat > 0 {
 		// ZMTP heartbeats let libzmq drop a dead or frozen peer's pipe, so
 		// PUSH stops handing it work.

@@ -31,7 +31,15 @@ const zapEndpoint = "inproc://zeromq.zap.01"
 // already made stay up.
 type zapHandler struct {
 	mu      sync.RWMutex
-	domains map[string]*authorizer
+	domains map[string]zapDomain
+}
+
+// zapDomain is what a ZAP domain belongs to: a transport's authorizer, and
+// whether the domain is its control socket's (ctlZapDomain), whose
+// approvals the authorizer records (redial.go).
+type zapDomain struct {
+	a       *authorizer
+	control bool
 }
 
 // zapHandlers serves the process's one libzmq context (see zmqContext); a
@@ -59,7 +67,7 @@ func startZAP(zctx *zmq.Context) (*zapHandler, error) {
 			zapHandlers.err = fmt.Errorf("starting the ZAP handler (CURVE authentication): %w", err)
 			return
 		}
-		h := &zapHandler{domains: make(map[string]*authorizer)}
+		h := &zapHandler{domains: make(map[string]zapDomain)}
 		zapHandlers.h, zapHandlers.sock = h, sock
 		go h.serve(sock)
 	})
@@ -75,15 +83,15 @@ func firstError(errs ...error) error {
 	return nil
 }
 
-func (h *zapHandler) register(domain string, a *authorizer) {
+func (h *zapHandler) register(domain string, a *authorizer, control bool) {
 	h.mu.Lock()
-	h.domains[domain] = a
+	h.domains[domain] = zapDomain{a: a, control: control}
 	h.mu.Unlock()
 }
 
 func (h *zapHandler) unregister(domain string, a *authorizer) {
 	h.mu.Lock()
-	if h.domains[domain] == a {
+	if h.domains[domain].a == a {
 		delete(h.domains, domain)
 	}
 	h.mu.Unlock()
@@ -123,8 +131,9 @@ func (h *zapHandler) answer(req [][]byte) [6]any {
 	}
 	domain, address, mechanism := string(req[2]), string(req[3]), string(req[5])
 	h.mu.RLock()
-	a := h.domains[domain]
+	d := h.domains[domain]
 	h.mu.RUnlock()
+	a := d.a
 	status, text, user := "400", "unknown ZAP domain", ""
 	switch {
 	case a == nil && mechanism == "NULL":
@@ -141,6 +150,9 @@ func (h *zapHandler) answer(req [][]byte) [6]any {
 		if a.allows(key) {
 			status, text, user = "200", "OK", key
 			a.noteAdmitted(key, zapHost(address))
+			if d.control {
+				a.noteControlApproval(address, key, time.Now())
+			}
 		} else {
 			// 300, "temporary failure", not 400: libzmq gives up on a
 			// connection refused with 400 for good, on both sides, so a
@@ -189,6 +201,9 @@ type authorizer struct {
 	// find its request connections, which carry no message that names it.
 	hosts  map[string]map[string]struct{}
 	unseen uint64 // refusals not logged because seen was full
+	// approvals: the control socket's recent approved handshakes
+	// (redial.go), oldest first.
+	approvals []approval
 }
 
 func newAuthorizer(pool string, logger *zap.Logger) *authorizer {

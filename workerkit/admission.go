@@ -182,7 +182,9 @@ func (s *server) start(fl *flight) {
 		}
 	}
 	if fl.window > 0 {
-		if fe.ctl.connected.Load() {
+		// A connection not answered yet holds the ACK until it is (or
+		// cancels the request if that comes too late).
+		if fe.ctl.connected.Load() || fe.ctl.greeting.Load() {
 			f := newFlow(fl.window)
 			f.stalls = &s.creditStalls
 			var u *upload

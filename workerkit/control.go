@@ -20,8 +20,13 @@ const (
 	// ctlCloseLinger lets BYE and the last messages leave at shutdown.
 	ctlCloseLinger = 200 * time.Millisecond
 	// ctlStartWait is how long a fresh worker waits for the control
-	// handshake before it takes work from a front end without it.
+	// connection to come up (WELCOME) before it connects to the front
+	// end's request socket without it.
 	ctlStartWait = time.Second
+	// welcomeWait is how long a HELLO may go unanswered before the front
+	// end is taken for one that predates WELCOME (the connection then
+	// counts as up at HELLO, as it did before WELCOME).
+	welcomeWait = zmqx.WelcomeWait
 	// maxGrant bounds one CREDIT, so that nonsense cannot overflow.
 	maxGrant = 1 << 40
 	// maxAckIDs bounds the connection ids one ACK message carries.
@@ -39,11 +44,20 @@ type ctlConn struct {
 	fe   *frontEndConn
 	wake chan struct{} // something is queued: wake the owner
 	dead chan struct{} // closed when the owner is gone
-	up   chan struct{} // closed at the first completed handshake
+	up   chan struct{} // closed when the control connection first comes up
 
-	// connected: HELLO went out on the current connection, so an ACK can
-	// go out too. Written by the owner, read when a request starts.
-	connected     atomic.Bool
+	// connected: the front end has answered HELLO on the current
+	// connection (WELCOME, or any message), so what we send on it is heard
+	// and an ACK can go out. Written by the owner, read when a request
+	// starts.
+	connected atomic.Bool
+	// greeting: HELLO went out on a new connection and the front end has
+	// not answered yet. libzmq may have refused the connection (with CURVE
+	// a front end reads no second connection under a worker id while the
+	// old one lingers there), so nothing sent on it may be heard: ACKs are
+	// held, and no request is taken from the front end's request socket,
+	// as none could be acknowledged.
+	greeting      atomic.Bool
 	warnedUnacked atomic.Bool // logged once per outage
 	// lastSend is when the owner last sent a message (monoNow), 0 when
 	// there is no lease to keep (lease.go).
@@ -150,8 +164,9 @@ func (c *ctlConn) warnUnacked() {
 	}
 }
 
-// waitUp waits for the first handshake of the control connection, at most
-// d; false means it did not happen (or the worker is stopping).
+// waitUp waits for the control connection to come up the first time
+// (WELCOME), at most d; false means it did not (or the worker is
+// stopping).
 func (c *ctlConn) waitUp(stop <-chan struct{}, d time.Duration) bool {
 	t := time.NewTimer(d)
 	defer t.Stop()

@@ -25,6 +25,20 @@ type ctlOwner struct {
 	greeting  []byte    // HELLO or BYE being built: hello runs while buf is being sent
 	rcv       *zmqio.Receiver
 	rbuf      *[]byte // the next message is received into it (ctlBufs)
+
+	// While greeting (ctlConn.greeting): when the last message went out on
+	// the new connection (lease clock; it renews the lease once the front
+	// end answers), and when to stop waiting for its answer.
+	greetSent int64
+	welcomeBy time.Time
+	// legacy: the front end did not answer a HELLO within welcomeWait, so
+	// it predates WELCOME: its connections count as up at HELLO.
+	legacy bool
+	// resetDue: the lease lapsed while no connection was up; RESET goes
+	// out first when one comes up.
+	resetDue bool
+	// flushDue: the connection just came up (flushUp).
+	flushDue bool
 }
 
 // run owns the DEALER and its monitor.
@@ -159,6 +173,9 @@ func (c *ctlConn) run(ready chan<- error, quit <-chan struct{}) {
 		// the next wait.
 		o.checkLease()
 		o.monitor(mon)
+		if o.c.greeting.Load() && time.Now().After(o.welcomeBy) {
+			o.fallBack()
+		}
 		if o.needHello {
 			// Writable once the new pipe is attached.
 			if ev, err := dealer.GetEvents(); err == nil && ev&zmq.POLLOUT != 0 {
@@ -166,6 +183,7 @@ func (c *ctlConn) run(ready chan<- error, quit <-chan struct{}) {
 			}
 		}
 		o.receive()
+		o.flushUp()
 		hb.Reset(max(time.Until(nextHB), 0)) // Go 1.23 timers: no stale tick to drain
 		select {
 		case <-c.wake:
@@ -193,38 +211,102 @@ func (o *ctlOwner) send(msg []byte) bool {
 		o.c.fe.log.Warn("control: send", "msg", printable(msg, 100), "err", err)
 	}
 	if err == nil {
-		o.c.noteSent(at)
+		o.noteSent(at)
 	}
 	return err == nil
 }
 
+// noteSent renews the lease with a send made at at; a send on a connection
+// the front end has not answered yet renews it only once it answers.
+func (o *ctlOwner) noteSent(at int64) {
+	if o.c.greeting.Load() {
+		o.greetSent = at
+		return
+	}
+	o.c.noteSent(at)
+}
+
 // hello greets a new connection: first after every handshake, before any
-// other message on it.
+// other message on it. The connection comes up when the front end answers
+// (up).
 func (o *ctlOwner) hello() {
 	at := monoNow()
 	if o.c.lapsedAt(at) {
 		return // checkLease first; the owner polls for POLLOUT again
 	}
 	o.greeting = zmqx.AppendHello(o.greeting[:0], o.c.fe.s.maxConc)
+	// Greeting from before the HELLO leaves: a request that starts once
+	// the front end could have seen it must hold its ACK.
+	o.c.greeting.Store(true)
 	if _, err := o.sock.SendBytes(o.greeting, zmq.DONTWAIT); err != nil {
+		o.c.greeting.Store(false)
 		return // pipe not attached yet: poll for POLLOUT and retry
 	}
 	o.needHello = false
-	o.c.noteSent(at)
-	o.c.connected.Store(true)
-	o.c.warnedUnacked.Store(false)
+	o.greetSent, o.welcomeBy = at, time.Now().Add(welcomeWait)
 	// A new connection starts unpaused: a front end that still finds us
 	// hung says PAUSE again.
 	o.c.fe.paused.Store(false)
-	o.c.fe.log.Info("control channel connected", "control", o.c.fe.cfg.Control, "id", o.c.fe.s.id)
-	if !o.upClosed {
-		o.upClosed = true
-		close(o.c.up)
-	}
 	if o.bye {
 		o.greeting = zmqx.AppendBye(o.greeting[:0])
-		_, _ = o.sock.SendBytes(o.greeting, zmq.DONTWAIT)
+		if _, err := o.sock.SendBytes(o.greeting, zmq.DONTWAIT); err == nil {
+			o.greetSent = monoNow()
+		}
 	}
+	if o.legacy {
+		o.up()
+	}
+}
+
+// up counts the connection as up: the front end has answered our HELLO on
+// it (or, legacy, does not answer HELLOs at all). What we sent on it was
+// heard, so it renews the lease; the ACKs held meanwhile go out now
+// (drainAcks), and the request socket is read again.
+func (o *ctlOwner) up() {
+	c := o.c
+	// A lapse while the connection was not up cancels first (checkLease);
+	// only then do the sends on it renew the lease.
+	o.checkLease()
+	c.greeting.Store(false)
+	c.noteSent(o.greetSent)
+	c.connected.Store(true)
+	c.warnedUnacked.Store(false)
+	// The RESET due and the ACKs held go out before the owner waits again
+	// (flushUp), not from here: up may run inside a send, whose message
+	// is in o.buf.
+	o.flushDue = true
+	c.fe.log.Info("control channel connected", "control", c.fe.cfg.Control, "id", c.fe.s.id)
+	if !o.upClosed {
+		o.upClosed = true
+		close(c.up)
+	}
+	c.fe.wakeOwner() // the request socket's owner waits for this
+}
+
+// flushUp sends what waited for the connection to come up: the RESET due,
+// then the held ACKs (a held ACK may be close to too late, so not at the
+// owner's next wake-up).
+func (o *ctlOwner) flushUp() {
+	if !o.flushDue {
+		return
+	}
+	o.flushDue = false
+	if o.resetDue {
+		o.resetDue = false
+		o.send(zmqx.AppendReset(o.buf[:0]))
+	}
+	o.drainAcks()
+}
+
+// fallBack gives up waiting for the front end's answer to HELLO: a front
+// end that predates WELCOME never sends one, and one that reads the
+// connection would have closed it by now if it did not (zmqx.WelcomeWait).
+func (o *ctlOwner) fallBack() {
+	o.legacy = true
+	o.c.fe.log.Warn("the front end did not answer HELLO (WELCOME) in time: taking it for one that predates WELCOME and counting the "+
+		"control connection up without it; ACKs sent while a front end is not reading the connection are lost (upgrade it)",
+		"control", o.c.fe.cfg.Control, "waited", welcomeWait)
+	o.up()
 }
 
 // testHookAckDrain, when set by tests, is called by the owner before it
@@ -259,6 +341,11 @@ func (o *ctlOwner) drainAcks() {
 	// flight whose Err() dropped its ACK first is skipped. (A request that
 	// is already over is still acknowledged: the front end expects it.)
 	keep := batch[:0]
+	// Held, not sent, while the front end does not hear us (no connection
+	// up): they go out once one is, unless the lease lapses or they would
+	// be too late by then.
+	hold := !c.connected.Load()
+	var held []*flight
 	for _, fl := range batch {
 		switch {
 		case c.lapsed():
@@ -272,11 +359,22 @@ func (o *ctlOwner) drainAcks() {
 				c.fe.s.droppedLate.Add(1)
 				c.fe.log.Debug("not acknowledging a request that started too close to its dispatch deadline", "conn", fl.key.connID)
 			}
+		case hold:
+			if fl.ackState.Load() == ackQueued {
+				held = append(held, fl)
+			}
 		default:
 			if fl.ackState.CompareAndSwap(ackQueued, ackSent) {
 				keep = append(keep, fl)
 			}
 		}
+	}
+	if len(held) > 0 {
+		c.ackMu.Lock()
+		if !c.ackClosed {
+			c.acks = append(held, c.acks...)
+		}
+		c.ackMu.Unlock()
 	}
 	for rest := keep; len(rest) > 0; {
 		n := min(len(rest), maxAckIDs)
@@ -327,6 +425,10 @@ func (o *ctlOwner) receive() {
 				o.c.fe.log.Error("control: receive", "err", err)
 			}
 			return
+		}
+		if o.c.greeting.Load() {
+			// The front end speaks on this connection: it reads it too.
+			o.up()
 		}
 		hold := bodyChunk{buf: o.rbuf}
 		if kept != nil {
@@ -397,6 +499,10 @@ func (o *ctlOwner) handle(msg []byte, hold bodyChunk) (kept bool) {
 		if fe.paused.Swap(false) {
 			fe.log.Info("front end resumed us", "control", fe.cfg.Control)
 		}
+	case zmqx.Welcome:
+		// Our HELLO was heard (receive counted the connection up). A front
+		// end taken for one without WELCOME has been upgraded.
+		o.legacy = false
 	case zmqx.VerbUnknown: // an empty frame (an envelope delimiter)
 	default:
 		fe.log.Debug("control: ignoring a worker's message", "msg", printable(msg, 100))
@@ -413,11 +519,20 @@ func (o *ctlOwner) monitor(mon *zmq.Socket) {
 		}
 		switch ev {
 		case zmq.EVENT_HANDSHAKE_SUCCEEDED:
+			// First read what the previous connection left in the queue:
+			// a message read after HELLO must be the new connection's, as
+			// it tells that the front end reads it.
+			o.receive()
 			o.needHello = true
 			o.hello()
 		case zmq.EVENT_DISCONNECTED:
 			if o.c.connected.Swap(false) {
 				o.c.fe.log.Warn("control channel disconnected; lifting flow control of its requests", "control", o.c.fe.cfg.Control)
+			}
+			if o.c.greeting.Swap(false) {
+				o.c.fe.log.Info("control connection closed before the front end answered HELLO (it did not read it; dialling again)",
+					"control", o.c.fe.cfg.Control)
+				o.c.fe.wakeOwner()
 			}
 			o.needHello = false
 			// No more CREDIT can come for what was ACKed on that

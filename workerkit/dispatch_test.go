@@ -302,6 +302,8 @@ func TestDeadlineNeedsAck(t *testing.T) {
 	log, logs := bufferedLogger(t)
 	startWorker(t, &Worker{FrontEnds: []FrontEnd{f.fe}, Handler: g, Logger: log})
 	f.ctlWait("HELLO", func(m ctlMsg) bool { return strings.HasPrefix(m.body, "HELLO") })
+	// Up (our WELCOME arrived) before it goes down.
+	waitUntil(t, "the control connection up", func() bool { return strings.Contains(logs.String(), "control channel connected") })
 	f.closeCtl()
 	waitUntil(t, "the worker to notice the control channel is down", func() bool {
 		return strings.Contains(logs.String(), "control channel disconnected")

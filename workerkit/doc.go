@@ -57,7 +57,12 @@
 //
 //   - HELLO <max_concurrent> when the connection comes up, HB every 250 ms
 //     (the front end knows at once when a worker dies or freezes), and BYE
-//     when the worker starts draining.
+//     when the worker starts draining. The connection counts as up once the
+//     front end answers the HELLO (WELCOME): until then ACKs are held and no
+//     request is taken from that front end, since a front end may not read
+//     a connection (with CURVE, a second one under the worker's id while the
+//     old one lingers); a front end that predates WELCOME is recognised
+//     after zmqx.WelcomeWait and served as before.
 //   - For every request that carries ZMQX_WINDOW (the front end sets it when
 //     its control channel is on), the worker sends ACK <conn_id> as the
 //     handler starts, so the front end knows who holds the request. ACKs of

@@ -31,16 +31,22 @@ const (
 // free ports, exactly as Caddy or Mongrel2 does. Its sockets belong to the
 // test goroutine.
 type testFE struct {
-	t       testing.TB
-	zctx    *zmq.Context
-	push    *zmq.Socket
-	sub     *zmq.Socket
-	ctl     *zmq.Socket // ROUTER, with newTestFECtl
-	ctlLog  []ctlMsg    // every control message received, in order
-	fe      FrontEnd
-	sender  string
-	pending map[string][][]byte // reply bodies for connections nobody asked about yet
-	closed  bool
+	t      testing.TB
+	zctx   *zmq.Context
+	push   *zmq.Socket
+	sub    *zmq.Socket
+	ctl    *zmq.Socket // ROUTER, with newTestFECtl
+	ctlLog []ctlMsg    // every control message received, in order
+	// ctlBacklog: control messages read while the test waited on
+	// something else (pumpCtl), not yet returned by ctlRecv.
+	ctlBacklog []ctlMsg
+	// noWelcome: do not answer HELLO with WELCOME, as a front end that
+	// predates WELCOME (or one that does not read the connection).
+	noWelcome bool
+	fe        FrontEnd
+	sender    string
+	pending   map[string][][]byte // reply bodies for connections nobody asked about yet
+	closed    bool
 }
 
 func newTestFE(t testing.TB) *testFE {
@@ -79,7 +85,7 @@ func (f *testFE) bindCtl(ep string) {
 }
 
 // closeCtl closes the control socket, as a front end that stops would.
-func (f *testFE) closeCtl() { must(f.t, f.ctl.Close()); f.ctl = nil }
+func (f *testFE) closeCtl() { must(f.t, f.ctl.Close()); f.ctl = nil; f.ctlBacklog = nil }
 
 // rebindCtl binds a new control socket on the same endpoint.
 func (f *testFE) rebindCtl() { f.bindCtl(f.fe.Control) }
@@ -178,6 +184,36 @@ func (f *testFE) touchSub() {
 	if f.sub != nil {
 		_, _ = f.sub.GetEvents()
 	}
+	f.pumpCtl()
+}
+
+// pumpCtl reads the control messages that have arrived into ctlBacklog,
+// answering HELLOs as the module does: a worker takes no request before
+// its control connection is answered, and a test may be waiting on
+// something else meanwhile.
+func (f *testFE) pumpCtl() {
+	if f.ctl == nil {
+		return
+	}
+	for {
+		parts, err := f.ctl.RecvMessage(zmq.DONTWAIT)
+		if err != nil {
+			return
+		}
+		if len(parts) == 2 {
+			f.ctlBacklog = append(f.ctlBacklog, f.noteCtl(parts))
+		}
+	}
+}
+
+// noteCtl logs a control message read, and answers a HELLO with WELCOME.
+func (f *testFE) noteCtl(parts []string) ctlMsg {
+	m := ctlMsg{id: parts[0], body: parts[1], at: time.Now()}
+	f.ctlLog = append(f.ctlLog, m)
+	if strings.HasPrefix(m.body, "HELLO") && !f.noWelcome {
+		_, _ = f.ctl.SendMessage(m.id, "WELCOME")
+	}
+	return m
 }
 
 // newTestFEConnect plays a front end in the other topology (the Caddy
@@ -269,12 +305,17 @@ type ctlMsg struct {
 func (f *testFE) ctlRecv(timeout time.Duration) (ctlMsg, error) {
 	deadline := time.Now().Add(timeout)
 	for {
+		// Keep the SUB attaching new peers meanwhile (see send).
+		f.touchSub()
+		if len(f.ctlBacklog) > 0 {
+			m := f.ctlBacklog[0]
+			f.ctlBacklog = f.ctlBacklog[1:]
+			return m, nil
+		}
 		left := time.Until(deadline)
 		if left <= 0 {
 			return ctlMsg{}, errNoReply
 		}
-		// Keep the SUB attaching new peers meanwhile (see send).
-		f.touchSub()
 		must(f.t, f.ctl.SetRcvtimeo(min(left, 20*time.Millisecond)))
 		parts, err := f.ctl.RecvMessage(0)
 		if err != nil {
@@ -286,9 +327,7 @@ func (f *testFE) ctlRecv(timeout time.Duration) (ctlMsg, error) {
 		if len(parts) != 2 {
 			return ctlMsg{}, fmt.Errorf("control message with %d frames: %q", len(parts), parts)
 		}
-		m := ctlMsg{id: parts[0], body: parts[1], at: time.Now()}
-		f.ctlLog = append(f.ctlLog, m)
-		return m, nil
+		return f.noteCtl(parts), nil
 	}
 }
 

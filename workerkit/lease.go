@@ -95,7 +95,11 @@ func (o *ctlOwner) checkLease() {
 	if c.connected.Load() {
 		o.drainAcks() // skips the cancelled ones
 		o.send(zmqx.AppendReset(o.buf[:0]))
+		return
 	}
+	// The front end may not have declared us lost yet: say it when a
+	// connection comes up.
+	o.resetDue = true
 }
 
 // cancelAcked cancels the requests of fe that were acknowledged (or were

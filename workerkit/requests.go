@@ -92,6 +92,14 @@ func (fe *frontEndConn) receive(sock *zmq.Socket, gate *bindGate) (held []*fligh
 			}
 			connected = true
 		}
+		if fe.greeting() {
+			// A new control connection the front end has not answered yet
+			// (it may not read it): a request taken now could not be
+			// acknowledged in time, and the front end would send it again.
+			// Leave it in the queue until the connection is up.
+			fe.waitGreeting()
+			continue
+		}
 		// Receive first, then wait for a handler slot. An idle owner holds
 		// no slot, so requests addressed to this worker over the control
 		// channel (REQ) find one free; and a disconnect notice is read,
@@ -121,6 +129,10 @@ func (fe *frontEndConn) receive(sock *zmq.Socket, gate *bindGate) (held []*fligh
 		fl := s.admit(fe, msg)
 		if fl == nil {
 			continue // a notice, or nothing to run
+		}
+		// Received just as a new control connection began: it starts once
+		// the connection is up (or gone), like the ones left in the queue.
+		for fe.greeting() && fe.waitGreeting() {
 		}
 		if fe.paused.Load() {
 			fe.ctl.nack(fl) // the front end sends it to another worker
@@ -174,7 +186,27 @@ func (fe *frontEndConn) receive(sock *zmq.Socket, gate *bindGate) (held []*fligh
 	return held
 }
 
-// wakeOwner wakes the request socket's owner when its pause changes.
+// greeting reports whether the front end's control connection waits for
+// its answer to HELLO (ctlConn.greeting).
+func (fe *frontEndConn) greeting() bool { return fe.ctl != nil && fe.ctl.greeting.Load() }
+
+// waitGreeting waits, at most recvTimeout, for the control connection to
+// come up or go; the control owner kicks it when it does.
+// It reports false once the worker is stopping.
+func (fe *frontEndConn) waitGreeting() bool {
+	t := time.NewTimer(recvTimeout)
+	defer t.Stop()
+	select {
+	case <-fe.kick:
+	case <-fe.s.stop:
+		return false
+	case <-t.C:
+	}
+	return true
+}
+
+// wakeOwner wakes the request socket's owner when its pause or its
+// control connection changes.
 func (fe *frontEndConn) wakeOwner() {
 	select {
 	case fe.kick <- struct{}{}:

@@ -20,7 +20,8 @@
 // answers "read <bytes>" at once, without waiting for the rest; ?status=N
 // sets the status, ?sleep=DURATION delays the
 // answer, ?header=NAME:VALUE (repeatable) adds a response header and
-// ?on=NAME limits sleep and /hang to the worker of that name. Every response carries "X-Worker: <name>", two Set-Cookie headers,
+// ?on=NAME limits sleep and /hang to the worker of that name, and ?mark=1
+// prints "RAN <path>" as the handler starts (tests count executions). Every response carries "X-Worker: <name>", two Set-Cookie headers,
 // and "X-Echo-Token: <token>" when the request had an X-Token header.
 package main
 
@@ -149,6 +150,9 @@ func main() {
 func handler(name string) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		q := r.URL.Query()
+		if q.Get("mark") != "" {
+			say("RAN %s", r.URL.Path)
+		}
 		h := w.Header()
 		h.Set("X-Worker", name)
 		h.Add("Set-Cookie", "a=1; Path=/")

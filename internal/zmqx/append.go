@@ -103,6 +103,9 @@ func AppendPause(dst []byte) []byte { return append(dst, pauseWord...) }
 // AppendResume appends RESUME.
 func AppendResume(dst []byte) []byte { return append(dst, resumeWord...) }
 
+// AppendWelcome appends WELCOME.
+func AppendWelcome(dst []byte) []byte { return append(dst, welcomeWord...) }
+
 func appendVerbID(dst []byte, word string, connID uint64) []byte {
 	dst = append(dst, word...)
 	dst = append(dst, ' ')

@@ -13,7 +13,7 @@ func FuzzParse(f *testing.F) {
 	for _, s := range []string{
 		"HELLO 8", "HB", "BYE", "RESET", "ACK 1 2 3", "NACK 4", "UCREDIT 5 100",
 		"CREDIT 6 262144", "DISCONNECT 7", "REQ u 8 / 2:{},0:,", "BODY 9 a b", "BODYEND 9",
-		"BODYERR 9", "PAUSE", "RESUME", "", "ACK 1  2", "CREDIT 1 99999999999999999999",
+		"BODYERR 9", "PAUSE", "RESUME", "WELCOME", "WELCOME x", "", "ACK 1  2", "CREDIT 1 99999999999999999999",
 	} {
 		f.Add([]byte(s))
 	}
@@ -62,6 +62,8 @@ func rebuild(t *testing.T, m Message) []byte {
 		return AppendPause(nil)
 	case Resume:
 		return AppendResume(nil)
+	case Welcome:
+		return AppendWelcome(nil)
 	case Ack, Nack:
 		var out []byte
 		if m.Verb == Ack {

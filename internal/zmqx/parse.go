@@ -45,7 +45,7 @@ func Parse(msg []byte) (Message, error) {
 	switch m.Verb {
 	case VerbUnknown:
 		return m, ErrUnknownVerb
-	case Heartbeat, Bye, Reset, Pause, Resume:
+	case Heartbeat, Bye, Reset, Pause, Resume, Welcome:
 	case Hello:
 		n, _, _ := bytes.Cut(args, []byte{' '})
 		m.N, ok = parseCount(n)

@@ -50,6 +50,14 @@ const (
 	// the front end still waits for its ACK before it re-sends it: the ACK's
 	// trip back from a worker that started the request just in time.
 	DispatchGrace = 250 * time.Millisecond
+	// WelcomeWait is how long a worker waits for the front end's answer
+	// to its HELLO (WELCOME, or any message) before it takes the front end
+	// for one that never answers (it predates WELCOME) and counts the
+	// connection up anyway. It must exceed the time a front end takes to
+	// close a control connection it does not read (the Caddy module: a
+	// LivenessBound, checked every 100 ms), so that a worker never counts
+	// such a connection up.
+	WelcomeWait = 2 * LivenessBound
 )
 
 // ParseWindow reads a HeaderWindow value: a positive number of bytes.

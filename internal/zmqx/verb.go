@@ -45,6 +45,10 @@ const (
 	Pause
 	// Resume lifts a Pause.
 	Resume
+	// Welcome answers every HELLO on the connection that carried it: the
+	// front end reads that connection, so what the worker sends on it
+	// (ACKs above all) is heard.
+	Welcome
 
 	verbCount // not a verb: the number of them
 )
@@ -66,6 +70,7 @@ const (
 	bodyErrWord      = "BODYERR"
 	pauseWord        = "PAUSE"
 	resumeWord       = "RESUME"
+	welcomeWord      = "WELCOME"
 )
 
 var verbWords = [verbCount]string{
@@ -85,6 +90,7 @@ var verbWords = [verbCount]string{
 	BodyErr:      bodyErrWord,
 	Pause:        pauseWord,
 	Resume:       resumeWord,
+	Welcome:      welcomeWord,
 }
 
 // String is the verb as it is sent; "" for VerbUnknown.
@@ -131,6 +137,8 @@ func lookupVerb(word []byte) Verb {
 		return Pause
 	case resumeWord:
 		return Resume
+	case welcomeWord:
+		return Welcome
 	}
 	return VerbUnknown
 }

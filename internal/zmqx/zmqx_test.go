@@ -37,6 +37,7 @@ func TestAppend(t *testing.T) {
 		{"body err", AppendBodyErr(nil, 9), "BODYERR 9"},
 		{"pause", AppendPause(nil), "PAUSE"},
 		{"resume", AppendResume(nil), "RESUME"},
+		{"welcome", AppendWelcome(nil), "WELCOME"},
 		{"appends", AppendHeartbeat([]byte("x")), "xHB"},
 	}
 	for _, tt := range tests {
@@ -53,6 +54,7 @@ func TestVerbWords(t *testing.T) {
 		Hello: "HELLO", Heartbeat: "HB", Ack: "ACK", Nack: "NACK", Bye: "BYE",
 		UploadCredit: "UCREDIT", Reset: "RESET", Credit: "CREDIT", Disconnect: "DISCONNECT",
 		Req: "REQ", Body: "BODY", BodyEnd: "BODYEND", BodyErr: "BODYERR", Pause: "PAUSE", Resume: "RESUME",
+		Welcome: "WELCOME",
 	}
 	if len(want) != int(verbCount)-1 {
 		t.Fatalf("%d verbs pinned, %d defined", len(want), verbCount-1)
@@ -99,6 +101,8 @@ func TestParse(t *testing.T) {
 		{"RESET", Message{Verb: Reset}, nil},
 		{"PAUSE", Message{Verb: Pause}, nil},
 		{"RESUME", Message{Verb: Resume}, nil},
+		{"WELCOME", Message{Verb: Welcome}, nil},
+		{"WELCOME zmqx/2", Message{Verb: Welcome}, nil},
 		{"ACK 7", Message{Verb: Ack, IDs: b("7")}, nil},
 		{"ACK 7 12 3", Message{Verb: Ack, IDs: b("7 12 3")}, nil},
 		{"ACK", Message{Verb: Ack}, ErrMalformed},

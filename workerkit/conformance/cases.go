@@ -29,6 +29,7 @@ var allCases = []caseDef{
 	{"zmqx/disconnect", true, disconnectCancels},
 	{"zmqx/pause-resume", true, pauseResume},
 	{"zmqx/upload", true, upload},
+	{"zmqx/welcome", true, welcome},
 	{"zmqx/bye", true, bye},
 }
 
@@ -479,6 +480,42 @@ func pauseResume(s *session) Result {
 		}
 	}
 	return fail("still handing requests back %s after %s", s.cfg.Timeout, zmqx.Resume)
+}
+
+// welcome: on a new control connection the worker takes no request (and
+// sends no ACK) before the front end has answered its HELLO with WELCOME:
+// a front end may not read a new connection (with CURVE, a second one
+// under the worker's id while the old one lingers), and an ACK lost there
+// gets the request sent again. Once WELCOME comes, it serves the request.
+func welcome(s *session) Result {
+	since := time.Now()
+	if err := s.fe.rebindControl(); err != nil {
+		return fail("%v", err)
+	}
+	if !s.fe.await(s.ctx, s.cfg.Timeout, func() bool { return s.helloSince(since) }) {
+		return fail("no %s on a new control connection within %s", zmqx.Hello, s.cfg.Timeout)
+	}
+	x, err := s.send(requestSpec{method: "GET", path: s.cfg.Path, window: 4 << 20, deadline: time.Now().Add(s.cfg.Timeout)})
+	if err != nil {
+		return fail("%v", err)
+	}
+	// Well within the wait after which a worker may take the front end for
+	// one that predates WELCOME.
+	quiet := min(s.cfg.Quiet, zmqx.WelcomeWait/2)
+	if !s.fe.holds(s.ctx, quiet, func() bool { return s.acked(x) || len(x.frames) > 0 }) {
+		return fail("started request %s on a control connection the front end had not answered (no %s yet): its %s could be lost, and the request run twice",
+			x.id, zmqx.Welcome, zmqx.Ack)
+	}
+	if err := s.fe.control(s.worker, zmqx.AppendWelcome(nil)); err != nil {
+		return fail("%v", err)
+	}
+	if !s.awaitAcked(x) {
+		return fail("request %s not acknowledged within %s of %s", x.id, s.cfg.Timeout, zmqx.Welcome)
+	}
+	if err := s.awaitDone(x); err != nil {
+		return fail("%v", err)
+	}
+	return pass("took no request before %s, served it after", zmqx.Welcome)
 }
 
 // upload: a streamed body (BODY/BODYEND under UCREDIT) reaches the worker,

@@ -55,6 +55,9 @@
 //   - zmqx/upload: a streamed body (ZMQX_BODY: stream, then BODY and BODYEND
 //     within the credit) reaches the worker, which grants UCREDIT as its
 //     handler reads, never more than it received, and answers.
+//   - zmqx/welcome: on a new control connection (the kit binds its
+//     control socket anew), the worker takes no request before the kit
+//     answers its HELLO with WELCOME, and serves it after.
 //   - zmqx/bye: a worker told to stop (Config.Stop) says BYE.
 //
 // A worker that never speaks on the control endpoint (a plain Mongrel2

@@ -83,6 +83,9 @@ type frontEnd struct {
 	stalls    []stall
 	forgotten map[string]bool
 	nextID    uint64
+	// withhold: the next HELLO is not answered with WELCOME (the welcome
+	// case answers it itself). Owner-only.
+	withhold bool
 }
 
 type outMsg struct {
@@ -96,6 +99,10 @@ type outMsg struct {
 const (
 	sockRequest = iota
 	sockControl
+	// sockRebind: a new control socket on the same endpoint, so that the
+	// worker makes a new control connection; the next HELLO is left
+	// unanswered.
+	sockRebind
 )
 
 // newFrontEnd binds the endpoints of ep; an empty one gets a free TCP port
@@ -153,12 +160,9 @@ func (f *frontEnd) run(want Endpoints, ready chan<- error) {
 		ready <- errors.New("conformance: cannot create sockets")
 		return
 	}
-	var err error
-	if err = sub.SetSubscribe(f.sender + " "); err == nil {
-		err = router.SetRouterMandatory(1)
-	}
+	err := sub.SetSubscribe(f.sender + " ")
 	if err == nil {
-		err = router.SetRouterHandover(true)
+		err = routerOptions(router)
 	}
 	if err == nil {
 		f.ep.Requests, err = bindFree(push, want.Requests)
@@ -178,6 +182,30 @@ func (f *frontEnd) run(want Endpoints, ready chan<- error) {
 	poller := zmq.NewPoller()
 	poller.Add(sub, zmq.POLLIN)
 	poller.Add(router, zmq.POLLIN)
+	rebind := func() error {
+		_ = poller.RemoveBySocket(router)
+		_ = router.Close()
+		router = mk(zmq.ROUTER)
+		if router == nil {
+			return errors.New("conformance: cannot create the control socket again")
+		}
+		poller.Add(router, zmq.POLLIN)
+		if err := routerOptions(router); err != nil {
+			return err
+		}
+		// The port the old socket listened on may be busy a moment.
+		for until := time.Now().Add(2 * time.Second); ; {
+			err := router.Bind(f.ep.Control)
+			if err == nil {
+				f.withhold = true
+				return nil
+			}
+			if time.Now().After(until) {
+				return fmt.Errorf("conformance: binding %s again: %w", f.ep.Control, err)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}
 	var waiting []outMsg // requests waiting for a peer
 	last := time.Now()
 	for {
@@ -198,9 +226,12 @@ func (f *frontEnd) run(want Endpoints, ready chan<- error) {
 		for more := true; more; {
 			select {
 			case m := <-f.out:
-				if m.socket == sockControl {
+				switch m.socket {
+				case sockControl:
 					m.reply(sendControl(router, m.worker, m.payload))
-				} else {
+				case sockRebind:
+					m.reply(rebind())
+				default:
 					waiting = append(waiting, m)
 				}
 			default:
@@ -240,6 +271,14 @@ func (m outMsg) reply(err error) {
 	if m.result != nil {
 		m.result <- err
 	}
+}
+
+// routerOptions sets the control socket up as a front end does.
+func routerOptions(router *zmq.Socket) error {
+	if err := router.SetRouterMandatory(1); err != nil {
+		return err
+	}
+	return router.SetRouterHandover(true)
 }
 
 func sendControl(router *zmq.Socket, worker string, payload []byte) error {
@@ -289,6 +328,15 @@ func (f *frontEnd) readControl(router *zmq.Socket) {
 		}
 		ev := ctlEvent{at: time.Now(), worker: string(parts[0]), payload: parts[1]}
 		ev.msg, ev.err = zmqx.Parse(ev.payload)
+		if ev.msg.Verb == zmqx.Hello && ev.err == nil {
+			if f.withhold {
+				f.withhold = false // the welcome case answers this one
+			} else {
+				// As a front end does: answered on the connection that
+				// said it, before anything else (docs/zmqx.md section 6).
+				_ = sendControl(router, ev.worker, zmqx.AppendWelcome(nil))
+			}
+		}
 		f.mu.Lock()
 		f.ctl = append(f.ctl, ev)
 		f.notifyLocked()
@@ -458,6 +506,15 @@ func (f *frontEnd) sendFrame(frame []byte, d time.Duration) error {
 func (f *frontEnd) control(worker string, payload []byte) error {
 	res := make(chan error, 1)
 	f.out <- outMsg{socket: sockControl, worker: worker, payload: payload, result: res}
+	return <-res
+}
+
+// rebindControl replaces the control socket with a new one on the same
+// endpoint: the worker's control connection ends, it dials again, and its
+// next HELLO is left unanswered.
+func (f *frontEnd) rebindControl() error {
+	res := make(chan error, 1)
+	f.out <- outMsg{socket: sockRebind, result: res}
 	return <-res
 }
 

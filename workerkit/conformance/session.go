@@ -3,6 +3,7 @@ package conformance
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/zmqbridge/caddy-zmq/internal/zmqx"
 )
@@ -81,6 +82,16 @@ func (s *session) cleanup() {
 func (s *session) ctlFor(verb zmqx.Verb, x *exchange) bool {
 	for _, ev := range s.fe.ctl {
 		if ev.msg.Verb == verb && ev.worker == s.worker && hasID(ev.msg.IDs, x.id) {
+			return true
+		}
+	}
+	return false
+}
+
+// helloSince reports whether the worker said HELLO after t; under fe.mu.
+func (s *session) helloSince(t time.Time) bool {
+	for _, ev := range s.fe.ctl {
+		if ev.msg.Verb == zmqx.Hello && ev.worker == s.worker && ev.at.After(t) {
 			return true
 		}
 	}

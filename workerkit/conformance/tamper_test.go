@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -27,11 +29,18 @@ type tamper struct {
 	// request: a frame of the request socket; nil drops it. reply is sent
 	// to the kit as if the worker had.
 	request func(frame []byte) (out, reply []byte)
+	// reHello: the tamper says HELLO itself each time its own control
+	// connection to the kit is made again, while the worker behind it,
+	// whose connection to the tamper stays, goes on as if nothing
+	// happened: a worker that counts a new connection up at HELLO.
+	reHello bool
 	// reply: a reply frame; nil drops it.
 	reply func(frame []byte) []byte
 }
 
 const tamperWorkerID = "wk-tampered"
+
+var tamperMonitors atomic.Uint64
 
 // runTamper connects to the kit at up, binds for the worker, and relays
 // until ctx ends. It returns the endpoints for the worker.
@@ -57,6 +66,13 @@ func runTamper(t *testing.T, ctx context.Context, up Endpoints, tp tamper) Endpo
 		}
 	}
 	must(dealer.SetIdentity(tamperWorkerID))
+	var mon *zmq.Socket
+	if tp.reHello {
+		ep := "inproc://tamper-monitor-" + strconv.FormatUint(tamperMonitors.Add(1), 10)
+		must(dealer.Monitor(ep, zmq.EVENT_HANDSHAKE_SUCCEEDED))
+		mon = mk(zmq.PAIR)
+		must(mon.Connect(ep))
+	}
 	var down Endpoints
 	var e error
 	down.Requests, e = bindFree(push, "")
@@ -78,6 +94,12 @@ func runTamper(t *testing.T, ctx context.Context, up Endpoints, tp tamper) Endpo
 	go func() {
 		defer wg.Done()
 		defer func() {
+			if mon != nil {
+				// Before the reader goes: libzmq sends monitor events with
+				// a blocking send.
+				_ = dealer.Monitor("", 0)
+				_ = mon.Close()
+			}
 			for _, s := range []*zmq.Socket{pull, xpub, dealer, push, xsub, router} {
 				_ = s.Close()
 			}
@@ -86,6 +108,10 @@ func runTamper(t *testing.T, ctx context.Context, up Endpoints, tp tamper) Endpo
 		for _, s := range []*zmq.Socket{pull, xpub, dealer, xsub, router} {
 			p.Add(s, zmq.POLLIN)
 		}
+		if mon != nil {
+			p.Add(mon, zmq.POLLIN)
+		}
+		handshakes := 0
 		var pending [][]byte // requests for the worker, which may not be connected yet
 		for ctx.Err() == nil {
 			for len(pending) > 0 {
@@ -99,6 +125,14 @@ func runTamper(t *testing.T, ctx context.Context, up Endpoints, tp tamper) Endpo
 				return
 			}
 			for _, pd := range polled {
+				if pd.Socket == mon {
+					if ev, _, _, err := mon.RecvEvent(zmq.DONTWAIT); err == nil && ev == zmq.EVENT_HANDSHAKE_SUCCEEDED {
+						if handshakes++; handshakes > 1 {
+							_, _ = dealer.SendBytes(zmqx.AppendHello(nil, 4), zmq.DONTWAIT)
+						}
+					}
+					continue
+				}
 				msg, err := pd.Socket.RecvMessageBytes(zmq.DONTWAIT)
 				if err != nil {
 					continue
@@ -255,6 +289,7 @@ func TestEachCaseCanFail(t *testing.T) {
 			}}},
 		{"ignores PAUSE", "zmqx/pause-resume", tamper{down: func(p []byte) bool { return !isVerb(p, zmqx.Pause) }}},
 		{"never grants upload credit", "zmqx/upload", tamper{up: dropVerb(zmqx.UploadCredit)}},
+		{"takes requests before WELCOME", "zmqx/welcome", tamper{reHello: true}},
 		{"no BYE", "zmqx/bye", tamper{up: dropVerb(zmqx.Bye)}},
 	}
 	covered := map[string]bool{}

@@ -1,0 +1,212 @@
+package integration
+
+// A CURVE worker whose control connection is cut on its side only redials
+// while the old connection lingers at Caddy (bin/caddy, bin/testworker,
+// real libzmq, a TCP relay the test controls on the control hop).
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// cutRelay forwards TCP connections to a target. cutWorkerSide closes the
+// side of each connection that faces the worker and leaves the side facing
+// the front end open and silent: a connection that the network dropped on
+// the worker's side only (a NAT or firewall that forgot it, say).
+type cutRelay struct {
+	ln     net.Listener
+	target string
+	mu     sync.Mutex
+	pairs  []*relayPair
+	wg     sync.WaitGroup
+}
+
+type relayPair struct {
+	worker, frontEnd net.Conn
+	cut              bool
+}
+
+func startCutRelay(t *testing.T, target string) *cutRelay {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &cutRelay{ln: ln, target: target}
+	r.wg.Add(1)
+	go r.accept()
+	t.Cleanup(r.close)
+	return r
+}
+
+func (r *cutRelay) endpoint() string { return "tcp://" + r.ln.Addr().String() }
+
+func (r *cutRelay) accept() {
+	defer r.wg.Done()
+	for {
+		w, err := r.ln.Accept()
+		if err != nil {
+			return
+		}
+		fe, err := net.Dial("tcp", r.target)
+		if err != nil {
+			w.Close()
+			continue
+		}
+		p := &relayPair{worker: w, frontEnd: fe}
+		r.mu.Lock()
+		r.pairs = append(r.pairs, p)
+		r.mu.Unlock()
+		r.wg.Add(2)
+		go r.pipe(p, fe, w)
+		go r.pipe(p, w, fe)
+	}
+}
+
+// pipe copies src to dst; the end of either side closes both, unless the
+// pair was cut (the front end's side then stays open).
+func (r *cutRelay) pipe(p *relayPair, dst, src net.Conn) {
+	defer r.wg.Done()
+	_, _ = io.Copy(dst, src)
+	r.mu.Lock()
+	cut := p.cut
+	r.mu.Unlock()
+	if !cut {
+		p.worker.Close()
+		p.frontEnd.Close()
+	}
+}
+
+// cutWorkerSide cuts the connections relayed so far on the worker's side;
+// it returns how many.
+func (r *cutRelay) cutWorkerSide() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, p := range r.pairs {
+		if !p.cut {
+			p.cut = true
+			p.worker.Close()
+			n++
+		}
+	}
+	return n
+}
+
+func (r *cutRelay) close() {
+	r.ln.Close()
+	r.mu.Lock()
+	for _, p := range r.pairs {
+		p.cut = true
+		p.worker.Close()
+		p.frontEnd.Close()
+	}
+	r.mu.Unlock()
+	r.wg.Wait()
+}
+
+// TestCurveControlRedialRunsOnce: caddyfiles/curve.Caddyfile and one
+// allowed worker whose control connection goes through a relay. The relay
+// cuts it on the worker's side only; the worker dials again at once while
+// the old connection lingers at Caddy, which libzmq then does not read
+// (with CURVE a worker id stays with the connection that holds it). POSTs
+// sent all through the redial, each held by the handler longer than the
+// dispatch deadline and its grace, each run exactly once and get 200: the
+// worker takes none while its new connection is unanswered (an ACK sent on
+// it would be lost, and Caddy would send the request again), and Caddy
+// closes the lingering connection as soon as the worker's key dials again.
+func TestCurveControlRedialRunsOnce(t *testing.T) {
+	dir, keyDir := curveTestDir(t)
+	good := filepath.Join(dir, "good")
+	curveKeygen(t, good)
+	allowKey(t, keyDir, good)
+	c := startCurveCaddy(t, keyDir)
+	serverKey := curveFrontEndKey(t, c)
+	relay := startCutRelay(t, strings.TrimPrefix(c.Endpoint("ZMQ_CONTROL"), "tcp://"))
+	w := startCurveWorker(t, "good", c.FrontEnd()+","+relay.endpoint(), serverKey, good+".key_secret")
+	client := c.Client(modeH2)
+	t.Cleanup(client.CloseIdleConnections)
+	waitWorker(t, client, c.HTTPSURL("/ready"), "good", w, c.proc)
+	w.MustWaitFor("control channel connected", startTimeout)
+
+	// Longer than the dispatch deadline (1 s) and its grace (250 ms): a
+	// request whose ACK was lost is sent again before it is answered.
+	const hold = "1500ms"
+	tok := newToken("redial")
+	type result struct {
+		status int
+		err    error
+		took   time.Duration
+	}
+	const sends = 24
+	results := make([]result, sends)
+	var wg sync.WaitGroup
+	if n := relay.cutWorkerSide(); n != 1 {
+		t.Fatalf("cut %d control connections, want the worker's one", n)
+	}
+	cut := time.Now()
+	// One POST every 50 ms from the cut on: pacing the load, so that some
+	// reach the worker while it is disconnected, some while its new
+	// connection is unread, some once it is back.
+	tick := time.NewTicker(50 * time.Millisecond)
+	for i := range sends {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			start := time.Now()
+			url := c.HTTPSURL(fmt.Sprintf("/count/%s-%d?mark=1&sleep=%s", tok, i, hold))
+			r, err := do(client, http.MethodPost, url, strings.NewReader("once"), nil)
+			results[i] = result{err: err, took: time.Since(start)}
+			if r != nil {
+				results[i].status = r.StatusCode
+			}
+		}()
+		<-tick.C
+	}
+	tick.Stop()
+	wg.Wait()
+	out := w.out.String()
+	var slowest time.Duration
+	for i, r := range results {
+		runs := strings.Count(out, fmt.Sprintf("RAN /count/%s-%d\n", tok, i))
+		if r.err != nil || r.status != http.StatusOK || runs != 1 {
+			t.Errorf("POST %d (sent %v after the cut): status %d, err %v, ran %d times at the worker; want 200, run once",
+				i, time.Duration(i)*50*time.Millisecond, r.status, r.err, runs)
+		}
+		slowest = max(slowest, r.took)
+	}
+	// Logged within moments of the redial, long before the last POST's
+	// answer.
+	caddyLog := c.proc.out.String()
+	if !strings.Contains(caddyLog, "closed a worker's control connection that lingers while its key dials again") {
+		t.Error("Caddy did not close the lingering connection as a redial")
+	}
+	if strings.Contains(caddyLog, "closed an authenticated control connection that sent nothing") {
+		t.Error("the worker's own redial was counted as an impostor")
+	}
+	t.Logf("%d POSTs over %v from the cut: slowest %v (handler holds each %s); control connection up again %v after the cut",
+		sends, time.Since(cut).Round(time.Millisecond), slowest.Round(time.Millisecond), hold, lastLogAt(out, "control channel connected").Sub(cut).Round(time.Millisecond))
+}
+
+// lastLogAt is the time of the last slog text line of out whose message is
+// msg (zero if none).
+func lastLogAt(out, msg string) time.Time {
+	var at time.Time
+	for _, line := range strings.Split(out, "\n") {
+		if !strings.Contains(line, `msg="`+msg+`"`) {
+			continue
+		}
+		ts, _, _ := strings.Cut(strings.TrimPrefix(line, "time="), " ")
+		if t, err := time.Parse(time.RFC3339Nano, ts); err == nil {
+			at = t
+		}
+	}
+	return at
+}
