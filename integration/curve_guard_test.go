@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/zmqbridge/caddy-zmq/internal/zcert"
 )
 
 // TestCurveWorkerIDImpostor: caddyfiles/pinned.Caddyfile with CURVE, a
@@ -43,7 +45,8 @@ func TestCurveWorkerIDImpostor(t *testing.T) {
 		t.Fatalf("first request of the session: %d %+v %v, want 200 from the worker (pid %d)", st, first, err, pidOf(legit))
 	}
 
-	impostor := startPinnedWorker(t, "wk-legit", fe, keys("impostor")...)
+	impostorFlags := keys("impostor")
+	impostor := startPinnedWorker(t, "wk-legit", fe, impostorFlags...)
 	// Its handshake succeeds and it says HELLO, which Caddy never reads,
 	// so it never answers: the impostor never counts its control
 	// connection up, and Caddy closes it.
@@ -58,6 +61,19 @@ func TestCurveWorkerIDImpostor(t *testing.T) {
 		}
 	}
 	c.proc.MustWaitFor("closed an authenticated control connection that sent nothing", startTimeout)
+	// The log names the impostor's key among the candidates (libzmq does
+	// not say which key a connection it does not read has).
+	cert, err := os.ReadFile(strings.TrimSuffix(impostorFlags[len(impostorFlags)-1], "_secret"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	zc, err := zcert.Parse(cert)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(c.proc.out.String(), zc.Public) {
+		t.Errorf("the log does not name the impostor's key %s:\n%s", zc.Public, tail(c.proc.out.String(), 3000))
+	}
 	if strings.Contains(impostor.out.String(), "control channel connected") {
 		t.Errorf("the impostor counted its control connection up:\n%s", impostor.out.String())
 	}

@@ -388,6 +388,7 @@ func leafSPKI(t *testing.T, c *caddy) string {
 // worker that took its handshake (over the control channel), never the
 // other: each wschat worker has its own room, so a message sent to the
 // wrong worker would be dropped there and never come back to its sender.
+// Small and large messages alike.
 func TestWebSocketAffinity(t *testing.T) {
 	c, w1 := startWSChat(t, nil)
 	w2 := startProcess(t, "wschat-2", command(t, wschatBin(t), "-frontend", c.FrontEndControl(), "-ping", "0"))
@@ -399,6 +400,10 @@ func TestWebSocketAffinity(t *testing.T) {
 		go func() {
 			for k := range 5 {
 				tok := fmt.Sprintf("socket %d message %d %s", i, k, newToken("aff"))
+				if k == 2 {
+					// Large: read straight into its REQ (module/websocket_place.go).
+					tok += strings.Repeat(".", 80<<10)
+				}
 				if err := ws.WriteText(tok); err != nil {
 					errs <- err
 					return

@@ -46,6 +46,14 @@ type ctlMsg struct {
 // release frees what m holds that the garbage collector does not see.
 func (m ctlMsg) release() { m.body.Free() }
 
+// bytes is the message: payload, or the bytes of body.
+func (m ctlMsg) bytes() []byte {
+	if m.body != nil {
+		return m.body.Bytes()[:m.bodyLen]
+	}
+	return m.payload
+}
+
 // controlPlane owns the ROUTER socket. Requests hand it messages through a
 // channel, which its owner goroutine serves in the same select that waits
 // for the socket.
@@ -138,8 +146,7 @@ func (c *controlPlane) enqueue(m ctlMsg) {
 	case c.in <- m:
 	default:
 		c.logger.Warn("control queue full, dropping message", zap.String("worker", m.worker))
-		m.release()
-		c.undeliverable(m.payload, errReqNotQueued)
+		c.undeliverable(m, errReqNotQueued)
 	}
 }
 
@@ -345,13 +352,13 @@ func (c *controlPlane) deliverReq(router *zmq.Socket, m ctlMsg) {
 	case queueFull:
 		c.stall(m)
 	case notSent:
-		c.undeliverable(m.payload, errAddresseeGone)
+		c.undeliverable(m, errAddresseeGone)
 	}
 }
 
 func (c *controlPlane) stall(m ctlMsg) {
 	if c.stalledN >= maxStalledReqs {
-		c.undeliverable(m.payload, errReqNotQueued)
+		c.undeliverable(m, errReqNotQueued)
 		return
 	}
 	if c.stalled == nil {
@@ -376,7 +383,7 @@ func (c *controlPlane) retryStalled(router *zmq.Socket) {
 				break
 			}
 			if r == notSent {
-				c.undeliverable(q[i].payload, errAddresseeGone)
+				c.undeliverable(q[i], errAddresseeGone)
 			}
 		}
 		c.stalledN -= i
@@ -424,9 +431,11 @@ type ctlScratch struct {
 
 // undeliverable fails with cause the exchange of a REQ that was not sent:
 // errAddresseeGone when libzmq could not route it (the worker has gone),
-// errReqNotQueued when the queues towards a live worker were full.
-func (c *controlPlane) undeliverable(payload []byte, cause error) {
-	m, err := zmqx.Parse(payload)
+// errReqNotQueued when the queues towards a live worker were full. It
+// releases msg (any message that was not sent may come here).
+func (c *controlPlane) undeliverable(msg ctlMsg, cause error) {
+	defer msg.release()
+	m, err := zmqx.Parse(msg.bytes())
 	if err != nil || m.Verb != zmqx.Req {
 		return
 	}

@@ -101,8 +101,9 @@ func (c *controlPlane) reapSilent(now time.Time) {
 		c.t.warnPeer("closed an authenticated control connection that sent nothing: libzmq reads nothing from a connection "+
 			"claiming a worker id that another connection holds (with CURVE an id stays with the connection that has it), "+
 			"so this is a second connection under a taken id (another key, or a worker redialling while its old connection lingers); "+
-			"libzmq does not show which key or id it claims", "",
-			zap.String("peer", pc.peer), zap.Duration("silent_for", now.Sub(pc.since)))
+			"libzmq does not show which id it claims; candidate_keys are the keys let in on the control socket from its host during its handshake", "",
+			zap.String("peer", pc.peer), zap.Duration("silent_for", now.Sub(pc.since)),
+			zap.Strings("candidate_keys", c.t.auth.controlKeysAt(hostKey(pc.host()), pc.since)))
 	}
 }
 

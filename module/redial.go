@@ -2,6 +2,7 @@ package caddyzmq
 
 import (
 	"net"
+	"slices"
 	"time"
 
 	"go.uber.org/zap"
@@ -87,6 +88,28 @@ func (a *authorizer) controlApprovals(key, host string, after, until time.Time) 
 	}
 	return n
 }
+
+// controlKeysAt lists the keys the control socket let in from host during
+// the handshake of a connection accepted at since: the candidates for the
+// key behind a connection that libzmq does not read (ZAP knows no
+// connection, only its host).
+func (a *authorizer) controlKeysAt(host string, since time.Time) []string {
+	from, to := since.Add(-approvalSlack), since.Add(handshakeIvl)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	var keys []string
+	for _, ap := range a.approvals {
+		if ap.host == host && !ap.at.Before(from) && !ap.at.After(to) && !slices.Contains(keys, ap.key) {
+			keys = append(keys, ap.key)
+		}
+	}
+	slices.Sort(keys)
+	return keys
+}
+
+// approvalSlack allows for the accept event being read after the ZAP
+// handler answered (they come from different threads).
+const approvalSlack = 100 * time.Millisecond
 
 // redial is a worker's redial as reapRedialled finds it: the connection
 // that lingers with its id, and the newer ones from its host that libzmq

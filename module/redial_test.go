@@ -6,6 +6,7 @@ import (
 	"io"
 	"net"
 	"path/filepath"
+	"slices"
 	"sync"
 	"testing"
 	"time"
@@ -386,4 +387,28 @@ func TestSilentPeerStopsCountingAfterHandshakeIvl(t *testing.T) {
 		t.Fatalf("dropped after %v, before the handshake interval %v: something else closed it", took, handshakeIvl)
 	}
 	t.Logf("a silent peer counted for %v (handshake interval %v)", took.Round(time.Millisecond), handshakeIvl)
+}
+
+// TestControlKeysAt: the keys named for a connection libzmq does not read
+// are those approved from its host during its handshake, each once.
+func TestControlKeysAt(t *testing.T) {
+	a := newAuthorizer("pool", zap.NewNop())
+	since := time.Now()
+	a.noteControlApproval("10.0.0.1", "before", since.Add(-time.Second))
+	a.noteControlApproval("10.0.0.1", "k2", since.Add(10*time.Millisecond))
+	a.noteControlApproval("10.0.0.1", "k1", since.Add(20*time.Millisecond))
+	a.noteControlApproval("10.0.0.1", "k1", since.Add(30*time.Millisecond))
+	a.noteControlApproval("10.0.0.2", "other-host", since.Add(10*time.Millisecond))
+	for _, tc := range []struct {
+		host string
+		want []string
+	}{
+		{"10.0.0.1", []string{"k1", "k2"}},
+		{"10.0.0.2", []string{"other-host"}},
+		{"10.0.0.3", nil},
+	} {
+		if got := a.controlKeysAt(tc.host, since); !slices.Equal(got, tc.want) {
+			t.Errorf("%s: %q, want %q", tc.host, got, tc.want)
+		}
+	}
 }

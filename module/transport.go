@@ -94,6 +94,11 @@ func (c transportConfig) attach(sock *zmq.Socket, endpoint string, which int) er
 type outMsg struct {
 	buf *[]byte
 	ex  *exchange
+	// body, when set, is the message instead of buf: its first bodyLen
+	// bytes, in C memory that libzmq sends without a copy (a large
+	// WebSocket message read straight into it).
+	body    *zmqio.CBuf
+	bodyLen int
 }
 
 // transport owns one bound PUSH socket (requests) and one bound SUB socket
@@ -282,6 +287,7 @@ func (t *transport) runSender(zctx *zmq.Context, ready chan<- error) {
 						m.ex.fail(errStopped)
 					}
 					requestFrames.put(m.buf)
+					m.body.Free()
 				default:
 					return
 				}
@@ -291,19 +297,22 @@ func (t *transport) runSender(zctx *zmq.Context, ready chan<- error) {
 }
 
 func (t *transport) send(sock *zmq.Socket, m outMsg) {
-	_, err := zmqio.SendBytes(sock, *m.buf, zmq.DONTWAIT)
+	err := m.sendOn(sock)
 	if err != nil && zmq.AsErrno(err) == zmq.Errno(syscallEAGAIN) {
 		// The pipe of a worker that just finished its handshake arrives as
 		// a command to the socket, which a send processes at most once a
 		// millisecond or so (libzmq throttles it); reading ZMQ_EVENTS
 		// processes it now. Only then does EAGAIN mean no worker.
 		_, _ = sock.GetEvents()
-		_, err = zmqio.SendBytes(sock, *m.buf, zmq.DONTWAIT)
+		err = m.sendOn(sock)
 	}
 	if err == nil {
-		t.bytesUp.Add(uint64(len(*m.buf)))
+		t.bytesUp.Add(uint64(m.size()))
 	}
 	requestFrames.put(m.buf)
+	if err != nil {
+		m.body.Free() // still ours: SendOwned failed
+	}
 	if err == nil {
 		t.sent.Add(1)
 		return
@@ -317,6 +326,21 @@ func (t *transport) send(sock *zmq.Socket, m outMsg) {
 		return
 	}
 	m.ex.fail(fmt.Errorf("sending request: %w", err))
+}
+
+func (m outMsg) sendOn(sock *zmq.Socket) error {
+	if m.body != nil {
+		return zmqio.SendOwned(sock, m.body, m.bodyLen, zmq.DONTWAIT)
+	}
+	_, err := zmqio.SendBytes(sock, *m.buf, zmq.DONTWAIT)
+	return err
+}
+
+func (m outMsg) size() int {
+	if m.body != nil {
+		return m.bodyLen
+	}
+	return len(*m.buf)
 }
 
 func (t *transport) runReceiver(zctx *zmq.Context, ready chan<- error) {

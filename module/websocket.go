@@ -88,6 +88,9 @@ type wsSession struct {
 	keep          *wsKeepalive
 
 	msgHeaders map[byte][]byte // by FLAGS (headers); reader goroutine only
+	// placed is the request a large client message is being read into
+	// (websocket_place.go); reader goroutine only.
+	placed wsPlaced
 }
 
 // serveWebSocket runs one WebSocket to its end.
@@ -430,6 +433,8 @@ func (s *wsSession) writeClose(end wsEnd) {
 func (s *wsSession) readClient(br *bufio.Reader) wsEnd {
 	rd := wsframe.NewReader(br, s.h.WebSocketMaxMessage)
 	rd.Buffers = wsBuffers
+	rd.Place = s.place
+	defer s.placed.free()
 	for {
 		m, err := rd.ReadMessage()
 		if err != nil {
@@ -445,8 +450,12 @@ func (s *wsSession) readClient(br *bufio.Reader) wsEnd {
 		if isKeepalivePong(m) {
 			continue // answers Caddy's ping, not the worker's
 		}
-		err = s.forward(m)
-		rd.Release(m.Payload) // forward copied it
+		if s.placed.ready() {
+			err = s.forwardPlaced()
+		} else {
+			err = s.forward(m)
+			rd.Release(m.Payload) // forward copied it
+		}
 		if err != nil {
 			return s.failEnd(err)
 		}

@@ -6,6 +6,7 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"reflect"
 	"strconv"
 	"testing"
 	"time"
@@ -367,4 +368,72 @@ func TestWebSocketKeepalive(t *testing.T) {
 			t.Fatalf("client got % x, want only the worker's half frame % x", got, halfFrame)
 		}
 	})
+}
+
+// A large message sent as one frame is read straight into its request
+// (websocket_place.go); it reaches the worker as the same request as when
+// it comes in fragments (reassembled, then copied), and at the limit too.
+func TestWebSocketPlacedMessages(t *testing.T) {
+	const limit = 3 * wsPlaceMin
+	env := newTestEnv(t, func(h *Handler) { h.WebSocketMaxMessage = limit })
+	fw := startFakeWorker(t, env.reqEP, env.repEP, func(r *mongrel2.Request) [][]byte {
+		if r.Path == "/__ready" {
+			return okReply("ok")
+		}
+		return m2Echo(r)
+	})
+	env.waitForWorker(t)
+	for len(fw.seen) > 0 {
+		<-fw.seen
+	}
+	ws := dialWS(t, env, "/big")
+	<-fw.seen // the handshake
+	payload := func(n int) []byte {
+		p := make([]byte, n)
+		for i := range p {
+			p[i] = byte(i * 7)
+		}
+		return p
+	}
+	type sent struct {
+		name   string
+		frames [][]byte // flags byte first
+	}
+	big := payload(wsPlaceMin + 5)
+	frag := func(flags byte, p []byte) []byte { return append([]byte{flags}, p...) }
+	var first *mongrel2.Request
+	for _, tc := range []sent{
+		{"one frame", [][]byte{frag(0x82, big)}},
+		{"fragments", [][]byte{frag(0x02, big[:1000]), frag(0x80, big[1000:])}},
+		{"one frame again", [][]byte{frag(0x82, big)}},
+		{"just below placing", [][]byte{frag(0x82, big[:wsPlaceMin-1])}},
+		{"at the limit", [][]byte{frag(0x82, payload(limit))}},
+	} {
+		var whole []byte
+		for _, f := range tc.frames {
+			if err := ws.WriteFrame(f[0], f[1:]); err != nil {
+				t.Fatal(err)
+			}
+			whole = append(whole, f[1:]...)
+		}
+		m := <-fw.seen
+		if m.Header("METHOD") != "WEBSOCKET" || m.Header("FLAGS") != "0x82" || !bytes.Equal(m.Body, whole) {
+			t.Fatalf("%s: worker got %s FLAGS=%s, %d bytes; want WEBSOCKET 0x82, %d bytes", tc.name, m.Header("METHOD"), m.Header("FLAGS"), len(m.Body), len(whole))
+		}
+		if first == nil {
+			first = m
+		} else if m.Sender != first.Sender || m.ConnID != first.ConnID || m.Path != first.Path || !reflect.DeepEqual(m.Headers, first.Headers) {
+			t.Fatalf("%s: request head %s %s %s %v, want %s %s %s %v", tc.name, m.Sender, m.ConnID, m.Path, m.Headers, first.Sender, first.ConnID, first.Path, first.Headers)
+		}
+		if b0, p, err := ws.ReadFrame(); err != nil || b0 != 0x82 || !bytes.Equal(p, whole) {
+			t.Fatalf("%s: echo %#x, %d bytes, %v", tc.name, b0, len(p), err)
+		}
+	}
+	// Over the limit: 1009, and the worker hears the client is gone.
+	if err := ws.WriteFrame(0x82, payload(limit+1)); err != nil {
+		t.Fatal(err)
+	}
+	if code, err := ws.ReadClose(); err != nil || code != wsframe.CloseMessageTooBig {
+		t.Fatalf("over the limit: close %d, %v", code, err)
+	}
 }

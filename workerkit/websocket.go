@@ -58,6 +58,10 @@ func (e *CloseError) Error() string {
 	return fmt.Sprintf("workerkit: websocket closed by the client: %d %s", e.Code, e.Reason)
 }
 
+// wsFin is the FIN bit of a frame's first byte: the worker's frames are
+// whole messages.
+const wsFin = 0x80
+
 // wsCloseWait bounds how long Close waits for the client's answering close
 // frame before it ends the connection anyway.
 const wsCloseWait = 2 * time.Second
@@ -169,13 +173,24 @@ func prepareHandshake(rw *responseWriter, r *http.Request, acceptKey []byte) *ht
 	return r.WithContext(context.WithValue(r.Context(), wsHandshakeKey{}, rw))
 }
 
+// wsMaxPiece bounds the bytes of one reply message of a WebSocket: larger
+// than an HTTP body's pieces (maxMsgBody), because every reply message
+// costs a hand-off, a send and a receive on both sides, and a frame of up
+// to this size goes whole, without a copy, from C memory (zmqio.CBuf).
+const wsMaxPiece = 1<<20 + 16
+
 // sendRaw sends b as reply bodies, within the reply credit when flow
 // control is on, so that a slow client slows the writer.
-func (rw *responseWriter) sendRaw(b []byte) error {
+func (rw *responseWriter) sendRaw(b []byte) error { return rw.sendFrame(nil, b) }
+
+// sendFrame sends head then payload as one stream of reply bodies: the
+// bytes go straight into the reply frames (C memory for large ones), with
+// no copy of the whole frame assembled first.
+func (rw *responseWriter) sendFrame(head, payload []byte) error {
 	if rw.err != nil {
 		return rw.err
 	}
-	for len(b) > 0 {
+	for len(head)+len(payload) > 0 {
 		credit := int64(math.MaxInt64)
 		if rw.flow != nil {
 			c, err := rw.flow.await(rw.ctx, rw.fe.dead)
@@ -185,14 +200,16 @@ func (rw *responseWriter) sendRaw(b []byte) error {
 			}
 			credit = c
 		}
-		n := int(min(int64(len(b)), maxMsgBody, max(credit, 1)))
+		n := int(min(int64(len(head)+len(payload)), wsMaxPiece, max(credit, 1)))
 		f := getFrame()
 		f.b = mongrel2.AppendReplyOne(f.b, rw.sender, rw.connID, nil)
 		if n >= cFrameMin {
 			f = f.toC(len(f.b) + n)
 		}
-		f.b = append(f.b, b[:n]...)
-		b = b[n:]
+		h := min(n, len(head))
+		f.b = append(f.b, head[:h]...)
+		f.b = append(f.b, payload[:n-h]...)
+		head, payload = head[h:], payload[n-h:]
 		if err := rw.push(f); err != nil {
 			rw.err = err
 			return err
@@ -212,12 +229,12 @@ func (s *server) deliverWebSocket(fe *frontEndConn, req *mongrel2.Request, flags
 		fe.log.Debug("websocket message for a connection this worker does not hold", "conn", req.ConnID)
 		return
 	}
-	var fb uint64
-	if _, err := fmt.Sscanf(flags, "0x%X", &fb); err != nil || fb > 0xFF {
+	fb, ok := parseFlags(flags)
+	if !ok {
 		fe.log.Warn("websocket message with bad FLAGS", "flags", flags, "conn", req.ConnID)
 		return
 	}
-	m := wsMessage{flags: byte(fb), payload: req.Body}
+	m := wsMessage{flags: fb, payload: req.Body}
 	if m.flags&0x0F == wsframe.OpClose && c.closing() {
 		c.peerOnce.Do(func() { close(c.peerClosed) })
 		return
@@ -234,6 +251,30 @@ func (s *server) deliverWebSocket(fe *frontEndConn, req *mongrel2.Request, flags
 	case c.wake <- struct{}{}:
 	default:
 	}
+}
+
+// parseFlags reads a FLAGS header: "0x" and one or two hex digits, as
+// Mongrel2 writes it ("0x%X"); lower-case digits are taken too.
+func parseFlags(s string) (byte, bool) {
+	if len(s) < 3 || len(s) > 4 || s[0] != '0' || (s[1] != 'x' && s[1] != 'X') {
+		return 0, false
+	}
+	var b byte
+	for i := 2; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case c >= '0' && c <= '9':
+			c -= '0'
+		case c >= 'A' && c <= 'F':
+			c -= 'A' - 10
+		case c >= 'a' && c <= 'f':
+			c -= 'a' - 10
+		default:
+			return 0, false
+		}
+		b = b<<4 | c
+	}
+	return b, true
 }
 
 func (c *WSConn) closing() bool {
@@ -342,7 +383,8 @@ func (c *WSConn) writeFrame(op byte, payload []byte) error {
 	if c.closed || c.closeSent {
 		return ErrWebSocketClosed
 	}
-	return c.rw.sendRaw(wsframe.AppendFrame(make([]byte, 0, len(payload)+10), op, payload))
+	var head [10]byte
+	return c.rw.sendFrame(wsframe.AppendHeader(head[:0], wsFin|op, len(payload)), payload)
 }
 
 // Close sends a close frame with code and reason, waits a moment for the

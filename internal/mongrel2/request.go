@@ -112,6 +112,15 @@ func isDisconnectBody(b []byte) bool {
 // AppendRequest appends a complete request frame. headers is a block made by
 // HeaderEncoder (a JSON object or a tnetstring dict).
 func AppendRequest(dst []byte, sender, connID, path string, headers, body []byte) []byte {
+	dst = AppendRequestHead(dst, sender, connID, path, headers, len(body))
+	dst = append(dst, body...)
+	return append(dst, ',')
+}
+
+// AppendRequestHead appends what AppendRequest writes before the bytes of
+// a body of n bytes, for a caller that places the body after it (read
+// straight from the client) and then the ',' that ends the frame.
+func AppendRequestHead(dst []byte, sender, connID, path string, headers []byte, n int) []byte {
 	dst = append(dst, sender...)
 	dst = append(dst, ' ')
 	dst = append(dst, connID...)
@@ -123,7 +132,8 @@ func AppendRequest(dst []byte, sender, connID, path string, headers, body []byte
 	} else {
 		dst = append(dst, headers...)
 	}
-	return appendNetstring(dst, body, ',')
+	dst = strconv.AppendInt(dst, int64(n), 10)
+	return append(dst, ':')
 }
 
 // disconnectTail is what follows "UUID ID " in a disconnect notice, exactly

@@ -49,3 +49,63 @@ func TestReaderBuffers(t *testing.T) {
 		})
 	}
 }
+
+// Place is offered exactly the data messages that come as one frame, with
+// their final flags and size; what it gives holds the unmasked payload, is
+// not the Reader's to release, and nil leaves the message to the Reader.
+func TestReaderPlace(t *testing.T) {
+	key := [4]byte{1, 2, 3, 4}
+	big := bytes.Repeat([]byte("0123456789abcdef"), 20000)
+	type offer struct {
+		flags byte
+		n     int
+	}
+	cases := []struct {
+		name    string
+		frames  [][]byte
+		decline bool
+		want    []byte
+		flags   byte
+		offers  []offer
+	}{
+		{"one frame", [][]byte{AppendMasked(nil, finBit|OpBinary, big, key)}, false, big, 0x82, []offer{{0x82, len(big)}}},
+		{"one text frame, rsv bit", [][]byte{AppendMasked(nil, finBit|0x40|OpText, []byte("hi"), key)}, false, []byte("hi"), 0xC1, []offer{{0xC1, 2}}},
+		{"declined", [][]byte{AppendMasked(nil, finBit|OpBinary, big, key)}, true, big, 0x82, []offer{{0x82, len(big)}}},
+		{"fragments are not offered", [][]byte{
+			AppendMasked(nil, OpText, []byte("Hel"), key),
+			AppendMasked(nil, finBit|OpContinuation, []byte("lo"), key),
+		}, false, []byte("Hello"), 0x81, nil},
+		{"control frames are not offered", [][]byte{AppendMasked(nil, finBit|OpPing, []byte("p"), key)}, false, []byte("p"), 0x89, nil},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			bufs := &recordingBuffers{}
+			rd := NewReader(bufio.NewReader(bytes.NewReader(bytes.Join(tc.frames, nil))), 0)
+			rd.Buffers = bufs
+			var offers []offer
+			var given []byte
+			rd.Place = func(flags byte, n int) []byte {
+				offers = append(offers, offer{flags, n})
+				if tc.decline {
+					return nil
+				}
+				given = make([]byte, n)
+				return given
+			}
+			m, err := rd.ReadMessage()
+			if err != nil || m.Flags != tc.flags || !bytes.Equal(m.Payload, tc.want) {
+				t.Fatalf("read %#x, %d bytes (%v); want %#x, %d bytes", m.Flags, len(m.Payload), err, tc.flags, len(tc.want))
+			}
+			if len(offers) != len(tc.offers) || len(offers) > 0 && offers[0] != tc.offers[0] {
+				t.Fatalf("offers %v, want %v", offers, tc.offers)
+			}
+			if placed := given != nil && &m.Payload[0] == &given[0]; placed != (len(tc.offers) > 0 && !tc.decline) {
+				t.Fatalf("payload in the placed memory: %v", placed)
+			}
+			rd.Release(m.Payload)
+			if given != nil && bufs.put != 0 {
+				t.Fatal("Release gave a placed payload to Buffers")
+			}
+		})
+	}
+}

@@ -8,6 +8,7 @@ package wsframe
 import (
 	"bufio"
 	"crypto/sha1"
+	"crypto/subtle"
 	"encoding/base64"
 	"encoding/binary"
 	"errors"
@@ -110,7 +111,15 @@ type Reader struct {
 	// Buffers, if set, lends the buffers of messages larger than a Reader
 	// keeps between messages; Release gives them back.
 	Buffers Buffers
+	// Place, if set, is offered every data message that arrives as one
+	// frame, before its payload is read: it returns n bytes of memory of
+	// its own for the payload (the caller's outgoing message, so that the
+	// bytes are read and unmasked where they are sent from), or nil for
+	// the Reader's buffer. flags is the message's Flags. The payload of
+	// such a message is the caller's; Release ignores it.
+	Place func(flags byte, n int) []byte
 
+	placed      []byte // the last payload Place gave, for Release
 	partial     []byte
 	partialOpen bool
 	partialFlag byte
@@ -129,6 +138,9 @@ type Buffers interface {
 // Buffers once the caller is done with it. Payloads the Reader keeps for
 // itself (small messages, control frames) are left alone.
 func (rd *Reader) Release(p []byte) {
+	if len(p) > 0 && len(rd.placed) > 0 && &p[0] == &rd.placed[0] {
+		return
+	}
 	if rd.Buffers != nil && cap(p) > defaultReassemblyCap {
 		rd.Buffers.Put(p[:0])
 	}
@@ -143,6 +155,7 @@ func NewReader(r *bufio.Reader, maxMessage int64) *Reader {
 // payload is valid until the next call. io.EOF means the client closed
 // the connection between frames.
 func (rd *Reader) ReadMessage() (Message, error) {
+	rd.placed = nil
 	for {
 		b0, payloadLen, mask, err := rd.readHeader()
 		if err != nil {
@@ -163,6 +176,11 @@ func (rd *Reader) ReadMessage() (Message, error) {
 		}
 		if op != OpContinuation && rd.partialOpen {
 			return Message{}, ErrExpectedContinue
+		}
+		if op != OpContinuation && fin && rd.Place != nil {
+			if p := rd.Place(b0|finBit, int(payloadLen)); p != nil {
+				return rd.readPlaced(b0|finBit, p[:payloadLen:payloadLen], mask)
+			}
 		}
 		if op != OpContinuation { // a continuation keeps the first frame's flags
 			rd.partialFlag = b0
@@ -188,6 +206,16 @@ func (rd *Reader) ReadMessage() (Message, error) {
 			return msg, nil
 		}
 	}
+}
+
+// readPlaced reads a one-frame message's payload into p, which Place gave.
+func (rd *Reader) readPlaced(flags byte, p []byte, mask [4]byte) (Message, error) {
+	rd.placed = p
+	if _, err := io.ReadFull(rd.r, p); err != nil {
+		return Message{}, unexpected(err)
+	}
+	unmaskAt(p, mask)
+	return Message{Flags: flags, Payload: p}, nil
 }
 
 // readHeader reads and validates one frame header.
@@ -264,8 +292,24 @@ func (rd *Reader) grow(b []byte, n int) []byte {
 }
 
 // unmaskAt XORs p with the masking key, starting at key offset 0 (each
-// frame has its own key), eight bytes at a time where it can.
+// frame has its own key). Large messages are unmasked in place on their
+// way to the worker, so this is a per-byte cost of the bridge: long
+// payloads go through crypto/subtle's vectorised XOR against the key
+// repeated, short ones eight bytes at a time.
 func unmaskAt(p []byte, key [4]byte) {
+	if len(p) >= unmaskVectorMin {
+		var stream [unmaskStream]byte
+		copy(stream[:], key[:])
+		for n := len(key); n < len(stream); n *= 2 {
+			copy(stream[n:], stream[:n])
+		}
+		for len(p) >= len(stream) { // len(stream) is a multiple of 4
+			subtle.XORBytes(p, p[:len(stream)], stream[:])
+			p = p[len(stream):]
+		}
+		subtle.XORBytes(p, p, stream[:len(p)])
+		return
+	}
 	k32 := binary.LittleEndian.Uint32(key[:])
 	k64 := uint64(k32) | uint64(k32)<<32
 	i := 0
@@ -276,6 +320,13 @@ func unmaskAt(p []byte, key [4]byte) {
 		p[i] ^= key[i&3]
 	}
 }
+
+// unmaskStream is the key stream's length, and unmaskVectorMin the
+// payload length from which it pays to build it.
+const (
+	unmaskStream    = 2048
+	unmaskVectorMin = 1024
+)
 
 // AppendHeader appends the header of an unmasked server frame, as
 // Mongrel2's websocket_make_header writes it.

@@ -5,6 +5,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"strconv"
 	"testing"
 )
 
@@ -154,10 +155,26 @@ func FuzzReadMessage(f *testing.F) {
 	f.Fuzz(func(t *testing.T, in []byte) {
 		const limit = 1 << 12
 		rd := reader(in, limit)
+		// The same stream read with Place taking some one-frame messages
+		// (odd sizes) gives the same messages and the same end.
+		placing := reader(in, limit)
+		placing.Place = func(flags byte, n int) []byte {
+			if n%2 == 0 {
+				return nil
+			}
+			return make([]byte, n+3) // longer than asked: the Reader cuts it
+		}
 		for range 64 {
 			m, err := rd.ReadMessage()
+			pm, perr := placing.ReadMessage()
+			if (err == nil) != (perr == nil) || err != nil && err.Error() != perr.Error() {
+				t.Fatalf("errors differ: %v, with Place %v", err, perr)
+			}
 			if err != nil {
 				return
+			}
+			if m.Flags != pm.Flags || !bytes.Equal(m.Payload, pm.Payload) {
+				t.Fatalf("message %#x %q, with Place %#x %q", m.Flags, m.Payload, pm.Flags, pm.Payload)
 			}
 			if len(m.Payload) > limit || m.Flags&0x80 == 0 {
 				t.Fatalf("message of %d bytes, flags %#x", len(m.Payload), m.Flags)
@@ -169,10 +186,20 @@ func FuzzReadMessage(f *testing.F) {
 	})
 }
 
-// The word-at-a-time unmasking equals the byte-wise definition for every
-// length and alignment.
+// The word-at-a-time and vectorised unmasking equal the byte-wise
+// definition for every length and alignment, around the sizes where the
+// method and the key stream's chunks change too.
 func TestUnmask(t *testing.T) {
+	var sizes []int
 	for n := range 40 {
+		sizes = append(sizes, n)
+	}
+	for _, edge := range []int{unmaskVectorMin, unmaskStream, 2 * unmaskStream, 5*unmaskStream + 3} {
+		for n := edge - 9; n <= edge+9; n++ {
+			sizes = append(sizes, n)
+		}
+	}
+	for _, n := range sizes {
 		p := make([]byte, n)
 		for i := range p {
 			p[i] = byte(i * 7)
@@ -185,5 +212,18 @@ func TestUnmask(t *testing.T) {
 		if !bytes.Equal(p, want) {
 			t.Fatalf("n=%d: % x, want % x", n, p, want)
 		}
+	}
+}
+
+// go test -run XXX -bench Unmask ./internal/wsframe/
+func BenchmarkUnmask(b *testing.B) {
+	for _, n := range []int{64, 4 << 10, 1 << 20} {
+		p := make([]byte, n)
+		b.Run(strconv.Itoa(n), func(b *testing.B) {
+			b.SetBytes(int64(n))
+			for b.Loop() {
+				unmaskAt(p, key)
+			}
+		})
 	}
 }

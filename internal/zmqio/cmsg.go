@@ -25,12 +25,54 @@ static size_t zmqio_cache_max;
 static size_t zmqio_block_size;
 static long zmqio_mapped; // blocks mapped now, cached ones included
 
-static void zmqio_cbuf_config(size_t block, size_t max) {
+// Larger blocks (a WebSocket message read straight into its request) are
+// mapped in power-of-two sizes from zmqio_large_min up, in
+// ZMQIO_LARGE_CLASSES classes, so that a released one serves the next
+// message of about its size: a fresh mapping costs a page fault per 4 KiB
+// and its unmapping a TLB shootdown, per message. Up to zmqio_large_max
+// bytes of them are kept, until zmqio_cbuf_drop_large gives them back.
+#define ZMQIO_LARGE_CLASSES 6
+static zmqio_block *zmqio_large[ZMQIO_LARGE_CLASSES];
+static size_t zmqio_large_cached; // bytes
+static long zmqio_large_len;
+static size_t zmqio_large_min;
+static size_t zmqio_large_max;
+
+static void zmqio_cbuf_config(size_t block, size_t max, size_t large_min, size_t large_max) {
 	zmqio_block_size = block;
 	zmqio_cache_max = max;
+	zmqio_large_min = large_min;
+	zmqio_large_max = large_max;
+}
+
+// zmqio_large_class is the class of a mapping of size bytes, or -1.
+static int zmqio_large_class(size_t size) {
+	int c = 0;
+	size_t s = zmqio_large_min;
+	if (s == 0 || size < s || (size & (size - 1)) != 0) {
+		return -1;
+	}
+	for (; s < size; s <<= 1) {
+		c++;
+	}
+	return c < ZMQIO_LARGE_CLASSES ? c : -1;
 }
 
 static void *zmqio_cbuf_alloc(size_t size) {
+	int c = zmqio_large_class(size);
+	if (c >= 0) {
+		pthread_mutex_lock(&zmqio_cache_mu);
+		zmqio_block *b = zmqio_large[c];
+		if (b != NULL) {
+			zmqio_large[c] = b->next;
+			zmqio_large_cached -= size;
+			zmqio_large_len--;
+		}
+		pthread_mutex_unlock(&zmqio_cache_mu);
+		if (b != NULL) {
+			return b;
+		}
+	}
 	if (size == zmqio_block_size) {
 		pthread_mutex_lock(&zmqio_cache_mu);
 		zmqio_block *b = zmqio_cache;
@@ -52,6 +94,20 @@ static void *zmqio_cbuf_alloc(size_t size) {
 }
 
 static void zmqio_cbuf_release(void *p, size_t size) {
+	int c = zmqio_large_class(size);
+	if (c >= 0) {
+		pthread_mutex_lock(&zmqio_cache_mu);
+		if (zmqio_large_cached + size <= zmqio_large_max) {
+			zmqio_block *b = p;
+			b->next = zmqio_large[c];
+			zmqio_large[c] = b;
+			zmqio_large_cached += size;
+			zmqio_large_len++;
+			pthread_mutex_unlock(&zmqio_cache_mu);
+			return;
+		}
+		pthread_mutex_unlock(&zmqio_cache_mu);
+	}
 	if (size == zmqio_block_size) {
 		pthread_mutex_lock(&zmqio_cache_mu);
 		if (zmqio_cache_len < zmqio_cache_max) {
@@ -68,9 +124,30 @@ static void zmqio_cbuf_release(void *p, size_t size) {
 	__atomic_sub_fetch(&zmqio_mapped, 1, __ATOMIC_RELAXED);
 }
 
+// zmqio_cbuf_drop_large unmaps the cached large blocks.
+static void zmqio_cbuf_drop_large(void) {
+	for (int c = 0; c < ZMQIO_LARGE_CLASSES; c++) {
+		pthread_mutex_lock(&zmqio_cache_mu);
+		zmqio_block *b = zmqio_large[c];
+		zmqio_large[c] = NULL;
+		pthread_mutex_unlock(&zmqio_cache_mu);
+		while (b != NULL) {
+			zmqio_block *next = b->next;
+			size_t size = zmqio_large_min << c;
+			munmap(b, size);
+			__atomic_sub_fetch(&zmqio_mapped, 1, __ATOMIC_RELAXED);
+			pthread_mutex_lock(&zmqio_cache_mu);
+			zmqio_large_cached -= size;
+			zmqio_large_len--;
+			pthread_mutex_unlock(&zmqio_cache_mu);
+			b = next;
+		}
+	}
+}
+
 static void zmqio_cbuf_stats(long *mapped, long *cached) {
 	pthread_mutex_lock(&zmqio_cache_mu);
-	*cached = (long)zmqio_cache_len;
+	*cached = (long)zmqio_cache_len + zmqio_large_len;
 	pthread_mutex_unlock(&zmqio_cache_mu);
 	*mapped = __atomic_load_n(&zmqio_mapped, __ATOMIC_RELAXED);
 }
@@ -114,7 +191,9 @@ static int zmqio_send_owned(void *sock, void *data, size_t len, size_t mapped, i
 import "C"
 
 import (
+	"sync/atomic"
 	"syscall"
+	"time"
 	"unsafe"
 
 	zmq "github.com/pebbe/zmq4"
@@ -129,9 +208,12 @@ import (
 //
 // The memory is mapped, not malloc'd (see zmqio_cbuf_alloc): buffers of
 // CBufBlock bytes or less take a standard block, and up to CBufCacheMax
-// released blocks are kept for reuse; larger buffers, and released blocks
-// beyond that, are unmapped. What stays resident after a burst of large
-// bodies is therefore at most CBufCacheMax blocks.
+// released blocks are kept for reuse; larger buffers take a power-of-two
+// mapping of CBufLargeMin bytes or more, of which up to CBufLargeCacheMax
+// bytes are kept for reuse, for about a second (dropLargeSoon); the largest
+// buffers, and released blocks beyond those bounds, are unmapped. What
+// stays resident after a burst of large bodies is therefore at most
+// CBufCacheMax blocks.
 type CBuf struct {
 	p    unsafe.Pointer
 	size int
@@ -147,31 +229,74 @@ const (
 	// cover the messages in flight of a few fast streams (8 upload chunks
 	// or 16 reply frames at the default 4 MiB window).
 	CBufCacheMax = 32
+	// CBufLargeMin is the smallest mapping of a buffer larger than a
+	// block; they go up by powers of two to CBufLargeMin<<5 (32 MiB: a
+	// WebSocket message at the module's default size limit).
+	CBufLargeMin = 1 << 20
+	// CBufLargeCacheMax bounds the bytes of large mappings kept for reuse:
+	// those of a few sockets exchanging large messages.
+	CBufLargeCacheMax = 32 << 20
+	cBufLargeClasses  = 6 // ZMQIO_LARGE_CLASSES
 )
 
-func init() { C.zmqio_cbuf_config(C.size_t(CBufBlock), C.size_t(CBufCacheMax)) }
+func init() {
+	C.zmqio_cbuf_config(C.size_t(CBufBlock), C.size_t(CBufCacheMax), C.size_t(CBufLargeMin), C.size_t(CBufLargeCacheMax))
+}
 
 // NewCBuf allocates size bytes (size > 0) in C memory.
 func NewCBuf(size int) *CBuf {
 	if size <= 0 {
 		panic("zmqio: NewCBuf of a non-positive size")
 	}
-	p := C.zmqio_cbuf_alloc(C.size_t(mappingSize(size)))
+	m := mappingSize(size)
+	p := C.zmqio_cbuf_alloc(C.size_t(m))
 	if p == nil {
 		panic("zmqio: out of C memory")
+	}
+	if m >= CBufLargeMin {
+		dropLargeSoon()
 	}
 	return &CBuf{p: p, size: size}
 }
 
 // mappingSize is the mapping behind a CBuf of size bytes: a standard block,
-// or size rounded up to pages.
+// a power of two from CBufLargeMin up, or beyond those size rounded up to
+// pages.
 func mappingSize(size int) int {
 	if size <= CBufBlock {
 		return CBufBlock
 	}
+	if size <= CBufLargeMin<<(cBufLargeClasses-1) {
+		m := CBufLargeMin
+		for m < size {
+			m <<= 1
+		}
+		return m
+	}
 	page := syscall.Getpagesize()
 	return (size + page - 1) / page * page
 }
+
+// dropLargeSoon schedules, unless one is pending, the unmapping of the
+// cached large mappings trimDelay later: while large messages flow a
+// mapping is reused many times before that, and once they stop, what
+// they left goes back to the kernel.
+func dropLargeSoon() {
+	if !largeDropPending.CompareAndSwap(false, true) {
+		return
+	}
+	time.AfterFunc(largeDropDelay, dropLarge)
+}
+
+func dropLarge() {
+	largeDropPending.Store(false)
+	C.zmqio_cbuf_drop_large()
+}
+
+var (
+	largeDropPending atomic.Bool
+	largeDropDelay   = trimDelay // tests lengthen it
+)
 
 // CBufStats reports how many CBuf mappings exist (in use or cached) and how
 // many of them are cached for reuse.

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	zmq "github.com/pebbe/zmq4"
 )
@@ -141,17 +142,75 @@ func TestCBufCacheBounded(t *testing.T) {
 		}
 		waitCBufs(t, CBufCacheMax, CBufCacheMax)
 	}
-	// A buffer larger than a block is unmapped on release even while the
-	// cache has room (one block taken out of it makes room).
-	if mappingSize(CBufBlock+1) <= CBufBlock || mappingSize(CBufBlock+1)%os.Getpagesize() != 0 {
-		t.Fatalf("a %d-byte buffer maps %d bytes", CBufBlock+1, mappingSize(CBufBlock+1))
+	// A buffer larger than the largest class is unmapped on release even
+	// while the caches have room (one block taken out of it makes room).
+	const largest = CBufLargeMin << (cBufLargeClasses - 1)
+	if m := mappingSize(largest + 1); m <= largest || m%os.Getpagesize() != 0 {
+		t.Fatalf("a %d-byte buffer maps %d bytes", largest+1, m)
 	}
-	block, big := NewCBuf(CBufBlock), NewCBuf(CBufBlock+1)
+	block, big := NewCBuf(CBufBlock), NewCBuf(largest+1)
 	waitCBufs(t, CBufCacheMax+1, CBufCacheMax-1)
 	big.Free()
 	waitCBufs(t, CBufCacheMax, CBufCacheMax-1)
 	block.Free()
 	waitCBufs(t, CBufCacheMax, CBufCacheMax)
+}
+
+// Buffers larger than a block take power-of-two mappings that are kept
+// for the next buffer of their class, up to CBufLargeCacheMax bytes, and
+// unmapped about a second after the last large buffer was taken.
+func TestCBufLargeCache(t *testing.T) {
+	for _, tc := range []struct{ size, mapping int }{
+		{CBufBlock + 1, CBufLargeMin},
+		{CBufLargeMin, CBufLargeMin},
+		{CBufLargeMin + 1, 2 * CBufLargeMin},
+		{16<<20 + 300, 32 << 20},
+	} {
+		if m := mappingSize(tc.size); m != tc.mapping {
+			t.Fatalf("a %d-byte buffer maps %d bytes, want %d", tc.size, m, tc.mapping)
+		}
+	}
+	baseMapped, baseCached := waitLargeDropped(t)
+	largeDropDelay = time.Hour // dropped below, when the test says
+	defer func() { largeDropDelay = trimDelay }()
+	tx, rx := pair(t)
+	a := NewCBuf(CBufLargeMin + 1)
+	a.Bytes()[CBufLargeMin] = 1
+	if err := SendOwned(tx, a, CBufLargeMin+1, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := rx.RecvBytes(0); err != nil {
+		t.Fatal(err)
+	}
+	waitCBufs(t, baseMapped+1, baseCached+1) // released by libzmq, kept
+	b := NewCBuf(2 * CBufLargeMin)           // the same class: reused
+	if m, c := CBufStats(); m != baseMapped+1 || c != baseCached {
+		t.Fatalf("%d mapped, %d cached after reuse; want %d, %d", m, c, baseMapped+1, baseCached)
+	}
+	// Past the bound, released buffers are unmapped.
+	n := CBufLargeCacheMax/(2*CBufLargeMin) + 2
+	bufs := []*CBuf{b}
+	for len(bufs) < n {
+		bufs = append(bufs, NewCBuf(2*CBufLargeMin))
+	}
+	for _, b := range bufs {
+		b.Free()
+	}
+	if _, c := CBufStats(); c != baseCached+CBufLargeCacheMax/(2*CBufLargeMin) {
+		t.Fatalf("%d cached after releasing %d large buffers; want the bound, %d", c, n, baseCached+CBufLargeCacheMax/(2*CBufLargeMin))
+	}
+	dropLarge()
+	waitCBufs(t, baseMapped, baseCached)
+}
+
+// waitLargeDropped waits until no large mapping is cached, and returns
+// CBufStats then.
+func waitLargeDropped(t *testing.T) (mapped, cached int) {
+	t.Helper()
+	eventually(t, "large mappings never dropped", func() bool {
+		return !largeDropPending.Load()
+	})
+	return CBufStats()
 }
 
 // waitCBufs waits until CBufStats reports mapped and cached: libzmq
