@@ -63,7 +63,7 @@ func (s *server) noteCost(d time.Duration) {
 // ACK wakes the control owner's goroutine anyway, and running it inline
 // saved no CPU there, only added thread switches.
 func (s *server) inlineFits(fl *flight) bool {
-	return s.handlerCost.Load() < int64(inlineCostMax) && fl.window == 0 && !fl.stream &&
+	return !s.noInline && s.handlerCost.Load() < int64(inlineCostMax) && fl.window == 0 && !fl.stream &&
 		fl.req.Header("METHOD") != "WEBSOCKET_HANDSHAKE"
 }
 

@@ -81,14 +81,16 @@ func TestInlineFits(t *testing.T) {
 		return req
 	}
 	tests := []struct {
-		name   string
-		runs   []time.Duration // noted before the check
-		stream bool
-		window int64
-		method string
-		want   bool
+		name     string
+		runs     []time.Duration // noted before the check
+		stream   bool
+		window   int64
+		method   string
+		noInline bool
+		want     bool
 	}{
 		{name: "fresh worker", want: true},
+		{name: "Worker.NoInline", noInline: true, want: false},
 		{name: "cheap handlers", runs: []time.Duration{5 * time.Microsecond, 8 * time.Microsecond}, want: true},
 		{name: "streamed upload", stream: true, want: false},
 		{name: "acknowledged over the control channel", window: 1 << 20, want: false},
@@ -99,7 +101,7 @@ func TestInlineFits(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			s := &server{}
+			s := &server{noInline: tc.noInline}
 			for _, d := range tc.runs {
 				s.noteCost(d)
 			}

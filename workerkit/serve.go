@@ -55,6 +55,8 @@ type server struct {
 	fes     []*frontEndConn
 	id      string // worker id on control channels
 	maxConc int
+	// noInline: Worker.NoInline (inline.go).
+	noInline bool
 
 	// sem has one token per running handler; taking one before receiving
 	// is what makes a busy worker stop pulling.
@@ -168,6 +170,7 @@ func (w *Worker) serveUntil(ctx context.Context, force <-chan struct{}) error {
 		zctx:     zctx,
 		id:       id,
 		maxConc:  maxConc,
+		noInline: w.NoInline,
 		sem:      make(chan struct{}, maxConc),
 		stop:     make(chan struct{}),
 		idle:     make(chan *flight),

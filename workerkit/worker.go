@@ -56,6 +56,13 @@ type Worker struct {
 	// PinnedSessions, if set, runs each session's requests on one OS
 	// thread of its own (see PinnedSessions). Default: off.
 	PinnedSessions *PinnedSessions
+	// NoInline runs every request on a handler goroutine of its own. By
+	// default, while handlers have been cheap lately, a request runs on the
+	// goroutine that received it, which saves thread wake-ups; one that
+	// turns out slow there holds up the requests behind it for up to about
+	// 10 ms, once. Set it for handlers that mix microsecond answers with
+	// ones that block, where that delay matters more than CPU.
+	NoInline bool
 
 	// serving holds the current run of Serve (a *server), read by Stats
 	// (stats.go). An atomic.Value, unlike atomic.Pointer, leaves a Worker
