@@ -353,11 +353,12 @@ func maxConcurrent(s *session) Result {
 	if !ok {
 		return res
 	}
-	if !s.fe.holds(s.ctx, s.cfg.Quiet, func() bool { return s.inflight(xs) > n }) {
-		return fail("%d requests running at once, max_concurrent is %d", s.inflight(xs), n)
-	}
+	held := s.fe.holds(s.ctx, s.cfg.Quiet, func() bool { return s.inflight(xs) > n })
 	s.fe.mu.Lock()
 	defer s.fe.mu.Unlock()
+	if !held {
+		return fail("%d requests running at once, max_concurrent is %d", s.inflight(xs), n)
+	}
 	nacked := 0
 	for _, x := range xs {
 		if s.nacked(x) {
