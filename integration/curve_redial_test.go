@@ -6,111 +6,15 @@ package integration
 
 import (
 	"fmt"
-	"io"
-	"net"
 	"net/http"
 	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/zmqbridge/caddy-zmq/internal/cutrelay"
 )
-
-// cutRelay forwards TCP connections to a target. cutWorkerSide closes the
-// side of each connection that faces the worker and leaves the side facing
-// the front end open and silent: a connection that the network dropped on
-// the worker's side only (a NAT or firewall that forgot it, say).
-type cutRelay struct {
-	ln     net.Listener
-	target string
-	mu     sync.Mutex
-	pairs  []*relayPair
-	wg     sync.WaitGroup
-}
-
-type relayPair struct {
-	worker, frontEnd net.Conn
-	cut              bool
-}
-
-func startCutRelay(t *testing.T, target string) *cutRelay {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &cutRelay{ln: ln, target: target}
-	r.wg.Add(1)
-	go r.accept()
-	t.Cleanup(r.close)
-	return r
-}
-
-func (r *cutRelay) endpoint() string { return "tcp://" + r.ln.Addr().String() }
-
-func (r *cutRelay) accept() {
-	defer r.wg.Done()
-	for {
-		w, err := r.ln.Accept()
-		if err != nil {
-			return
-		}
-		fe, err := net.Dial("tcp", r.target)
-		if err != nil {
-			w.Close()
-			continue
-		}
-		p := &relayPair{worker: w, frontEnd: fe}
-		r.mu.Lock()
-		r.pairs = append(r.pairs, p)
-		r.mu.Unlock()
-		r.wg.Add(2)
-		go r.pipe(p, fe, w)
-		go r.pipe(p, w, fe)
-	}
-}
-
-// pipe copies src to dst; the end of either side closes both, unless the
-// pair was cut (the front end's side then stays open).
-func (r *cutRelay) pipe(p *relayPair, dst, src net.Conn) {
-	defer r.wg.Done()
-	_, _ = io.Copy(dst, src)
-	r.mu.Lock()
-	cut := p.cut
-	r.mu.Unlock()
-	if !cut {
-		p.worker.Close()
-		p.frontEnd.Close()
-	}
-}
-
-// cutWorkerSide cuts the connections relayed so far on the worker's side;
-// it returns how many.
-func (r *cutRelay) cutWorkerSide() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	n := 0
-	for _, p := range r.pairs {
-		if !p.cut {
-			p.cut = true
-			p.worker.Close()
-			n++
-		}
-	}
-	return n
-}
-
-func (r *cutRelay) close() {
-	r.ln.Close()
-	r.mu.Lock()
-	for _, p := range r.pairs {
-		p.cut = true
-		p.worker.Close()
-		p.frontEnd.Close()
-	}
-	r.mu.Unlock()
-	r.wg.Wait()
-}
 
 // TestCurveControlRedialRunsOnce: caddyfiles/curve.Caddyfile and one
 // allowed worker whose control connection goes through a relay. The relay
@@ -129,8 +33,8 @@ func TestCurveControlRedialRunsOnce(t *testing.T) {
 	allowKey(t, keyDir, good)
 	c := startCurveCaddy(t, keyDir)
 	serverKey := curveFrontEndKey(t, c)
-	relay := startCutRelay(t, strings.TrimPrefix(c.Endpoint("ZMQ_CONTROL"), "tcp://"))
-	w := startCurveWorker(t, "good", c.FrontEnd()+","+relay.endpoint(), serverKey, good+".key_secret")
+	relay := cutrelay.Start(t, strings.TrimPrefix(c.Endpoint("ZMQ_CONTROL"), "tcp://"))
+	w := startCurveWorker(t, "good", c.FrontEnd()+","+relay.Endpoint(), serverKey, good+".key_secret")
 	client := c.Client(modeH2)
 	t.Cleanup(client.CloseIdleConnections)
 	waitWorker(t, client, c.HTTPSURL("/ready"), "good", w, c.proc)
@@ -148,7 +52,7 @@ func TestCurveControlRedialRunsOnce(t *testing.T) {
 	const sends = 24
 	results := make([]result, sends)
 	var wg sync.WaitGroup
-	if n := relay.cutWorkerSide(); n != 1 {
+	if n := relay.CutWorkerSide(); n != 1 {
 		t.Fatalf("cut %d control connections, want the worker's one", n)
 	}
 	cut := time.Now()

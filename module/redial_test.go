@@ -7,7 +7,6 @@ import (
 	"net"
 	"path/filepath"
 	"slices"
-	"sync"
 	"testing"
 	"time"
 
@@ -15,6 +14,7 @@ import (
 	zmq "github.com/pebbe/zmq4"
 	"go.uber.org/zap"
 
+	"github.com/zmqbridge/caddy-zmq/internal/cutrelay"
 	"github.com/zmqbridge/caddy-zmq/internal/zmqx"
 )
 
@@ -71,97 +71,6 @@ func TestHelloWelcomed(t *testing.T) {
 	if got := []string{recv(d), recv(d)}; got[0] != "WELCOME" || got[1] != "PAUSE" {
 		t.Fatalf("after HELLO on a new connection of a paused worker: %q, want WELCOME then PAUSE", got)
 	}
-}
-
-// cutRelay forwards TCP connections to a target. cutWorkerSide closes the
-// side facing the worker and leaves the one facing the front end open and
-// silent: a connection that the network dropped on the worker's side only.
-type cutRelay struct {
-	ln     net.Listener
-	target string
-	mu     sync.Mutex
-	pairs  []*relayPair
-	wg     sync.WaitGroup
-}
-
-type relayPair struct {
-	worker, frontEnd net.Conn
-	cut              bool
-}
-
-func newCutRelay(t *testing.T, target string) *cutRelay {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	r := &cutRelay{ln: ln, target: target}
-	r.wg.Add(1)
-	go r.accept()
-	t.Cleanup(r.close)
-	return r
-}
-
-func (r *cutRelay) endpoint() string { return "tcp://" + r.ln.Addr().String() }
-
-func (r *cutRelay) accept() {
-	defer r.wg.Done()
-	for {
-		w, err := r.ln.Accept()
-		if err != nil {
-			return
-		}
-		fe, err := net.Dial("tcp", r.target)
-		if err != nil {
-			w.Close()
-			continue
-		}
-		p := &relayPair{worker: w, frontEnd: fe}
-		r.mu.Lock()
-		r.pairs = append(r.pairs, p)
-		r.mu.Unlock()
-		r.wg.Add(2)
-		go r.pipe(p, fe, w)
-		go r.pipe(p, w, fe)
-	}
-}
-
-// pipe copies src to dst; the end of either closes both, unless the pair
-// was cut (the front end's side then stays open).
-func (r *cutRelay) pipe(p *relayPair, dst, src net.Conn) {
-	defer r.wg.Done()
-	_, _ = io.Copy(dst, src)
-	r.mu.Lock()
-	cut := p.cut
-	r.mu.Unlock()
-	if !cut {
-		p.worker.Close()
-		p.frontEnd.Close()
-	}
-}
-
-// cutWorkerSide cuts every connection relayed so far on the worker's side.
-func (r *cutRelay) cutWorkerSide() {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for _, p := range r.pairs {
-		if !p.cut {
-			p.cut = true
-			p.worker.Close()
-		}
-	}
-}
-
-func (r *cutRelay) close() {
-	r.ln.Close()
-	r.mu.Lock()
-	for _, p := range r.pairs {
-		p.cut = true
-		p.worker.Close()
-		p.frontEnd.Close()
-	}
-	r.mu.Unlock()
-	r.wg.Wait()
 }
 
 // greeter plays a worker's control connection as workerkit runs it: HELLO
@@ -245,8 +154,8 @@ func TestRedialWhileOldLingers(t *testing.T) {
 		h.Curve = &Curve{SecretKey: server.secret, Allow: []string{good.public}}
 	})
 	tr := env.h.pools[0].transport
-	relay := newCutRelay(t, ctlEP[len("tcp://"):])
-	g := newGreeter(t, relay.endpoint(), "wk-1", server.public, good)
+	relay := cutrelay.Start(t, ctlEP[len("tcp://"):])
+	g := newGreeter(t, relay.Endpoint(), "wk-1", server.public, good)
 	g.awaitWelcome(time.Now().Add(testDeadline))
 	// Heard: it beats until the cut.
 	waitFor(t, "the worker's connection heard", func() bool {
@@ -255,7 +164,7 @@ func TestRedialWhileOldLingers(t *testing.T) {
 	})
 	refused := tr.auth.refused.Load()
 	lost := tr.control.lostTotal.Load()
-	relay.cutWorkerSide()
+	relay.CutWorkerSide()
 	cut := time.Now()
 	g.awaitWelcome(time.Now().Add(testDeadline))
 	back := time.Since(cut)

@@ -69,16 +69,11 @@ func taskTicks(path string) uint64 {
 // a design costs: on a 2-core VM each is several µs of kernel time that
 // is charged to nobody's user code.
 func procSwitches(pid int) uint64 {
-	dir := "/proc/" + strconv.Itoa(pid) + "/task"
-	tasks, err := os.ReadDir(dir)
-	if err != nil {
-		return 0
-	}
 	var n uint64
-	for _, t := range tasks {
-		b, err := os.ReadFile(dir + "/" + t.Name() + "/status")
+	eachTask(pid, func(dir string) {
+		b, err := os.ReadFile(dir + "/status")
 		if err != nil {
-			continue // the thread exited meanwhile
+			return // the thread exited meanwhile
 		}
 		for line := range strings.Lines(string(b)) {
 			// voluntary_ctxt_switches and nonvoluntary_ctxt_switches
@@ -87,8 +82,20 @@ func procSwitches(pid int) uint64 {
 				n += c
 			}
 		}
-	}
+	})
 	return n
+}
+
+// eachTask calls f with the /proc directory of each thread of process pid.
+func eachTask(pid int, f func(dir string)) {
+	dir := "/proc/" + strconv.Itoa(pid) + "/task"
+	tasks, err := os.ReadDir(dir)
+	if err != nil {
+		return
+	}
+	for _, t := range tasks {
+		f(dir + "/" + t.Name())
+	}
 }
 
 // zmqIOTicks is the CPU time of a process's libzmq I/O threads (named
@@ -96,19 +103,12 @@ func procSwitches(pid int) uint64 {
 // it splits a process's cost per request between libzmq's own threads and
 // the Go (or Mongrel2) code around them.
 func zmqIOTicks(pid int) uint64 {
-	dir := "/proc/" + strconv.Itoa(pid) + "/task"
-	tasks, err := os.ReadDir(dir)
-	if err != nil {
-		return 0
-	}
 	var n uint64
-	for _, t := range tasks {
-		comm, err := os.ReadFile(dir + "/" + t.Name() + "/comm")
-		if err != nil || !strings.HasPrefix(string(comm), "ZMQbg/IO") {
-			continue
+	eachTask(pid, func(dir string) {
+		if comm, err := os.ReadFile(dir + "/comm"); err == nil && strings.HasPrefix(string(comm), "ZMQbg/IO") {
+			n += taskTicks(dir + "/stat")
 		}
-		n += taskTicks(dir + "/" + t.Name() + "/stat")
-	}
+	})
 	return n
 }
 
