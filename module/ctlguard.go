@@ -110,9 +110,9 @@ func (c *controlPlane) reapSilent(now time.Time) {
 var errKeyRemoved = errors.New("the worker's CURVE key was removed from the allow-list")
 
 // errTakenByRemoved fails a request that a worker whose key was removed
-// acknowledged (it had received it before its connection closed): its
-// reply would be dropped, so the request is lost with it, retried where the
-// method allows (errWorkerLost).
+// held or acknowledged (it had received it before its connection closed):
+// its reply would be dropped, so the request is lost with it, retried where
+// the method allows (errWorkerLost).
 var errTakenByRemoved = fmt.Errorf("%w: %w", errWorkerLost, errKeyRemoved)
 
 // failTakenByRemoved fails the requests an ACK from a removed key names
@@ -192,7 +192,9 @@ func (t *transport) dropKeys(removed []string) {
 	for w := range workers {
 		ids = append(ids, w)
 		if t.control != nil {
-			failed += t.control.removeWorker(w, errKeyRemoved)
+			// Lost with the worker: retried elsewhere where the method
+			// allows, as the log line below says (not a 502 for all).
+			failed += t.control.removeWorker(w, errTakenByRemoved)
 		}
 	}
 	slices.Sort(ids)
