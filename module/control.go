@@ -247,6 +247,15 @@ func (c *controlPlane) run(zctx *zmq.Context, ready chan<- error, quit <-chan st
 		case now := <-tick.C:
 			c.sweep(now)
 		case <-quit:
+			// REQs held for a busy worker hold their exchanges and,
+			// for a large WebSocket message, a C mapping: fail and free
+			// them too.
+			for _, q := range c.stalled {
+				for _, m := range q {
+					c.undeliverable(m, errStopped)
+				}
+			}
+			c.stalled, c.stalledN = nil, 0
 			for {
 				select {
 				case m := <-c.in:

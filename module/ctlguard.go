@@ -67,32 +67,32 @@ func (c *controlPlane) reapSilent(now time.Time) {
 	for _, pc := range unheard {
 		if now.Sub(pc.since) > 2*sweepInterval && !rescued[hostKey(pc.host())] {
 			waiting = append(waiting, pc)
-			hosts[pc.host()] = true
+			hosts[hostKey(pc.host())] = true
 		}
 	}
 	if len(waiting) == 0 {
 		return
 	}
 	lingering := c.conns.find(func(pc *peerConn) bool {
-		return pc.heard && now.Sub(pc.last) > lingeringAfter && hosts[pc.host()]
+		return pc.heard && now.Sub(pc.last) > lingeringAfter && hosts[hostKey(pc.host())]
 	})
 	redialled := map[string]bool{}
 	for _, pc := range lingering {
-		redialled[pc.host()] = true
+		redialled[hostKey(pc.host())] = true
 		if shutdownConn(pc) {
 			c.logger.Info("closed a worker's control connection silent while a new one from its host waits: it most likely redialled",
 				zap.String("worker", pc.worker), zap.String("peer", pc.peer), zap.Duration("silent_for", now.Sub(pc.last)))
 		}
 	}
 	for _, pc := range waiting {
-		early := redialled[pc.host()]
+		early := redialled[hostKey(pc.host())]
 		if !early && now.Sub(pc.since) <= silentConnAfter {
 			continue
 		}
 		if !shutdownConn(pc) || early {
 			continue // a redial: it dials again, into a free id
 		}
-		if c.t.auth.stalledSince(pc.host(), pc.since.Add(-time.Second)) {
+		if c.t.auth.stalledSince(hostKey(pc.host()), pc.since.Add(-time.Second)) {
 			// Most likely a worker whose key is refused, its handshake
 			// held open by libzmq: refused and logged already.
 			continue

@@ -149,7 +149,9 @@ func (c *controlPlane) findRedials(now time.Time, unheard []peerConn) []redial {
 		}
 		r := redial{old: old}
 		for _, pc := range unheard {
-			if hostKey(pc.host()) == host && pc.since.After(old.last) {
+			// Only newcomers as old as the approvals counted: another
+			// worker of the host may be in its handshake right now.
+			if hostKey(pc.host()) == host && pc.since.After(old.last) && now.Sub(pc.since) > approvalSettle {
 				r.fresh = append(r.fresh, pc)
 			}
 		}

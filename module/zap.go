@@ -160,7 +160,7 @@ func (h *zapHandler) answer(req [][]byte) [6]any {
 			// handshake times out and libzmq dials again by itself.
 			status, text = "300", "key not allowed (yet)"
 			a.refuse(refusedUnknownKey, address, key)
-			a.noteStalled(address, time.Now())
+			a.noteStalled(hostKey(address), time.Now())
 		}
 	}
 	return [6]any{"1.0", req[1], status, text, user, ""}

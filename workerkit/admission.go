@@ -92,6 +92,9 @@ func (s *server) admit(fe *frontEndConn, msg []byte) *flight {
 			fe.log.Warn("ignoring invalid "+zmqx.HeaderDeadline+" header", "value", deadline, "conn", req.ConnID)
 		}
 	}
+	// What may ever run inline (inline.go), decided once, from the fields
+	// parsed above.
+	fl.inlineOK = inlineCandidate(s.noInline, fl.window, fl.stream, method)
 	s.mu.Lock()
 	fl.next = s.inflight[fl.key]
 	s.inflight[fl.key] = fl

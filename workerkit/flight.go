@@ -30,6 +30,10 @@ type flight struct {
 	req    *mongrel2.Request
 	ctx    context.Context
 	window int64 // ZMQX_WINDOW, 0 if absent or without control channel
+	// inlineOK: the request may run inline while handlers are cheap
+	// (inline.go): no ACK, no streamed body, not a WebSocket handshake,
+	// and inline requests are not turned off.
+	inlineOK bool
 	// deadline is ZMQX_DEADLINE (unix milliseconds, 0 if none): the request
 	// must not start after it.
 	deadline int64

@@ -61,6 +61,12 @@ func (s *server) nextRequest(idle *time.Timer, last time.Time) (*flight, bool) {
 // that took (inline.go). direct: fl runs inline, on the goroutine that
 // received it, which sends the reply itself when it can.
 func (s *server) serveRequest(fl *flight, direct bool) {
+	if !fl.inlineOK {
+		// Never inline (a WebSocket session's handler runs for the
+		// whole session): its run time says nothing about the others.
+		s.serveFlight(fl, s.h, direct)
+		return
+	}
 	t0 := time.Now()
 	s.serveFlight(fl, s.h, direct)
 	s.noteCost(time.Since(t0))

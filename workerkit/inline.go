@@ -58,13 +58,20 @@ func (s *server) noteCost(d time.Duration) {
 	s.handlerCost.Store(old + (int64(d)-old)/costWeight)
 }
 
-// inlineFits reports whether fl may run on the goroutine that received it.
-// A request acknowledged over the control channel (a window) does not: its
-// ACK wakes the control owner's goroutine anyway, and running it inline
-// saved no CPU there, only added thread switches.
+// inlineCandidate reports whether a request may ever run inline (admit
+// sets flight.inlineOK from it). One acknowledged over the control channel
+// (a window) may not: its ACK wakes the control owner's goroutine anyway,
+// and running it inline saved no CPU there, only added thread switches;
+// nor a streamed upload, nor a WebSocket handshake, whose handler runs for
+// the whole session.
+func inlineCandidate(noInline bool, window int64, stream bool, method string) bool {
+	return !noInline && window == 0 && !stream && method != "WEBSOCKET_HANDSHAKE"
+}
+
+// inlineFits reports whether fl runs on the goroutine that received it:
+// it may, and handlers have been cheap lately.
 func (s *server) inlineFits(fl *flight) bool {
-	return !s.noInline && s.handlerCost.Load() < int64(inlineCostMax) && fl.window == 0 && !fl.stream &&
-		fl.req.Header("METHOD") != "WEBSOCKET_HANDSHAKE"
+	return fl.inlineOK && s.handlerCost.Load() < int64(inlineCostMax)
 }
 
 // reqLoop is a request socket and the state of its receive loop, which

@@ -101,7 +101,7 @@ func TestInlineFits(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			s := &server{noInline: tc.noInline}
+			s := &server{}
 			for _, d := range tc.runs {
 				s.noteCost(d)
 			}
@@ -112,7 +112,8 @@ func TestInlineFits(t *testing.T) {
 			if method == "" {
 				method = "GET"
 			}
-			fl := &flight{req: get(method), stream: tc.stream, window: tc.window}
+			fl := &flight{req: get(method), stream: tc.stream, window: tc.window,
+				inlineOK: inlineCandidate(tc.noInline, tc.window, tc.stream, method)}
 			if got := s.inlineFits(fl); got != tc.want {
 				t.Errorf("inlineFits = %v, want %v (average %v)", got, tc.want, time.Duration(s.handlerCost.Load()))
 			}

@@ -18,6 +18,7 @@ type Relay struct {
 	target string
 	mu     sync.Mutex
 	pairs  []*pair
+	closed bool
 	wg     sync.WaitGroup
 }
 
@@ -58,6 +59,13 @@ func (r *Relay) accept() {
 		}
 		p := &pair{worker: w, frontEnd: fe}
 		r.mu.Lock()
+		if r.closed {
+			// close went through the pairs while this one was dialled.
+			r.mu.Unlock()
+			w.Close()
+			fe.Close()
+			return
+		}
 		r.pairs = append(r.pairs, p)
 		r.mu.Unlock()
 		r.wg.Add(2)
@@ -99,6 +107,7 @@ func (r *Relay) CutWorkerSide() int {
 func (r *Relay) close() {
 	r.ln.Close()
 	r.mu.Lock()
+	r.closed = true
 	for _, p := range r.pairs {
 		p.cut = true
 		p.worker.Close()

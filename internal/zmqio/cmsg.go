@@ -210,10 +210,12 @@ import (
 // CBufBlock bytes or less take a standard block, and up to CBufCacheMax
 // released blocks are kept for reuse; larger buffers take a power-of-two
 // mapping of CBufLargeMin bytes or more, of which up to CBufLargeCacheMax
-// bytes are kept for reuse, for about a second (dropLargeSoon); the largest
-// buffers, and released blocks beyond those bounds, are unmapped. What
-// stays resident after a burst of large bodies is therefore at most
-// CBufCacheMax blocks.
+// bytes are kept for reuse, until the next drop (dropLargeSoon: about a
+// second after the first large allocation since the last drop, so while
+// large messages keep coming the cache is emptied once a second); the
+// largest buffers, and released blocks beyond those bounds, are unmapped.
+// What stays resident after a burst of large bodies is therefore at most
+// CBufCacheMax blocks, plus CBufLargeCacheMax bytes for up to a second.
 type CBuf struct {
 	p    unsafe.Pointer
 	size int
@@ -230,8 +232,9 @@ const (
 	// or 16 reply frames at the default 4 MiB window).
 	CBufCacheMax = 32
 	// CBufLargeMin is the smallest mapping of a buffer larger than a
-	// block; they go up by powers of two to CBufLargeMin<<5 (32 MiB: a
-	// WebSocket message at the module's default size limit).
+	// block; they go up by powers of two to CBufLargeMin<<5 (32 MiB: the
+	// class a WebSocket message at the module's default 16 MiB limit,
+	// plus its head, maps into).
 	CBufLargeMin = 1 << 20
 	// CBufLargeCacheMax bounds the bytes of large mappings kept for reuse:
 	// those of a few sockets exchanging large messages.
