@@ -286,8 +286,7 @@ func (t *transport) runSender(zctx *zmq.Context, ready chan<- error) {
 					if m.ex != nil {
 						m.ex.fail(errStopped)
 					}
-					requestFrames.put(m.buf)
-					m.body.Free()
+					m.release()
 				default:
 					return
 				}
@@ -334,6 +333,12 @@ func (m outMsg) sendOn(sock *zmq.Socket) error {
 	}
 	_, err := zmqio.SendBytes(sock, *m.buf, zmq.DONTWAIT)
 	return err
+}
+
+// release gives back what m holds when it will not be sent.
+func (m outMsg) release() {
+	requestFrames.put(m.buf)
+	m.body.Free()
 }
 
 func (m outMsg) size() int {

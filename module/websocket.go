@@ -467,27 +467,40 @@ func (s *wsSession) readClient(br *bufio.Reader) wsEnd {
 
 // forward sends one client message to the worker that took the handshake
 // when the control channel knows it (affinity), else to any worker through
-// PUSH, as Mongrel2 does. It waits for room rather than drop a message: a
-// client faster than the workers is slowed down through TCP.
+// PUSH, as Mongrel2 does.
 func (s *wsSession) forward(m wsframe.Message) error {
 	buf := s.message("WEBSOCKET", m.Flags, m.Payload)
-	if c := s.t.control; c != nil {
-		if wk := s.worker(); wk != "" {
-			p := zmqx.AppendReq(make([]byte, 0, len(*buf)+8), *buf)
-			requestFrames.put(buf)
-			select {
-			case c.in <- ctlMsg{worker: wk, payload: p, req: true}:
-				return nil
-			case <-s.t.quit:
-				return errStopped
-			}
+	wk := ""
+	if s.t.control != nil {
+		wk = s.worker()
+	}
+	if wk == "" {
+		return s.deliver("", ctlMsg{}, outMsg{buf: buf, ex: s.ex})
+	}
+	p := zmqx.AppendReq(make([]byte, 0, len(*buf)+8), *buf)
+	requestFrames.put(buf)
+	return s.deliver(wk, ctlMsg{worker: wk, payload: p, req: true}, outMsg{})
+}
+
+// deliver hands a client message over: as req over the control channel
+// when wk is set, else as push through PUSH. It waits for room rather than
+// drop a message (a client faster than the workers is slowed down through
+// TCP); what the transport's stop leaves unsent it releases.
+func (s *wsSession) deliver(wk string, req ctlMsg, push outMsg) error {
+	if wk != "" {
+		select {
+		case s.t.control.in <- req:
+			return nil
+		case <-s.t.quit:
+			req.release()
+			return errStopped
 		}
 	}
 	select {
-	case s.t.out <- outMsg{buf: buf, ex: s.ex}:
+	case s.t.out <- push:
 		return nil
 	case <-s.t.quit:
-		requestFrames.put(buf)
+		push.release()
 		return errStopped
 	}
 }

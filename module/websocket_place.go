@@ -64,20 +64,6 @@ func (p *wsPlaced) free() {
 func (s *wsSession) forwardPlaced() error {
 	pl := s.placed
 	s.placed = wsPlaced{}
-	if pl.worker != "" {
-		select {
-		case s.t.control.in <- ctlMsg{worker: pl.worker, body: pl.c, bodyLen: pl.n, req: true}:
-			return nil
-		case <-s.t.quit:
-			pl.c.Free()
-			return errStopped
-		}
-	}
-	select {
-	case s.t.out <- outMsg{body: pl.c, bodyLen: pl.n, ex: s.ex}:
-		return nil
-	case <-s.t.quit:
-		pl.c.Free()
-		return errStopped
-	}
+	return s.deliver(pl.worker, ctlMsg{worker: pl.worker, body: pl.c, bodyLen: pl.n, req: true},
+		outMsg{body: pl.c, bodyLen: pl.n, ex: s.ex})
 }

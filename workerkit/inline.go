@@ -100,7 +100,9 @@ func newReqLoop(fe *frontEndConn, sock *zmq.Socket, gate *bindGate, in *socketRe
 
 // runLoop runs the receive loop until it ends, on goroutines of its own.
 func (l *reqLoop) runLoop() {
-	go l.watch()
+	if !l.fe.s.noInline {
+		go l.watch()
+	}
 	go l.lead()
 	<-l.done
 }

@@ -177,6 +177,10 @@ func prepareHandshake(rw *responseWriter, r *http.Request, acceptKey []byte) *ht
 // than an HTTP body's pieces (maxMsgBody), because every reply message
 // costs a hand-off, a send and a receive on both sides, and a frame of up
 // to this size goes whole, without a copy, from C memory (zmqio.CBuf).
+// A full piece and its reply prefix are just over zmqio.CBufLargeMin, so
+// it takes the next mapping class (2 MiB of address space, of which only
+// the pages written are resident): one message for a 1 MiB frame was
+// worth more than the untouched half.
 const wsMaxPiece = 1<<20 + 16
 
 // sendRaw sends b as reply bodies, within the reply credit when flow
