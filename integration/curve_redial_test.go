@@ -95,6 +95,15 @@ func TestCurveControlRedialRunsOnce(t *testing.T) {
 	if strings.Contains(caddyLog, "closed an authenticated control connection that sent nothing") {
 		t.Error("the worker's own redial was counted as an impostor")
 	}
+	var redials float64
+	for s, v := range scrape(t, c) {
+		if strings.HasPrefix(s, "caddy_zmq_control_redials_total{") {
+			redials += v
+		}
+	}
+	if redials != 1 {
+		t.Errorf("caddy_zmq_control_redials_total = %v, want 1", redials)
+	}
 	t.Logf("%d POSTs over %v from the cut: slowest %v (handler holds each %s); control connection up again %v after the cut",
 		sends, time.Since(cut).Round(time.Millisecond), slowest.Round(time.Millisecond), hold, lastLogAt(out, "control channel connected").Sub(cut).Round(time.Millisecond))
 }

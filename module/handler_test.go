@@ -30,11 +30,15 @@ type fakeWorker struct {
 	stop chan struct{}
 	done chan struct{}
 	seen chan *mongrel2.Request
+	// out takes reply messages (whole, sender first) for the worker to
+	// publish itself, apart from answers to requests.
+	out chan []byte
 }
 
 func startFakeWorker(t *testing.T, reqEP, repEP string, respond func(*mongrel2.Request) [][]byte) *fakeWorker {
 	t.Helper()
-	fw := &fakeWorker{stop: make(chan struct{}), done: make(chan struct{}), seen: make(chan *mongrel2.Request, 1024)}
+	fw := &fakeWorker{stop: make(chan struct{}), done: make(chan struct{}), seen: make(chan *mongrel2.Request, 1024),
+		out: make(chan []byte, 16)}
 	ready := make(chan error, 1)
 	go func() {
 		defer close(fw.done)
@@ -58,6 +62,9 @@ func startFakeWorker(t *testing.T, reqEP, repEP string, respond func(*mongrel2.R
 			select {
 			case <-fw.stop:
 				return
+			case m := <-fw.out:
+				pub.SendBytes(m, 0)
+				continue
 			default:
 			}
 			msg, err := pull.RecvBytes(0)

@@ -258,8 +258,8 @@ func (h *Handler) countUnsent(err error) {
 // pools and the counters their sockets keep.
 type stateCollector struct {
 	inFlight, waiting, maxInflight, connections, workers   *prometheus.Desc
-	joined, lost, hung, bytes, malformed, unknown, refused *prometheus.Desc
-	dropped                                                *prometheus.Desc
+	joined, lost, hung, redials, bytes, malformed, unknown *prometheus.Desc
+	refused, dropped                                       *prometheus.Desc
 }
 
 func newStateCollector() *stateCollector {
@@ -275,6 +275,7 @@ func newStateCollector() *stateCollector {
 		joined:      d("workers_joined_total", "Workers heard on the control channel for the first time (or again after being lost)."),
 		lost:        d("workers_lost_total", "Workers declared lost: silent past the liveness bound."),
 		hung:        d("workers_hung_total", "Times a worker was found hung: holding requests and answering none."),
+		redials:     d("control_redials_total", "Control connections closed because their worker's key dialled again while they lingered (a worker that redialled)."),
 		bytes:       d("bytes_total", "Bytes of Mongrel2 messages sent to workers (direction up: requests, their bodies included) and received from them (down: replies).", "direction"),
 		malformed:   d("malformed_replies_total", "Replies dropped because they could not be parsed or named another sender."),
 		unknown:     d("unknown_replies_total", "Replies for a connection that is over or never was (late, after a timeout or a client that left)."),
@@ -287,7 +288,7 @@ func newStateCollector() *stateCollector {
 // Describe implements prometheus.Collector.
 func (s *stateCollector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{s.inFlight, s.waiting, s.maxInflight, s.connections, s.workers,
-		s.joined, s.lost, s.hung, s.bytes, s.malformed, s.unknown, s.refused, s.dropped} {
+		s.joined, s.lost, s.hung, s.redials, s.bytes, s.malformed, s.unknown, s.refused, s.dropped} {
 		ch <- d
 	}
 }
@@ -313,7 +314,7 @@ func (s *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		gauge(s.maxInflight, float64(slots), g.name)
 
 		var conns int64
-		var up, down, malformed, unknown, refused, joined, lost, hung uint64
+		var up, down, malformed, unknown, refused, joined, lost, hung, redials uint64
 		states := map[string]int{stateLive: 0, statePaused: 0, stateDraining: 0, stateLost: 0}
 		for _, t := range g.transports {
 			conns += t.conns.Load()
@@ -329,6 +330,7 @@ func (s *stateCollector) Collect(ch chan<- prometheus.Metric) {
 				joined += c.joinedTotal.Load()
 				lost += c.lostTotal.Load()
 				hung += c.hungTotal.Load()
+				redials += c.redials.Load()
 				c.countStates(states)
 			}
 		}
@@ -339,6 +341,7 @@ func (s *stateCollector) Collect(ch chan<- prometheus.Metric) {
 		counter(s.joined, joined, g.name)
 		counter(s.lost, lost, g.name)
 		counter(s.hung, hung, g.name)
+		counter(s.redials, redials, g.name)
 		counter(s.bytes, up, g.name, "up")
 		counter(s.bytes, down, g.name, "down")
 		counter(s.malformed, malformed, g.name)

@@ -17,6 +17,7 @@ import (
 	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
 	"github.com/zmqbridge/caddy-zmq/internal/wsframe"
 	"github.com/zmqbridge/caddy-zmq/internal/zmqx"
+	"github.com/zmqbridge/caddy-zmq/module/internal/httpreply"
 )
 
 // WebSockets follow Mongrel2's handler protocol (src/connection.c,
@@ -75,7 +76,10 @@ type wsSession struct {
 	path   string
 
 	noAck bool // no ACK came for the handshake (reader goroutine only)
-	conn  wsConn
+	// dispatchBy: a worker must take the handshake by then (zero: no
+	// dispatch deadline), as for requests.
+	dispatchBy time.Time
+	conn       wsConn
 	// extended: an HTTP/2 or HTTP/3 extended CONNECT (websocket_h2.go).
 	extended bool
 	writeMu  sync.Mutex // the reader answers protocol errors while replies flow
@@ -95,58 +99,30 @@ type wsSession struct {
 
 // serveWebSocket runs one WebSocket to its end.
 func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request) error {
-	p := h.selectPool(r, w, 0)
-	if p == nil {
-		return wsError(r, http.StatusServiceUnavailable, errNoWorker)
-	}
-	t := p.transport
-	ex := t.register(int(h.MaxBufferedReply), false)
-	defer t.unregister(ex)
-	if t.control != nil {
-		ex.expectAck("")
-	}
-	s := &wsSession{h: h, t: t, p: p, ex: ex, r: r,
-		connID: string(mongrel2.AppendUint(nil, ex.id)), ip: clientIP(r), path: r.URL.EscapedPath(),
-		keep: newKeepalive(time.Duration(h.WebSocketPingInterval), time.Duration(h.WebSocketIdleTimeout))}
-	if isExtendedConnect(r) {
-		// The worker sees the HTTP/1.1 upgrade it knows (as reverse_proxy
-		// sends upstream); its 101 becomes the 200 of the CONNECT.
-		s.extended = true
-		s.r = asUpgrade(r)
-	}
-	accept := wsframe.AcceptKey(s.r.Header.Get("Sec-Websocket-Key"))
-	if err := t.submit(s.message("WEBSOCKET_HANDSHAKE", 0, []byte(accept)), ex); err != nil {
-		return wsError(r, http.StatusServiceUnavailable, err)
-	}
-	first, err := s.awaitHandshake()
+	s, reply, err := h.openWebSocket(w, r)
 	if err != nil {
-		t.notifyDisconnect(ex)
-		status := http.StatusBadGateway
-		switch {
-		case errors.Is(err, errReplyTimeout):
-			status = http.StatusGatewayTimeout
-		case errors.Is(err, errNoWorker), errors.Is(err, errStopped):
-			status = http.StatusServiceUnavailable
-		}
-		return wsError(r, status, err)
+		return err
 	}
+	t := s.t
+	defer t.unregister(s.ex)
+	first := reply.bytes
 	if !bytes.HasPrefix(first, []byte("HTTP/1.1 101 ")) {
 		// The worker refused the upgrade with an ordinary response: it is
 		// written as for any request, then the exchange ends.
-		return s.relayRefusal(w, first)
+		return s.relayRefusal(w, reply)
 	}
 	var br *bufio.Reader
 	if s.extended {
 		stream, rest, err := openExtendedStream(w, r, first)
 		if err != nil {
-			t.notifyDisconnect(ex)
+			t.notifyDisconnect(s.ex)
 			return wsError(r, http.StatusBadGateway, err)
 		}
 		s.conn, br, first = stream, bufio.NewReader(r.Body), rest
 	} else {
 		conn, brw, err := http.NewResponseController(w).Hijack()
 		if err != nil {
-			t.notifyDisconnect(ex)
+			t.notifyDisconnect(s.ex)
 			return wsError(r, http.StatusInternalServerError, fmt.Errorf("taking over the connection: %w", err))
 		}
 		// The server's read and write deadlines (Caddy's idle timeouts)
@@ -160,8 +136,114 @@ func (h *Handler) serveWebSocket(w http.ResponseWriter, r *http.Request) error {
 	defer t.websockets.done()
 	defer s.conn.Close()
 	h.logger.Debug("websocket open", zap.String("conn_id", s.connID), zap.String("uri", r.RequestURI), zap.String("proto", r.Proto))
+	if reply.closed {
+		// The worker accepted and ended the socket at once.
+		_ = s.write(first)
+		return nil
+	}
 	s.run(br, first)
 	return nil
+}
+
+// openWebSocket sends the handshake to the workers until one answers it,
+// as serve does for a request: a pool that cannot take it (no worker,
+// queues full) is left for the next, a handshake no worker took by its
+// dispatch deadline is sent again, and one whose worker was lost (or hung)
+// before answering is sent again within `retries` (a handshake is a GET,
+// and its worker had said nothing yet). It returns the session, with its
+// exchange registered, and the worker's answer.
+func (h *Handler) openWebSocket(w http.ResponseWriter, r *http.Request) (*wsSession, handshakeReply, error) {
+	var tried uint64
+	lastErr := errNoWorker
+	retries := 0
+	replyBy := time.Now().Add(time.Duration(h.ReplyTimeout)) // for all attempts
+	for {
+		p := h.selectPool(r, w, tried)
+		if p == nil {
+			if h.awaitRedial(r.Context()) {
+				tried = 0 // workers dialled again after a key removal
+				continue
+			}
+			return nil, handshakeReply{}, wsError(r, http.StatusServiceUnavailable, lastErr)
+		}
+		s := h.newWSSession(p, r, retries < h.Retries)
+		reply, err := s.handshake(replyBy)
+		if err == nil {
+			return s, reply, nil
+		}
+		s.t.unregister(s.ex)
+		switch {
+		case errors.Is(err, errNoWorker), errors.Is(err, errQueueFull):
+			tried |= 1 << h.poolIndex(p)
+			lastErr = fmt.Errorf("pool %s: %w", p.Name, err)
+		case errors.Is(err, errNotTaken):
+			p.metrics().resends.Inc()
+			h.logger.Debug("re-sending a WebSocket handshake no worker took in time", zap.String("uri", r.RequestURI))
+		case errors.Is(err, errWorkerHung):
+			// Taken back only while the budget allows (newWSSession); not
+			// counted, as for requests: the hung worker was told to drop it.
+			p.metrics().retriesHung.Inc()
+			h.logger.Warn("retrying a WebSocket handshake taken back from a hung worker", zap.String("uri", r.RequestURI))
+		case errors.Is(err, errWorkerLost) && retries < h.Retries:
+			retries++
+			p.metrics().retriesLost.Inc()
+			h.logger.Warn("retrying a WebSocket handshake after losing its worker", zap.String("uri", r.RequestURI),
+				zap.Int("retries", retries))
+		default:
+			return nil, handshakeReply{}, wsError(r, handshakeStatus(err), err)
+		}
+	}
+}
+
+// newWSSession is a session on pool p with a fresh exchange (its
+// connection id); retryable lets a hung worker's handshake be taken back
+// (only until it is answered).
+func (h *Handler) newWSSession(p *poolRuntime, r *http.Request, retryable bool) *wsSession {
+	t := p.transport
+	ex := t.register(int(h.MaxBufferedReply), retryable)
+	s := &wsSession{h: h, t: t, p: p, ex: ex, r: r,
+		connID: string(mongrel2.AppendUint(nil, ex.id)), ip: clientIP(r), path: r.URL.EscapedPath(),
+		keep: newKeepalive(time.Duration(h.WebSocketPingInterval), time.Duration(h.WebSocketIdleTimeout))}
+	if isExtendedConnect(r) {
+		// The worker sees the HTTP/1.1 upgrade it knows (as reverse_proxy
+		// sends upstream); its 101 becomes the 200 of the CONNECT.
+		s.extended = true
+		s.r = asUpgrade(r)
+	}
+	return s
+}
+
+// handshake sends the session's WEBSOCKET_HANDSHAKE and waits for the
+// worker's answer. A failure after the send tells the worker the client is
+// gone, so that a worker that takes the handshake late drops it.
+func (s *wsSession) handshake(replyBy time.Time) (handshakeReply, error) {
+	t := s.t
+	if t.control != nil {
+		s.ex.expectAck("")
+		if s.h.DispatchTimeout > 0 && t.control.coversPeers() {
+			s.dispatchBy = time.Now().Add(time.Duration(s.h.DispatchTimeout))
+		}
+	}
+	accept := wsframe.AcceptKey(s.r.Header.Get("Sec-Websocket-Key"))
+	if err := t.submit(s.message("WEBSOCKET_HANDSHAKE", 0, []byte(accept)), s.ex); err != nil {
+		return handshakeReply{}, err
+	}
+	reply, err := s.awaitHandshake(replyBy)
+	if err != nil {
+		t.notifyDisconnect(s.ex)
+	}
+	return reply, err
+}
+
+// handshakeStatus is the client's status for a handshake that failed.
+func handshakeStatus(err error) int {
+	switch {
+	case errors.Is(err, errReplyTimeout):
+		return http.StatusGatewayTimeout
+	case errors.Is(err, errNoWorker), errors.Is(err, errStopped), errors.Is(err, errQueueFull):
+		return http.StatusServiceUnavailable
+	}
+	return http.StatusBadGateway
 }
 
 // wsError hands a failed handshake to Caddy's error handling (handle_errors,
@@ -173,45 +255,81 @@ func wsError(r *http.Request, status int, err error) error {
 	return caddyhttp.Error(status, fmt.Errorf("zmq: websocket: %w", err))
 }
 
-var errReplyTimeout = errors.New("no reply to the WebSocket handshake within reply_timeout")
+var (
+	errReplyTimeout  = errors.New("no reply to the WebSocket handshake within reply_timeout")
+	errHandshakeHead = fmt.Errorf("the worker's reply to a WebSocket handshake has no end of head within %d bytes", httpreply.MaxHeadSize)
+)
 
-// awaitHandshake waits for the worker's first reply frame (its 101, or a
-// refusal) and returns its bytes.
-func (s *wsSession) awaitHandshake() ([]byte, error) {
-	timer := time.NewTimer(time.Duration(s.h.ReplyTimeout))
+// handshakeReply is the worker's answer to a handshake: its bytes, from
+// the status line to at least the end of its head, and whether the worker
+// ended the connection (an empty reply) right after them.
+type handshakeReply struct {
+	bytes  []byte
+	closed bool
+}
+
+// awaitHandshake gathers the worker's reply frames until its head is
+// whole (a 101's head may come in several messages: Caddy must know where
+// its frames start), the worker ends the connection, or the handshake
+// fails.
+func (s *wsSession) awaitHandshake(replyBy time.Time) (handshakeReply, error) {
+	timer := time.NewTimer(time.Until(replyBy))
 	defer timer.Stop()
+	var dispatchC <-chan time.Time
+	if !s.dispatchBy.IsZero() {
+		dt := time.NewTimer(time.Until(s.dispatchBy) + dispatchGrace)
+		defer dt.Stop()
+		dispatchC = dt.C
+	}
+	var reply handshakeReply
 	for {
 		select {
 		case <-s.ex.signal:
+		case <-dispatchC:
+			if s.ex.workerID() == "" && len(reply.bytes) == 0 {
+				return reply, errNotTaken
+			}
+			continue
 		case <-timer.C:
-			return nil, errReplyTimeout
+			return reply, errReplyTimeout
 		case <-s.r.Context().Done():
-			return nil, s.r.Context().Err()
+			return reply, s.r.Context().Err()
 		}
 		frames, err := s.ex.take(nil)
-		if len(frames) > 0 {
-			var b []byte
-			for _, qf := range frames {
-				b = append(b, qf.body...)
-				qf.frame.release()
+		for i, qf := range frames {
+			if len(qf.body) == 0 {
+				reply.closed = true
+				s.releaseRest(frames[i:])
+				break
 			}
-			return b, nil
+			reply.bytes = append(reply.bytes, qf.body...)
+			qf.frame.release()
 		}
-		if err != nil {
-			return nil, err
+		switch {
+		case reply.closed && len(reply.bytes) == 0:
+			return reply, errors.New("the worker ended the WebSocket handshake without a reply")
+		case reply.closed || httpreply.HeadEnd(reply.bytes) >= 0:
+			return reply, nil
+		case len(reply.bytes) > httpreply.MaxHeadSize:
+			return reply, errHandshakeHead
+		case err != nil:
+			return reply, err
 		}
 	}
 }
 
 // relayRefusal writes a non-101 reply through the ordinary response path.
-func (s *wsSession) relayRefusal(w http.ResponseWriter, first []byte) error {
+func (s *wsSession) relayRefusal(w http.ResponseWriter, reply handshakeReply) error {
 	var st requestState
 	rr := &st.rr
 	defer rr.Release()
 	rr.Reset(w, false)
 	timer := time.NewTimer(time.Duration(s.h.ReplyTimeout))
 	defer timer.Stop()
-	frames := [][]byte{first}
+	frames := [][]byte{reply.bytes}
+	if reply.closed {
+		frames = append(frames, nil) // Mongrel2's close, after the reply
+	}
 	for {
 		for _, body := range frames {
 			if err := rr.Feed(body); err != nil {
@@ -271,7 +389,11 @@ func (s *wsSession) headers(method string, flags byte) []byte {
 	r2 := *s.r
 	r2.Method = method
 	control := s.p.ControlEndpoint != ""
-	s.h.encodeHeaders(&enc, &r2, s.path, 0, s.ip, control, time.Time{}, nil, false)
+	var dispatchBy time.Time // the handshake's only
+	if method == "WEBSOCKET_HANDSHAKE" {
+		dispatchBy = s.dispatchBy
+	}
+	s.h.encodeHeaders(&enc, &r2, s.path, 0, s.ip, control, dispatchBy, nil, false)
 	// Hop-by-hop for HTTP, but Mongrel2 passes them: the handshake is
 	// the handler's to answer.
 	enc.Add("connection", s.r.Header.Get("Connection"))

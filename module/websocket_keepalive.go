@@ -9,6 +9,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/zmqbridge/caddy-zmq/internal/wsframe"
+	"github.com/zmqbridge/caddy-zmq/module/internal/httpreply"
 )
 
 // Caddy's own ping and idle policy for WebSockets. The worker's replies
@@ -120,17 +121,16 @@ func isKeepalivePong(m wsframe.Message) bool {
 }
 
 // followFirst starts following the worker's frames with the bytes of its
-// handshake reply: the 101's head (not for an extended CONNECT, where
-// only frames remain), then frames. A head that does not end in them
-// leaves the frames unknown: Caddy then inserts nothing.
+// handshake reply: the 101's head, which awaitHandshake gathered whole
+// (not for an extended CONNECT, where only frames remain), then frames.
 func (s *wsSession) followFirst(first []byte) {
 	if !s.extended {
-		i := bytes.Index(first, []byte("\r\n\r\n"))
-		if i < 0 {
+		end := httpreply.HeadEnd(first)
+		if end < 0 {
 			s.framesUnknown = true
 			return
 		}
-		first = first[i+4:]
+		first = first[end:]
 	}
 	s.frames.Write(first)
 }

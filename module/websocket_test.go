@@ -6,8 +6,10 @@ import (
 	"net"
 	"net/http"
 	"net/url"
+	"path/filepath"
 	"reflect"
 	"strconv"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -16,6 +18,7 @@ import (
 	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
 	"github.com/zmqbridge/caddy-zmq/internal/wsclient"
 	"github.com/zmqbridge/caddy-zmq/internal/wsframe"
+	"github.com/zmqbridge/caddy-zmq/workerkit"
 )
 
 // m2Echo answers as Mongrel2's examples/ws/python/echo.py does: the raw
@@ -436,4 +439,151 @@ func TestWebSocketPlacedMessages(t *testing.T) {
 	if code, err := ws.ReadClose(); err != nil || code != wsframe.CloseMessageTooBig {
 		t.Fatalf("over the limit: close %d, %v", code, err)
 	}
+}
+
+// A worker's 101 may come in several messages: Caddy gathers its head
+// before it decides (a piece shorter than the status line was taken for a
+// refusal) and follows the worker's frames after it (its pings go between
+// them, so a head it lost track of meant no pings for the socket's life).
+func TestWebSocketHandshakeInPieces(t *testing.T) {
+	env := newTestEnv(t, func(h *Handler) {
+		h.WebSocketPingInterval = caddy.Duration(50 * time.Millisecond)
+		h.WebSocketIdleTimeout = caddy.Duration(testDeadline)
+	})
+	var firstPiece atomic.Int64 // bytes of the 101 in the answer; the rest comes later
+	fw := startFakeWorker(t, env.reqEP, env.repEP, func(r *mongrel2.Request) [][]byte {
+		if r.Path == "/__ready" {
+			return okReply("ok")
+		}
+		if r.Header("METHOD") == "WEBSOCKET_HANDSHAKE" {
+			return [][]byte{m2Echo(r)[0][:firstPiece.Load()]}
+		}
+		return m2Echo(r)
+	})
+	env.waitForWorker(t)
+	u, _ := url.Parse(env.srv.URL)
+	for name, split := range map[string]int64{"inside the status line": 5, "inside the headers": 40} {
+		t.Run(name, func(t *testing.T) {
+			firstPiece.Store(split)
+			conn, err := net.Dial("tcp", u.Host)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			_ = conn.SetDeadline(time.Now().Add(testDeadline))
+			type dialed struct {
+				ws  *wsclient.Conn
+				err error
+			}
+			got := make(chan dialed, 1)
+			go func() {
+				ws, _, err := wsclient.Handshake(conn, u.Host, "/ws", nil)
+				got <- dialed{ws, err}
+			}()
+			var hs *mongrel2.Request
+			for hs == nil {
+				select {
+				case m := <-fw.seen:
+					if m.Header("METHOD") == "WEBSOCKET_HANDSHAKE" {
+						hs = m
+					}
+				case <-time.After(testDeadline):
+					t.Fatal("no handshake reached the worker")
+				}
+			}
+			// The rest, once Caddy has taken the first piece (otherwise
+			// both could be taken at once).
+			id, _ := mongrel2.ParseUint([]byte(hs.ConnID))
+			tr := env.h.pools[0].transport
+			pollUntil(t, "Caddy to take the first piece", func() bool {
+				ex := tr.lookup(id)
+				if ex == nil {
+					return false
+				}
+				ex.mu.Lock()
+				defer ex.mu.Unlock()
+				return ex.answered && len(ex.queue) == 0
+			})
+			fw.out <- mongrel2.AppendReplyOne(nil, hs.Sender, hs.ConnID, m2Echo(hs)[0][split:])
+			d := <-got
+			if d.err != nil {
+				t.Fatalf("handshake: %v", d.err)
+			}
+			if b0, p, err := d.ws.ReadFrame(); err != nil || b0 != 0x89 || !bytes.Equal(p, keepalivePayload) {
+				t.Fatalf("got %#x %q %v, want Caddy's ping of a quiet client", b0, p, err)
+			}
+			if err := d.ws.WriteText("hi"); err != nil {
+				t.Fatal(err)
+			}
+			for {
+				b0, p, err := d.ws.ReadFrame()
+				if err != nil {
+					t.Fatalf("no echo: %v", err)
+				}
+				if b0 == 0x81 && string(p) == "hi" {
+					break
+				}
+			}
+		})
+	}
+}
+
+// A handshake taken by a worker that then answers nothing is taken back
+// when the worker is found hung, and answered by another worker, as an
+// idempotent request is (before, the client waited for reply_timeout).
+func TestWebSocketHandshakeRetriedFromHungWorker(t *testing.T) {
+	ctlEP := "ipc://" + filepath.Join(t.TempDir(), "ctl")
+	env := newTestEnv(t, func(h *Handler) {
+		h.ControlEndpoint = ctlEP
+		h.HungTimeout = caddy.Duration(300 * time.Millisecond)
+		h.ReplyTimeout = caddy.Duration(30 * time.Second)
+	})
+	wsNamed := func(h *hangable) http.Handler {
+		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			if !workerkit.IsWebSocketUpgrade(r) {
+				h.ServeHTTP(w, r)
+				return
+			}
+			if h.hung.Load() {
+				h.started.Add(1)
+				<-r.Context().Done()
+				h.released.Add(1)
+				return
+			}
+			c, err := workerkit.AcceptWebSocket(w, r, nil)
+			if err != nil {
+				return
+			}
+			_ = c.WriteMessage(workerkit.TextMessage, []byte(h.name))
+			for {
+				if _, _, err := c.ReadMessage(); err != nil {
+					return
+				}
+			}
+		})
+	}
+	a, b := &hangable{name: "A"}, &hangable{name: "B"}
+	startKitWorker(t, env, ctlEP, "wk-a", wsNamed(a))
+	startKitWorker(t, env, ctlEP, "wk-b", wsNamed(b))
+	ctl := env.h.pools[0].transport.control
+	pollUntil(t, "both workers on the control channel", func() bool {
+		ka, _, _ := ctl.workerState("wk-a")
+		kb, _, _ := ctl.workerState("wk-b")
+		return ka && kb
+	})
+	env.waitForWorker(t)
+	a.hung.Store(true)
+	for i := 0; a.started.Load() == 0; i++ {
+		if i == 8 {
+			t.Fatal("the hung worker took no handshake: nothing was tested")
+		}
+		ws := dialWS(t, env, "/ws")
+		if b0, p, err := ws.ReadFrame(); err != nil || b0 != 0x81 || string(p) != "B" {
+			t.Fatalf("socket %d: got %#x %q %v, want B's greeting", i, b0, p, err)
+		}
+		_ = ws.WriteFrame(0x88, []byte{0x03, 0xE8})
+	}
+	pollUntil(t, "the hung handler to see its handshake taken back", func() bool {
+		return a.released.Load() == a.started.Load()
+	})
 }

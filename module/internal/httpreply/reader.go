@@ -17,8 +17,8 @@ import (
 	"github.com/zmqbridge/caddy-zmq/module/internal/hopbyhop"
 )
 
-// maxHeadSize bounds the status line plus headers of a worker's reply.
-const maxHeadSize = 64 << 10
+// MaxHeadSize bounds the status line plus headers of a worker's reply.
+const MaxHeadSize = 64 << 10
 
 // maxChunkLine bounds one chunk-size line (size plus extensions).
 const maxChunkLine = 4 << 10
@@ -129,9 +129,9 @@ func (rr *Reader) readHead(p []byte) ([]byte, error) {
 		var rest []byte
 		if len(rr.head) == 0 {
 			// Common case: the whole head is in this frame; no copy.
-			end := headEnd(p)
+			end := HeadEnd(p)
 			if end < 0 {
-				if len(p) > maxHeadSize {
+				if len(p) > MaxHeadSize {
 					return nil, errHeadTooLarge
 				}
 				rr.head = append(rr.head, p...)
@@ -141,16 +141,16 @@ func (rr *Reader) readHead(p []byte) ([]byte, error) {
 		} else {
 			old := len(rr.head)
 			rr.head = append(rr.head, p...)
-			end := headEnd(rr.head)
+			end := HeadEnd(rr.head)
 			if end < 0 {
-				if len(rr.head) > maxHeadSize {
+				if len(rr.head) > MaxHeadSize {
 					return nil, errHeadTooLarge
 				}
 				return nil, nil
 			}
 			head, rest = rr.head[:end], p[end-old:]
 		}
-		if len(head) > maxHeadSize {
+		if len(head) > MaxHeadSize {
 			return nil, errHeadTooLarge
 		}
 		interim, err := rr.writeHead(head, len(rest))
@@ -169,9 +169,9 @@ func (rr *Reader) readHead(p []byte) ([]byte, error) {
 	}
 }
 
-// headEnd returns the index just past the blank line ending the head, or -1.
+// HeadEnd returns the index just past the blank line ending the head, or -1.
 // Bare LF line endings are accepted, as net/http does.
-func headEnd(b []byte) int {
+func HeadEnd(b []byte) int {
 	for i := 0; ; {
 		j := bytes.IndexByte(b[i:], '\n')
 		if j < 0 {

@@ -52,7 +52,7 @@ func TestResponseReader(t *testing.T) {
 		{name: "unknown transfer coding", frames: []string{"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\n"}, wantErr: true},
 		{name: "bad chunk size", frames: []string{"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"}, wantStatus: 200, wantErr: true},
 		{name: "switching protocols", frames: []string{"HTTP/1.1 101 Switching Protocols\r\n\r\n"}, wantErr: true},
-		{name: "head too large", frames: []string{"HTTP/1.1 200 OK\r\nX: " + strings.Repeat("a", maxHeadSize) + "\r\n\r\n"}, wantErr: true},
+		{name: "head too large", frames: []string{"HTTP/1.1 200 OK\r\nX: " + strings.Repeat("a", MaxHeadSize) + "\r\n\r\n"}, wantErr: true},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
