@@ -587,3 +587,24 @@ func TestWebSocketHandshakeRetriedFromHungWorker(t *testing.T) {
 		return a.released.Load() == a.started.Load()
 	})
 }
+
+// A worker that answers the handshake and ends the connection at once
+// (its 101, then an empty reply): the client gets the 101, then the end.
+func TestWebSocketAcceptedThenClosed(t *testing.T) {
+	env := newTestEnv(t, nil)
+	startFakeWorker(t, env.reqEP, env.repEP, func(r *mongrel2.Request) [][]byte {
+		if r.Path == "/__ready" {
+			return okReply("ok")
+		}
+		if r.Header("METHOD") == "WEBSOCKET_HANDSHAKE" {
+			return [][]byte{m2Echo(r)[0], nil}
+		}
+		return nil
+	})
+	env.waitForWorker(t)
+	ws := dialWS(t, env, "/ws")
+	_, _, err := ws.ReadFrame()
+	if ne, ok := err.(net.Error); err == nil || ok && ne.Timeout() {
+		t.Fatalf("read %v, want the connection closed", err)
+	}
+}
