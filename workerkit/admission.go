@@ -23,6 +23,9 @@ const (
 // It handles the frames that are not requests to run (notices, unsupported
 // or malformed messages) and returns nil for them. It takes no slot.
 func (s *server) admit(fe *frontEndConn, msg []byte) *flight {
+	if s.deliverSeen(fe, msg) { // websocket.go
+		return nil
+	}
 	req, err := mongrel2.ParseRequest(msg)
 	if err != nil {
 		fe.log.Warn("dropping malformed request frame", "err", err, "len", len(msg), "start", printable(msg, 64))
@@ -54,7 +57,7 @@ func (s *server) admit(fe *frontEndConn, msg []byte) *flight {
 		}
 		return nil
 	case "WEBSOCKET":
-		s.deliverWebSocket(fe, req, req.Header("FLAGS")) // websocket.go
+		s.deliverWebSocket(fe, req, msg) // websocket.go
 		return nil
 	case "XML":
 		fe.log.Info("ignoring unsupported message", "method", method, "conn", req.ConnID)

@@ -84,8 +84,10 @@ type server struct {
 	// members are the responses that joined a Group; ended at shutdown.
 	members       map[*member]struct{}
 	membersClosed bool // shutting down: Join fails
-	// websockets are the accepted WebSockets, by connection (websocket.go).
+	// websockets are the accepted WebSockets, by connection (websocket.go),
+	// wsOpen their number, read without mu (deliverSeen).
 	websockets map[flightKey]*WSConn
+	wsOpen     atomic.Int32
 
 	sessions *sessionTable // nil without Worker.PinnedSessions (pinned.go)
 

@@ -1,6 +1,7 @@
 package workerkit
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -97,6 +98,27 @@ type WSConn struct {
 
 	groupsMu sync.Mutex
 	groups   map[*WSGroup]struct{}
+
+	// seen holds header blocks of this socket's messages already parsed,
+	// with their FLAGS, so that the same block is not parsed again;
+	// guarded by mu.
+	seen     [wsSeenBlocks]seenBlock
+	seenNext int // the entry of seen to replace next
+}
+
+// A front end sends a WebSocket's messages with its handshake's headers
+// plus METHOD and FLAGS (Mongrel2 and Caddy alike), so a socket's header
+// blocks differ only in FLAGS, and one or two FLAGS values (text or binary,
+// whole) make up most messages. Blocks larger than wsSeenMax are not kept:
+// the cache holds at most wsSeenBlocks×wsSeenMax bytes per socket.
+const (
+	wsSeenBlocks = 2
+	wsSeenMax    = 4 << 10
+)
+
+type seenBlock struct {
+	headers []byte
+	flags   byte
 }
 
 type wsMessage struct {
@@ -135,6 +157,7 @@ func AcceptWebSocket(w http.ResponseWriter, r *http.Request, responseHeader http
 		s.websockets = make(map[flightKey]*WSConn)
 	}
 	s.websockets[c.key] = c
+	s.wsOpen.Store(int32(len(s.websockets)))
 	s.mu.Unlock()
 	head := "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: " + rw.wsAccept + "\r\n"
 	for k, vs := range responseHeader {
@@ -225,7 +248,7 @@ func (rw *responseWriter) sendFrame(head, payload []byte) error {
 // deliverWebSocket queues a client message for its connection. It runs on
 // the request socket's owner (or the control connection's), so it never
 // blocks.
-func (s *server) deliverWebSocket(fe *frontEndConn, req *mongrel2.Request, flags string) {
+func (s *server) deliverWebSocket(fe *frontEndConn, req *mongrel2.Request, msg []byte) {
 	s.mu.Lock()
 	c := s.websockets[flightKey{fe, req.ConnID}]
 	s.mu.Unlock()
@@ -233,12 +256,69 @@ func (s *server) deliverWebSocket(fe *frontEndConn, req *mongrel2.Request, flags
 		fe.log.Debug("websocket message for a connection this worker does not hold", "conn", req.ConnID)
 		return
 	}
+	flags := req.Header("FLAGS")
 	fb, ok := parseFlags(flags)
 	if !ok {
 		fe.log.Warn("websocket message with bad FLAGS", "flags", flags, "conn", req.ConnID)
 		return
 	}
-	m := wsMessage{flags: fb, payload: req.Body}
+	if p, err := mongrel2.SplitRequest(msg); err == nil {
+		c.remember(p.Headers, fb)
+	}
+	c.push(wsMessage{flags: fb, payload: req.Body})
+}
+
+// deliverSeen delivers msg if it is a message of one of the worker's
+// WebSockets whose header block the socket has seen before (deliverWebSocket
+// parsed it), without parsing the block again. It reports whether it did.
+func (s *server) deliverSeen(fe *frontEndConn, msg []byte) bool {
+	if s.wsOpen.Load() == 0 {
+		return false
+	}
+	p, err := mongrel2.SplitRequest(msg)
+	if err != nil {
+		return false
+	}
+	s.mu.Lock()
+	c := s.websockets[flightKey{fe, string(p.ConnID)}]
+	s.mu.Unlock()
+	if c == nil {
+		return false
+	}
+	fb, ok := c.seenFlags(p.Headers)
+	if ok {
+		c.push(wsMessage{flags: fb, payload: p.Body})
+	}
+	return ok
+}
+
+// remember keeps a header block deliverWebSocket parsed for this socket.
+func (c *WSConn) remember(headers []byte, flags byte) {
+	if len(headers) > wsSeenMax {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e := &c.seen[c.seenNext]
+	e.headers = append(e.headers[:0], headers...)
+	e.flags = flags
+	c.seenNext = (c.seenNext + 1) % wsSeenBlocks
+}
+
+// seenFlags returns the FLAGS of a header block the socket has seen.
+func (c *WSConn) seenFlags(headers []byte) (byte, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, e := range c.seen {
+		if e.headers != nil && bytes.Equal(e.headers, headers) {
+			return e.flags, true
+		}
+	}
+	return 0, false
+}
+
+// push queues a client message for ReadMessage.
+func (c *WSConn) push(m wsMessage) {
 	if m.flags&0x0F == wsframe.OpClose && c.closing() {
 		c.peerOnce.Do(func() { close(c.peerClosed) })
 		return
@@ -291,6 +371,7 @@ func (s *server) forgetWebSocket(c *WSConn) {
 	s.mu.Lock()
 	if s.websockets[c.key] == c {
 		delete(s.websockets, c.key)
+		s.wsOpen.Store(int32(len(s.websockets)))
 	}
 	s.mu.Unlock()
 }

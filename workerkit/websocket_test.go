@@ -256,3 +256,36 @@ func FuzzParseFlags(f *testing.F) {
 		}
 	})
 }
+
+// A socket keeps the header blocks it parsed last, with their FLAGS, and
+// finds a block only when it is byte for byte one of them.
+func TestSeenHeaderBlocks(t *testing.T) {
+	c := &WSConn{}
+	text, bin, ping := []byte(`{"METHOD":"WEBSOCKET","FLAGS":"0x81"}`), []byte(`{"METHOD":"WEBSOCKET","FLAGS":"0x82"}`), []byte(`{"METHOD":"WEBSOCKET","FLAGS":"0x89"}`)
+	big := bytes.Repeat([]byte("x"), wsSeenMax+1)
+	type look struct {
+		headers []byte
+		flags   byte
+		found   bool
+	}
+	for _, step := range []struct {
+		remember []byte
+		flags    byte
+		looks    []look
+	}{
+		{nil, 0, []look{{text, 0, false}}},
+		{text, 0x81, []look{{text, 0x81, true}, {bin, 0, false}, {text[:len(text)-1], 0, false}}},
+		{bin, 0x82, []look{{text, 0x81, true}, {bin, 0x82, true}}},
+		{ping, 0x89, []look{{ping, 0x89, true}, {bin, 0x82, true}, {text, 0, false}}}, // text's entry went
+		{big, 0x81, []look{{big, 0, false}, {ping, 0x89, true}}},                    // too large to keep
+	} {
+		if step.remember != nil {
+			c.remember(step.remember, step.flags)
+		}
+		for _, l := range step.looks {
+			if flags, found := c.seenFlags(l.headers); flags != l.flags || found != l.found {
+				t.Errorf("after remembering %.20q: seenFlags(%.20q) = %#x %v, want %#x %v", step.remember, l.headers, flags, found, l.flags, l.found)
+			}
+		}
+	}
+}

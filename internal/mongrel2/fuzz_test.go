@@ -71,3 +71,33 @@ func FuzzParseReply(f *testing.F) {
 		}
 	})
 }
+
+// SplitRequest accepts what ParseRequest accepts, minus header blocks that
+// do not parse, and splits it the same way.
+func FuzzSplitRequest(f *testing.F) {
+	f.Add([]byte(`u-1 7 / 51:{"PATH":"/","host":"localhost:6767","METHOD":"GET"},0:,`))
+	f.Add([]byte(`u-1 7 / 26:4:PATH,1:/,6:METHOD,3:GET,}2:ab,`))
+	f.Add([]byte(`u 1 / 3:{x},0:,`))
+	f.Add(AppendDisconnect(nil, "u", "1"))
+	f.Fuzz(func(t *testing.T, msg []byte) {
+		p, perr := SplitRequest(msg)
+		r, err := ParseRequest(msg)
+		switch {
+		case perr != nil && err == nil:
+			t.Fatalf("SplitRequest refused (%v) what ParseRequest took", perr)
+		case perr != nil:
+			return
+		}
+		fields, ferr := p.ParseHeaders()
+		if (ferr == nil) != (err == nil) {
+			t.Fatalf("ParseHeaders: %v, ParseRequest: %v", ferr, err)
+		}
+		if err != nil {
+			return
+		}
+		if string(p.Sender) != r.Sender || string(p.ConnID) != r.ConnID || string(p.Path) != r.Path ||
+			!bytes.Equal(p.Body, r.Body) || len(fields) != len(r.Headers) {
+			t.Fatalf("split %+v, parsed %+v", p, r)
+		}
+	})
+}

@@ -30,53 +30,82 @@ var (
 
 // ParseRequest parses one request frame. Body aliases msg.
 func ParseRequest(msg []byte) (*Request, error) {
+	p, err := SplitRequest(msg)
+	if err != nil {
+		return nil, err
+	}
+	fields, err := p.ParseHeaders()
+	if err != nil {
+		return nil, err
+	}
+	// One string for the three leading fields, sliced.
+	lead := string(msg[:len(p.Sender)+len(p.ConnID)+len(p.Path)+2])
+	return &Request{
+		Sender:  lead[:len(p.Sender)],
+		ConnID:  lead[len(p.Sender)+1 : len(p.Sender)+1+len(p.ConnID)],
+		Path:    lead[len(p.Sender)+len(p.ConnID)+2:],
+		Headers: fields,
+		Body:    p.Body,
+	}, nil
+}
+
+// Parts are the pieces of a request frame, its header block not parsed
+// yet. All alias the frame.
+type Parts struct {
+	Sender, ConnID, Path []byte
+	// Headers is the header block's payload: a JSON object, or a
+	// tnetstring dict's contents.
+	Headers []byte
+	Body    []byte
+	// headerTerm is the header block's netstring terminator: ',' JSON,
+	// '}' a tnetstring dict.
+	headerTerm byte
+}
+
+// SplitRequest checks a request frame's framing and splits it, leaving its
+// header block unparsed: a caller that parsed the same bytes before (a
+// WebSocket's messages repeat their handshake's headers) need not parse
+// them again.
+func SplitRequest(msg []byte) (Parts, error) {
+	var p Parts
 	sender, rest, ok := cutSpace(msg)
 	if !ok || len(sender) == 0 {
-		return nil, errNoSender
+		return p, errNoSender
 	}
 	connID, rest, ok := cutSpace(rest)
 	if !ok || !isDigits(connID) {
-		return nil, errNoConnID
+		return p, errNoConnID
 	}
 	path, rest, ok := cutSpace(rest)
 	if !ok || len(path) == 0 {
-		return nil, errNoPath
+		return p, errNoPath
 	}
-	hdr, term, rest, err := splitNetstring(rest)
+	hdr, hterm, rest, err := splitNetstring(rest)
 	if err != nil {
-		return nil, err
+		return p, err
 	}
-	var fields []Field
-	switch term {
-	case ',':
-		fields, err = parseJSONHeaderString(string(hdr))
-	case '}':
-		fields, err = parseTNSHeaders(hdr)
-	default:
-		err = errTerm
-	}
-	if err != nil {
-		return nil, err
+	if hterm != ',' && hterm != '}' {
+		return p, errTerm
 	}
 	body, term, rest, err := splitNetstring(rest)
 	if err != nil {
-		return nil, err
+		return p, err
 	}
 	if term != ',' {
-		return nil, errTerm
+		return p, errTerm
 	}
 	if len(rest) != 0 {
-		return nil, errTrailing
+		return p, errTrailing
 	}
-	// One string for the three leading fields, sliced.
-	lead := string(msg[:len(sender)+len(connID)+len(path)+2])
-	return &Request{
-		Sender:  lead[:len(sender)],
-		ConnID:  lead[len(sender)+1 : len(sender)+1+len(connID)],
-		Path:    lead[len(sender)+len(connID)+2:],
-		Headers: fields,
-		Body:    body,
-	}, nil
+	return Parts{Sender: sender, ConnID: connID, Path: path, Headers: hdr, Body: body, headerTerm: hterm}, nil
+}
+
+// ParseHeaders parses the header block, in wire order.
+func (p Parts) ParseHeaders() ([]Field, error) {
+	if p.headerTerm == '}' {
+		return parseTNSHeaders(p.Headers)
+	}
+	return parseJSONHeaderString(string(p.Headers))
 }
 
 // Header returns the last value of the last field named exactly name, or "".
