@@ -277,7 +277,7 @@ func TestSeenHeaderBlocks(t *testing.T) {
 		{text, 0x81, []look{{text, 0x81, true}, {bin, 0, false}, {text[:len(text)-1], 0, false}}},
 		{bin, 0x82, []look{{text, 0x81, true}, {bin, 0x82, true}}},
 		{ping, 0x89, []look{{ping, 0x89, true}, {bin, 0x82, true}, {text, 0, false}}}, // text's entry went
-		{big, 0x81, []look{{big, 0, false}, {ping, 0x89, true}}},                    // too large to keep
+		{big, 0x81, []look{{big, 0, false}, {ping, 0x89, true}}},                      // too large to keep
 	} {
 		if step.remember != nil {
 			c.remember(step.remember, step.flags)
