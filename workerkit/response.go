@@ -50,6 +50,10 @@ type frame struct {
 	// c, when set, is the C memory b lies in (a frame with a large body):
 	// libzmq sends it without a copy. Such frames are not pooled.
 	c *zmqio.CBuf
+	// queued, when set, counts the frames of a WebSocket response in the
+	// reply socket owner's queue; putFrame, after the send, counts this
+	// one out.
+	queued *atomic.Int32
 }
 
 var framePool = sync.Pool{New: func() any { return &frame{b: make([]byte, 0, 1024)} }}
@@ -58,6 +62,10 @@ func getFrame() *frame { return framePool.Get().(*frame) }
 
 // putFrame recycles a frame, or frees the C memory of one that was not sent.
 func putFrame(f *frame) {
+	if f.queued != nil {
+		f.queued.Add(-1)
+		f.queued = nil
+	}
 	if f.c != nil {
 		f.c.Free()
 		return
@@ -126,8 +134,11 @@ type responseWriter struct {
 	joined      bool // a Group took the response over
 	// direct: the response's frames go out from the handler's goroutine
 	// when the reply socket is free (inline.go); once one went to the
-	// socket's owner, the rest follow it there, in order.
-	direct bool
+	// socket's owner, the rest follow it there, in order. A WebSocket's
+	// frames go direct again once the owner has sent those it was given
+	// (wsQueued): a socket lives long, and the owner is busy now and then.
+	direct   bool
+	wsQueued atomic.Int32
 	// WebSocket handshake (websocket.go): the accept key the front end
 	// computed, the accepted connection, and whether its handler slot
 	// was given back.
@@ -158,6 +169,9 @@ func (rw *responseWriter) release() {
 	rw.fe, rw.ctx, rw.err, rw.fl, rw.flow = nil, nil, nil, nil, nil
 	rw.wroteHeader, rw.headSent, rw.chunked, rw.closeAfter, rw.direct = false, false, false, false, false
 	rw.wsAccept, rw.ws, rw.slotFreed = "", nil, false
+	if rw.wsQueued.Load() != 0 {
+		return // frames in the owner's queue still count themselves out here
+	}
 	rwPool.Put(rw)
 }
 
@@ -454,11 +468,17 @@ func (rw *responseWriter) push(f *frame) error {
 			return err
 		}
 	}
-	if rw.direct {
+	if rw.direct && (rw.ws == nil || rw.wsQueued.Load() == 0) {
 		if rw.fe.sendDirect(f) {
 			return nil
 		}
-		rw.direct = false
+		if rw.ws == nil {
+			rw.direct = false
+		}
+	}
+	if rw.ws != nil {
+		f.queued = &rw.wsQueued
+		rw.wsQueued.Add(1)
 	}
 	// Most of the time the reply socket's owner keeps up: hand the frame
 	// over without waiting, which spares the request context its Done

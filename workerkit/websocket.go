@@ -167,6 +167,7 @@ func AcceptWebSocket(w http.ResponseWriter, r *http.Request, responseHeader http
 	}
 	rw.ws = c
 	rw.wroteHeader, rw.headSent = true, true
+	rw.direct = true // its frames too (response.go: push)
 	if err := rw.sendRaw([]byte(head + "\r\n")); err != nil {
 		s.forgetWebSocket(c)
 		return nil, err
