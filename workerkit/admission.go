@@ -1,12 +1,14 @@
 package workerkit
 
 import (
+	"bytes"
 	"context"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
+	"github.com/zmqbridge/caddy-zmq/internal/zmqio"
 	"github.com/zmqbridge/caddy-zmq/internal/zmqx"
 )
 
@@ -23,7 +25,7 @@ const (
 // It handles the frames that are not requests to run (notices, unsupported
 // or malformed messages) and returns nil for them. It takes no slot.
 func (s *server) admit(fe *frontEndConn, msg []byte) *flight {
-	if s.deliverSeen(fe, msg) { // websocket.go
+	if s.deliverSeen(fe, msg, nil) { // websocket.go
 		return nil
 	}
 	req, err := mongrel2.ParseRequest(msg)
@@ -234,4 +236,16 @@ func (s *server) prepare(fl *flight) bool {
 	s.handlers.Add(1)
 	s.running.Add(1)
 	return true
+}
+
+// admitKept is admit for a part left in libzmq's memory (a large one): a
+// WebSocket message keeps it there, for WSConn.NextReader to read from;
+// anything else gets a copy of its own first, as smaller parts do.
+func (s *server) admitKept(fe *frontEndConn, kept *zmqio.Msg) *flight {
+	if s.deliverSeen(fe, kept.Bytes(), kept) {
+		return nil
+	}
+	msg := bytes.Clone(kept.Bytes())
+	kept.Close()
+	return s.admit(fe, msg)
 }

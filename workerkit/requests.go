@@ -122,7 +122,7 @@ func (l *reqLoop) lead() bool {
 		// and cancels its request, even while every slot is busy. While
 		// all slots are busy one request waits here and the rest in the
 		// socket's queue: either way they were routed to this worker.
-		msg, err := l.in.recv(recvTimeout)
+		msg, kept, err := l.in.recv(recvTimeout)
 		if err != nil {
 			if !isEAGAIN(err) {
 				fe.log.Error("receiving request", "err", err)
@@ -134,15 +134,22 @@ func (l *reqLoop) lead() bool {
 			// before its subscription: wait for it (or for the grace).
 			if !fe.waitBound(gate) && !fe.active.Load() {
 				fe.log.Warn("dropping a request that arrived as its front end went away")
+				kept.Close()
 				break
 			}
 		} else if !fe.active.Load() && !fe.waitActive(fe.kick) {
 			// The front end went away while we were receiving, and we are
 			// stopping before it came back: nobody can take the answer.
 			fe.log.Warn("dropping a request that arrived as its front end went away")
+			kept.Close()
 			break
 		}
-		fl := s.admit(fe, msg)
+		var fl *flight
+		if kept != nil {
+			fl = s.admitKept(fe, kept)
+		} else {
+			fl = s.admit(fe, msg)
+		}
 		if fl == nil {
 			continue // a notice, or nothing to run
 		}

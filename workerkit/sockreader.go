@@ -16,11 +16,19 @@ import (
 type socketReader struct {
 	rcv *zmqio.Receiver
 	rd  *zmqio.Readiness
-	// try receives into msg and err; made once (zmqio.Readiness.Await).
-	try func() bool
-	msg []byte
-	err error
+	// try receives into msg (or kept) and err; made once
+	// (zmqio.Readiness.Await).
+	try  func() bool
+	msg  []byte
+	kept *zmqio.Msg
+	err  error
 }
+
+// keptPartMin is the size from which a part stays in libzmq's memory
+// instead of being copied into a new slice: a large WebSocket message is
+// then read from there (WSConn.NextReader); anything else is copied after
+// all (server.admitKept), as it would have been.
+const keptPartMin = 64 << 10
 
 func newSocketReader(sock *zmq.Socket) (*socketReader, error) {
 	rcv, err := zmqio.NewReceiver(sock)
@@ -34,7 +42,7 @@ func newSocketReader(sock *zmq.Socket) (*socketReader, error) {
 	}
 	r := &socketReader{rcv: rcv, rd: rd}
 	r.try = func() bool {
-		r.msg, r.err = r.rcv.RecvCopy(zmq.DONTWAIT)
+		r.msg, r.kept, r.err = r.rcv.RecvCopyKeep(keptPartMin, zmq.DONTWAIT)
 		return !isEAGAIN(r.err)
 	}
 	return r, nil
@@ -42,19 +50,19 @@ func newSocketReader(sock *zmq.Socket) (*socketReader, error) {
 
 var errRecvTimeout = zmq.Errno(syscall.EAGAIN)
 
-// recv returns the next part as a new slice, waiting up to d for one; on
-// timeout the error is EAGAIN, as a blocking receive with ZMQ_RCVTIMEO
-// gives.
-func (r *socketReader) recv(d time.Duration) ([]byte, error) {
+// recv returns the next part as a new slice, or, from keptPartMin bytes,
+// left in libzmq's memory (kept), waiting up to d for one; on timeout the
+// error is EAGAIN, as a blocking receive with ZMQ_RCVTIMEO gives.
+func (r *socketReader) recv(d time.Duration) ([]byte, *zmqio.Msg, error) {
 	if err := r.rd.AwaitTimeout(d, r.try); err != nil {
 		if errors.Is(err, zmqio.ErrTimeout) || errors.Is(err, zmqio.ErrInterrupted) {
-			return nil, errRecvTimeout
+			return nil, nil, errRecvTimeout
 		}
-		return nil, err
+		return nil, nil, err
 	}
-	msg := r.msg
-	r.msg = nil
-	return msg, r.err
+	msg, kept := r.msg, r.kept
+	r.msg, r.kept = nil, nil
+	return msg, kept, r.err
 }
 
 func (r *socketReader) close() {

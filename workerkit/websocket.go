@@ -5,6 +5,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"math"
 	"net/http"
 	"sync"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
 	"github.com/zmqbridge/caddy-zmq/internal/wsframe"
+	"github.com/zmqbridge/caddy-zmq/internal/zmqio"
 )
 
 // WebSockets over the Mongrel2 protocol (docs/websockets.md). The front end
@@ -104,6 +106,12 @@ type WSConn struct {
 	// guarded by mu.
 	seen     [wsSeenBlocks]seenBlock
 	seenNext int // the entry of seen to replace next
+
+	// reader is the reader NextReader returned last; readerKept what it
+	// reads from, freed by the next NextReader or ReadMessage. The
+	// reading goroutine's only.
+	reader     *wsReader
+	readerKept *zmqio.Msg
 }
 
 // A front end sends a WebSocket's messages with its handshake's headers
@@ -124,6 +132,9 @@ type seenBlock struct {
 type wsMessage struct {
 	flags   byte
 	payload []byte
+	// kept, when set, is the libzmq message payload lies in (a large
+	// one): ReadMessage copies it out, NextReader reads it in place.
+	kept *zmqio.Msg
 }
 
 // AcceptWebSocket completes a WebSocket handshake the front end passed on:
@@ -271,8 +282,9 @@ func (s *server) deliverWebSocket(fe *frontEndConn, req *mongrel2.Request, msg [
 
 // deliverSeen delivers msg if it is a message of one of the worker's
 // WebSockets whose header block the socket has seen before (deliverWebSocket
-// parsed it), without parsing the block again. It reports whether it did.
-func (s *server) deliverSeen(fe *frontEndConn, msg []byte) bool {
+// parsed it), without parsing the block again. It reports whether it did;
+// if so, kept (the libzmq message msg lies in, or nil) goes with it.
+func (s *server) deliverSeen(fe *frontEndConn, msg []byte, kept *zmqio.Msg) bool {
 	if s.wsOpen.Load() == 0 {
 		return false
 	}
@@ -288,7 +300,7 @@ func (s *server) deliverSeen(fe *frontEndConn, msg []byte) bool {
 	}
 	fb, ok := c.seenFlags(p.Headers)
 	if ok {
-		c.push(wsMessage{flags: fb, payload: p.Body})
+		c.push(wsMessage{flags: fb, payload: p.Body, kept: kept})
 	}
 	return ok
 }
@@ -321,11 +333,13 @@ func (c *WSConn) seenFlags(headers []byte) (byte, bool) {
 // push queues a client message for ReadMessage.
 func (c *WSConn) push(m wsMessage) {
 	if m.flags&0x0F == wsframe.OpClose && c.closing() {
+		m.kept.Close()
 		c.peerOnce.Do(func() { close(c.peerClosed) })
 		return
 	}
 	c.mu.Lock()
 	if c.inboxBytes+len(m.payload) > wsMaxQueued {
+		m.kept.Close()
 		c.overflow = true
 	} else {
 		c.inbox = append(c.inbox, m)
@@ -375,6 +389,14 @@ func (s *server) forgetWebSocket(c *WSConn) {
 		s.wsOpen.Store(int32(len(s.websockets)))
 	}
 	s.mu.Unlock()
+	// Messages nobody will read: their libzmq memory goes now, not when
+	// the collector finds it.
+	c.mu.Lock()
+	for _, m := range c.inbox {
+		m.kept.Close()
+	}
+	c.inbox, c.inboxBytes = nil, 0
+	c.mu.Unlock()
 }
 
 // next waits for the next queued client message.
@@ -408,18 +430,59 @@ func (c *WSConn) next() (wsMessage, error) {
 // ReadMessage returns the next text or binary message from the client. It
 // answers pings itself; when the client closes, it answers the close and
 // returns a *CloseError; when the client goes away, an error (r.Context()
-// is cancelled then too).
+// is cancelled then too). p is the caller's to keep (NextReader makes no
+// copy).
 func (c *WSConn) ReadMessage() (messageType int, p []byte, err error) {
+	op, m, err := c.nextData()
+	if err != nil {
+		return 0, nil, err
+	}
+	if m.kept != nil {
+		p = bytes.Clone(m.payload)
+		m.kept.Close()
+		return op, p, nil
+	}
+	return op, m.payload, nil
+}
+
+// NextReader returns the next text or binary message from the client as a
+// reader, as gorilla/websocket's NextReader does, with pings, the client's
+// close and its going away handled as by ReadMessage. The reader is valid
+// until the next NextReader or ReadMessage; reading it after that is an
+// error. It makes no copy of its own: a large message is read from the
+// memory libzmq received it in, so a handler that reads messages into a
+// buffer it reuses allocates nothing per message, where ReadMessage
+// returns a new slice each time.
+func (c *WSConn) NextReader() (messageType int, r io.Reader, err error) {
+	op, m, err := c.nextData()
+	if err != nil {
+		return 0, nil, err
+	}
+	c.reader = &wsReader{c: c, data: m.payload}
+	c.readerKept = m.kept
+	return op, c.reader, nil
+}
+
+// nextData waits for the next text or binary message, answering the
+// control messages before it, and lets go of what the last NextReader
+// reads.
+func (c *WSConn) nextData() (int, wsMessage, error) {
+	c.reader = nil
+	c.readerKept.Close()
+	c.readerKept = nil
 	for {
 		m, err := c.next()
 		if err != nil {
-			return 0, nil, err
+			return 0, m, err
 		}
 		switch op := int(m.flags & 0x0F); op {
 		case wsframe.OpPing:
 			_ = c.writeFrame(wsframe.OpPong, m.payload)
+			m.kept.Close() // control payloads are small: never kept, in practice
 		case wsframe.OpPong:
+			m.kept.Close()
 		case wsframe.OpClose:
+			defer m.kept.Close()
 			code, reason, perr := wsframe.ParseClose(m.payload)
 			if perr != nil {
 				code = CloseProtocolError
@@ -429,20 +492,55 @@ func (c *WSConn) ReadMessage() (messageType int, p []byte, err error) {
 				echo = 0
 			}
 			c.closeWith(echo, "", false)
-			return 0, nil, &CloseError{Code: code, Reason: reason}
+			return 0, wsMessage{}, &CloseError{Code: code, Reason: reason}
 		case TextMessage:
 			if !utf8.Valid(m.payload) {
+				m.kept.Close()
 				_ = c.Close(CloseInvalidPayload, "text message is not UTF-8")
-				return 0, nil, ErrWebSocketClosed
+				return 0, wsMessage{}, ErrWebSocketClosed
 			}
-			return op, m.payload, nil
+			return op, m, nil
 		case BinaryMessage:
-			return op, m.payload, nil
+			return op, m, nil
 		default:
+			m.kept.Close()
 			_ = c.Close(CloseProtocolError, "unexpected opcode")
-			return 0, nil, ErrWebSocketClosed
+			return 0, wsMessage{}, ErrWebSocketClosed
 		}
 	}
+}
+
+// errStaleReader is what a NextReader reader gives once the next message
+// was asked for.
+var errStaleReader = errors.New("workerkit: websocket: read of a message reader after the next NextReader or ReadMessage")
+
+// wsReader reads one message's payload for NextReader.
+type wsReader struct {
+	c    *WSConn
+	data []byte
+}
+
+func (r *wsReader) Read(p []byte) (int, error) {
+	if r.c.reader != r {
+		return 0, errStaleReader
+	}
+	if len(r.data) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p, r.data)
+	r.data = r.data[n:]
+	return n, nil
+}
+
+// WriteTo lets io.Copy and bytes.Buffer.ReadFrom take the payload in one
+// write.
+func (r *wsReader) WriteTo(w io.Writer) (int64, error) {
+	if r.c.reader != r {
+		return 0, errStaleReader
+	}
+	n, err := w.Write(r.data)
+	r.data = r.data[n:]
+	return int64(n), err
 }
 
 // WriteMessage sends one message (TextMessage or BinaryMessage). It waits

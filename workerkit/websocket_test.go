@@ -2,6 +2,8 @@ package workerkit
 
 import (
 	"bytes"
+	"errors"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -286,6 +288,75 @@ func TestSeenHeaderBlocks(t *testing.T) {
 			if flags, found := c.seenFlags(l.headers); flags != l.flags || found != l.found {
 				t.Errorf("after remembering %.20q: seenFlags(%.20q) = %#x %v, want %#x %v", step.remember, l.headers, flags, found, l.flags, l.found)
 			}
+		}
+	}
+}
+
+// Large messages stay in libzmq's memory (from keptPartMin) once the
+// socket has seen their header block: NextReader reads them in place, and
+// its reader goes stale at the next NextReader; ReadMessage returns a copy
+// that outlives the next read.
+func TestWebSocketLargeMessagesInPlace(t *testing.T) {
+	stale := make(chan error, 8)
+	inPlace := make(chan bool, 8)
+	held := make(chan []byte, 8)
+	handler := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		c, err := AcceptWebSocket(w, r, http.Header{"Sec-Websocket-Protocol": {"echo"}}) // as handshake expects
+		if err != nil {
+			return
+		}
+		var prev io.Reader
+		for i := 0; ; i++ {
+			if i%2 == 1 {
+				// Every other message by ReadMessage, its bytes checked
+				// after the next message came in.
+				typ, p, err := c.ReadMessage()
+				if err != nil {
+					return
+				}
+				held <- p
+				_ = c.WriteMessage(typ, p)
+				continue
+			}
+			typ, rd, err := c.NextReader()
+			if err != nil {
+				return
+			}
+			if prev != nil {
+				_, err := prev.Read(make([]byte, 1))
+				stale <- err
+				inPlace <- c.readerKept != nil // the block was seen by now
+			}
+			prev = rd
+			var buf bytes.Buffer
+			if _, err := io.Copy(&buf, rd); err != nil {
+				return
+			}
+			_ = c.WriteMessage(typ, buf.Bytes())
+		}
+	})
+	f := newTestFE(t)
+	startWorker(t, &Worker{FrontEnds: []FrontEnd{f.fe}, Handler: handler})
+	f.waitWorker()
+	handshake(t, f, "1")
+	var sent [][]byte
+	for i := range 6 {
+		body := bytes.Repeat([]byte{byte('a' + i)}, keptPartMin+i)
+		sent = append(sent, body)
+		f.request("1", wsMsg("0x82", string(body)))
+		expectReply(t, f, "1", wsframe.AppendFrame(nil, wsframe.OpBinary, body))
+	}
+	for i := 1; i < 6; i += 2 {
+		if p := recvWithin(t, held, "a ReadMessage payload"); !bytes.Equal(p, sent[i]) {
+			t.Fatalf("message %d from ReadMessage changed after later reads", i)
+		}
+	}
+	for range 2 {
+		if err := recvWithin(t, stale, "a stale read"); !errors.Is(err, errStaleReader) {
+			t.Fatalf("read of an old NextReader reader: %v, want errStaleReader", err)
+		}
+		if !recvWithin(t, inPlace, "where a message was read") {
+			t.Fatal("a large message of a seen header block was copied, not read in place")
 		}
 	}
 }

@@ -194,8 +194,13 @@ func (m *Msg) Bytes() []byte { return m.data }
 // Closed reports whether the part was freed.
 func (m *Msg) Closed() bool { return m.st.closed.Load() }
 
-// Close frees the part. Later calls do nothing; any goroutine may call it.
-func (m *Msg) Close() { m.st.free() }
+// Close frees the part. Later calls do nothing, as does Close of a nil
+// Msg; any goroutine may call it.
+func (m *Msg) Close() {
+	if m != nil {
+		m.st.free()
+	}
+}
 
 // RecvInto is Recv for callers that take any size: a part bigger than buf
 // comes in a new slice of its size instead of ErrTooBig.
@@ -210,17 +215,28 @@ func (r *Receiver) RecvInto(buf []byte, flags zmq.Flag) (part []byte, more bool,
 // RecvCopy receives one part into a new slice of its exact size, for
 // callers that keep parts (two cgo calls at most, one up to 64 KiB).
 func (r *Receiver) RecvCopy(flags zmq.Flag) ([]byte, error) {
+	part, _, err := r.RecvCopyKeep(math.MaxInt, flags)
+	return part, err
+}
+
+// RecvCopyKeep is RecvCopy, except that a part of keep bytes or more is
+// not copied: it comes back as kept, in libzmq's memory, for the caller to
+// Close.
+func (r *Receiver) RecvCopyKeep(keep int, flags zmq.Flag) ([]byte, *Msg, error) {
 	if r.scratch == nil {
 		r.scratch = make([]byte, copyScratch)
 	}
-	part, _, err := r.Recv(r.scratch, flags)
+	part, kept, _, err := r.RecvKeep(r.scratch, keep, flags)
+	if kept != nil {
+		return nil, kept, nil
+	}
 	if errors.Is(err, ErrTooBig) {
-		return r.Take(make([]byte, r.big)), nil // a slice of its own already
+		return r.Take(make([]byte, r.big)), nil, nil // a slice of its own already
 	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
-	return append([]byte(nil), part...), nil
+	return append([]byte(nil), part...), nil, nil
 }
 
 // Size is the size of the part that Recv found too big.

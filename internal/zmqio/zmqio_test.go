@@ -151,6 +151,36 @@ func TestRecvCopy(t *testing.T) {
 	}
 }
 
+// RecvCopyKeep copies parts below keep into slices of their own, of any
+// size, and leaves the others in libzmq's memory.
+func TestRecvCopyKeep(t *testing.T) {
+	tx, r := receiverPair(t)
+	const keep = 2 * copyScratch
+	small, mid, big := []byte("m"), bytes.Repeat([]byte{'m'}, copyScratch+1), bytes.Repeat([]byte{'k'}, keep)
+	for _, p := range [][]byte{small, mid, big, small} {
+		if _, err := tx.SendBytes(p, 0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i, want := range [][]byte{small, mid, big, small} {
+		part, kept, err := r.RecvCopyKeep(keep, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if (kept != nil) != (len(want) >= keep) {
+			t.Fatalf("part %d (%d bytes): kept = %v", i, len(want), kept != nil)
+		}
+		if kept != nil {
+			part = kept.Bytes()
+		}
+		if !bytes.Equal(part, want) {
+			t.Fatalf("part %d: %d bytes, want %d", i, len(part), len(want))
+		}
+		kept.Close()
+		kept.Close() // again, and on nil: nothing
+	}
+}
+
 // TestHandleChecksLayout: the libzmq handle is found in a pebbe socket
 // (TestRecv shows it is the right one: it receives what the socket got).
 func TestHandleChecksLayout(t *testing.T) {
