@@ -216,8 +216,9 @@
 //
 // WebSockets: the front end's WEBSOCKET_HANDSHAKE reaches the handler as
 // the GET it was; AcceptWebSocket completes it and returns a WSConn
-// (ReadMessage, WriteMessage, Ping, Close with a code), and WSGroup sends
-// one message to many sockets. See docs/websockets.md.
+// (ReadMessage, or NextReader for large messages without a copy;
+// WriteMessage, Ping, Close with a code), and WSGroup sends one message to
+// many sockets. See docs/websockets.md.
 //
 // Not supported: Mongrel2's upload streaming (its
 // temporary files; the Caddy module's streamed uploads are supported, see
