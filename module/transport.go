@@ -99,6 +99,9 @@ type outMsg struct {
 	// WebSocket message read straight into it).
 	body    *zmqio.CBuf
 	bodyLen int
+	// queued, when set, counts the messages of a WebSocket in the queue;
+	// the owner counts this one out once it is sent or dropped.
+	queued *atomic.Int32
 }
 
 // transport owns one bound PUSH socket (requests) and one bound SUB socket
@@ -112,6 +115,11 @@ type transport struct {
 	out  chan outMsg
 	quit chan struct{}
 	wg   sync.WaitGroup
+	// sendMu is held by the request socket's owner while it sends, and
+	// lets a WebSocket's reader send on reqSock itself while the owner is
+	// idle (sendDirect); reqSock is nil before and after the owner's life.
+	sendMu  sync.Mutex
+	reqSock *zmq.Socket
 
 	// control is nil unless a control endpoint is configured.
 	control *controlPlane
@@ -273,13 +281,21 @@ func (t *transport) runSender(zctx *zmq.Context, ready chan<- error) {
 		ready <- fmt.Errorf("request socket: %w", err)
 		return
 	}
+	t.sendMu.Lock()
+	t.reqSock = sock
+	t.sendMu.Unlock()
 	ready <- nil
 	for {
 		select {
 		case m := <-t.out:
+			t.sendMu.Lock()
 			t.send(sock, m)
 			takeQueued(t.out, func(m outMsg) { t.send(sock, m) })
+			t.sendMu.Unlock()
 		case <-t.quit:
+			t.sendMu.Lock()
+			t.reqSock = nil
+			t.sendMu.Unlock()
 			for {
 				select {
 				case m := <-t.out:
@@ -296,6 +312,7 @@ func (t *transport) runSender(zctx *zmq.Context, ready chan<- error) {
 }
 
 func (t *transport) send(sock *zmq.Socket, m outMsg) {
+	defer m.countOut()
 	err := m.sendOn(sock)
 	if err != nil && zmq.AsErrno(err) == zmq.Errno(syscallEAGAIN) {
 		// The pipe of a worker that just finished its handshake arrives as
@@ -337,8 +354,34 @@ func (m outMsg) sendOn(sock *zmq.Socket) error {
 
 // release gives back what m holds when it will not be sent.
 func (m outMsg) release() {
+	m.countOut()
 	requestFrames.put(m.buf)
 	m.body.Free()
+}
+
+// countOut takes m off its WebSocket's count of queued messages.
+func (m outMsg) countOut() {
+	if m.queued != nil {
+		m.queued.Add(-1)
+	}
+}
+
+// sendDirect sends m on the request socket from the calling goroutine if
+// the socket's owner is idle and the send succeeds at once; otherwise m is
+// still the caller's, for the owner's queue. Its caller must keep order:
+// only while none of its earlier messages waits in the queue.
+func (t *transport) sendDirect(m outMsg) bool {
+	if !t.sendMu.TryLock() {
+		return false
+	}
+	defer t.sendMu.Unlock()
+	if t.reqSock == nil || m.sendOn(t.reqSock) != nil {
+		return false // the owner sends it, and reports what stays wrong
+	}
+	t.bytesUp.Add(uint64(m.size()))
+	t.sent.Add(1)
+	requestFrames.put(m.buf)
+	return true
 }
 
 func (m outMsg) size() int {

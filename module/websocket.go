@@ -9,6 +9,7 @@ import (
 	"net/http"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
@@ -92,6 +93,10 @@ type wsSession struct {
 	keep          *wsKeepalive
 
 	msgHeaders map[byte][]byte // by FLAGS (headers); reader goroutine only
+	// queued counts this socket's messages in the request socket owner's
+	// queue: while there are any, the next one queues behind them instead
+	// of being sent directly (transport.sendDirect).
+	queued atomic.Int32
 	// placed is the request a large client message is being read into
 	// (websocket_place.go); reader goroutine only.
 	placed wsPlaced
@@ -618,6 +623,11 @@ func (s *wsSession) deliver(wk string, req ctlMsg, push outMsg) error {
 			return errStopped
 		}
 	}
+	if s.queued.Load() == 0 && s.t.sendDirect(push) {
+		return nil
+	}
+	push.queued = &s.queued
+	s.queued.Add(1)
 	select {
 	case s.t.out <- push:
 		return nil

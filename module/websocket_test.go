@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	zmq "github.com/pebbe/zmq4"
 
 	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
 	"github.com/zmqbridge/caddy-zmq/internal/wsclient"
@@ -606,5 +607,64 @@ func TestWebSocketAcceptedThenClosed(t *testing.T) {
 	_, _, err := ws.ReadFrame()
 	if ne, ok := err.(net.Error); err == nil || ok && ne.Timeout() {
 		t.Fatalf("read %v, want the connection closed", err)
+	}
+}
+
+// A WebSocket's messages go out on the request socket from its reader while
+// the socket's owner is idle, but never ahead of one of its messages still
+// in the owner's queue.
+func TestWebSocketDirectSendKeepsOrder(t *testing.T) {
+	push, _ := zmq.NewSocket(zmq.PUSH)
+	pull, _ := zmq.NewSocket(zmq.PULL)
+	defer push.Close()
+	defer pull.Close()
+	ep := "inproc://direct-send-order"
+	if err := pull.Bind(ep); err != nil {
+		t.Fatal(err)
+	}
+	if err := push.Connect(ep); err != nil {
+		t.Fatal(err)
+	}
+	tr := &transport{out: make(chan outMsg, 8), quit: make(chan struct{}), reqSock: push}
+	s := &wsSession{t: tr}
+	msg := func(b string) outMsg {
+		buf := requestFrames.get()
+		*buf = append((*buf)[:0], b...)
+		return outMsg{buf: buf}
+	}
+	received := func() string {
+		b, err := pull.RecvBytes(zmq.DONTWAIT)
+		if err != nil {
+			return ""
+		}
+		return string(b)
+	}
+	tr.sendMu.Lock() // the owner is sending
+	if err := s.deliver("", ctlMsg{}, msg("1")); err != nil {
+		t.Fatal(err)
+	}
+	tr.sendMu.Unlock()
+	if err := s.deliver("", ctlMsg{}, msg("2")); err != nil { // behind "1", though the socket is free
+		t.Fatal(err)
+	}
+	if len(tr.out) != 2 || received() != "" {
+		t.Fatalf("%d queued, want both messages queued and none sent", len(tr.out))
+	}
+	for range 2 { // the owner sends them
+		m := <-tr.out
+		tr.send(push, m)
+	}
+	if err := s.deliver("", ctlMsg{}, msg("3")); err != nil { // nothing queued: direct
+		t.Fatal(err)
+	}
+	if len(tr.out) != 0 {
+		t.Fatal("a message queued while the socket was free and nothing waited")
+	}
+	for _, want := range []string{"1", "2", "3"} {
+		var got string
+		pollUntil(t, "message "+want, func() bool { got = received(); return got != "" })
+		if got != want {
+			t.Fatalf("got %q, want %q", got, want)
+		}
 	}
 }
