@@ -212,23 +212,18 @@ func TestCurveRefusalLoggedOnceAcrossReloads(t *testing.T) {
 // in (Caddy's RSS does not grow by it), and Caddy's log names the worker,
 // its key and the cap, while the worker goes on serving.
 func TestCurveOversizedFrameNamed(t *testing.T) {
-	dir, keyDir := curveTestDir(t)
-	rogue := filepath.Join(dir, "rogue")
-	roguePub := curveKeygen(t, rogue)
-	allowKey(t, keyDir, rogue)
-	c := startCurveCaddy(t, keyDir)
-	serverKey := curveFrontEndKey(t, c)
+	c, serverKey, rogue := startCurveCaddyAllowing(t, "rogue")
 	client := c.Client(modeH2)
 	t.Cleanup(client.CloseIdleConnections)
 	rss := startRSS(t, c.proc)
 	const frame = 96 << 20 // over the default cap, 64 MiB + 64 KiB
 	w := startProcess(t, "rogue", command(t, testworkerBin(t), "-name", "rogue", "-frontend", c.FrontEndControl(),
-		"-curve-server-key", serverKey, "-curve-key", rogue+".key_secret", "-rogue-frame", fmt.Sprint(frame)))
+		"-curve-server-key", serverKey, "-curve-key", rogue.secretFile, "-rogue-frame", fmt.Sprint(frame)))
 	waitWorker(t, client, c.HTTPSURL("/ready"), "rogue", w, c.proc)
 	w.MustWaitFor("ROGUE FRAME SENT", startTimeout)
 	c.proc.MustWaitFor("closed a worker's reply connection while the worker stays on the control channel", startTimeout)
 	out := c.proc.out.String()
-	for _, want := range []string{`"worker_key":"` + roguePub + `"`, `"max_frame_bytes":67174400`, `"socket":"reply"`} {
+	for _, want := range []string{`"worker_key":"` + rogue.public + `"`, `"max_frame_bytes":67174400`, `"socket":"reply"`} {
 		if !strings.Contains(out, want) {
 			t.Errorf("the log line lacks %s:\n%s", want, out)
 		}

@@ -7,7 +7,6 @@ package integration
 import (
 	"fmt"
 	"net/http"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -27,14 +26,9 @@ import (
 // it would be lost, and Caddy would send the request again), and Caddy
 // closes the lingering connection as soon as the worker's key dials again.
 func TestCurveControlRedialRunsOnce(t *testing.T) {
-	dir, keyDir := curveTestDir(t)
-	good := filepath.Join(dir, "good")
-	curveKeygen(t, good)
-	allowKey(t, keyDir, good)
-	c := startCurveCaddy(t, keyDir)
-	serverKey := curveFrontEndKey(t, c)
+	c, serverKey, good := startCurveCaddyAllowing(t, "good")
 	relay := cutrelay.Start(t, strings.TrimPrefix(c.Endpoint("ZMQ_CONTROL"), "tcp://"))
-	w := startCurveWorker(t, "good", c.FrontEnd()+","+relay.Endpoint(), serverKey, good+".key_secret")
+	w := startCurveWorker(t, "good", c.FrontEnd()+","+relay.Endpoint(), serverKey, good.secretFile)
 	client := c.Client(modeH2)
 	t.Cleanup(client.CloseIdleConnections)
 	waitWorker(t, client, c.HTTPSURL("/ready"), "good", w, c.proc)

@@ -2,7 +2,6 @@ package integration
 
 import (
 	"fmt"
-	"path/filepath"
 	"testing"
 
 	zmq "github.com/pebbe/zmq4"
@@ -18,13 +17,8 @@ import (
 // on) stays 0 beside an allowed control-channel worker, so an
 // unauthenticated peer cannot turn safe re-sends off.
 func TestCurveRefusedPeerNotPlain(t *testing.T) {
-	dir, keyDir := curveTestDir(t)
-	good := filepath.Join(dir, "good")
-	curveKeygen(t, good)
-	allowKey(t, keyDir, good)
-	c := startCurveCaddy(t, keyDir)
-	serverKey := curveFrontEndKey(t, c)
-	startCurveWorker(t, "good", c.FrontEndControl(), serverKey, good+".key_secret").
+	c, serverKey, good := startCurveCaddyAllowing(t, "good")
+	startCurveWorker(t, "good", c.FrontEndControl(), serverKey, good.secretFile).
 		MustWaitFor("SERVING", startTimeout)
 	err := poll(startTimeout, nil, func() error {
 		if p := curvePool(t, c); len(p.Workers) != 1 || p.PlainConnections != 0 {

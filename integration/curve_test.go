@@ -84,6 +84,25 @@ func allowKey(t testing.TB, keyDir, base string) {
 
 // curveTestDir needs bin/caddy and bin/testworker, and makes a test
 // directory for key files with an empty allow-list directory, keyDir, in it.
+// curveWorkerKey is a worker's key pair made by `caddy zmq keygen`.
+type curveWorkerKey struct {
+	public     string // Z85
+	secretFile string
+}
+
+// startCurveCaddyAllowing starts Caddy with caddyfiles/curve.Caddyfile and
+// one worker key, named name, on its allow-list: the setup most CURVE
+// tests begin with. It returns Caddy, its public key and the worker's keys.
+func startCurveCaddyAllowing(t *testing.T, name string) (*caddy, string, curveWorkerKey) {
+	t.Helper()
+	dir, keyDir := curveTestDir(t)
+	base := filepath.Join(dir, name)
+	key := curveWorkerKey{public: curveKeygen(t, base), secretFile: base + ".key_secret"}
+	allowKey(t, keyDir, base)
+	c := startCurveCaddy(t, keyDir)
+	return c, curveFrontEndKey(t, c), key
+}
+
 func curveTestDir(t *testing.T) (dir, keyDir string) {
 	t.Helper()
 	caddyBin(t)

@@ -50,6 +50,26 @@ func startKitWorker(t *testing.T, env *testEnv, ctlEP, id string, h http.Handler
 	})
 }
 
+// startHangablePair starts two workerkit workers, wk-a serving a and wk-b
+// serving b (through wrap, when set), and waits until both are on the
+// control channel and requests get through.
+func startHangablePair(t *testing.T, env *testEnv, ctlEP string, a, b *hangable, wrap func(*hangable) http.Handler) *controlPlane {
+	t.Helper()
+	if wrap == nil {
+		wrap = func(h *hangable) http.Handler { return h }
+	}
+	startKitWorker(t, env, ctlEP, "wk-a", wrap(a))
+	startKitWorker(t, env, ctlEP, "wk-b", wrap(b))
+	ctl := env.h.pools[0].transport.control
+	pollUntil(t, "both workers on the control channel", func() bool {
+		ka, _, _ := ctl.workerState("wk-a")
+		kb, _, _ := ctl.workerState("wk-b")
+		return ka && kb
+	})
+	env.waitForWorker(t)
+	return ctl
+}
+
 func (c *controlPlane) workerState(id string) (known, hung, paused bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -84,15 +104,7 @@ func TestHungWorkerPausedAndItsGETsRetried(t *testing.T) {
 		h.ReplyTimeout = caddy.Duration(30 * time.Second)
 	})
 	a, b := &hangable{name: "A"}, &hangable{name: "B"}
-	startKitWorker(t, env, ctlEP, "wk-a", a)
-	startKitWorker(t, env, ctlEP, "wk-b", b)
-	ctl := env.h.pools[0].transport.control
-	pollUntil(t, "both workers on the control channel", func() bool {
-		ka, _, _ := ctl.workerState("wk-a")
-		kb, _, _ := ctl.workerState("wk-b")
-		return ka && kb
-	})
-	env.waitForWorker(t)
+	ctl := startHangablePair(t, env, ctlEP, a, b, nil)
 
 	a.hung.Store(true)
 	get := func() (int, string) {

@@ -564,15 +564,7 @@ func TestWebSocketHandshakeRetriedFromHungWorker(t *testing.T) {
 		})
 	}
 	a, b := &hangable{name: "A"}, &hangable{name: "B"}
-	startKitWorker(t, env, ctlEP, "wk-a", wsNamed(a))
-	startKitWorker(t, env, ctlEP, "wk-b", wsNamed(b))
-	ctl := env.h.pools[0].transport.control
-	pollUntil(t, "both workers on the control channel", func() bool {
-		ka, _, _ := ctl.workerState("wk-a")
-		kb, _, _ := ctl.workerState("wk-b")
-		return ka && kb
-	})
-	env.waitForWorker(t)
+	startHangablePair(t, env, ctlEP, a, b, wsNamed)
 	a.hung.Store(true)
 	for i := 0; a.started.Load() == 0; i++ {
 		if i == 8 {
