@@ -310,10 +310,11 @@ func (s *wsSession) awaitHandshake(replyBy time.Time) (handshakeReply, error) {
 			reply.bytes = append(reply.bytes, qf.body...)
 			qf.frame.release()
 		}
+		headDone := httpreply.HeadEnd(reply.bytes) >= 0
 		switch {
-		case reply.closed && len(reply.bytes) == 0:
-			return reply, errors.New("the worker ended the WebSocket handshake without a reply")
-		case reply.closed || httpreply.HeadEnd(reply.bytes) >= 0:
+		case reply.closed && !headDone:
+			return reply, errors.New("the worker ended the WebSocket handshake inside its reply's head")
+		case headDone:
 			return reply, nil
 		case len(reply.bytes) > httpreply.MaxHeadSize:
 			return reply, errHandshakeHead

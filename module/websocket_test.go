@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"reflect"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -658,5 +659,31 @@ func TestWebSocketDirectSendKeepsOrder(t *testing.T) {
 		if got != want {
 			t.Fatalf("got %q, want %q", got, want)
 		}
+	}
+}
+
+// A worker that ends the connection inside its handshake reply's head: the
+// client gets 502, not the half head.
+func TestWebSocketHandshakeHeadCut(t *testing.T) {
+	env := newTestEnv(t, nil)
+	startFakeWorker(t, env.reqEP, env.repEP, func(r *mongrel2.Request) [][]byte {
+		if r.Path == "/__ready" {
+			return okReply("ok")
+		}
+		if r.Header("METHOD") == "WEBSOCKET_HANDSHAKE" {
+			return [][]byte{[]byte("HTTP/1.1 101 Switching Protocols\r\nUpgr"), nil}
+		}
+		return nil
+	})
+	env.waitForWorker(t)
+	u, _ := url.Parse(env.srv.URL)
+	conn, err := net.Dial("tcp", u.Host)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	_ = conn.SetDeadline(time.Now().Add(testDeadline))
+	if _, _, err := wsclient.Handshake(conn, u.Host, "/ws", nil); err == nil || !strings.Contains(err.Error(), "502") {
+		t.Fatalf("handshake: %v, want 502", err)
 	}
 }

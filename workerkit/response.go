@@ -51,9 +51,11 @@ type frame struct {
 	// libzmq sends it without a copy. Such frames are not pooled.
 	c *zmqio.CBuf
 	// queued, when set, counts the frames of a WebSocket response in the
-	// reply socket owner's queue; putFrame, after the send, counts this
-	// one out.
-	queued *atomic.Int32
+	// reply socket owner's queue, and queuedMany those of each socket a
+	// broadcast frame goes to; putFrame, after the send, counts this one
+	// out.
+	queued     *atomic.Int32
+	queuedMany []*atomic.Int32
 }
 
 var framePool = sync.Pool{New: func() any { return &frame{b: make([]byte, 0, 1024)} }}
@@ -66,6 +68,10 @@ func putFrame(f *frame) {
 		f.queued.Add(-1)
 		f.queued = nil
 	}
+	for _, q := range f.queuedMany {
+		q.Add(-1)
+	}
+	f.queuedMany = nil
 	if f.c != nil {
 		f.c.Free()
 		return

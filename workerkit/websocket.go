@@ -107,11 +107,13 @@ type WSConn struct {
 	seen     [wsSeenBlocks]seenBlock
 	seenNext int // the entry of seen to replace next
 
-	// reader is the reader NextReader returned last; readerKept what it
-	// reads from, freed by the next NextReader or ReadMessage. The
-	// reading goroutine's only.
-	reader     *wsReader
-	readerKept *zmqio.Msg
+	// reader is the reader NextReader returned last, retired (its
+	// libzmq memory freed) by the next NextReader or ReadMessage, or when
+	// the connection ends; guarded by mu.
+	reader *wsReader
+	// forgotten: the connection ended; what comes later is freed, not
+	// queued (guarded by mu).
+	forgotten bool
 }
 
 // A front end sends a WebSocket's messages with its handshake's headers
@@ -126,6 +128,7 @@ const (
 
 type seenBlock struct {
 	headers []byte
+	tns     bool // a tnetstring dict, not JSON
 	flags   byte
 }
 
@@ -275,7 +278,7 @@ func (s *server) deliverWebSocket(fe *frontEndConn, req *mongrel2.Request, msg [
 		return
 	}
 	if p, err := mongrel2.SplitRequest(msg); err == nil {
-		c.remember(p.Headers, fb)
+		c.remember(p.Headers, p.TNetstringHeaders(), fb)
 	}
 	c.push(wsMessage{flags: fb, payload: req.Body})
 }
@@ -298,7 +301,7 @@ func (s *server) deliverSeen(fe *frontEndConn, msg []byte, kept *zmqio.Msg) bool
 	if c == nil {
 		return false
 	}
-	fb, ok := c.seenFlags(p.Headers)
+	fb, ok := c.seenFlags(p.Headers, p.TNetstringHeaders())
 	if ok {
 		c.push(wsMessage{flags: fb, payload: p.Body, kept: kept})
 	}
@@ -306,7 +309,7 @@ func (s *server) deliverSeen(fe *frontEndConn, msg []byte, kept *zmqio.Msg) bool
 }
 
 // remember keeps a header block deliverWebSocket parsed for this socket.
-func (c *WSConn) remember(headers []byte, flags byte) {
+func (c *WSConn) remember(headers []byte, tns bool, flags byte) {
 	if len(headers) > wsSeenMax {
 		return
 	}
@@ -314,16 +317,16 @@ func (c *WSConn) remember(headers []byte, flags byte) {
 	defer c.mu.Unlock()
 	e := &c.seen[c.seenNext]
 	e.headers = append(e.headers[:0], headers...)
-	e.flags = flags
+	e.tns, e.flags = tns, flags
 	c.seenNext = (c.seenNext + 1) % wsSeenBlocks
 }
 
 // seenFlags returns the FLAGS of a header block the socket has seen.
-func (c *WSConn) seenFlags(headers []byte) (byte, bool) {
+func (c *WSConn) seenFlags(headers []byte, tns bool) (byte, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	for _, e := range c.seen {
-		if e.headers != nil && bytes.Equal(e.headers, headers) {
+		if e.headers != nil && e.tns == tns && bytes.Equal(e.headers, headers) {
 			return e.flags, true
 		}
 	}
@@ -338,6 +341,11 @@ func (c *WSConn) push(m wsMessage) {
 		return
 	}
 	c.mu.Lock()
+	if c.forgotten {
+		c.mu.Unlock()
+		m.kept.Close()
+		return
+	}
 	if c.inboxBytes+len(m.payload) > wsMaxQueued {
 		m.kept.Close()
 		c.overflow = true
@@ -389,14 +397,16 @@ func (s *server) forgetWebSocket(c *WSConn) {
 		s.wsOpen.Store(int32(len(s.websockets)))
 	}
 	s.mu.Unlock()
-	// Messages nobody will read: their libzmq memory goes now, not when
-	// the collector finds it.
+	// Messages nobody will read, and the last one read: their libzmq
+	// memory goes now (Go's collector does not see it).
 	c.mu.Lock()
+	c.forgotten = true
 	for _, m := range c.inbox {
 		m.kept.Close()
 	}
 	c.inbox, c.inboxBytes = nil, 0
 	c.mu.Unlock()
+	c.retireReader()
 }
 
 // next waits for the next queued client message.
@@ -458,18 +468,18 @@ func (c *WSConn) NextReader() (messageType int, r io.Reader, err error) {
 	if err != nil {
 		return 0, nil, err
 	}
-	c.reader = &wsReader{c: c, data: m.payload}
-	c.readerKept = m.kept
-	return op, c.reader, nil
+	rd := &wsReader{data: m.payload, kept: m.kept}
+	c.mu.Lock()
+	c.reader = rd
+	c.mu.Unlock()
+	return op, rd, nil
 }
 
 // nextData waits for the next text or binary message, answering the
 // control messages before it, and lets go of what the last NextReader
 // reads.
 func (c *WSConn) nextData() (int, wsMessage, error) {
-	c.reader = nil
-	c.readerKept.Close()
-	c.readerKept = nil
+	c.retireReader()
 	for {
 		m, err := c.next()
 		if err != nil {
@@ -514,14 +524,20 @@ func (c *WSConn) nextData() (int, wsMessage, error) {
 // was asked for.
 var errStaleReader = errors.New("workerkit: websocket: read of a message reader after the next NextReader or ReadMessage")
 
-// wsReader reads one message's payload for NextReader.
+// wsReader reads one message's payload for NextReader. Its lock is held
+// while it copies, so that retiring it (and freeing the libzmq memory it
+// reads) waits for a copy another goroutine is making.
 type wsReader struct {
-	c    *WSConn
-	data []byte
+	mu    sync.Mutex
+	data  []byte
+	kept  *zmqio.Msg
+	stale bool
 }
 
 func (r *wsReader) Read(p []byte) (int, error) {
-	if r.c.reader != r {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.stale {
 		return 0, errStaleReader
 	}
 	if len(r.data) == 0 {
@@ -535,12 +551,33 @@ func (r *wsReader) Read(p []byte) (int, error) {
 // WriteTo lets io.Copy and bytes.Buffer.ReadFrom take the payload in one
 // write.
 func (r *wsReader) WriteTo(w io.Writer) (int64, error) {
-	if r.c.reader != r {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.stale {
 		return 0, errStaleReader
 	}
 	n, err := w.Write(r.data)
 	r.data = r.data[n:]
 	return int64(n), err
+}
+
+func (r *wsReader) retire() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.stale = true
+	r.data = nil
+	r.kept.Close()
+}
+
+// retireReader retires the reader NextReader returned last, if any.
+func (c *WSConn) retireReader() {
+	c.mu.Lock()
+	r := c.reader
+	c.reader = nil
+	c.mu.Unlock()
+	if r != nil {
+		r.retire()
+	}
 }
 
 // WriteMessage sends one message (TextMessage or BinaryMessage). It waits

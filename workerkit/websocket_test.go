@@ -2,12 +2,15 @@ package workerkit
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"io"
 	"net/http"
 	"strconv"
 	"strings"
 	"testing"
+
+	zmq "github.com/pebbe/zmq4"
 
 	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
 	"github.com/zmqbridge/caddy-zmq/internal/wsframe"
@@ -282,13 +285,17 @@ func TestSeenHeaderBlocks(t *testing.T) {
 		{big, 0x81, []look{{big, 0, false}, {ping, 0x89, true}}},                      // too large to keep
 	} {
 		if step.remember != nil {
-			c.remember(step.remember, step.flags)
+			c.remember(step.remember, false, step.flags)
 		}
 		for _, l := range step.looks {
-			if flags, found := c.seenFlags(l.headers); flags != l.flags || found != l.found {
+			if flags, found := c.seenFlags(l.headers, false); flags != l.flags || found != l.found {
 				t.Errorf("after remembering %.20q: seenFlags(%.20q) = %#x %v, want %#x %v", step.remember, l.headers, flags, found, l.flags, l.found)
 			}
 		}
+	}
+	// The same bytes as a tnetstring dict are another block.
+	if _, found := c.seenFlags(ping, true); found {
+		t.Error("a JSON block found for the same bytes in a tnetstring dict")
 	}
 }
 
@@ -325,7 +332,7 @@ func TestWebSocketLargeMessagesInPlace(t *testing.T) {
 			if prev != nil {
 				_, err := prev.Read(make([]byte, 1))
 				stale <- err
-				inPlace <- c.readerKept != nil // the block was seen by now
+				inPlace <- rd.(*wsReader).kept != nil // the block was seen by now
 			}
 			prev = rd
 			var buf bytes.Buffer
@@ -358,5 +365,46 @@ func TestWebSocketLargeMessagesInPlace(t *testing.T) {
 		if !recvWithin(t, inPlace, "where a message was read") {
 			t.Fatal("a large message of a seen header block was copied, not read in place")
 		}
+	}
+}
+
+// A socket's own frame does not go out directly ahead of a broadcast frame
+// still in the reply socket owner's queue: each broadcast frame counts as
+// queued for every socket it goes to.
+func TestWebSocketOwnFrameAfterBroadcast(t *testing.T) {
+	pub, err := zmq.NewSocket(zmq.PUB)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pub.Close()
+	if err := pub.Bind("inproc://own-after-broadcast"); err != nil {
+		t.Fatal(err)
+	}
+	// A front end whose reply socket is free (a send to no subscriber
+	// succeeds) and whose owner does not run: queued frames stay in out.
+	fe := &frontEndConn{out: make(chan *frame, 8), dead: make(chan struct{})}
+	fe.reply.sock = pub
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	rw := getResponseWriter(fe, ctx, testSender, "7", http.MethodGet, 1, 1)
+	c := &WSConn{rw: rw, ctx: ctx, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	rw.ws, rw.direct = c, true
+	var g WSGroup
+	g.Add(c)
+
+	if err := c.WriteMessage(TextMessage, []byte("first")); err != nil || len(fe.out) != 0 {
+		t.Fatalf("nothing queued: the frame should go out directly (err %v, %d queued)", err, len(fe.out))
+	}
+	if err := g.Broadcast(TextMessage, []byte("all")); err != nil || len(fe.out) != 1 {
+		t.Fatalf("broadcast: err %v, %d queued, want 1", err, len(fe.out))
+	}
+	if err := c.WriteMessage(TextMessage, []byte("own")); err != nil || len(fe.out) != 2 {
+		t.Fatalf("own frame after a queued broadcast: err %v, %d queued, want 2 (behind it)", err, len(fe.out))
+	}
+	for len(fe.out) > 0 { // the owner sends them
+		putFrame(<-fe.out)
+	}
+	if err := c.WriteMessage(TextMessage, []byte("later")); err != nil || len(fe.out) != 0 {
+		t.Fatalf("queue empty again: err %v, %d queued, want the frame sent directly", err, len(fe.out))
 	}
 }

@@ -2,6 +2,7 @@ package workerkit
 
 import (
 	"sync"
+	"sync/atomic"
 
 	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
 	"github.com/zmqbridge/caddy-zmq/internal/wsframe"
@@ -146,18 +147,28 @@ func (g *WSGroup) Broadcast(messageType int, data []byte) error {
 }
 
 // sendFrameTo sends frame to cs, 128 connections per reply, cut into reply
-// bodies of at most maxMsgBody bytes.
+// bodies of at most maxMsgBody bytes. Each frame counts as queued for each
+// of its sockets, so that a socket's own next frame does not go out
+// directly ahead of it (responseWriter.push). The callers hold the
+// sockets' writeMu.
 func sendFrameTo(k wsPart, cs []*WSConn, frame []byte) error {
 	ids := make([]string, len(cs))
+	counts := make([]*atomic.Int32, len(cs))
 	for i, c := range cs {
 		ids[i] = c.rw.connID
+		counts[i] = &c.rw.wsQueued
 	}
 	for off := 0; off < len(frame); off += maxMsgBody {
 		piece := frame[off:min(off+maxMsgBody, len(frame))]
 		for i := 0; i < len(ids); i += mongrel2.MaxReplyTargets {
+			end := min(i+mongrel2.MaxReplyTargets, len(ids))
 			f := getFrame()
-			f.b = mongrel2.AppendReply(f.b, k.sender, ids[i:min(i+mongrel2.MaxReplyTargets, len(ids))], nil)
+			f.b = mongrel2.AppendReply(f.b, k.sender, ids[i:end], nil)
 			f.b = append(f.b, piece...)
+			f.queuedMany = counts[i:end]
+			for _, q := range f.queuedMany {
+				q.Add(1)
+			}
 			if err := pushFrame(k.fe, f); err != nil {
 				return err
 			}

@@ -100,6 +100,10 @@ func SplitRequest(msg []byte) (Parts, error) {
 	return Parts{Sender: sender, ConnID: connID, Path: path, Headers: hdr, Body: body, headerTerm: hterm}, nil
 }
 
+// TNetstringHeaders reports whether the header block is a tnetstring dict
+// (else JSON).
+func (p Parts) TNetstringHeaders() bool { return p.headerTerm == '}' }
+
 // ParseHeaders parses the header block, in wire order.
 func (p Parts) ParseHeaders() ([]Field, error) {
 	if p.headerTerm == '}' {
