@@ -558,7 +558,11 @@ func (c *controlPlane) handleMsg(worker, key, addr string, payload []byte) {
 				if !c.mayHold(ex, worker, key, zmqx.Ack) {
 					continue
 				}
-				ex.setWorker(worker, wi)
+				if ex.setWorker(worker, wi) {
+					// Its client left before this ACK: the notice went
+					// to any worker, perhaps not this one.
+					c.disconnect(worker, n)
+				}
 				if session := ex.sessionKey(); session != "" {
 					c.t.pins.pinFirst(session, worker, c.isLive)
 				}

@@ -736,7 +736,7 @@ func (t *transport) submit(buf *[]byte, ex *exchange) error {
 // the control channel when a worker acknowledged the request, else with
 // Mongrel2's disconnect notice, which PUSH hands to some worker.
 func (t *transport) notifyDisconnect(ex *exchange) {
-	w := ex.workerID()
+	w := ex.abandon()
 	if w == "" {
 		w = ex.addressed
 	}
@@ -778,8 +778,11 @@ type exchange struct {
 	// those are taken back from a hung worker (hung.go).
 	retryable bool
 
-	mu          sync.Mutex
-	worker      string // control-channel identity of the worker that took it
+	mu     sync.Mutex
+	worker string // control-channel identity of the worker that took it
+	// abandoned: the client went away (notifyDisconnect) before a worker
+	// was known; a later ACK is answered with DISCONNECT.
+	abandoned   bool
 	holderKey   string // CURVE key of the worker that holds it (curve.go)
 	wi          *workerInfo
 	ackedAt     time.Time
@@ -844,9 +847,14 @@ func (ex *exchange) sessionKey() string {
 
 // setWorker records which worker acknowledged the request and wakes the
 // request, which may owe that worker credit. wi is nil in tests.
-func (ex *exchange) setWorker(w string, wi *workerInfo) {
+// setWorker records the worker that acknowledged ex. It reports whether
+// ex's client had already gone with no worker known (notifyDisconnect sent
+// Mongrel2's notice, which PUSH handed to any worker): the caller then
+// tells this worker.
+func (ex *exchange) setWorker(w string, wi *workerInfo) (abandoned bool) {
 	ex.mu.Lock()
 	first := ex.worker == ""
+	abandoned = first && ex.abandoned
 	acked := ex.acked
 	ex.worker = w
 	if first {
@@ -861,6 +869,17 @@ func (ex *exchange) setWorker(w string, wi *workerInfo) {
 		close(acked)
 	}
 	ex.wake()
+	return abandoned
+}
+
+// abandon notes that ex's client went away and returns the worker known
+// to hold it ("" if none acknowledged it yet: an ACK that comes later
+// learns from setWorker that it must be told).
+func (ex *exchange) abandon() string {
+	ex.mu.Lock()
+	defer ex.mu.Unlock()
+	ex.abandoned = true
+	return ex.worker
 }
 
 func (ex *exchange) workerID() string {
