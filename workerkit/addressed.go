@@ -1,6 +1,10 @@
 package workerkit
 
-import "time"
+import (
+	"time"
+
+	"github.com/zmqbridge/caddy-zmq/internal/zmqio"
+)
 
 // addressed takes a request frame addressed to this worker (REQ): the front
 // end pinned its session here, so it is handled exactly as if it had come
@@ -35,6 +39,18 @@ func (c *ctlConn) addressed(frame []byte) {
 	case c.reqWake <- struct{}{}:
 	default:
 	}
+}
+
+// deliverSeen is addressed for a large frame left in libzmq's memory: a
+// message of one of the worker's WebSockets whose header block the socket
+// has seen is delivered with it, for NextReader to read in place (as from
+// the request socket, server.admitKept). It reports whether it did; if
+// not, kept is still the caller's.
+func (c *ctlConn) deliverSeen(frame []byte, kept *zmqio.Msg) bool {
+	c.reqMu.Lock()
+	closed := c.reqClosed
+	c.reqMu.Unlock()
+	return !closed && c.fe.s.deliverSeen(c.fe, frame, kept)
 }
 
 // nextAddressed pops the oldest addressed request; nil if none. With close

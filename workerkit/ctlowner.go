@@ -474,6 +474,9 @@ func (o *ctlOwner) handle(msg []byte, hold bodyChunk) (kept bool) {
 		// was admitted (registered) when its REQ arrived, before this.
 		fe.s.cancelFlights(flightKey{fe, string(m.ID)}, "")
 	case zmqx.Req:
+		if hold.kept != nil && o.c.deliverSeen(m.Data, hold.kept) {
+			return true // a large WebSocket message, read in place
+		}
 		// The request may alias what it is given, and msg's buffer is
 		// reused: copy it out.
 		o.c.addressed(bytes.Clone(m.Data))
