@@ -24,13 +24,35 @@ type hangable struct {
 }
 
 func (h *hangable) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if h.hung.Load() && r.URL.Path != "/__ready" {
-		h.started.Add(1)
-		<-r.Context().Done()
-		h.released.Add(1)
-		return
+	if !h.hold(r) {
+		_, _ = io.WriteString(w, h.name)
 	}
-	_, _ = io.WriteString(w, h.name)
+}
+
+// hold holds r until its context ends, while h is hung (readiness probes
+// excepted); it reports whether it did.
+func (h *hangable) hold(r *http.Request) bool {
+	if !h.hung.Load() || r.URL.Path == "/__ready" {
+		return false
+	}
+	h.started.Add(1)
+	<-r.Context().Done()
+	h.released.Add(1)
+	return true
+}
+
+// newHungTestEnv is a handler with a control channel and a short
+// hung_timeout (a long reply_timeout, so that only hung detection ends a
+// held request); it returns the control endpoint too.
+func newHungTestEnv(t *testing.T) (*testEnv, string) {
+	t.Helper()
+	ctlEP := "ipc://" + filepath.Join(t.TempDir(), "ctl")
+	env := newTestEnv(t, func(h *Handler) {
+		h.ControlEndpoint = ctlEP
+		h.HungTimeout = caddy.Duration(300 * time.Millisecond)
+		h.ReplyTimeout = caddy.Duration(30 * time.Second)
+	})
+	return env, ctlEP
 }
 
 func startKitWorker(t *testing.T, env *testEnv, ctlEP, id string, h http.Handler) {
@@ -97,12 +119,7 @@ func pollUntil(t *testing.T, what string, cond func() bool) {
 // run them too) and answered by the other worker; once it answers again
 // it is resumed.
 func TestHungWorkerPausedAndItsGETsRetried(t *testing.T) {
-	ctlEP := "ipc://" + filepath.Join(t.TempDir(), "ctl")
-	env := newTestEnv(t, func(h *Handler) {
-		h.ControlEndpoint = ctlEP
-		h.HungTimeout = caddy.Duration(300 * time.Millisecond)
-		h.ReplyTimeout = caddy.Duration(30 * time.Second)
-	})
+	env, ctlEP := newHungTestEnv(t)
 	a, b := &hangable{name: "A"}, &hangable{name: "B"}
 	ctl := startHangablePair(t, env, ctlEP, a, b, nil)
 

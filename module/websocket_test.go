@@ -6,7 +6,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"path/filepath"
 	"reflect"
 	"strconv"
 	"strings"
@@ -51,7 +50,9 @@ func m2Echo(r *mongrel2.Request) [][]byte {
 	return nil
 }
 
-func dialWS(t *testing.T, env *testEnv, path string) *wsclient.Conn {
+// dialRaw opens a TCP connection to env's server, closed at the test's
+// end, with testDeadline on it; it returns it and the server's host.
+func dialRaw(t *testing.T, env *testEnv) (net.Conn, string) {
 	t.Helper()
 	u, _ := url.Parse(env.srv.URL)
 	c, err := net.Dial("tcp", u.Host)
@@ -60,7 +61,13 @@ func dialWS(t *testing.T, env *testEnv, path string) *wsclient.Conn {
 	}
 	t.Cleanup(func() { c.Close() })
 	_ = c.SetDeadline(time.Now().Add(testDeadline))
-	ws, _, err := wsclient.Handshake(c, u.Host, path, nil)
+	return c, u.Host
+}
+
+func dialWS(t *testing.T, env *testEnv, path string) *wsclient.Conn {
+	t.Helper()
+	c, host := dialRaw(t, env)
+	ws, _, err := wsclient.Handshake(c, host, path, nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -463,23 +470,17 @@ func TestWebSocketHandshakeInPieces(t *testing.T) {
 		return m2Echo(r)
 	})
 	env.waitForWorker(t)
-	u, _ := url.Parse(env.srv.URL)
 	for name, split := range map[string]int64{"inside the status line": 5, "inside the headers": 40} {
 		t.Run(name, func(t *testing.T) {
 			firstPiece.Store(split)
-			conn, err := net.Dial("tcp", u.Host)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer conn.Close()
-			_ = conn.SetDeadline(time.Now().Add(testDeadline))
+			conn, host := dialRaw(t, env)
 			type dialed struct {
 				ws  *wsclient.Conn
 				err error
 			}
 			got := make(chan dialed, 1)
 			go func() {
-				ws, _, err := wsclient.Handshake(conn, u.Host, "/ws", nil)
+				ws, _, err := wsclient.Handshake(conn, host, "/ws", nil)
 				got <- dialed{ws, err}
 			}()
 			var hs *mongrel2.Request
@@ -534,22 +535,14 @@ func TestWebSocketHandshakeInPieces(t *testing.T) {
 // when the worker is found hung, and answered by another worker, as an
 // idempotent request is (before, the client waited for reply_timeout).
 func TestWebSocketHandshakeRetriedFromHungWorker(t *testing.T) {
-	ctlEP := "ipc://" + filepath.Join(t.TempDir(), "ctl")
-	env := newTestEnv(t, func(h *Handler) {
-		h.ControlEndpoint = ctlEP
-		h.HungTimeout = caddy.Duration(300 * time.Millisecond)
-		h.ReplyTimeout = caddy.Duration(30 * time.Second)
-	})
+	env, ctlEP := newHungTestEnv(t)
 	wsNamed := func(h *hangable) http.Handler {
 		return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 			if !workerkit.IsWebSocketUpgrade(r) {
 				h.ServeHTTP(w, r)
 				return
 			}
-			if h.hung.Load() {
-				h.started.Add(1)
-				<-r.Context().Done()
-				h.released.Add(1)
+			if h.hold(r) {
 				return
 			}
 			c, err := workerkit.AcceptWebSocket(w, r, nil)
@@ -580,27 +573,6 @@ func TestWebSocketHandshakeRetriedFromHungWorker(t *testing.T) {
 	pollUntil(t, "the hung handler to see its handshake taken back", func() bool {
 		return a.released.Load() == a.started.Load()
 	})
-}
-
-// A worker that answers the handshake and ends the connection at once
-// (its 101, then an empty reply): the client gets the 101, then the end.
-func TestWebSocketAcceptedThenClosed(t *testing.T) {
-	env := newTestEnv(t, nil)
-	startFakeWorker(t, env.reqEP, env.repEP, func(r *mongrel2.Request) [][]byte {
-		if r.Path == "/__ready" {
-			return okReply("ok")
-		}
-		if r.Header("METHOD") == "WEBSOCKET_HANDSHAKE" {
-			return [][]byte{m2Echo(r)[0], nil}
-		}
-		return nil
-	})
-	env.waitForWorker(t)
-	ws := dialWS(t, env, "/ws")
-	_, _, err := ws.ReadFrame()
-	if ne, ok := err.(net.Error); err == nil || ok && ne.Timeout() {
-		t.Fatalf("read %v, want the connection closed", err)
-	}
 }
 
 // A WebSocket's messages go out on the request socket from its reader while
@@ -662,28 +634,44 @@ func TestWebSocketDirectSendKeepsOrder(t *testing.T) {
 	}
 }
 
-// A worker that ends the connection inside its handshake reply's head: the
-// client gets 502, not the half head.
-func TestWebSocketHandshakeHeadCut(t *testing.T) {
-	env := newTestEnv(t, nil)
-	startFakeWorker(t, env.reqEP, env.repEP, func(r *mongrel2.Request) [][]byte {
-		if r.Path == "/__ready" {
-			return okReply("ok")
-		}
-		if r.Header("METHOD") == "WEBSOCKET_HANDSHAKE" {
-			return [][]byte{[]byte("HTTP/1.1 101 Switching Protocols\r\nUpgr"), nil}
-		}
-		return nil
-	})
-	env.waitForWorker(t)
-	u, _ := url.Parse(env.srv.URL)
-	conn, err := net.Dial("tcp", u.Host)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	_ = conn.SetDeadline(time.Now().Add(testDeadline))
-	if _, _, err := wsclient.Handshake(conn, u.Host, "/ws", nil); err == nil || !strings.Contains(err.Error(), "502") {
-		t.Fatalf("handshake: %v, want 502", err)
+// A worker that ends the connection (an empty reply) right after its
+// handshake reply: after a whole 101 the client gets the 101, then the end;
+// inside the reply's head, 502 (not the half head).
+func TestWebSocketWorkerEndsAtHandshake(t *testing.T) {
+	for name, tc := range map[string]struct {
+		reply  func(*mongrel2.Request) []byte
+		status string // "" for a 101
+	}{
+		"after its 101":   {func(r *mongrel2.Request) []byte { return m2Echo(r)[0] }, ""},
+		"inside its head": {func(*mongrel2.Request) []byte { return []byte("HTTP/1.1 101 Switching Protocols\r\nUpgr") }, "502"},
+	} {
+		t.Run(name, func(t *testing.T) {
+			env := newTestEnv(t, nil)
+			startFakeWorker(t, env.reqEP, env.repEP, func(r *mongrel2.Request) [][]byte {
+				if r.Path == "/__ready" {
+					return okReply("ok")
+				}
+				if r.Header("METHOD") == "WEBSOCKET_HANDSHAKE" {
+					return [][]byte{tc.reply(r), nil}
+				}
+				return nil
+			})
+			env.waitForWorker(t)
+			conn, host := dialRaw(t, env)
+			ws, _, err := wsclient.Handshake(conn, host, "/ws", nil)
+			if tc.status != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.status) {
+					t.Fatalf("handshake: %v, want %s", err, tc.status)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, _, err = ws.ReadFrame()
+			if ne, ok := err.(net.Error); err == nil || ok && ne.Timeout() {
+				t.Fatalf("read %v, want the connection closed", err)
+			}
+		})
 	}
 }
