@@ -792,6 +792,10 @@ type exchange struct {
 	queuedBytes int
 	maxBuffered int
 	err         error
+	// direct, when set (a WebSocket's relay: websocket_direct.go), may
+	// write a frame to the client at once when nothing is queued; it
+	// returns how much it wrote and whether to wake the relay anyway.
+	direct func(body []byte) (int, bool)
 }
 
 func newExchange(id uint64, maxBuffered int) *exchange {
@@ -810,19 +814,48 @@ func (ex *exchange) deliver(body []byte, f *replyFrame) {
 			ex.wi.answered.Add(1)
 		}
 	}
+	wake := true
 	if ex.err == nil {
 		if err := checkReplyFrame(len(body), ex.maxBuffered, ex.worker); err != nil {
 			ex.err = err
 		} else if ex.maxBuffered > 0 && ex.queuedBytes+len(body) > ex.maxBuffered {
 			ex.err = errOverflow
 		} else {
-			f.retain()
-			ex.queue = append(ex.queue, queuedFrame{body: body, frame: f})
-			ex.queuedBytes += len(body)
+			var rest []byte
+			rest, wake = ex.writeDirect(body)
+			if len(rest) > 0 || len(body) == 0 { // an empty frame ends the reply: always queued
+				f.retain()
+				ex.queue = append(ex.queue, queuedFrame{body: rest, frame: f})
+				ex.queuedBytes += len(rest)
+			}
 		}
 	}
 	ex.mu.Unlock()
-	ex.wake()
+	if wake {
+		ex.wake()
+	}
+}
+
+// writeDirect offers body to the direct writer, if there is one and
+// nothing is queued before body; it returns what is left to queue and
+// whether the relay must be woken. ex.mu is held.
+func (ex *exchange) writeDirect(body []byte) (rest []byte, wake bool) {
+	if ex.direct == nil || len(ex.queue) > 0 || len(body) == 0 {
+		return body, true
+	}
+	n, wake := ex.direct(body)
+	if n < len(body) {
+		return body[n:], true
+	}
+	return nil, wake
+}
+
+// setDirect sets (or, with nil, ends) the exchange's direct writer; once
+// it returns, the old one is not called any more.
+func (ex *exchange) setDirect(direct func(body []byte) (int, bool)) {
+	ex.mu.Lock()
+	ex.direct = direct
+	ex.mu.Unlock()
 }
 
 // expectAck makes the worker's ACK observable on acked and, for a request

@@ -2,6 +2,7 @@ package caddyzmq
 
 import (
 	"runtime"
+	"strings"
 	"testing"
 	"weak"
 )
@@ -78,4 +79,72 @@ func TestUnregisterReleasesQueued(t *testing.T) {
 	if tr.lookup(ex.id) != nil || len(ex.queue) != 0 || ex.queuedBytes != 0 {
 		t.Fatal("unregister left the exchange registered or its queue full")
 	}
+}
+
+// A direct writer (a WebSocket's, websocket_direct.go) is offered a frame
+// only while nothing is queued before it; what it does not write is
+// queued, and the relay is woken only for what is queued or when the
+// writer asks.
+func TestDeliverDirect(t *testing.T) {
+	type step struct {
+		body       string
+		takes      int  // bytes the direct writer takes (-1: not offered)
+		wake       bool // the writer asks for the relay
+		wantQueued string
+		wantWoken  bool
+		take       bool // the relay takes the queue after this step
+	}
+	steps := []step{
+		{body: "whole", takes: 5, wantQueued: ""},
+		{body: "credit", takes: 6, wake: true, wantWoken: true},
+		{body: "partial", takes: 3, wantQueued: "tial", wantWoken: true},
+		{body: "behind", takes: -1, wantQueued: "tial|behind", wantWoken: true, take: true},
+		{body: "none", takes: 0, wantQueued: "none", wantWoken: true, take: true},
+		{body: "again", takes: 5},
+	}
+	ex := newExchange(1, 1<<20)
+	var offered []string
+	cur := 0
+	ex.setDirect(func(b []byte) (int, bool) {
+		offered = append(offered, string(b))
+		return steps[cur].takes, steps[cur].wake
+	})
+	for i, s := range steps {
+		cur = i
+		before := len(offered)
+		f := newFrame(len(s.body))
+		copy(f.buf, s.body)
+		ex.deliver(f.buf, f)
+		f.release()
+		if got := len(offered) > before; got != (s.takes >= 0) {
+			t.Fatalf("step %d: offered to the direct writer: %v", i, got)
+		}
+		var queued []string
+		for _, qf := range ex.queue {
+			queued = append(queued, string(qf.body))
+		}
+		woken := false
+		select {
+		case <-ex.signal:
+			woken = true
+		default:
+		}
+		if strings.Join(queued, "|") != s.wantQueued || woken != s.wantWoken {
+			t.Fatalf("step %d: queued %q, woken %v; want %q, %v", i, queued, woken, s.wantQueued, s.wantWoken)
+		}
+		if s.take {
+			frames, _ := ex.take(nil)
+			for _, qf := range frames {
+				qf.frame.release()
+			}
+		}
+	}
+	ex.setDirect(nil)
+	f := newFrame(1)
+	ex.deliver(f.buf, f)
+	f.release()
+	if len(offered) != 5 || len(ex.queue) != 1 {
+		t.Fatalf("after setDirect(nil): offered %d times, %d queued", len(offered), len(ex.queue))
+	}
+	ex.releaseQueued()
 }

@@ -83,7 +83,16 @@ type wsSession struct {
 	conn       wsConn
 	// extended: an HTTP/2 or HTTP/3 extended CONNECT (websocket_h2.go).
 	extended bool
-	writeMu  sync.Mutex // the reader answers protocol errors while replies flow
+	// writeMu is held for every write to the client: by the relay from
+	// taking frames until they are written, by writeDirect, by Caddy's own
+	// frames.
+	writeMu sync.Mutex
+	// direct writes frames from the reply socket's goroutine (nil: never);
+	// directOff, under writeMu, once it must not any more.
+	direct    *wsDirect
+	directOff bool
+	// owed: reply bytes written and not yet granted back to the worker.
+	owed atomic.Int64
 
 	// frames follows the worker's frames to the client, so that Caddy's
 	// own frames go between them (websocket_keepalive.go); framesUnknown
@@ -433,7 +442,11 @@ func (s *wsSession) run(br *bufio.Reader, first []byte) {
 	}
 	s.followFirst(first)
 	go func() { readerDone <- s.readClient(br) }()
+	if s.direct = newWSDirect(s.conn); s.direct != nil {
+		s.ex.setDirect(s.writeDirect)
+	}
 	end := s.relayReplies(readerDone)
+	s.ex.setDirect(nil)
 	if end.code != 0 {
 		s.writeClose(end)
 	}
@@ -448,7 +461,6 @@ func (s *wsSession) run(br *bufio.Reader, first []byte) {
 // closes, the client goes, or the exchange fails.
 func (s *wsSession) relayReplies(readerDone <-chan wsEnd) wsEnd {
 	var closeBy <-chan time.Time
-	owed := 0
 	creditBatch := int(s.h.ReplyWindow / 4)
 	var frames []queuedFrame
 	keepalive := s.keep.start()
@@ -475,37 +487,49 @@ func (s *wsSession) relayReplies(readerDone <-chan wsEnd) wsEnd {
 		case <-closeBy:
 			return wsEnd{notify: true, reason: "worker did not close after the client's close"}
 		}
-		var err error
-		frames, err = s.ex.take(frames[:0])
-		for i, qf := range frames {
-			empty := len(qf.body) == 0
-			werr := error(nil)
-			if !empty {
-				werr = s.write(qf.body)
-				s.frames.Write(qf.body)
-				owed += len(qf.body)
-			}
-			qf.frame.release()
-			frames[i].frame = nil
-			if empty {
-				s.releaseRest(frames[i+1:])
-				return wsEnd{reason: "worker closed"}
-			}
-			if werr != nil {
-				s.releaseRest(frames[i+1:])
-				return wsEnd{notify: true, reason: "client write failed"}
-			}
+		end, over := s.writeQueued(&frames)
+		if over {
+			return end
 		}
-		if err != nil {
-			return s.failEnd(err)
-		}
-		if s.t.control != nil && owed >= creditBatch {
+		if s.t.control != nil && s.owed.Load() >= int64(creditBatch) {
 			if wk := s.ex.workerID(); wk != "" {
-				s.t.control.credit(wk, s.ex.id, owed)
-				owed = 0
+				s.t.control.credit(wk, s.ex.id, int(s.owed.Swap(0)))
 			}
 		}
 	}
+}
+
+// writeQueued writes the frames queued for the client, holding writeMu
+// from taking them until they are written so that writeDirect cannot put a
+// later frame before them.
+func (s *wsSession) writeQueued(frames *[]queuedFrame) (wsEnd, bool) {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	fs, err := s.ex.take((*frames)[:0])
+	*frames = fs
+	for i, qf := range fs {
+		empty := len(qf.body) == 0
+		werr := error(nil)
+		if !empty {
+			werr = s.writeLocked(qf.body)
+			s.frames.Write(qf.body)
+			s.owed.Add(int64(len(qf.body)))
+		}
+		qf.frame.release()
+		fs[i].frame = nil
+		if empty {
+			s.releaseRest(fs[i+1:])
+			return wsEnd{reason: "worker closed"}, true
+		}
+		if werr != nil {
+			s.releaseRest(fs[i+1:])
+			return wsEnd{notify: true, reason: "client write failed"}, true
+		}
+	}
+	if err != nil {
+		return s.failEnd(err), true
+	}
+	return wsEnd{}, false
 }
 
 func (s *wsSession) releaseRest(frames []queuedFrame) {
@@ -534,6 +558,10 @@ func (s *wsSession) failEnd(err error) wsEnd {
 func (s *wsSession) write(b []byte) error {
 	s.writeMu.Lock()
 	defer s.writeMu.Unlock()
+	return s.writeLocked(b)
+}
+
+func (s *wsSession) writeLocked(b []byte) error {
 	if s.keep.idle > 0 {
 		_ = s.conn.SetWriteDeadline(time.Now().Add(s.keep.idle))
 	}
@@ -545,12 +573,12 @@ func (s *wsSession) write(b []byte) error {
 // whole: a close frame inside a half-written one would garble both, so the
 // client then gets a TCP close (1006 to it) instead.
 func (s *wsSession) writeClose(end wsEnd) {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
 	if !s.betweenFrames() {
 		s.h.logger.Debug("websocket closed mid-frame: no close frame", zap.String("conn_id", s.connID), zap.Int("code", end.code))
 		return
 	}
-	s.writeMu.Lock()
-	defer s.writeMu.Unlock()
 	_ = s.conn.SetWriteDeadline(time.Now().Add(time.Second))
 	_, _ = s.conn.Write(wsframe.AppendClose(nil, end.code, end.reason))
 }

@@ -145,10 +145,21 @@ func (s *wsSession) keepaliveTick() (wsEnd, bool) {
 		s.h.logger.Debug("websocket idle", zap.String("conn_id", s.connID), zap.Duration("idle_timeout", s.keep.idle))
 		return wsEnd{code: wsframe.CloseGoingAway, reason: "idle timeout", notify: true}, true
 	}
-	if ping && s.betweenFrames() {
-		if err := s.write(keepalivePing); err != nil {
+	if ping {
+		if err := s.writeOwn(keepalivePing); err != nil {
 			return wsEnd{notify: true, reason: "client write failed"}, true
 		}
 	}
 	return wsEnd{}, false
+}
+
+// writeOwn writes a frame of Caddy's own if the worker's last frame is
+// whole (checked under writeMu: writeDirect may be writing one).
+func (s *wsSession) writeOwn(b []byte) error {
+	s.writeMu.Lock()
+	defer s.writeMu.Unlock()
+	if !s.betweenFrames() {
+		return nil
+	}
+	return s.writeLocked(b)
 }

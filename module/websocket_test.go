@@ -2,14 +2,19 @@ package caddyzmq
 
 import (
 	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/binary"
 	"io"
 	"net"
 	"net/http"
+	"net/http/httptest"
 	"net/url"
 	"reflect"
 	"strconv"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -674,4 +679,110 @@ func TestWebSocketWorkerEndsAtHandshake(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestWebSocketDirectWritesInOrder floods a client that reads nothing
+// until the worker has sent everything: the reply socket's goroutine
+// writes frames to it directly (websocket_direct.go) until the kernel
+// takes no more (part of a frame at the end), and the relay goroutine then
+// writes the rest. The client must get every frame whole and in order,
+// with Caddy's pings (every 20 ms meanwhile) only between them; the same
+// over TLS, which only the relay writes.
+func TestWebSocketDirectWritesInOrder(t *testing.T) {
+	for _, tc := range []struct {
+		name         string
+		tls          bool
+		frames, size int
+	}{
+		{"tcp", false, 300, 64 << 10},
+		{"tls", true, 800, 4000}, // fewer than the fake worker PUB's high-water mark
+	} {
+		t.Run(tc.name, func(t *testing.T) { floodInOrder(t, tc.tls, tc.frames, tc.size) })
+	}
+}
+
+func floodInOrder(t *testing.T, useTLS bool, frames, size int) {
+	env := newTestEnv(t, func(h *Handler) {
+		h.WebSocketPingInterval = caddy.Duration(20 * time.Millisecond)
+		h.WebSocketIdleTimeout = caddy.Duration(time.Minute)
+	})
+	// Small socket buffers on both sides fill at once, so that Caddy's
+	// writes come up short.
+	smallBuf := func(opt int) func(_, _ string, c syscall.RawConn) error {
+		return func(_, _ string, c syscall.RawConn) error {
+			return c.Control(func(fd uintptr) { _ = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, opt, 4096) })
+		}
+	}
+	env.srv.Close()
+	env.srv = httptest.NewUnstartedServer(serveLikeCaddy(env.h))
+	ln, err := (&net.ListenConfig{Control: smallBuf(syscall.SO_SNDBUF)}).Listen(context.Background(), "tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	env.srv.Listener.Close()
+	env.srv.Listener = ln
+	if useTLS {
+		env.srv.StartTLS()
+	} else {
+		env.srv.Start()
+	}
+	t.Cleanup(env.srv.Close)
+	asked := make(chan struct{})
+	frame := func(i int) []byte {
+		p := bytes.Repeat([]byte{byte(i)}, size)
+		binary.BigEndian.PutUint32(p, uint32(i))
+		return wsframe.AppendFrame(nil, wsframe.OpBinary, p)
+	}
+	startFakeWorker(t, env.reqEP, env.repEP, func(r *mongrel2.Request) [][]byte {
+		switch {
+		case r.Path == "/__ready":
+			return okReply("ok")
+		case r.Header("METHOD") == "WEBSOCKET" && string(r.Body) == "flood":
+			out := make([][]byte, frames)
+			for i := range out {
+				out[i] = frame(i)
+			}
+			close(asked)
+			return out
+		}
+		return m2Echo(r)
+	})
+	u, _ := url.Parse(env.srv.URL)
+	d := net.Dialer{Control: smallBuf(syscall.SO_RCVBUF)}
+	var c net.Conn
+	if useTLS {
+		c, err = tls.DialWithDialer(&d, "tcp", u.Host, env.srv.Client().Transport.(*http.Transport).TLSClientConfig)
+	} else {
+		env.waitForWorker(t)
+		c, err = d.Dial("tcp", u.Host)
+	}
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	_ = c.SetDeadline(time.Now().Add(testDeadline))
+	ws, _, err := wsclient.Handshake(c, u.Host, "/flood", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := ws.WriteFrame(0x82, []byte("flood")); err != nil {
+		t.Fatal(err)
+	}
+	<-asked
+	pings := 0
+	for i := 0; i < frames; {
+		b0, p, err := ws.ReadFrame()
+		if err != nil {
+			t.Fatalf("frame %d: %v (after %d pings)", i, err, pings)
+		}
+		if b0 == 0x89 {
+			pings++
+			continue
+		}
+		if want := frame(i); b0 != want[0] || !bytes.Equal(p, want[len(want)-size:]) {
+			t.Fatalf("frame %d: got %#x with %d bytes starting %x, want frame %d", i, b0, len(p), p[:min(8, len(p))], i)
+		}
+		i++
+	}
+	t.Logf("%d frames of %d bytes in order, %d pings between them", frames, size, pings)
 }

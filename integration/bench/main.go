@@ -84,6 +84,7 @@ type options struct {
 	WSSmallBytes int
 	WSLargeBytes int
 	WSLargeConns int
+	WSBusyConns  int
 }
 
 func main() {
@@ -162,8 +163,8 @@ func run() int {
 		fmt.Fprintln(os.Stderr, "bench: need -large-bytes >= 16 and -large-warmup >= 0")
 		return 2
 	}
-	if o.WS && (o.WSSmallBytes < 1 || o.WSLargeBytes < 1 || o.WSLargeConns < 1) {
-		fmt.Fprintln(os.Stderr, "bench: need -ws-bytes, -ws-large-bytes and -ws-large-conns >= 1")
+	if o.WS && (o.WSSmallBytes < 1 || o.WSLargeBytes < 1 || o.WSLargeConns < 1 || o.WSBusyConns < 1) {
+		fmt.Fprintln(os.Stderr, "bench: need -ws-bytes, -ws-large-bytes, -ws-large-conns and -ws-busy-conns >= 1")
 		return 2
 	}
 	if o.Rounds < 1 || o.Duration < time.Second || o.Conns < 1 || o.Threads < 1 || o.Threads > o.Conns {
@@ -325,7 +326,8 @@ func wsOnly(list string) bool {
 		return false
 	}
 	for _, name := range strings.Split(list, ",") {
-		if !strings.HasPrefix(strings.TrimSpace(name), "ws-") {
+		name = strings.TrimSpace(name)
+		if !strings.HasPrefix(name, "ws-") && !strings.HasPrefix(name, "wss-") {
 			return false
 		}
 	}

@@ -3,18 +3,24 @@ package main
 // WebSocket cases (-ws): an echo through Caddy's `zmq` to
 // bin/wschat-worker's /echo (workerkit) and through Caddy's reverse_proxy
 // to the same echo served by net/http (bin/wsecho-http). A load generator
-// in this program keeps -conns sockets (ws-echo) or -ws-large-conns
-// sockets (ws-large) busy for -duration, each sending one message and
-// awaiting its echo before the next, and counts messages and bytes.
+// in this program keeps -conns sockets (ws-echo, and wss-echo over TLS),
+// -ws-busy-conns (ws-echo-busy) or -ws-large-conns sockets (ws-large) busy
+// for -duration, each sending one message and awaiting its echo before
+// the next, and counts messages and bytes.
 
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -26,8 +32,10 @@ import (
 
 // WSSpec makes a Case a WebSocket case: its workload and message size.
 type WSSpec struct {
-	Workload string // "ws-echo" or "ws-large"
+	Workload string // "ws-echo", "ws-echo-busy", "wss-echo" or "ws-large"
 	Large    bool   // -ws-large-bytes messages on -ws-large-conns sockets
+	Busy     bool   // -ws-busy-conns sockets instead of -conns
+	TLS      bool   // wss:// through Caddy's HTTPS (internal CA)
 }
 
 func wsFlags(o *options) {
@@ -35,27 +43,34 @@ func wsFlags(o *options) {
 	flag.IntVar(&o.WSSmallBytes, "ws-bytes", 64, "payload of a ws-echo message")
 	flag.IntVar(&o.WSLargeBytes, "ws-large-bytes", 1<<20, "payload of a ws-large message")
 	flag.IntVar(&o.WSLargeConns, "ws-large-conns", 4, "sockets of a ws-large run (ws-echo uses -conns)")
+	flag.IntVar(&o.WSBusyConns, "ws-busy-conns", 128, "sockets of a ws-echo-busy run")
 }
 
-func wsCase(name, kind string, large bool, setup func(context.Context, *Stack, *Env) (string, error)) Case {
-	workload := "ws-echo"
-	if large {
-		workload = "ws-large"
-	}
-	return Case{Name: name, Kind: kind, Default: true, Setup: setup, WS: &WSSpec{Workload: workload, Large: large}}
+func wsCase(name, kind string, spec WSSpec, setup func(context.Context, *Stack, *Env) (string, error)) Case {
+	return Case{Name: name, Kind: kind, TLS: spec.TLS, Default: true, Setup: setup, WS: &spec}
 }
 
-// wsCases: each workload through zmq and through reverse_proxy.
+// wsCases: each workload through zmq and through reverse_proxy. Small
+// messages are echoed on -conns sockets, on -ws-busy-conns (more in
+// flight: where each side's batching shows), and over TLS.
 func wsCases() []Case {
+	echo := WSSpec{Workload: "ws-echo"}
+	busy := WSSpec{Workload: "ws-echo-busy", Busy: true}
+	secure := WSSpec{Workload: "wss-echo", TLS: true}
+	large := WSSpec{Workload: "ws-large", Large: true}
 	return []Case{
-		wsCase("ws-echo/zmq", "zmq", false, setupWSZmq),
-		wsCase("ws-echo/reverse_proxy", "reverse_proxy", false, setupWSReverseProxy),
-		wsCase("ws-large/zmq", "zmq", true, setupWSZmq),
-		wsCase("ws-large/reverse_proxy", "reverse_proxy", true, setupWSReverseProxy),
+		wsCase("ws-echo/zmq", "zmq", echo, setupWSZmq(false)),
+		wsCase("ws-echo/reverse_proxy", "reverse_proxy", echo, setupWSReverseProxy(false)),
+		wsCase("ws-echo-busy/zmq", "zmq", busy, setupWSZmq(false)),
+		wsCase("ws-echo-busy/reverse_proxy", "reverse_proxy", busy, setupWSReverseProxy(false)),
+		wsCase("wss-echo/zmq", "zmq", secure, setupWSZmq(true)),
+		wsCase("wss-echo/reverse_proxy", "reverse_proxy", secure, setupWSReverseProxy(true)),
+		wsCase("ws-large/zmq", "zmq", large, setupWSZmq(false)),
+		wsCase("ws-large/reverse_proxy", "reverse_proxy", large, setupWSReverseProxy(false)),
 		// Not in the default set: zmq with the control channel (zmqx/1:
 		// reply credit per socket).
-		nonDefault(wsCase("ws-echo/zmq+control", "zmq+control", false, setupWSZmqControl)),
-		nonDefault(wsCase("ws-large/zmq+control", "zmq+control", true, setupWSZmqControl)),
+		nonDefault(wsCase("ws-echo/zmq+control", "zmq+control", echo, setupWSZmqControl)),
+		nonDefault(wsCase("ws-large/zmq+control", "zmq+control", large, setupWSZmqControl)),
 	}
 }
 
@@ -65,17 +80,19 @@ func nonDefault(c Case) Case {
 }
 
 // setupWSZmq: Caddy's zmq handler in front of bin/wschat-worker. Returns
-// the ws:// URL of /echo.
-func setupWSZmq(ctx context.Context, s *Stack, env *Env) (string, error) {
-	return setupWSZmqWith(s, env, false)
+// the ws:// (wss://) URL of /echo.
+func setupWSZmq(tls bool) func(context.Context, *Stack, *Env) (string, error) {
+	return func(ctx context.Context, s *Stack, env *Env) (string, error) {
+		return setupWSZmqWith(s, env, tls, false)
+	}
 }
 
 // setupWSZmqControl: the same with the control channel on both sides.
 func setupWSZmqControl(ctx context.Context, s *Stack, env *Env) (string, error) {
-	return setupWSZmqWith(s, env, true)
+	return setupWSZmqWith(s, env, false, true)
 }
 
-func setupWSZmqWith(s *Stack, env *Env, control bool) (string, error) {
+func setupWSZmqWith(s *Stack, env *Env, tls, control bool) (string, error) {
 	p, err := freePorts(3)
 	if err != nil {
 		return "", err
@@ -86,7 +103,7 @@ func setupWSZmqWith(s *Stack, env *Env, control bool) (string, error) {
 		handler += fmt.Sprintf(" {\n\t\tcontrol_endpoint %s\n\t}", ctl)
 		frontEnd += "," + ctl
 	}
-	url, err := startCaddy(s, env, false, handler)
+	url, err := startCaddy(s, env, tls, handler)
 	if err != nil {
 		return "", err
 	}
@@ -95,22 +112,28 @@ func setupWSZmqWith(s *Stack, env *Env, control bool) (string, error) {
 }
 
 // setupWSReverseProxy: Caddy's reverse_proxy in front of bin/wsecho-http.
-func setupWSReverseProxy(ctx context.Context, s *Stack, env *Env) (string, error) {
-	p, err := freePorts(1)
-	if err != nil {
-		return "", err
+func setupWSReverseProxy(tls bool) func(context.Context, *Stack, *Env) (string, error) {
+	return func(ctx context.Context, s *Stack, env *Env) (string, error) {
+		p, err := freePorts(1)
+		if err != nil {
+			return "", err
+		}
+		addr := fmt.Sprintf("127.0.0.1:%d", p[0])
+		if _, err := s.Start("wsecho-http (net/http)", exec.Command(env.WSEchoHTTP, "-listen", addr)); err != nil {
+			return "", err
+		}
+		url, err := startCaddy(s, env, tls, "reverse_proxy "+addr)
+		return wsURL(url), err
 	}
-	addr := fmt.Sprintf("127.0.0.1:%d", p[0])
-	if _, err := s.Start("wsecho-http (net/http)", exec.Command(env.WSEchoHTTP, "-listen", addr)); err != nil {
-		return "", err
-	}
-	url, err := startCaddy(s, env, false, "reverse_proxy "+addr)
-	return wsURL(url), err
 }
 
-// wsURL turns Caddy's site URL into the echo's ws:// URL.
+// wsURL turns Caddy's site URL into the echo's ws:// or wss:// URL.
 func wsURL(site string) string {
-	return "ws://" + strings.TrimSuffix(strings.TrimPrefix(site, "http://"), "/") + "/echo"
+	scheme, rest, _ := strings.Cut(strings.TrimSuffix(site, "/"), "://")
+	if scheme == "https" {
+		return "wss://" + rest + "/echo"
+	}
+	return "ws://" + rest + "/echo"
 }
 
 // ---------------------------------------------------------------------------
@@ -125,13 +148,22 @@ type wsClient struct {
 	size  int
 }
 
-func dialWS(ctx context.Context, url string, size int) (*wsClient, error) {
-	hostPath := strings.TrimPrefix(url, "ws://")
+func dialWS(ctx context.Context, target wsTarget, size int) (*wsClient, error) {
+	scheme, hostPath, _ := strings.Cut(target.url, "://")
 	host, path, _ := strings.Cut(hostPath, "/")
 	var d net.Dialer
 	c, err := d.DialContext(ctx, "tcp", host)
 	if err != nil {
 		return nil, err
+	}
+	if scheme == "wss" {
+		// HTTP/1.1 only: an upgrade, as browsers open most WebSockets.
+		tc := tls.Client(c, &tls.Config{RootCAs: target.roots, ServerName: strings.Split(host, ":")[0], NextProtos: []string{"http/1.1"}})
+		if err := tc.HandshakeContext(ctx); err != nil {
+			c.Close()
+			return nil, err
+		}
+		c = tc
 	}
 	ws, _, err := wsclient.Handshake(c, host, "/"+path, nil)
 	if err != nil {
@@ -189,7 +221,7 @@ type wsLoad struct {
 }
 
 // runWSLoad opens conns sockets, then round-trips on each for d.
-func runWSLoad(ctx context.Context, url string, conns, size int, d time.Duration) (wsLoad, error) {
+func runWSLoad(ctx context.Context, target wsTarget, conns, size int, d time.Duration) (wsLoad, error) {
 	clients := make([]*wsClient, 0, conns)
 	defer func() {
 		for _, c := range clients {
@@ -197,7 +229,7 @@ func runWSLoad(ctx context.Context, url string, conns, size int, d time.Duration
 		}
 	}()
 	for range conns {
-		c, err := dialWS(ctx, url, size)
+		c, err := dialWS(ctx, target, size)
 		if err != nil {
 			return wsLoad{}, fmt.Errorf("opening socket %d: %w", len(clients)+1, err)
 		}
@@ -243,15 +275,48 @@ func runWSLoad(ctx context.Context, url string, conns, size int, d time.Duration
 	return sum, ctx.Err()
 }
 
-// waitWSReady polls until one socket echoes one message, or timeout.
-func waitWSReady(ctx context.Context, s *Stack, url string, timeout time.Duration) error {
+// wsTarget is where the load goes: a ws:// or wss:// URL, and for wss://
+// the roots that verify Caddy's certificate (its internal CA).
+type wsTarget struct {
+	url   string
+	roots *x509.CertPool
+}
+
+// caddyRoots reads the root certificate of the internal CA that
+// startCaddy's Caddy keeps in its storage.
+func caddyRoots(s *Stack) (*x509.CertPool, error) {
+	dir, err := s.Dir("caddy")
+	if err != nil {
+		return nil, err
+	}
+	pem, err := os.ReadFile(filepath.Join(dir, "storage", "pki", "authorities", "local", "root.crt"))
+	if err != nil {
+		return nil, err
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM(pem) {
+		return nil, errors.New("no certificate in Caddy's root.crt")
+	}
+	return roots, nil
+}
+
+// waitWSReady polls until one socket echoes one message, or timeout. For
+// wss:// it first loads Caddy's root into target.
+func waitWSReady(ctx context.Context, s *Stack, target *wsTarget, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	var last error
 	for {
 		if err := s.Check(); err != nil {
 			return err
 		}
-		c, err := dialWS(ctx, url, 16)
+		var err error
+		var c *wsClient
+		if strings.HasPrefix(target.url, "wss://") && target.roots == nil {
+			target.roots, err = caddyRoots(s)
+		}
+		if err == nil {
+			c, err = dialWS(ctx, *target, 16)
+		}
 		if err == nil {
 			err = c.roundTrip()
 			c.close()
@@ -305,10 +370,14 @@ func safeDiv(a, b float64) float64 {
 
 func runWSCase(ctx context.Context, c Case, env *Env, o options) WSRun {
 	run := WSRun{Conns: o.Conns, MsgBytes: o.WSSmallBytes}
-	if c.WS.Large {
+	switch {
+	case c.WS.Large:
 		run.Conns, run.MsgBytes = o.WSLargeConns, o.WSLargeBytes
+	case c.WS.Busy:
+		run.Conns = o.WSBusyConns
 	}
 	var s *Stack
+	var target wsTarget
 	for attempt := 1; ; attempt++ {
 		var err error
 		if s, err = newStack(); err != nil {
@@ -316,8 +385,9 @@ func runWSCase(ctx context.Context, c Case, env *Env, o options) WSRun {
 			return run
 		}
 		run.URL, err = c.Setup(ctx, s, env)
+		target = wsTarget{url: run.URL}
 		if err == nil {
-			err = waitWSReady(ctx, s, run.URL, o.Timeout)
+			err = waitWSReady(ctx, s, &target, o.Timeout)
 		}
 		if err == nil {
 			break
@@ -331,14 +401,14 @@ func runWSCase(ctx context.Context, c Case, env *Env, o options) WSRun {
 	}
 	defer s.Close()
 	if o.Warmup > 0 {
-		if _, err := runWSLoad(ctx, run.URL, run.Conns, run.MsgBytes, o.Warmup); err != nil {
+		if _, err := runWSLoad(ctx, target, run.Conns, run.MsgBytes, o.Warmup); err != nil {
 			run.Error = "warm-up: " + err.Error()
 			return run
 		}
 	}
 	meter := startCPUMeter(s)
 	self := selfCPU()
-	load, err := runWSLoad(ctx, run.URL, run.Conns, run.MsgBytes, o.Duration)
+	load, err := runWSLoad(ctx, target, run.Conns, run.MsgBytes, o.Duration)
 	clientCPU := selfCPU() - self
 	// The client runs in this program, which ownTicks counts as ours: no
 	// separate load-generator time to subtract.
@@ -425,7 +495,13 @@ func (rep *WSReport) finish(cases []Case, results [][]WSRun) {
 		rep.Cases = append(rep.Cases, cr)
 	}
 	rep.Ratios = rep.Ratios[:0]
-	for _, w := range []string{"ws-echo", "ws-large"} {
+	var workloads []string
+	for _, c := range cases {
+		if !slices.Contains(workloads, c.WS.Workload) {
+			workloads = append(workloads, c.WS.Workload)
+		}
+	}
+	for _, w := range workloads {
 		z, rp := rep.find(w, "zmq"), rep.find(w, "reverse_proxy")
 		if z == nil || rp == nil || z.OK == 0 || rp.OK == 0 {
 			continue
@@ -460,7 +536,7 @@ func (rep *WSReport) print(w io.Writer) {
 	printColumns(w, rows, 1)
 	fmt.Fprintln(w)
 	for _, r := range rep.Ratios {
-		fmt.Fprintf(w, "%-9s zmq/reverse_proxy throughput %.2f (aim >= 1: %s), server CPU per message %.2f\n",
+		fmt.Fprintf(w, "%-12s zmq/reverse_proxy throughput %.2f (aim >= 1: %s), server CPU per message %.2f\n",
 			r.Workload, r.Ratio, passMiss(r.Pass), r.CPURatio)
 	}
 }

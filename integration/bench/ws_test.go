@@ -6,7 +6,12 @@ import (
 )
 
 func TestWSReportFinish(t *testing.T) {
-	cases := wsCases()[:4] // the default set, in order
+	var cases []Case
+	for _, c := range wsCases() {
+		if c.Default && (c.WS.Workload == "ws-echo" || c.WS.Workload == "ws-large") {
+			cases = append(cases, c)
+		}
+	}
 	ok := func(msgs int64, size int, secs float64, caddy, worker float64) WSRun {
 		return WSRun{Messages: msgs, Bytes: msgs * int64(size), Seconds: secs, ClientCPU: 5,
 			CPUByProcess: map[string]float64{"caddy": caddy, "worker": worker}}
@@ -70,6 +75,7 @@ func TestWSOnly(t *testing.T) {
 		"ws-echo/zmq":                         true,
 		"ws-echo/zmq, ws-large/reverse_proxy": true,
 		"ws-echo/zmq,zmq":                     false,
+		"wss-echo/zmq,ws-echo-busy/zmq":       true,
 	} {
 		if got := wsOnly(list); got != want {
 			t.Errorf("wsOnly(%q) = %v, want %v", list, got, want)
@@ -78,7 +84,30 @@ func TestWSOnly(t *testing.T) {
 }
 
 func TestWSURL(t *testing.T) {
-	if got := wsURL("http://127.0.0.1:1234/"); got != "ws://127.0.0.1:1234/echo" {
-		t.Errorf("wsURL = %q", got)
+	for site, want := range map[string]string{
+		"http://127.0.0.1:1234/":  "ws://127.0.0.1:1234/echo",
+		"https://localhost:1234/": "wss://localhost:1234/echo",
+	} {
+		if got := wsURL(site); got != want {
+			t.Errorf("wsURL(%q) = %q, want %q", site, got, want)
+		}
+	}
+}
+
+// Each workload of the default set has its two cases, and gets its ratio.
+func TestWSWorkloadsPaired(t *testing.T) {
+	kinds := map[string][]string{}
+	for _, c := range wsCases() {
+		if c.Default {
+			kinds[c.WS.Workload] = append(kinds[c.WS.Workload], c.Kind)
+		}
+	}
+	for _, w := range []string{"ws-echo", "ws-echo-busy", "wss-echo", "ws-large"} {
+		if got := kinds[w]; len(got) != 2 || got[0] != "zmq" || got[1] != "reverse_proxy" {
+			t.Errorf("workload %s has cases %v, want zmq and reverse_proxy", w, got)
+		}
+	}
+	if len(kinds) != 4 {
+		t.Errorf("default workloads %v", kinds)
 	}
 }
