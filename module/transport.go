@@ -160,6 +160,9 @@ type transport struct {
 
 	// stats, read by metrics and tests.
 	sent, sendFailed, replies, unknownReplies, badReplies atomic.Uint64
+	// wsDirectFrames: WebSocket frames the reply socket's goroutine wrote
+	// to the client, whole or in part (websocket_direct.go); read by tests.
+	wsDirectFrames atomic.Uint64
 	// bytesUp, bytesDown: every message to and from workers, on every
 	// socket; refusedHandshakes: connections refused at the security
 	// handshake. For metrics (metrics.go); they outlive configs.
@@ -652,6 +655,12 @@ func (t *transport) dispatchFrom(f *replyFrame, user string) {
 		return
 	}
 	t.replies.Add(1)
+	// A frame for one connection may be written to its client at once
+	// (websocket_direct.go); one for many (a broadcast) is left to each
+	// socket's relay, so that the lock below is not held through a write
+	// per socket, and those writes run in parallel.
+	_, more := mongrel2.NextID(ids)
+	direct := len(more) == 0
 	t.mu.RLock()
 	for id, rest := mongrel2.NextID(ids); id != nil; id, rest = mongrel2.NextID(rest) {
 		n, _ := mongrel2.ParseUint(id)
@@ -668,7 +677,7 @@ func (t *transport) dispatchFrom(f *replyFrame, user string) {
 			t.warnPeer("dropping a reply from a worker that does not hold the request", user, zap.ByteString("conn_id", id))
 			continue
 		}
-		ex.deliver(body, f)
+		ex.deliverFrame(body, f, direct)
 	}
 	t.mu.RUnlock()
 }
@@ -806,7 +815,11 @@ func newExchange(id uint64, maxBuffered int) *exchange {
 
 var errOverflow = errors.New("client reads slower than the worker writes: reply buffer limit reached")
 
-func (ex *exchange) deliver(body []byte, f *replyFrame) {
+func (ex *exchange) deliver(body []byte, f *replyFrame) { ex.deliverFrame(body, f, true) }
+
+// deliverFrame is deliver, offering body to the direct writer only if
+// direct.
+func (ex *exchange) deliverFrame(body []byte, f *replyFrame, direct bool) {
 	ex.mu.Lock()
 	if !ex.answered {
 		ex.answered = true
@@ -821,8 +834,10 @@ func (ex *exchange) deliver(body []byte, f *replyFrame) {
 		} else if ex.maxBuffered > 0 && ex.queuedBytes+len(body) > ex.maxBuffered {
 			ex.err = errOverflow
 		} else {
-			var rest []byte
-			rest, wake = ex.writeDirect(body)
+			rest := body
+			if direct {
+				rest, wake = ex.offerDirect(body)
+			}
 			if len(rest) > 0 || len(body) == 0 { // an empty frame ends the reply: always queued
 				f.retain()
 				ex.queue = append(ex.queue, queuedFrame{body: rest, frame: f})
@@ -836,10 +851,10 @@ func (ex *exchange) deliver(body []byte, f *replyFrame) {
 	}
 }
 
-// writeDirect offers body to the direct writer, if there is one and
+// offerDirect offers body to the direct writer, if there is one and
 // nothing is queued before body; it returns what is left to queue and
 // whether the relay must be woken. ex.mu is held.
-func (ex *exchange) writeDirect(body []byte) (rest []byte, wake bool) {
+func (ex *exchange) offerDirect(body []byte) (rest []byte, wake bool) {
 	if ex.direct == nil || len(ex.queue) > 0 || len(body) == 0 {
 		return body, true
 	}

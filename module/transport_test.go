@@ -139,12 +139,52 @@ func TestDeliverDirect(t *testing.T) {
 			}
 		}
 	}
-	ex.setDirect(nil)
-	f := newFrame(1)
-	ex.deliver(f.buf, f)
-	f.release()
+	deliver := func(body string, direct bool) {
+		f := newFrame(len(body))
+		copy(f.buf, body)
+		ex.deliverFrame(f.buf, f, direct)
+		f.release()
+	}
+	// Not offered: the empty frame that ends a reply (queued), a frame for
+	// many connections, anything once the exchange failed or the writer
+	// is gone.
+	deliver("", true)
 	if len(offered) != 5 || len(ex.queue) != 1 {
+		t.Fatalf("empty frame: offered %d times, %d queued", len(offered), len(ex.queue))
+	}
+	ex.releaseQueued()
+	deliver("many", false)
+	if len(offered) != 5 || len(ex.queue) != 1 {
+		t.Fatalf("frame for many: offered %d times, %d queued", len(offered), len(ex.queue))
+	}
+	ex.releaseQueued()
+	ex.setDirect(nil)
+	deliver("gone", true)
+	if len(offered) != 5 || len(ex.queue) != 1 || string(ex.queue[0].body) != "gone" {
 		t.Fatalf("after setDirect(nil): offered %d times, %d queued", len(offered), len(ex.queue))
 	}
 	ex.releaseQueued()
+	ex.setDirect(func(b []byte) (int, bool) { offered = append(offered, string(b)); return len(b), false })
+	ex.fail(errStopped)
+	deliver("late", true)
+	if len(offered) != 5 || len(ex.queue) != 0 {
+		t.Fatalf("after a failure: offered %d times, %d queued", len(offered), len(ex.queue))
+	}
+}
+
+// The worker's empty frame ends its socket: from the moment the relay has
+// taken it, nothing more is written directly, though the exchange still
+// takes frames until it is unregistered.
+func TestWorkerEndStopsDirectWrites(t *testing.T) {
+	s := &wsSession{ex: newExchange(1, 0), keep: newKeepalive(0, 0)}
+	f := newFrame(0)
+	s.ex.deliver(f.buf, f)
+	f.release()
+	var frames []queuedFrame
+	if end, over := s.writeQueued(&frames); !over || end.reason != "worker closed" {
+		t.Fatalf("writeQueued = %+v, %v; want the worker's end", end, over)
+	}
+	if n, wake := s.writeDirect([]byte("late")); n != 0 || wake {
+		t.Fatalf("direct write after the worker's end: %d bytes, wake %v", n, wake)
+	}
 }

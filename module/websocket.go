@@ -465,6 +465,7 @@ func (s *wsSession) relayReplies(readerDone <-chan wsEnd) wsEnd {
 	var frames []queuedFrame
 	keepalive := s.keep.start()
 	defer s.keep.stop()
+	defer s.endDirect()
 	for {
 		select {
 		case <-s.ex.signal:
@@ -517,16 +518,19 @@ func (s *wsSession) writeQueued(frames *[]queuedFrame) (wsEnd, bool) {
 		}
 		qf.frame.release()
 		fs[i].frame = nil
-		if empty {
+		if empty || werr != nil {
+			// Nothing may follow the worker's end, or a failed write:
+			// no direct write either, from the moment writeMu is let go.
+			s.directOff = true
 			s.releaseRest(fs[i+1:])
-			return wsEnd{reason: "worker closed"}, true
-		}
-		if werr != nil {
-			s.releaseRest(fs[i+1:])
+			if empty {
+				return wsEnd{reason: "worker closed"}, true
+			}
 			return wsEnd{notify: true, reason: "client write failed"}, true
 		}
 	}
 	if err != nil {
+		s.directOff = true
 		return s.failEnd(err), true
 	}
 	return wsEnd{}, false

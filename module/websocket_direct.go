@@ -3,7 +3,9 @@ package caddyzmq
 import (
 	"errors"
 	"net"
+	"os"
 	"syscall"
+	"time"
 )
 
 // A worker's frame for a WebSocket is written to the client by the
@@ -76,7 +78,7 @@ func (d *wsDirect) write(b []byte) (int, error) {
 // writeDirect writes body to the client if it can now; it reports how many
 // bytes it wrote (the caller queues the rest) and whether the relay
 // goroutine must be woken (credit owed, or a write error to end on).
-// Called by exchange.deliver with the exchange's lock held and nothing
+// Called by exchange.deliverFrame with the exchange's lock held and nothing
 // queued.
 func (s *wsSession) writeDirect(body []byte) (n int, wake bool) {
 	if !s.writeMu.TryLock() {
@@ -87,9 +89,17 @@ func (s *wsSession) writeDirect(body []byte) (n int, wake bool) {
 		return 0, false
 	}
 	n, err := s.direct.write(body)
+	if n == 0 && errors.Is(err, os.ErrDeadlineExceeded) {
+		// The deadline the relay set for its last write (the idle
+		// timeout) has passed since: it is not this write's, which cannot
+		// wait. The relay sets its own again before it writes.
+		_ = s.conn.SetWriteDeadline(time.Time{})
+		n, err = s.direct.write(body)
+	}
 	if n > 0 {
 		s.frames.Write(body[:n])
 		s.owed.Add(int64(n))
+		s.t.wsDirectFrames.Add(1)
 	}
 	if err != nil {
 		// The relay finds the connection broken when it writes the rest
@@ -97,5 +107,15 @@ func (s *wsSession) writeDirect(body []byte) (n int, wake bool) {
 		s.directOff = true
 		return n, true
 	}
-	return n, s.t.control != nil && s.owed.Load() >= int64(s.h.ReplyWindow/4)
+	// Credit goes to the worker that took the handshake, once known
+	// (ex.mu is held: ex.worker may be read).
+	return n, s.t.control != nil && s.ex.worker != "" && s.owed.Load() >= int64(s.h.ReplyWindow/4)
+}
+
+// endDirect stops direct writes: from here on only the relay writes, and
+// the close frame it may send comes after everything written.
+func (s *wsSession) endDirect() {
+	s.writeMu.Lock()
+	s.directOff = true
+	s.writeMu.Unlock()
 }

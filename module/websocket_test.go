@@ -681,13 +681,13 @@ func TestWebSocketWorkerEndsAtHandshake(t *testing.T) {
 	}
 }
 
-// TestWebSocketDirectWritesInOrder floods a client that reads nothing
-// until the worker has sent everything: the reply socket's goroutine
-// writes frames to it directly (websocket_direct.go) until the kernel
-// takes no more (part of a frame at the end), and the relay goroutine then
-// writes the rest. The client must get every frame whole and in order,
-// with Caddy's pings (every 20 ms meanwhile) only between them; the same
-// over TLS, which only the relay writes.
+// TestWebSocketDirectWritesInOrder floods a client whose socket buffers
+// (and Caddy's) are small: the reply socket's goroutine writes frames to
+// it directly (websocket_direct.go) until the kernel takes no more, part
+// of a frame at the end, and the relay goroutine then writes the rest. The
+// client must get every frame whole and in order, with Caddy's pings
+// (every 20 ms meanwhile) only between them; the same over TLS, which
+// only the relay writes.
 func TestWebSocketDirectWritesInOrder(t *testing.T) {
 	for _, tc := range []struct {
 		name         string
@@ -697,11 +697,17 @@ func TestWebSocketDirectWritesInOrder(t *testing.T) {
 		{"tcp", false, 300, 64 << 10},
 		{"tls", true, 800, 4000}, // fewer than the fake worker PUB's high-water mark
 	} {
-		t.Run(tc.name, func(t *testing.T) { floodInOrder(t, tc.tls, tc.frames, tc.size) })
+		t.Run(tc.name, func(t *testing.T) {
+			env := floodInOrder(t, tc.tls, tc.frames, tc.size)
+			direct := env.h.pools[0].transport.wsDirectFrames.Load()
+			if tc.tls != (direct == 0) {
+				t.Errorf("%d frames written directly", direct)
+			}
+		})
 	}
 }
 
-func floodInOrder(t *testing.T, useTLS bool, frames, size int) {
+func floodInOrder(t *testing.T, useTLS bool, frames, size int) *testEnv {
 	env := newTestEnv(t, func(h *Handler) {
 		h.WebSocketPingInterval = caddy.Duration(20 * time.Millisecond)
 		h.WebSocketIdleTimeout = caddy.Duration(time.Minute)
@@ -785,4 +791,61 @@ func floodInOrder(t *testing.T, useTLS bool, frames, size int) {
 		i++
 	}
 	t.Logf("%d frames of %d bytes in order, %d pings between them", frames, size, pings)
+	return env
+}
+
+// A socket whose replies all go the direct way keeps going that way past
+// websocket_idle_timeout: the write deadline the relay set for its last
+// write (here the 101's) passes meanwhile, and must not end direct writes.
+func TestWebSocketDirectWritesOutliveIdleDeadline(t *testing.T) {
+	const idle = 300 * time.Millisecond
+	env := newTestEnv(t, func(h *Handler) {
+		h.WebSocketPingInterval = caddy.Duration(100 * time.Millisecond)
+		h.WebSocketIdleTimeout = caddy.Duration(idle)
+	})
+	fw := startFakeWorker(t, env.reqEP, env.repEP, func(r *mongrel2.Request) [][]byte {
+		if r.Path == "/__ready" {
+			return okReply("ok")
+		}
+		return m2Echo(r)
+	})
+	go func() { // the fake worker records what it gets, and waits when that is full
+		for {
+			select {
+			case <-fw.seen:
+			case <-fw.done:
+				return
+			}
+		}
+	}()
+	env.waitForWorker(t)
+	ws := dialWS(t, env, "/echo")
+	direct := &env.h.pools[0].transport.wsDirectFrames
+	echo := func() {
+		t.Helper()
+		if err := ws.WriteFrame(0x82, []byte("x")); err != nil {
+			t.Fatal(err)
+		}
+		for {
+			b0, p, err := ws.ReadFrame()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if b0 == 0x82 && string(p) == "x" {
+				return
+			}
+		}
+	}
+	// Echo without pause (so no ping renews the deadline) past twice the
+	// idle timeout, then count the direct writes of the next echoes.
+	for start := time.Now(); time.Since(start) < 2*idle; {
+		echo()
+	}
+	before := direct.Load()
+	for range 20 {
+		echo()
+	}
+	if got := direct.Load() - before; got < 15 {
+		t.Errorf("%d of 20 echoes written directly after the idle timeout's deadline passed", got)
+	}
 }
