@@ -69,6 +69,21 @@ func dialRaw(t *testing.T, env *testEnv) (net.Conn, string) {
 	return c, u.Host
 }
 
+// readUntilFrame reads frames until one with first byte b0 and payload
+// want (Caddy's pings may come before it).
+func readUntilFrame(t *testing.T, ws *wsclient.Conn, b0 byte, want string) {
+	t.Helper()
+	for {
+		got, p, err := ws.ReadFrame()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got == b0 && string(p) == want {
+			return
+		}
+	}
+}
+
 func dialWS(t *testing.T, env *testEnv, path string) *wsclient.Conn {
 	t.Helper()
 	c, host := dialRaw(t, env)
@@ -341,15 +356,7 @@ func TestWebSocketKeepalive(t *testing.T) {
 		if m := nextMessage(t, id); m.Header("FLAGS") != "0x81" || string(m.Body) != "still open" {
 			t.Fatalf("worker got FLAGS=%s %q, want the text (pongs to Caddy's pings are not passed on)", m.Header("FLAGS"), m.Body)
 		}
-		for {
-			b0, p, err := ws.ReadFrame()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if b0 == 0x81 && string(p) == "still open" {
-				break
-			}
-		}
+		readUntilFrame(t, ws, 0x81, "still open")
 	})
 
 	t.Run("silent client closed with 1001", func(t *testing.T) {
@@ -826,15 +833,7 @@ func TestWebSocketDirectWritesOutliveIdleDeadline(t *testing.T) {
 		if err := ws.WriteFrame(0x82, []byte("x")); err != nil {
 			t.Fatal(err)
 		}
-		for {
-			b0, p, err := ws.ReadFrame()
-			if err != nil {
-				t.Fatal(err)
-			}
-			if b0 == 0x82 && string(p) == "x" {
-				return
-			}
-		}
+		readUntilFrame(t, ws, 0x82, "x")
 	}
 	// Echo without pause (so no ping renews the deadline) past twice the
 	// idle timeout, then count the direct writes of the next echoes.
