@@ -21,11 +21,13 @@ import (
 // relay is not writing (it holds writeMu from taking frames until they are
 // written).
 //
-// Only plain TCP connections: crypto/tls has no non-blocking write, and
-// a direct TLS write guarded by the socket's free send buffer (SO_MEMINFO)
-// and a write deadline measured no gain over the relay (the check and the
-// deadline cost about what the wake-up saved), so TLS connections, and
-// HTTP/2 and HTTP/3 streams, are written by the relay.
+// Only plain TCP connections: crypto/tls has no non-blocking write. A
+// direct TLS write can only be guarded (free send buffer as SO_MEMINFO
+// counts it, a short write deadline), and the kernel may still make it
+// wait under memory pressure, holding up every socket's replies meanwhile;
+// for about a tenth of Caddy's CPU per small message and no more
+// messages/s (docs/performance.md) that was not worth it. TLS connections,
+// and HTTP/2 and HTTP/3 streams, are written by the relay.
 
 // wsDirect writes frames to a plain TCP client connection without
 // blocking.
