@@ -378,7 +378,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 			t.pins.mu.Unlock()
 		}
 		pr := &poolRuntime{Pool: p, transport: t, poolKey: key, upstream: &reverseproxy.Upstream{Dial: p.Name},
-			slots: make(chan struct{}, h.MaxInflight), sender: cfg.sender, nameValue: p.Name}
+			slots: make(chan struct{}, h.MaxInflight), idle: make(chan struct{}, 1), sender: cfg.sender, nameValue: p.Name}
 		h.pools = append(h.pools, pr)
 		h.hasControl = h.hasControl || t.control != nil
 		h.poolsByDial[p.Name] = pr

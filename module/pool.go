@@ -5,7 +5,7 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
-	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
@@ -75,8 +75,14 @@ type poolRuntime struct {
 	// boxed once rather than per request.
 	nameValue any
 	// inflight counts this config's requests, so that Cleanup can let
-	// them finish before the sockets are released.
-	inflight sync.WaitGroup
+	// them finish before the sockets are released; idle is signalled each
+	// time it drops to zero. Not a sync.WaitGroup: a request of this
+	// config may take a slot again after the count was zero (a re-send
+	// after Cleanup began), which a WaitGroup being waited on forbids
+	// (it panics: "WaitGroup is reused before previous Wait has
+	// returned").
+	inflight atomic.Int64
+	idle     chan struct{} // buffered, 1
 	// obs is what this pool's requests count into (metrics.go).
 	obs *poolObs
 }
@@ -84,18 +90,20 @@ type poolRuntime struct {
 // releaseWhenIdle drops this config's hold on the pool's sockets once its
 // requests are over (at once when there are none), waiting at most max.
 func (p *poolRuntime) releaseWhenIdle(max time.Duration) {
-	if len(p.slots) == 0 {
+	if p.inflight.Load() == 0 {
 		_, _ = transports.Delete(p.poolKey)
 		return
 	}
 	go func() {
-		idle := make(chan struct{})
-		go func() { p.inflight.Wait(); close(idle) }()
 		timer := time.NewTimer(max)
 		defer timer.Stop()
-		select {
-		case <-idle:
-		case <-timer.C:
+		for p.inflight.Load() > 0 {
+			select {
+			case <-p.idle:
+			case <-timer.C:
+				_, _ = transports.Delete(p.poolKey)
+				return
+			}
 		}
 		_, _ = transports.Delete(p.poolKey)
 	}()
@@ -127,7 +135,12 @@ func (p *poolRuntime) acquire(r *http.Request, wait time.Duration) error {
 
 func (p *poolRuntime) release() {
 	<-p.slots
-	p.inflight.Done()
+	if p.inflight.Add(-1) == 0 {
+		select {
+		case p.idle <- struct{}{}:
+		default: // one signal pending is enough: the waiter reads the count
+		}
+	}
 }
 
 // live reports whether a worker is connected to the pool's request socket.
