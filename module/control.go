@@ -667,6 +667,15 @@ func (c *controlPlane) sweep(now time.Time) {
 // deadlines. A Mongrel2 handler among them would not, and a request it
 // runs late must not be sent twice.
 func (c *controlPlane) coversPeers() bool {
+	if time.Now().UnixNano() < c.t.redialUntil.Load() {
+		// Caddy itself just closed request connections of zmqx workers
+		// (dropKeys): until they dial again the count below says little
+		// (often no connection at all), and a request that PUSH still
+		// hands to a closing connection is lost with it. With a dispatch
+		// deadline it is sent again; the workers dialling back are the
+		// ones that were covered.
+		return true
+	}
 	// All connections, those in their handshake too: they are about to
 	// take requests. Not those whose handshake failed: they never will.
 	peers := c.t.takers.Load()

@@ -262,13 +262,20 @@ func (c *call) retryAfterLoss(err error) error {
 		return c.statusError(http.StatusBadGateway, err)
 	}
 	msg := "retrying idempotent request after losing its worker"
-	if errors.Is(err, errWorkerHung) {
+	switch {
+	case errors.Is(err, errWorkerHung):
 		// Not counted: the hung worker was told to drop it, and it is
 		// taken back only while the budget allows. The reply timeout
 		// still bounds the whole.
 		msg = "retrying idempotent request taken back from a hung worker"
 		c.st.pool.metrics().retriesHung.Inc()
-	} else {
+	case errors.Is(err, errKeyRemoved):
+		// Not counted either: the operator removed the worker's key, the
+		// request did nothing to it. Until the removed worker's request
+		// connection is closed, PUSH may hand the retry to it again.
+		msg = "retrying idempotent request that a worker whose key was removed had taken"
+		c.st.pool.metrics().retriesLost.Inc()
+	default:
 		c.lostRetries++
 		c.st.pool.metrics().retriesLost.Inc()
 	}
