@@ -376,7 +376,7 @@ func TestReplyFrameCap(t *testing.T) {
 func TestReplyFrameOverBufferBlamesTheWorker(t *testing.T) {
 	ex := newExchange(1, 100)
 	f := newFrame(200)
-	ex.deliver(f.buf, f)
+	ex.deliver(f.buf, f, true)
 	f.release()
 	_, err := ex.take(nil)
 	if err == nil || !strings.Contains(err.Error(), "single reply frame of 200 bytes") || strings.Contains(err.Error(), "slower") {

@@ -95,18 +95,23 @@ func (p *poolRuntime) releaseWhenIdle(max time.Duration) {
 		return
 	}
 	go func() {
-		timer := time.NewTimer(max)
-		defer timer.Stop()
-		for p.inflight.Load() > 0 {
-			select {
-			case <-p.idle:
-			case <-timer.C:
-				_, _ = transports.Delete(p.poolKey)
-				return
-			}
-		}
+		p.awaitIdle(max)
 		_, _ = transports.Delete(p.poolKey)
 	}()
+}
+
+// awaitIdle waits until none of this config's requests is in flight, at
+// most max.
+func (p *poolRuntime) awaitIdle(max time.Duration) {
+	timer := time.NewTimer(max)
+	defer timer.Stop()
+	for p.inflight.Load() > 0 {
+		select {
+		case <-p.idle:
+		case <-timer.C:
+			return
+		}
+	}
 }
 
 var errBusy = errors.New("max_inflight requests are in flight and none finished within queue_timeout")

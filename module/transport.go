@@ -677,7 +677,7 @@ func (t *transport) dispatchFrom(f *replyFrame, user string) {
 			t.warnPeer("dropping a reply from a worker that does not hold the request", user, zap.ByteString("conn_id", id))
 			continue
 		}
-		ex.deliverFrame(body, f, direct)
+		ex.deliver(body, f, direct)
 	}
 	t.mu.RUnlock()
 }
@@ -815,11 +815,9 @@ func newExchange(id uint64, maxBuffered int) *exchange {
 
 var errOverflow = errors.New("client reads slower than the worker writes: reply buffer limit reached")
 
-func (ex *exchange) deliver(body []byte, f *replyFrame) { ex.deliverFrame(body, f, true) }
-
-// deliverFrame is deliver, offering body to the direct writer only if
-// direct.
-func (ex *exchange) deliverFrame(body []byte, f *replyFrame, direct bool) {
+// deliver queues one reply frame for the exchange, or with direct (a
+// frame for this connection alone) offers it to the direct writer first.
+func (ex *exchange) deliver(body []byte, f *replyFrame, direct bool) {
 	ex.mu.Lock()
 	if !ex.answered {
 		ex.answered = true

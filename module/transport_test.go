@@ -18,7 +18,7 @@ func TestTakeKeepsNoExchangeAlive(t *testing.T) {
 		ex := newExchange(uint64(i+1), 0)
 		f := newFrame(4)
 		copy(f.buf, "body")
-		ex.deliver(f.buf, f)
+		ex.deliver(f.buf, f, true)
 		frames, err := ex.take(spare[:0])
 		if err != nil || len(frames) != 1 || string(frames[0].body) != "body" {
 			t.Fatalf("take = %d frames, %v", len(frames), err)
@@ -41,7 +41,7 @@ func TestTakeEmptiesQueue(t *testing.T) {
 	for _, s := range []string{"a", "bb", "ccc"} {
 		f := newFrame(len(s))
 		copy(f.buf, s)
-		ex.deliver(f.buf, f)
+		ex.deliver(f.buf, f, true)
 		f.release() // dispatch's own reference
 	}
 	frames, err := ex.take(nil)
@@ -66,7 +66,7 @@ func TestUnregisterReleasesQueued(t *testing.T) {
 	for _, s := range []string{"a", "bb"} {
 		f := newFrame(len(s))
 		copy(f.buf, s)
-		ex.deliver(f.buf, f)
+		ex.deliver(f.buf, f, true)
 		f.release() // dispatch's own reference
 		frames = append(frames, f)
 	}
@@ -114,7 +114,7 @@ func TestDeliverDirect(t *testing.T) {
 		before := len(offered)
 		f := newFrame(len(s.body))
 		copy(f.buf, s.body)
-		ex.deliver(f.buf, f)
+		ex.deliver(f.buf, f, true)
 		f.release()
 		if got := len(offered) > before; got != (s.takes >= 0) {
 			t.Fatalf("step %d: offered to the direct writer: %v", i, got)
@@ -142,7 +142,7 @@ func TestDeliverDirect(t *testing.T) {
 	deliver := func(body string, direct bool) {
 		f := newFrame(len(body))
 		copy(f.buf, body)
-		ex.deliverFrame(f.buf, f, direct)
+		ex.deliver(f.buf, f, direct)
 		f.release()
 	}
 	// Not offered: the empty frame that ends a reply (queued), a frame for
@@ -178,7 +178,7 @@ func TestDeliverDirect(t *testing.T) {
 func TestWorkerEndStopsDirectWrites(t *testing.T) {
 	s := &wsSession{ex: newExchange(1, 0), keep: newKeepalive(0, 0)}
 	f := newFrame(0)
-	s.ex.deliver(f.buf, f)
+	s.ex.deliver(f.buf, f, true)
 	f.release()
 	var frames []queuedFrame
 	if end, over := s.writeQueued(&frames); !over || end.reason != "worker closed" {

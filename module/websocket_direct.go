@@ -80,7 +80,7 @@ func (d *wsDirect) write(b []byte) (int, error) {
 // writeDirect writes body to the client if it can now; it reports how many
 // bytes it wrote (the caller queues the rest) and whether the relay
 // goroutine must be woken (credit owed, or a write error to end on).
-// Called by exchange.deliverFrame with the exchange's lock held and nothing
+// Called by exchange.deliver with the exchange's lock held and nothing
 // queued.
 func (s *wsSession) writeDirect(body []byte) (n int, wake bool) {
 	if !s.writeMu.TryLock() {
