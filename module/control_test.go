@@ -358,7 +358,7 @@ func TestDroppedRequestFailsExchange(t *testing.T) {
 // connection count says nothing (often zero): requests still get a
 // dispatch deadline, so that one PUSH handed to a closing connection is
 // sent again instead of waiting out reply_timeout (TestCurveKeyRemovalUnderLoad
-// found a 504 so, about once in 100 runs under load).
+// found a 504 so, under load).
 func TestCoversPeersDuringRedialGrace(t *testing.T) {
 	c := &controlPlane{t: &transport{}, logger: zap.NewNop()}
 	if c.coversPeers() {

@@ -297,9 +297,8 @@ func (f destructFunc) Destruct() error { return f() }
 // count of requests touched zero: a re-send, after its dispatch deadline,
 // of a request sent before a reload. With a sync.WaitGroup for the count
 // that panicked Caddy ("WaitGroup is reused before previous Wait has
-// returned"; TestCurveKeyRemovalUnderLoad found it under load, about one
-// run in 25 with a busy loop beside it; this test does not force that
-// window). Here: the count may rise again after zero, and the sockets
+// returned"; TestCurveKeyRemovalUnderLoad found it beside a busy loop;
+// this test does not force that window). Here: the count may rise again after zero, and the sockets
 // are let go once the requests are over.
 func TestReleaseWhenIdleWithLateRequests(t *testing.T) {
 	destroyed := make(chan struct{})
