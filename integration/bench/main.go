@@ -374,12 +374,13 @@ func findTools(o options, cases []Case) (*Env, WrkParams, error) {
 		need = map[string]string{env.Echo: "run make build", env.Caddy: "run make build"}
 	}
 	if o.WS {
-		need = map[string]string{env.Caddy: "run make build"}
+		need = map[string]string{}
 		for _, c := range cases {
-			if strings.HasPrefix(c.Kind, "zmq") {
-				need[env.WSChat] = "run make build"
-			} else {
+			switch {
+			case c.Kind == "reverse_proxy":
 				need[env.WSEchoHTTP] = "run make build"
+			case !strings.HasSuffix(c.Kind, "+floor"):
+				need[env.WSChat] = "run make build"
 			}
 		}
 	}

@@ -71,7 +71,32 @@ func wsCases() []Case {
 		// reply credit per socket).
 		nonDefault(wsCase("ws-echo/zmq+control", "zmq+control", echo, setupWSZmqControl)),
 		nonDefault(wsCase("ws-large/zmq+control", "zmq+control", large, setupWSZmqControl)),
+		// What the small echo could reach, beside the aim: the least a
+		// Go worker does per message (bin/floor-worker's single loop)
+		// behind Caddy's zmq, and Mongrel2 (one C event loop, the same
+		// libzmq) in front of both workers.
+		wsCase("ws-echo/zmq/floor", "zmq+floor", echo, wsSetup(setupZmqFloor)),
+		wsCase("ws-echo/mongrel2", "mongrel2", echo, setupWSMongrel2),
+		wsCase("ws-echo/mongrel2/floor", "mongrel2+floor", echo, wsSetup(setupMongrel2Floor)),
 	}
+}
+
+// wsSetup turns an HTTP case's setup into the same processes' echo URL.
+func wsSetup(setup func(context.Context, *Stack, *Env) (string, error)) func(context.Context, *Stack, *Env) (string, error) {
+	return func(ctx context.Context, s *Stack, env *Env) (string, error) {
+		url, err := setup(ctx, s, env)
+		return wsURL(url), err
+	}
+}
+
+// setupWSMongrel2: a real Mongrel2 in front of bin/wschat-worker.
+func setupWSMongrel2(ctx context.Context, s *Stack, env *Env) (string, error) {
+	url, frontEnd, err := startMongrel2(ctx, s, env, false)
+	if err != nil {
+		return "", err
+	}
+	_, err = s.Start("wschat-worker (mongrel2)", exec.Command(env.WSChat, "-frontend", frontEnd))
+	return wsURL(url), err
 }
 
 func nonDefault(c Case) Case {
@@ -444,7 +469,10 @@ type WSCaseReport struct {
 	ServerCPU    float64            `json:"server_cpu_us_per_message"`
 	CPUByProcess map[string]float64 `json:"cpu_us_per_message_by_process,omitempty"`
 	ClientCPU    float64            `json:"client_cpu_us_per_message"`
-	Runs         []WSRun            `json:"runs"`
+	// OverReverseProxy is MsgsPerS over reverse_proxy's on the same
+	// workload (0: no reverse_proxy case ran).
+	OverReverseProxy float64 `json:"over_reverse_proxy,omitempty"`
+	Runs             []WSRun `json:"runs"`
 }
 
 // WSRatio compares zmq with reverse_proxy on one workload.
@@ -506,6 +534,11 @@ func (rep *WSReport) finish(cases []Case, results [][]WSRun) {
 		if z == nil || rp == nil || z.OK == 0 || rp.OK == 0 {
 			continue
 		}
+		for i := range rep.Cases {
+			if c := &rep.Cases[i]; c.Workload == w && c.OK > 0 {
+				c.OverReverseProxy = safeDiv(c.MsgsPerS, rp.MsgsPerS)
+			}
+		}
 		r := WSRatio{Workload: w, Ratio: safeDiv(z.MsgsPerS, rp.MsgsPerS), CPURatio: safeDiv(z.ServerCPU, rp.ServerCPU)}
 		r.Pass = r.Ratio >= 1
 		rep.Ratios = append(rep.Ratios, r)
@@ -538,6 +571,11 @@ func (rep *WSReport) print(w io.Writer) {
 	for _, r := range rep.Ratios {
 		fmt.Fprintf(w, "%-12s zmq/reverse_proxy throughput %.2f (aim >= 1: %s), server CPU per message %.2f\n",
 			r.Workload, r.Ratio, passMiss(r.Pass), r.CPURatio)
+	}
+	for _, c := range rep.Cases {
+		if c.Kind != "zmq" && c.Kind != "reverse_proxy" && c.OverReverseProxy > 0 {
+			fmt.Fprintf(w, "%-24s throughput %.2f of reverse_proxy's (for comparison, no aim)\n", c.Name, c.OverReverseProxy)
+		}
 	}
 }
 

@@ -2,13 +2,14 @@ package main
 
 import (
 	"math"
+	"slices"
 	"testing"
 )
 
 func TestWSReportFinish(t *testing.T) {
 	var cases []Case
 	for _, c := range wsCases() {
-		if c.Default && (c.WS.Workload == "ws-echo" || c.WS.Workload == "ws-large") {
+		if c.Default && (c.WS.Workload == "ws-echo" || c.WS.Workload == "ws-large") && (c.Kind == "zmq" || c.Kind == "reverse_proxy") {
 			cases = append(cases, c)
 		}
 	}
@@ -41,6 +42,7 @@ func TestWSReportFinish(t *testing.T) {
 		got, want float64
 	}{
 		{"zmq msgs/s", z.MsgsPerS, 3000},
+		{"zmq over reverse_proxy", z.OverReverseProxy, 1},
 		{"zmq MB/s", z.MBPerS, 3000 * 64 / 1e6},
 		{"zmq server CPU", z.ServerCPU, 30},
 		{"zmq caddy CPU", z.CPUByProcess["caddy"], 20},
@@ -103,11 +105,16 @@ func TestWSWorkloadsPaired(t *testing.T) {
 		}
 	}
 	for _, w := range []string{"ws-echo", "ws-echo-busy", "wss-echo", "ws-large"} {
-		if got := kinds[w]; len(got) != 2 || got[0] != "zmq" || got[1] != "reverse_proxy" {
-			t.Errorf("workload %s has cases %v, want zmq and reverse_proxy", w, got)
+		if got := kinds[w]; len(got) < 2 || got[0] != "zmq" || got[1] != "reverse_proxy" {
+			t.Errorf("workload %s has cases %v, want zmq and reverse_proxy first", w, got)
 		}
 	}
 	if len(kinds) != 4 {
 		t.Errorf("default workloads %v", kinds)
+	}
+	// The small echo also runs its comparisons: the floor worker behind
+	// zmq, Mongrel2 in front of both workers.
+	if got, want := kinds["ws-echo"][2:], []string{"zmq+floor", "mongrel2", "mongrel2+floor"}; !slices.Equal(got, want) {
+		t.Errorf("ws-echo comparisons %v, want %v", got, want)
 	}
 }

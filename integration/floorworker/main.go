@@ -11,10 +11,15 @@
 // Every request gets the same answer, byte for byte what workerkit's hello
 // example sends for a GET (status line, Content-Type, Date, Content-Length,
 // body), so both workers put the same bytes on the wire; disconnect notices
-// are ignored. SIGTERM ends it (Go's default action).
+// are ignored. WebSockets are the floor of the WebSocket echo: a handshake
+// (Mongrel2's WEBSOCKET_HANDSHAKE, the accept key in its body) gets the 101,
+// each message (WEBSOCKET) comes back as one frame of the same opcode, a
+// ping as a pong, a close as a close and the end of the socket (an empty
+// reply). SIGTERM ends it (Go's default action).
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"log"
@@ -28,6 +33,7 @@ import (
 	zmq "github.com/pebbe/zmq4"
 
 	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
+	"github.com/zmqbridge/caddy-zmq/internal/wsframe"
 )
 
 const helloBody = "Hello, world!\n"
@@ -73,10 +79,7 @@ func serve(zctx *zmq.Context, reqEndpoint, repEndpoint string) error {
 	if err := pub.Connect(repEndpoint); err != nil {
 		return fmt.Errorf("connect %s: %w", repEndpoint, err)
 	}
-	var (
-		out  []byte
-		resp response
-	)
+	var a answerer
 	for {
 		msg, err := pull.RecvBytes(0)
 		switch {
@@ -96,16 +99,82 @@ func serve(zctx *zmq.Context, reqEndpoint, repEndpoint string) error {
 		if r.IsDisconnect() {
 			continue
 		}
-		out = mongrel2.AppendReplyOne(out[:0], r.Sender, r.ConnID, resp.bytes(time.Now()))
-		if _, err := pub.SendBytes(out, 0); err != nil {
-			if zmq.AsErrno(err) == zmq.ETERM {
-				return nil
-			}
-			if zmq.AsErrno(err) != zmq.Errno(syscall.EINTR) {
-				return fmt.Errorf("send: %w", err)
-			}
+		reply, end := a.answer(r)
+		if reply == nil {
+			continue
+		}
+		err = send(pub, reply)
+		if err == nil && end {
+			err = send(pub, mongrel2.AppendReplyOne(reply[:0], r.Sender, r.ConnID, nil))
+		}
+		if errors.Is(err, errTerminated) {
+			return nil
+		}
+		if err != nil {
+			return err
 		}
 	}
+}
+
+var errTerminated = errors.New("context terminated")
+
+// send publishes one reply; EINTR drops it.
+func send(pub *zmq.Socket, reply []byte) error {
+	_, err := pub.SendBytes(reply, 0)
+	switch {
+	case err == nil, zmq.AsErrno(err) == zmq.Errno(syscall.EINTR):
+		return nil
+	case zmq.AsErrno(err) == zmq.ETERM:
+		return errTerminated
+	}
+	return fmt.Errorf("send: %w", err)
+}
+
+// answerer formats replies into buffers it reuses.
+type answerer struct {
+	out, frame []byte
+	resp       response
+}
+
+// answer returns the reply to r (nil: none), and whether the socket ends
+// after it (an empty reply follows).
+func (a *answerer) answer(r *mongrel2.Request) (reply []byte, end bool) {
+	var payload []byte
+	switch r.Header("METHOD") {
+	case "WEBSOCKET_HANDSHAKE":
+		a.frame = append(append(a.frame[:0], switching...), r.Body...)
+		payload = append(a.frame, "\r\n\r\n"...)
+	case "WEBSOCKET":
+		if payload, end = a.echo(r); payload == nil {
+			return nil, false
+		}
+	default:
+		payload = a.resp.bytes(time.Now())
+	}
+	a.out = mongrel2.AppendReplyOne(a.out[:0], r.Sender, r.ConnID, payload)
+	return a.out, end
+}
+
+const switching = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: "
+
+// echo answers one WebSocket message: its payload back in one frame of its
+// opcode (FLAGS is "0x%X" of the first frame byte), a ping with a pong, a
+// close with a close that ends the socket; nil for a pong.
+func (a *answerer) echo(r *mongrel2.Request) (frame []byte, end bool) {
+	flags, err := strconv.ParseUint(strings.TrimPrefix(r.Header("FLAGS"), "0x"), 16, 8)
+	if err != nil {
+		log.Printf("floorworker: dropping a WebSocket message with FLAGS %q", r.Header("FLAGS"))
+		return nil, false
+	}
+	op := byte(flags) & 0x0F
+	switch op {
+	case wsframe.OpPong:
+		return nil, false
+	case wsframe.OpPing:
+		op = wsframe.OpPong
+	}
+	a.frame = wsframe.AppendFrame(a.frame[:0], op, r.Body)
+	return a.frame, op == wsframe.OpClose
 }
 
 // response is the hello-world HTTP response, re-formatted once a second for

@@ -143,3 +143,59 @@ func TestFloorWorker(t *testing.T) {
 		t.Fatalf("after a disconnect and a malformed frame: reply for %q (ok %v), want 3", id, ok)
 	}
 }
+
+// wsRequest is a front end's WebSocket request: METHOD and, for messages,
+// FLAGS, with body.
+func wsRequest(method, flags, body string) *mongrel2.Request {
+	var h mongrel2.HeaderEncoder
+	h.Reset(mongrel2.FormatJSON)
+	h.Add("upgrade", "websocket")
+	h.Add("METHOD", method)
+	if flags != "" {
+		h.Add("FLAGS", flags)
+	}
+	r, err := mongrel2.ParseRequest(mongrel2.AppendRequest(nil, sender, "7", "/echo", h.Bytes(), []byte(body)))
+	if err != nil {
+		panic(err)
+	}
+	return r
+}
+
+func TestFloorWorkerWebSocket(t *testing.T) {
+	reply := func(payload string) string {
+		return string(mongrel2.AppendReplyOne(nil, sender, "7", []byte(payload)))
+	}
+	for _, tc := range []struct {
+		name    string
+		req     *mongrel2.Request
+		want    string // "" = no reply
+		wantEnd bool
+	}{
+		{"handshake", wsRequest("WEBSOCKET_HANDSHAKE", "", "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="),
+			reply("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"), false},
+		{"text", wsRequest("WEBSOCKET", "0x81", "hi"), reply("\x81\x02hi"), false},
+		{"binary", wsRequest("WEBSOCKET", "0x82", "\x00\x01"), reply("\x82\x02\x00\x01"), false},
+		{"ping", wsRequest("WEBSOCKET", "0x89", "p"), reply("\x8a\x01p"), false},
+		{"pong", wsRequest("WEBSOCKET", "0x8A", "p"), "", false},
+		{"close", wsRequest("WEBSOCKET", "0x88", "\x03\xe8"), reply("\x88\x02\x03\xe8"), true},
+		{"bad flags", wsRequest("WEBSOCKET", "text", "x"), "", false},
+		{"hello after them", wsRequest("GET", "", ""), "", false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var a answerer
+			// A handshake and a message first, so reused buffers are in play.
+			a.answer(wsRequest("WEBSOCKET_HANDSHAKE", "", "key"))
+			a.answer(wsRequest("WEBSOCKET", "0x81", "earlier message"))
+			got, end := a.answer(tc.req)
+			if tc.name == "hello after them" {
+				if !bytes.Contains(got, []byte("\r\n\r\n"+helloBody)) {
+					t.Fatalf("hello reply %q", got)
+				}
+				return
+			}
+			if string(got) != tc.want || end != tc.wantEnd {
+				t.Fatalf("reply %q end %v, want %q end %v", got, end, tc.want, tc.wantEnd)
+			}
+		})
+	}
+}
