@@ -198,6 +198,7 @@ func TestPinnedSessions(t *testing.T) {
 	}
 
 	t.Run("idle sessions end with their threads", func(t *testing.T) {
+		const runtimeThreadSlack = 3
 		peak := map[string]int{}
 		for _, id := range ids {
 			peak[id] = taskCount(t, workers[id].cmd.Process.Pid)
@@ -216,8 +217,11 @@ func TestPinnedSessions(t *testing.T) {
 		for _, id := range ids {
 			now := taskCount(t, workers[id].cmd.Process.Pid)
 			t.Logf("%s: %d threads with its sessions live, %d once they idled out (%d sessions)", id, peak[id], now, perWorker[id])
-			if now > peak[id]-perWorker[id] {
-				t.Errorf("%s: %d threads, want at most %d - %d", id, now, peak[id], perWorker[id])
+			// The Go runtime may start a thread of its own meanwhile (a
+			// processor handed off from a blocking cgo call, a GC
+			// worker): a little slack, far below one thread per session.
+			if now > peak[id]-perWorker[id]+runtimeThreadSlack {
+				t.Errorf("%s: %d threads, want at most %d - %d (+%d)", id, now, peak[id], perWorker[id], runtimeThreadSlack)
 			}
 		}
 	})
