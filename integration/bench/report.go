@@ -128,20 +128,29 @@ var ratioTargets = []struct {
 // medianByProcess is, per process name, the median over the successful
 // runs of the figure that of picks; nil if no run has one.
 func medianByProcess(runs []Run, of func(cpuShares) map[string]float64) map[string]float64 {
-	byProc := map[string][]float64{}
+	var maps []map[string]float64
 	for _, r := range runs {
 		if r.Wrk != nil {
-			for name, v := range of(r.CPU) {
-				byProc[name] = append(byProc[name], v)
-			}
+			maps = append(maps, of(r.CPU))
+		}
+	}
+	return medianOfMaps(maps)
+}
+
+// medianOfMaps is the median per key over maps (nil if no map has a key).
+func medianOfMaps(maps []map[string]float64) map[string]float64 {
+	byKey := map[string][]float64{}
+	for _, m := range maps {
+		for k, v := range m {
+			byKey[k] = append(byKey[k], v)
 		}
 	}
 	var m map[string]float64
-	for name, v := range byProc {
+	for k, v := range byKey {
 		if m == nil {
 			m = map[string]float64{}
 		}
-		m[name] = median(v)
+		m[k] = median(v)
 	}
 	return m
 }

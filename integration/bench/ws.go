@@ -376,7 +376,12 @@ type WSRun struct {
 	// CPUByProcess is each server process's CPU time per message (µs);
 	// ClientCPU the load generator's (this program's).
 	CPUByProcess map[string]float64 `json:"cpu_us_per_message_by_process,omitempty"`
-	ClientCPU    float64            `json:"client_cpu_us_per_message"`
+	// IOByProcess is the part of CPUByProcess spent in libzmq's I/O
+	// threads; SwitchesByProcess each process's context switches per
+	// message (all its threads).
+	IOByProcess       map[string]float64 `json:"zmq_io_us_per_message_by_process,omitempty"`
+	SwitchesByProcess map[string]float64 `json:"switches_per_message_by_process,omitempty"`
+	ClientCPU         float64            `json:"client_cpu_us_per_message"`
 	// OtherPercent is the share of the machine other processes took.
 	OtherPercent float64 `json:"other_percent"`
 	Error        string  `json:"error,omitempty"`
@@ -440,6 +445,7 @@ func runWSCase(ctx context.Context, c Case, env *Env, o options) WSRun {
 	sh := meter.shares(s, 0, load.Messages)
 	run.Messages, run.Bytes, run.Seconds = load.Messages, load.Bytes, load.Seconds
 	run.CPUByProcess, run.OtherPercent = sh.ByProcess, sh.Other
+	run.IOByProcess, run.SwitchesByProcess = sh.ZmqIOByProcess, sh.SwitchesByProcess
 	run.ClientCPU = safeDiv(clientCPU*1e6, float64(load.Messages))
 	if err == nil {
 		err = s.Check()
@@ -468,7 +474,10 @@ type WSCaseReport struct {
 	// ServerCPU is the servers' CPU per message (µs), all processes.
 	ServerCPU    float64            `json:"server_cpu_us_per_message"`
 	CPUByProcess map[string]float64 `json:"cpu_us_per_message_by_process,omitempty"`
-	ClientCPU    float64            `json:"client_cpu_us_per_message"`
+	// IOByProcess and SwitchesByProcess: medians of the runs' (WSRun).
+	IOByProcess       map[string]float64 `json:"zmq_io_us_per_message_by_process,omitempty"`
+	SwitchesByProcess map[string]float64 `json:"switches_per_message_by_process,omitempty"`
+	ClientCPU         float64            `json:"client_cpu_us_per_message"`
 	// OverReverseProxy is MsgsPerS over reverse_proxy's on the same
 	// workload (0: no reverse_proxy case ran).
 	OverReverseProxy float64 `json:"over_reverse_proxy,omitempty"`
@@ -497,9 +506,9 @@ type WSReport struct {
 func (rep *WSReport) finish(cases []Case, results [][]WSRun) {
 	rep.Cases = rep.Cases[:0]
 	for i, c := range cases {
-		cr := WSCaseReport{Name: c.Name, Kind: c.Kind, Workload: c.WS.Workload, Runs: results[i], CPUByProcess: map[string]float64{}}
+		cr := WSCaseReport{Name: c.Name, Kind: c.Kind, Workload: c.WS.Workload, Runs: results[i]}
 		var msgs, mbs, server, client []float64
-		byProc := map[string][]float64{}
+		var cpu, io, switches []map[string]float64
 		for _, r := range results[i] {
 			if r.Error != "" || r.Messages == 0 {
 				cr.Failed++
@@ -509,17 +518,15 @@ func (rep *WSReport) finish(cases []Case, results [][]WSRun) {
 			cr.OK++
 			msgs, mbs = append(msgs, r.MsgsPerSec()), append(mbs, r.MBPerSec())
 			total := 0.0
-			for p, v := range r.CPUByProcess {
-				byProc[p] = append(byProc[p], v)
+			for _, v := range r.CPUByProcess {
 				total += v
 			}
 			server, client = append(server, total), append(client, r.ClientCPU)
+			cpu, io, switches = append(cpu, r.CPUByProcess), append(io, r.IOByProcess), append(switches, r.SwitchesByProcess)
 		}
 		cr.MsgsPerS, cr.MBPerS = median(msgs), median(mbs)
 		cr.ServerCPU, cr.ClientCPU = median(server), median(client)
-		for p, v := range byProc {
-			cr.CPUByProcess[p] = median(v)
-		}
+		cr.CPUByProcess, cr.IOByProcess, cr.SwitchesByProcess = medianOfMaps(cpu), medianOfMaps(io), medianOfMaps(switches)
 		rep.Cases = append(rep.Cases, cr)
 	}
 	rep.Ratios = rep.Ratios[:0]
@@ -559,7 +566,14 @@ func (rep *WSReport) print(w io.Writer) {
 	for _, c := range rep.Cases {
 		var procs []string
 		for p, v := range c.CPUByProcess {
-			procs = append(procs, fmt.Sprintf("%s %.1f", p, v))
+			proc := fmt.Sprintf("%s %.1f", p, v)
+			if io, ok := c.IOByProcess[p]; ok {
+				proc += fmt.Sprintf(" (io %.1f)", io)
+			}
+			if sw, ok := c.SwitchesByProcess[p]; ok {
+				proc += fmt.Sprintf(" %.2f sw", sw)
+			}
+			procs = append(procs, proc)
 		}
 		slices.Sort(procs)
 		rows = append(rows, []string{c.Name, fmt.Sprintf("%d/%d", c.OK, c.OK+c.Failed),

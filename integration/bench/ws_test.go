@@ -15,7 +15,9 @@ func TestWSReportFinish(t *testing.T) {
 	}
 	ok := func(msgs int64, size int, secs float64, caddy, worker float64) WSRun {
 		return WSRun{Messages: msgs, Bytes: msgs * int64(size), Seconds: secs, ClientCPU: 5,
-			CPUByProcess: map[string]float64{"caddy": caddy, "worker": worker}}
+			CPUByProcess:      map[string]float64{"caddy": caddy, "worker": worker},
+			IOByProcess:       map[string]float64{"caddy": caddy / 2},
+			SwitchesByProcess: map[string]float64{"caddy": worker / 10}}
 	}
 	failed := WSRun{Error: "setup: refused"}
 	results := [][]WSRun{
@@ -46,6 +48,8 @@ func TestWSReportFinish(t *testing.T) {
 		{"zmq MB/s", z.MBPerS, 3000 * 64 / 1e6},
 		{"zmq server CPU", z.ServerCPU, 30},
 		{"zmq caddy CPU", z.CPUByProcess["caddy"], 20},
+		{"zmq caddy io", z.IOByProcess["caddy"], 10},
+		{"zmq caddy switches", z.SwitchesByProcess["caddy"], 1},
 		{"zmq client CPU", z.ClientCPU, 5},
 		{"reverse_proxy msgs/s", rp.MsgsPerS, 3000},
 		{"reverse_proxy server CPU", rp.ServerCPU, 20},
