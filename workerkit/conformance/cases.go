@@ -197,6 +197,8 @@ func deadline(s *session) Result {
 		return fail("request with a future deadline: %v", err)
 	}
 	if !s.fe.holds(s.ctx, s.cfg.Quiet, func() bool { return s.acked(late) || len(late.frames) > 0 }) {
+		s.fe.mu.Lock()
+		defer s.fe.mu.Unlock()
 		return fail("ran request %s although its deadline had passed (acknowledged: %v, reply frames: %d)",
 			late.id, s.acked(late), len(late.frames))
 	}

@@ -159,6 +159,7 @@ func (s *session) inflight(xs []*exchange) int {
 	return n
 }
 
+// countAcked counts the requests of xs acknowledged; under fe.mu.
 func (s *session) countAcked(xs []*exchange) int {
 	n := 0
 	for _, x := range xs {
