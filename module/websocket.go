@@ -239,7 +239,7 @@ func (s *wsSession) handshake(replyBy time.Time) (handshakeReply, error) {
 		}
 	}
 	accept := wsframe.AcceptKey(s.r.Header.Get("Sec-Websocket-Key"))
-	if err := t.submit(s.message("WEBSOCKET_HANDSHAKE", 0, []byte(accept)), s.ex); err != nil {
+	if err := t.submit(s.message(mongrel2.MethodWebSocketHandshake, 0, []byte(accept)), s.ex); err != nil {
 		return handshakeReply{}, err
 	}
 	reply, err := s.awaitHandshake(replyBy)
@@ -396,7 +396,7 @@ func (s *wsSession) message(method string, flags byte, body []byte) *[]byte {
 // encoded once per FLAGS value (a handful: the opcodes and FIN) and
 // reused; only the reader goroutine sends WEBSOCKET messages.
 func (s *wsSession) headers(method string, flags byte) []byte {
-	reuse := method == "WEBSOCKET"
+	reuse := method == mongrel2.MethodWebSocket
 	if b, ok := s.msgHeaders[flags]; reuse && ok {
 		return b
 	}
@@ -405,7 +405,7 @@ func (s *wsSession) headers(method string, flags byte) []byte {
 	r2.Method = method
 	control := s.p.ControlEndpoint != ""
 	var dispatchBy time.Time // the handshake's only
-	if method == "WEBSOCKET_HANDSHAKE" {
+	if method == mongrel2.MethodWebSocketHandshake {
 		dispatchBy = s.dispatchBy
 	}
 	s.h.encodeHeaders(&enc, &r2, s.path, 0, s.ip, control, dispatchBy, nil, false)
@@ -414,7 +414,7 @@ func (s *wsSession) headers(method string, flags byte) []byte {
 	enc.Add("connection", s.r.Header.Get("Connection"))
 	enc.Add("upgrade", s.r.Header.Get("Upgrade"))
 	if flags != 0 {
-		enc.Add("FLAGS", fmt.Sprintf("0x%X", flags))
+		enc.Add(mongrel2.HeaderFlags, mongrel2.FormatFlags(flags))
 	}
 	b := bytes.Clone(enc.Bytes())
 	if reuse {
@@ -629,7 +629,7 @@ func (s *wsSession) readClient(br *bufio.Reader) wsEnd {
 // when the control channel knows it (affinity), else to any worker through
 // PUSH, as Mongrel2 does.
 func (s *wsSession) forward(m wsframe.Message) error {
-	buf := s.message("WEBSOCKET", m.Flags, m.Payload)
+	buf := s.message(mongrel2.MethodWebSocket, m.Flags, m.Payload)
 	wk := ""
 	if s.t.control != nil {
 		wk = s.worker()

@@ -40,7 +40,7 @@ func (s *wsSession) place(flags byte, n int) []byte {
 			head = zmqx.AppendReq(head, nil)
 		}
 	}
-	head = mongrel2.AppendRequestHead(head, s.p.sender, s.connID, s.path, s.headers("WEBSOCKET", flags), n)
+	head = mongrel2.AppendRequestHead(head, s.p.sender, s.connID, s.path, s.headers(mongrel2.MethodWebSocket, flags), n)
 	total := len(head) + n + 1
 	c := zmqio.NewCBuf(total)
 	b := c.Bytes()[:total]

@@ -58,7 +58,7 @@ func (s *server) admit(fe *frontEndConn, msg []byte) *flight {
 			fe.log.Info("ignoring JSON message", "conn", req.ConnID, "body", printable(req.Body, 200))
 		}
 		return nil
-	case "WEBSOCKET":
+	case mongrel2.MethodWebSocket:
 		s.deliverWebSocket(fe, req, msg) // websocket.go
 		return nil
 	case "XML":

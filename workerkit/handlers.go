@@ -5,6 +5,7 @@ import (
 	"runtime"
 	"time"
 
+	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
 	"github.com/zmqbridge/caddy-zmq/internal/zmqx"
 )
 
@@ -134,7 +135,7 @@ func (s *server) serveFlight(fl *flight, h http.Handler, direct bool) (ok bool) 
 	}
 	rw := getResponseWriter(fe, ctx, req.Sender, req.ConnID, r.Method, r.ProtoMajor, r.ProtoMinor)
 	rw.flow, rw.fl, rw.direct = flow, fl, direct
-	if r.Method == "WEBSOCKET_HANDSHAKE" {
+	if r.Method == mongrel2.MethodWebSocketHandshake {
 		r = prepareHandshake(rw, r, req.Body) // websocket.go
 	}
 	ok = s.runHandler(rw, r, h)

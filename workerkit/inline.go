@@ -6,6 +6,8 @@ import (
 	"time"
 
 	zmq "github.com/pebbe/zmq4"
+
+	"github.com/zmqbridge/caddy-zmq/internal/mongrel2"
 )
 
 // Inline requests: a request whose handler is cheap runs on the goroutine
@@ -65,7 +67,7 @@ func (s *server) noteCost(d time.Duration) {
 // nor a streamed upload, nor a WebSocket handshake, whose handler runs for
 // the whole session.
 func inlineCandidate(noInline bool, window int64, stream bool, method string) bool {
-	return !noInline && window == 0 && !stream && method != "WEBSOCKET_HANDSHAKE"
+	return !noInline && window == 0 && !stream && method != mongrel2.MethodWebSocketHandshake
 }
 
 // inlineFits reports whether fl runs on the goroutine that received it:

@@ -271,8 +271,8 @@ func (s *server) deliverWebSocket(fe *frontEndConn, req *mongrel2.Request, msg [
 		fe.log.Debug("websocket message for a connection this worker does not hold", "conn", req.ConnID)
 		return
 	}
-	flags := req.Header("FLAGS")
-	fb, ok := parseFlags(flags)
+	flags := req.Header(mongrel2.HeaderFlags)
+	fb, ok := mongrel2.ParseFlags(flags)
 	if !ok {
 		fe.log.Warn("websocket message with bad FLAGS", "flags", flags, "conn", req.ConnID)
 		return
@@ -358,30 +358,6 @@ func (c *WSConn) push(m wsMessage) {
 	case c.wake <- struct{}{}:
 	default:
 	}
-}
-
-// parseFlags reads a FLAGS header: "0x" and one or two hex digits, as
-// Mongrel2 writes it ("0x%X"); lower-case digits are taken too.
-func parseFlags(s string) (byte, bool) {
-	if len(s) < 3 || len(s) > 4 || s[0] != '0' || (s[1] != 'x' && s[1] != 'X') {
-		return 0, false
-	}
-	var b byte
-	for i := 2; i < len(s); i++ {
-		c := s[i]
-		switch {
-		case c >= '0' && c <= '9':
-			c -= '0'
-		case c >= 'A' && c <= 'F':
-			c -= 'A' - 10
-		case c >= 'a' && c <= 'f':
-			c -= 'a' - 10
-		default:
-			return 0, false
-		}
-		b = b<<4 | c
-	}
-	return b, true
 }
 
 func (c *WSConn) closing() bool {

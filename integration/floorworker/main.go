@@ -141,10 +141,10 @@ type answerer struct {
 func (a *answerer) answer(r *mongrel2.Request) (reply []byte, end bool) {
 	var payload []byte
 	switch r.Header("METHOD") {
-	case "WEBSOCKET_HANDSHAKE":
+	case mongrel2.MethodWebSocketHandshake:
 		a.frame = append(append(a.frame[:0], switching...), r.Body...)
 		payload = append(a.frame, "\r\n\r\n"...)
-	case "WEBSOCKET":
+	case mongrel2.MethodWebSocket:
 		if payload, end = a.echo(r); payload == nil {
 			return nil, false
 		}
@@ -161,12 +161,12 @@ const switching = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nCon
 // opcode (FLAGS is "0x%X" of the first frame byte), a ping with a pong, a
 // close with a close that ends the socket; nil for a pong.
 func (a *answerer) echo(r *mongrel2.Request) (frame []byte, end bool) {
-	flags, err := strconv.ParseUint(strings.TrimPrefix(r.Header("FLAGS"), "0x"), 16, 8)
-	if err != nil {
-		log.Printf("floorworker: dropping a WebSocket message with FLAGS %q", r.Header("FLAGS"))
+	flags, ok := mongrel2.ParseFlags(r.Header(mongrel2.HeaderFlags))
+	if !ok {
+		log.Printf("floorworker: dropping a WebSocket message with FLAGS %q", r.Header(mongrel2.HeaderFlags))
 		return nil, false
 	}
-	op := byte(flags) & 0x0F
+	op := flags & 0x0F
 	switch op {
 	case wsframe.OpPong:
 		return nil, false
