@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"net/http"
 	"os"
@@ -85,9 +86,14 @@ func testworkerBin(t testing.TB) string {
 // Free ports.
 
 // freePorts returns n distinct loopback TCP ports that were free a moment
-// ago. Listening on all of them at once makes them distinct; a port can still
-// be taken before the caller binds it, so callers retry on "address already
-// in use".
+// ago. They come from below the kernel's ephemeral range
+// (ip_local_port_range) when it leaves room there: ports handed out for
+// port-0 binds and outgoing connections come from that range, so another
+// test running meanwhile (go test runs packages in parallel) cannot take
+// one before the caller binds it, as it did when these were port-0 picks
+// (a worker's bind failed with "address already in use"). Each port is
+// handed out once per test binary. Callers that can still retry on
+// "address already in use" do.
 func freePorts(t testing.TB, n int) []int {
 	t.Helper()
 	ports := make([]int, 0, n)
@@ -98,7 +104,7 @@ func freePorts(t testing.TB, n int) []int {
 		}
 	}()
 	for len(ports) < n {
-		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		ln, err := listenFreePort()
 		if err != nil {
 			t.Fatalf("free port: %v", err)
 		}
@@ -106,6 +112,50 @@ func freePorts(t testing.TB, n int) []int {
 		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
 	}
 	return ports
+}
+
+// pickedPorts are the ports freePorts handed out below the ephemeral range.
+var pickedPorts = struct {
+	sync.Mutex
+	m map[int]bool
+}{m: map[int]bool{}}
+
+// Ports freePorts picks from: [lowPort, the ephemeral range's start).
+const lowPort = 10000
+
+// listenFreePort listens on a port below the ephemeral range not handed out
+// before, or, if that fails, on a port the kernel picks.
+func listenFreePort() (net.Listener, error) {
+	if high := ephemeralStart() - 1; high-lowPort >= 1000 {
+		pickedPorts.Lock()
+		defer pickedPorts.Unlock()
+		for range 200 {
+			port := lowPort + rand.IntN(high-lowPort+1)
+			if pickedPorts.m[port] {
+				continue
+			}
+			if ln, err := net.Listen("tcp", fmt.Sprintf("127.0.0.1:%d", port)); err == nil {
+				pickedPorts.m[port] = true
+				return ln, nil
+			}
+		}
+	}
+	return net.Listen("tcp", "127.0.0.1:0")
+}
+
+// ephemeralStart is the first port of the kernel's ephemeral range (0 if
+// unknown).
+func ephemeralStart() int {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) != 2 {
+		return 0
+	}
+	start, _ := strconv.Atoi(f[0])
+	return start
 }
 
 func tcpEndpoint(port int) string { return fmt.Sprintf("tcp://127.0.0.1:%d", port) }
