@@ -25,6 +25,9 @@ type Env struct {
 	WSEchoHTTP string
 	M2sh       string
 	Mongrel2   string
+	// WorkerEnv is NAME=VALUE settings for the environment of every
+	// process but the front ends (-worker-env), e.g. GOMAXPROCS=1.
+	WorkerEnv []string
 	// M2Ciphers is Mongrel2's ssl_ciphers setting (mbedTLS names separated
 	// by spaces); "" keeps Mongrel2's default preference.
 	M2Ciphers string

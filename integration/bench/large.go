@@ -231,7 +231,7 @@ func runLargeCase(ctx context.Context, c Case, env *Env, o options) LargeRun {
 	var base string
 	for attempt := 1; ; attempt++ {
 		var err error
-		if s, err = newStack(); err != nil {
+		if s, err = newStack(env.WorkerEnv); err != nil {
 			run.Error = err.Error()
 			return run
 		}

@@ -75,6 +75,7 @@ type options struct {
 	Verbose   bool
 	List      bool
 	M2Ciphers string
+	WorkerEnv string
 	WaitQuiet time.Duration
 	// -large
 	LargeBytes  int64
@@ -111,6 +112,7 @@ func run() int {
 	flag.BoolVar(&o.Verbose, "v", false, "print wrk's output and the processes' logs of every run")
 	flag.BoolVar(&o.List, "list", false, "list the cases and exit")
 	flag.DurationVar(&o.WaitQuiet, "wait-quiet", 0, "before each run, wait up to this long for a second with < 10% CPU busy (shared machines; 0 = don't)")
+	flag.StringVar(&o.WorkerEnv, "worker-env", "", "comma-separated NAME=VALUE settings for the workers' environment (every process but Caddy and Mongrel2), e.g. GOMAXPROCS=1")
 	flag.StringVar(&o.M2Ciphers, "m2-ciphers", "", "Mongrel2 ssl_ciphers setting, mbedTLS names separated by spaces (default: Mongrel2's own preference)")
 	flag.Parse()
 	if flag.NArg() > 0 {
@@ -276,7 +278,7 @@ func runCase(ctx context.Context, c Case, env *Env, wrk WrkParams, o options) Ru
 	var s *Stack
 	for attempt := 1; ; attempt++ {
 		var err error
-		if s, err = newStack(); err != nil {
+		if s, err = newStack(env.WorkerEnv); err != nil {
 			run.Error = err.Error()
 			return run
 		}
@@ -358,6 +360,10 @@ func selectCases(table []Case, list string) ([]Case, error) {
 
 // findTools locates the binaries the selected cases need.
 func findTools(o options, cases []Case) (*Env, WrkParams, error) {
+	wenv, err := parseWorkerEnv(o.WorkerEnv)
+	if err != nil {
+		return nil, WrkParams{}, err
+	}
 	env := &Env{
 		Caddy: filepath.Join(o.Bin, "caddy"),
 		Hello: filepath.Join(o.Bin, "hello-worker"),
@@ -368,6 +374,7 @@ func findTools(o options, cases []Case) (*Env, WrkParams, error) {
 		WSEchoHTTP: filepath.Join(o.Bin, "wsecho-http"),
 
 		M2Ciphers: o.M2Ciphers,
+		WorkerEnv: wenv,
 	}
 	need := map[string]string{env.Hello: "run make build"}
 	if o.Large {
@@ -411,6 +418,22 @@ func findTools(o options, cases []Case) (*Env, WrkParams, error) {
 	}
 	wrk := WrkParams{Path: o.Wrk, Threads: o.Threads, Conns: o.Conns, Duration: o.Duration}
 	return env, wrk, nil
+}
+
+// parseWorkerEnv splits -worker-env into NAME=VALUE settings.
+func parseWorkerEnv(list string) ([]string, error) {
+	if list == "" {
+		return nil, nil
+	}
+	var out []string
+	for _, kv := range strings.Split(list, ",") {
+		kv = strings.TrimSpace(kv)
+		if name, _, ok := strings.Cut(kv, "="); !ok || name == "" {
+			return nil, fmt.Errorf("-worker-env: %q is not NAME=VALUE", kv)
+		}
+		out = append(out, kv)
+	}
+	return out, nil
 }
 
 // repoRoot is the directory of the go.mod above the working directory

@@ -91,14 +91,17 @@ func (p *Proc) Output() string {
 type Stack struct {
 	dir   string
 	procs []*Proc
+	// workerEnv is added to the environment of every process but the
+	// front ends (-worker-env).
+	workerEnv []string
 }
 
-func newStack() (*Stack, error) {
+func newStack(workerEnv []string) (*Stack, error) {
 	dir, err := os.MkdirTemp("", "zmqbench-*")
 	if err != nil {
 		return nil, err
 	}
-	return &Stack{dir: dir}, nil
+	return &Stack{dir: dir, workerEnv: workerEnv}, nil
 }
 
 // Dir makes (and returns) a directory inside the stack's temporary directory.
@@ -109,6 +112,12 @@ func (s *Stack) Dir(name string) (string, error) {
 
 // Start starts a process that Close will stop.
 func (s *Stack) Start(name string, cmd *exec.Cmd) (*Proc, error) {
+	if len(s.workerEnv) > 0 && name != "caddy" && name != "mongrel2" {
+		if cmd.Env == nil {
+			cmd.Env = os.Environ()
+		}
+		cmd.Env = append(cmd.Env, s.workerEnv...)
+	}
 	p, err := startProc(name, cmd)
 	if err != nil {
 		return nil, err

@@ -410,7 +410,7 @@ func runWSCase(ctx context.Context, c Case, env *Env, o options) WSRun {
 	var target wsTarget
 	for attempt := 1; ; attempt++ {
 		var err error
-		if s, err = newStack(); err != nil {
+		if s, err = newStack(env.WorkerEnv); err != nil {
 			run.Error = err.Error()
 			return run
 		}
