@@ -173,7 +173,7 @@ func AcceptWebSocket(w http.ResponseWriter, r *http.Request, responseHeader http
 	s.websockets[c.key] = c
 	s.wsOpen.Store(int32(len(s.websockets)))
 	s.mu.Unlock()
-	head := "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: " + rw.wsAccept + "\r\n"
+	head := wsframe.SwitchingHead + rw.wsAccept + "\r\n"
 	for k, vs := range responseHeader {
 		for _, v := range vs {
 			head += k + ": " + v + "\r\n"

@@ -142,7 +142,7 @@ func (a *answerer) answer(r *mongrel2.Request) (reply []byte, end bool) {
 	var payload []byte
 	switch r.Header("METHOD") {
 	case mongrel2.MethodWebSocketHandshake:
-		a.frame = append(append(a.frame[:0], switching...), r.Body...)
+		a.frame = append(append(a.frame[:0], wsframe.SwitchingHead...), r.Body...)
 		payload = append(a.frame, "\r\n\r\n"...)
 	case mongrel2.MethodWebSocket:
 		if payload, end = a.echo(r); payload == nil {
@@ -154,8 +154,6 @@ func (a *answerer) answer(r *mongrel2.Request) (reply []byte, end bool) {
 	a.out = mongrel2.AppendReplyOne(a.out[:0], r.Sender, r.ConnID, payload)
 	return a.out, end
 }
-
-const switching = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: "
 
 // echo answers one WebSocket message: its payload back in one frame of its
 // opcode (FLAGS is "0x%X" of the first frame byte), a ping with a pong, a

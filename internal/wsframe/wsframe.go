@@ -58,6 +58,11 @@ func AcceptKey(key string) string {
 	return base64.StdEncoding.EncodeToString(sum[:])
 }
 
+// SwitchingHead is the start of a server's answer to an opening handshake
+// (RFC 6455 section 4.2.2), up to the Sec-WebSocket-Accept value; the
+// value, "\r\n", any further header lines and the blank line follow.
+const SwitchingHead = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: "
+
 // ProtocolError is a client frame the server must refuse; Code is the
 // close code to send.
 type ProtocolError struct {
