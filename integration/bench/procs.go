@@ -112,7 +112,7 @@ func (s *Stack) Dir(name string) (string, error) {
 
 // Start starts a process that Close will stop.
 func (s *Stack) Start(name string, cmd *exec.Cmd) (*Proc, error) {
-	if len(s.workerEnv) > 0 && name != "caddy" && name != "mongrel2" {
+	if len(s.workerEnv) > 0 && !frontEndProcs[name] {
 		if cmd.Env == nil {
 			cmd.Env = os.Environ()
 		}
