@@ -144,8 +144,8 @@ func listenFreePort() (net.Listener, error) {
 }
 
 // ephemeralStart is the first port of the kernel's ephemeral range (0 if
-// unknown).
-func ephemeralStart() int {
+// unknown), read once.
+var ephemeralStart = sync.OnceValue(func() int {
 	b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range")
 	if err != nil {
 		return 0
@@ -156,7 +156,7 @@ func ephemeralStart() int {
 	}
 	start, _ := strconv.Atoi(f[0])
 	return start
-}
+})
 
 func tcpEndpoint(port int) string { return fmt.Sprintf("tcp://127.0.0.1:%d", port) }
 

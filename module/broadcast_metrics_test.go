@@ -106,7 +106,6 @@ func TestBroadcastGatherFailed(t *testing.T) {
 			tr := &transport{pending: map[uint64]*exchange{}}
 			p := &poolRuntime{Pool: Pool{Name: "p"}, transport: tr, slots: make(chan struct{}, 1)}
 			p.slots <- struct{}{} // the target's in-flight slot
-			p.inflight.Add(1)
 			ex := tr.register(0, true)
 			ex.fail(tc.err)
 			h := &Handler{Broadcast: &Broadcast{}}

@@ -667,7 +667,7 @@ func (c *controlPlane) sweep(now time.Time) {
 // deadlines. A Mongrel2 handler among them would not, and a request it
 // runs late must not be sent twice.
 func (c *controlPlane) coversPeers() bool {
-	if time.Now().UnixNano() < c.t.redialUntil.Load() {
+	if until := c.t.redialUntil.Load(); until != 0 && time.Now().UnixNano() < until {
 		// Caddy itself just closed request connections of zmqx workers
 		// (dropKeys): until they dial again the count below says little
 		// (often no connection at all), and a request that PUSH still

@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"net/http"
 	"strings"
-	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp/reverseproxy"
@@ -74,15 +73,14 @@ type poolRuntime struct {
 	// nameValue is Name as the value of the {http.zmq.pool} placeholder,
 	// boxed once rather than per request.
 	nameValue any
-	// inflight counts this config's requests, so that Cleanup can let
-	// them finish before the sockets are released; idle is signalled each
-	// time it drops to zero. Not a sync.WaitGroup: a request of this
-	// config may take a slot again after the count was zero (a re-send
-	// after Cleanup began), which a WaitGroup being waited on forbids
-	// (it panics: "WaitGroup is reused before previous Wait has
+	// idle is signalled each time the last of this config's requests in
+	// flight gives its slot back, so that Cleanup can let them finish
+	// before the sockets are released. Not a sync.WaitGroup: a request of
+	// this config may take a slot again after none was in flight (a
+	// re-send after Cleanup began), which a WaitGroup being waited on
+	// forbids (it panics: "WaitGroup is reused before previous Wait has
 	// returned").
-	inflight atomic.Int64
-	idle     chan struct{} // buffered, 1
+	idle chan struct{} // buffered, 1
 	// obs is what this pool's requests count into (metrics.go).
 	obs *poolObs
 }
@@ -90,7 +88,7 @@ type poolRuntime struct {
 // releaseWhenIdle drops this config's hold on the pool's sockets once its
 // requests are over (at once when there are none), waiting at most max.
 func (p *poolRuntime) releaseWhenIdle(max time.Duration) {
-	if p.inflight.Load() == 0 {
+	if len(p.slots) == 0 {
 		_, _ = transports.Delete(p.poolKey)
 		return
 	}
@@ -105,7 +103,7 @@ func (p *poolRuntime) releaseWhenIdle(max time.Duration) {
 func (p *poolRuntime) awaitIdle(max time.Duration) {
 	timer := time.NewTimer(max)
 	defer timer.Stop()
-	for p.inflight.Load() > 0 {
+	for len(p.slots) > 0 {
 		select {
 		case <-p.idle:
 		case <-timer.C:
@@ -120,7 +118,6 @@ var errBusy = errors.New("max_inflight requests are in flight and none finished 
 func (p *poolRuntime) acquire(r *http.Request, wait time.Duration) error {
 	select {
 	case p.slots <- struct{}{}:
-		p.inflight.Add(1)
 		return nil
 	default:
 	}
@@ -129,7 +126,6 @@ func (p *poolRuntime) acquire(r *http.Request, wait time.Duration) error {
 	defer timer.Stop()
 	select {
 	case p.slots <- struct{}{}:
-		p.inflight.Add(1)
 		return nil
 	case <-timer.C:
 		return errBusy
@@ -140,7 +136,7 @@ func (p *poolRuntime) acquire(r *http.Request, wait time.Duration) error {
 
 func (p *poolRuntime) release() {
 	<-p.slots
-	if p.inflight.Add(-1) == 0 {
+	if len(p.slots) == 0 {
 		select {
 		case p.idle <- struct{}{}:
 		default: // one signal pending is enough: the waiter reads the count

@@ -335,7 +335,7 @@ func TestReleaseWhenIdleWithLateRequests(t *testing.T) {
 	case <-time.After(testDeadline):
 		t.Fatal("sockets not let go once the requests ended")
 	}
-	if n := p.inflight.Load(); n != 0 {
+	if n := len(p.slots); n != 0 {
 		t.Fatalf("%d requests counted in flight", n)
 	}
 }

@@ -14,7 +14,6 @@ func TestUndeliveredAttemptEnd(t *testing.T) {
 	tr := &transport{pending: map[uint64]*exchange{}, pins: newPinTable(time.Hour)}
 	p := &poolRuntime{transport: tr, slots: make(chan struct{}, 1)}
 	p.slots <- struct{}{} // the attempt's in-flight slot
-	p.inflight.Add(1)
 	ex := tr.register(0, false)
 	ex.expectAck("sess")
 	tr.pins.set("sess", "wk-gone")
@@ -46,7 +45,6 @@ func TestNotQueuedAttemptKeepsPin(t *testing.T) {
 	tr := &transport{pending: map[uint64]*exchange{}, pins: newPinTable(time.Hour)}
 	p := &poolRuntime{transport: tr, slots: make(chan struct{}, 1)}
 	p.slots <- struct{}{}
-	p.inflight.Add(1)
 	ex := tr.register(0, false)
 	ex.expectAck("sess")
 	tr.pins.set("sess", "wk-busy")
