@@ -91,6 +91,9 @@ func (a *attempt) submitRequest() error {
 	// only when every worker of the pool honours it (speaks zmqx/1).
 	if t.control != nil && h.DispatchTimeout > 0 && t.control.coversPeers() {
 		a.dispatchBy = time.Now().Add(time.Duration(h.DispatchTimeout))
+		if a.confirmed() {
+			ex.expectConfirm()
+		}
 	}
 	if a.st.lazyBody {
 		ex.expectAck("")
@@ -104,6 +107,14 @@ func (a *attempt) submitRequest() error {
 		return nil
 	}
 	return t.submit(buf, ex)
+}
+
+// confirmed reports whether the request's worker must wait for CONFIRM
+// before it runs it (zmqx.HeaderConfirm): it is sent again if no ACK
+// arrives by its dispatch deadline, and a lost ACK must not let a method
+// that does not tolerate a second run run twice.
+func (a *attempt) confirmed() bool {
+	return !a.dispatchBy.IsZero() && !isIdempotent(a.r.Method)
 }
 
 // bodyLen is the body length the first message announces.
@@ -125,6 +136,9 @@ func (a *attempt) frame(bodyLen int64, body []byte, uploadDone bool) *[]byte {
 	a.h.encodeHeaders(&st.enc, a.r, a.path, bodyLen, a.ip, a.p.ControlEndpoint != "", a.dispatchBy, a.up, uploadDone)
 	if st.lazyBody {
 		st.enc.Add(zmqx.HeaderBody, zmqx.BodyStream)
+	}
+	if a.confirmed() {
+		st.enc.Add(zmqx.HeaderConfirm, zmqx.ConfirmAck)
 	}
 	a.h.addSessionHeader(&st.enc, a.r, a.t) // sessions.go
 	buf := requestFrames.get()

@@ -95,6 +95,11 @@ type controlPlane struct {
 	// before it sends anything else. Guarded by mu (tests hand messages in
 	// from other goroutines).
 	welcome []string
+	// confirms holds the CONFIRMs due for the ACKs just read (handleMsg),
+	// sent by the owner after the WELCOMEs (sendWelcomes). Not through the
+	// queue, which drops when full: a worker waits for its CONFIRM before
+	// it runs the request. Guarded by mu, as welcome.
+	confirms []ctlMsg
 
 	controlObs // operator's view: history and counts (drain.go)
 }
@@ -285,6 +290,17 @@ func (c *controlPlane) sendWelcomes(router *zmq.Socket) {
 	c.mu.Unlock()
 	for _, w := range due {
 		c.sendTo(router, ctlMsg{worker: w, payload: zmqx.AppendWelcome(nil)})
+	}
+	c.mu.Lock()
+	confirms := c.confirms
+	c.confirms = nil
+	c.mu.Unlock()
+	for _, m := range confirms {
+		if !c.sendTo(router, m) {
+			// Gone, or its queue is full: a worker that still waits
+			// sends its ACK again (docs/zmqx.md section 7.5).
+			c.logger.Debug("could not send CONFIRM", zap.String("worker", m.worker))
+		}
 	}
 }
 
@@ -547,34 +563,7 @@ func (c *controlPlane) handleMsg(worker, key, addr string, payload []byte) {
 
 	switch m.Verb {
 	case zmqx.Ack:
-		// Several ids may be acknowledged at once, space separated.
-		for id, rest := zmqx.NextID(m.IDs); id != nil; id, rest = zmqx.NextID(rest) {
-			n, ok := mongrel2.ParseUint(id)
-			if !ok {
-				continue
-			}
-			c.acks.Add(1)
-			if ex := c.t.lookup(n); ex != nil {
-				if !c.mayHold(ex, worker, key, zmqx.Ack) {
-					continue
-				}
-				if ex.setWorker(worker, wi) {
-					// Its client left before this ACK: the notice went
-					// to any worker, perhaps not this one.
-					c.disconnect(worker, n)
-				}
-				if session := ex.sessionKey(); session != "" {
-					c.t.pins.pinFirst(session, worker, c.isLive)
-				}
-			} else {
-				// The exchange is over: either its reply beat the ACK, or
-				// its client left before the worker was known and the
-				// Mongrel2 notice went to some other worker. Tell the one
-				// that took it (a no-op if it has finished).
-				c.disconnect(worker, n)
-				c.t.pins.lateAck(n, worker, c.isLive)
-			}
-		}
+		c.takeAcks(worker, key, wi, m.IDs)
 	case zmqx.Nack:
 		// A paused worker hands back requests it did not start; they go
 		// to another worker, safely for every method.
@@ -583,7 +572,7 @@ func (c *controlPlane) handleMsg(worker, key, addr string, payload []byte) {
 			if !ok {
 				continue
 			}
-			if ex := c.t.lookup(n); ex != nil && c.mayHold(ex, worker, key, zmqx.Nack) && ex.workerID() == "" {
+			if ex := c.t.lookup(n); ex != nil && c.mayHold(ex, worker, key, zmqx.Nack) && ex.giveUpDispatch() {
 				ex.fail(errNotTaken)
 			}
 		}
@@ -608,6 +597,56 @@ func (c *controlPlane) handleMsg(worker, key, addr string, payload []byte) {
 	case zmqx.Heartbeat, zmqx.Hello, zmqx.Bye:
 	default:
 		c.logger.Debug("ignoring control message meant for workers", zap.String("worker", worker), zap.Stringer("verb", m.Verb))
+	}
+}
+
+// takeAcks records worker as the holder of each request its ACK names
+// (several ids may come in one ACK, space separated), and queues one
+// CONFIRM for those marked zmqx.HeaderConfirm that it now holds.
+func (c *controlPlane) takeAcks(worker, key string, wi *workerInfo, ids []byte) {
+	var confirm []byte
+	for id, rest := zmqx.NextID(ids); id != nil; id, rest = zmqx.NextID(rest) {
+		n, ok := mongrel2.ParseUint(id)
+		if !ok {
+			continue
+		}
+		c.acks.Add(1)
+		ex := c.t.lookup(n)
+		if ex == nil {
+			// The exchange is over: either its reply beat the ACK, or
+			// its client left before the worker was known and the
+			// Mongrel2 notice went to some other worker. Tell the one
+			// that took it (a no-op if it has finished).
+			c.disconnect(worker, n)
+			c.t.pins.lateAck(n, worker, c.isLive)
+			continue
+		}
+		if !c.mayHold(ex, worker, key, zmqx.Ack) {
+			continue
+		}
+		switch ex.setWorker(worker, wi) {
+		case ackRefused:
+			// Sent again under a new id: this copy must not run.
+			c.disconnect(worker, n)
+			continue
+		case ackAbandoned:
+			// Its client left before this ACK: the notice went to any
+			// worker, perhaps not this one.
+			c.disconnect(worker, n)
+		case ackConfirm:
+			if confirm == nil {
+				confirm = zmqx.AppendConfirm(make([]byte, 0, 64))
+			}
+			confirm = zmqx.AppendUintID(confirm, n)
+		}
+		if session := ex.sessionKey(); session != "" {
+			c.t.pins.pinFirst(session, worker, c.isLive)
+		}
+	}
+	if confirm != nil {
+		c.mu.Lock()
+		c.confirms = append(c.confirms, ctlMsg{worker: worker, payload: confirm})
+		c.mu.Unlock()
 	}
 }
 

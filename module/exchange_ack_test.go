@@ -45,11 +45,11 @@ func TestAbandonBeforeAck(t *testing.T) {
 	if w := ex.abandon(); w != "" {
 		t.Fatalf("abandon found worker %q before any ACK", w)
 	}
-	if !ex.setWorker("wk-1", nil) {
+	if ex.setWorker("wk-1", nil) != ackAbandoned {
 		t.Fatal("an ACK after the client left was not told to disconnect its worker")
 	}
 	ex = newExchange(2, 0)
-	if ex.setWorker("wk-1", nil) {
+	if ex.setWorker("wk-1", nil) != ackTaken {
 		t.Fatal("an ACK of a live exchange was told to disconnect")
 	}
 	if w := ex.abandon(); w != "wk-1" {
@@ -61,10 +61,44 @@ func TestAbandonBeforeAck(t *testing.T) {
 		var byAck bool
 		var wg sync.WaitGroup
 		wg.Go(func() { byClient = ex.abandon() })
-		wg.Go(func() { byAck = ex.setWorker("wk-1", nil) })
+		wg.Go(func() { byAck = ex.setWorker("wk-1", nil) == ackAbandoned })
 		wg.Wait()
 		if (byClient != "") == byAck {
 			t.Fatalf("client side found %q, ACK side told to disconnect: %v; want exactly one", byClient, byAck)
+		}
+	}
+}
+
+// The dispatch deadline and a late ACK may cross: the request goroutine
+// gives up on the exchange (and sends the request again under a new id)
+// exactly when no worker acknowledged it, and an ACK that comes after that
+// is refused, so that the worker is told DISCONNECT and never CONFIRM: one
+// of the two runs the request, never both.
+func TestGiveUpDispatchRefusesLateAck(t *testing.T) {
+	ex := newExchange(1, 0)
+	if !ex.giveUpDispatch() {
+		t.Fatal("an exchange nobody acknowledged was not given up")
+	}
+	if v := ex.setWorker("wk-1", nil); v != ackRefused {
+		t.Fatalf("an ACK after the give-up: verdict %d, want refused", v)
+	}
+	if w := ex.workerID(); w != "" {
+		t.Fatalf("a refused ACK recorded worker %q", w)
+	}
+	ex = newExchange(2, 0)
+	if ex.setWorker("wk-1", nil) != ackTaken || ex.giveUpDispatch() {
+		t.Fatal("an acknowledged exchange was given up")
+	}
+	for range 200 { // crossing: exactly one side wins
+		ex := newExchange(3, 0)
+		var gaveUp bool
+		var verdict ackVerdict
+		var wg sync.WaitGroup
+		wg.Go(func() { gaveUp = ex.giveUpDispatch() })
+		wg.Go(func() { verdict = ex.setWorker("wk-1", nil) })
+		wg.Wait()
+		if gaveUp == (verdict == ackTaken) {
+			t.Fatalf("gave up: %v, ACK verdict %d; want exactly one to win", gaveUp, verdict)
 		}
 	}
 }

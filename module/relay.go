@@ -32,7 +32,7 @@ func (a *attempt) relay() error {
 		select {
 		case <-a.ex.signal:
 		case <-dispatchC:
-			if a.ex.workerID() == "" && !gotFrames {
+			if !gotFrames && a.ex.giveUpDispatch() {
 				return errNotTaken
 			}
 			continue

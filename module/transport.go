@@ -791,7 +791,15 @@ type exchange struct {
 	worker string // control-channel identity of the worker that took it
 	// abandoned: the client went away (notifyDisconnect) before a worker
 	// was known; a later ACK is answered with DISCONNECT.
-	abandoned   bool
+	abandoned bool
+	// givenUp: no worker acknowledged the request by its dispatch
+	// deadline and it is being sent again under a new id: a later ACK of
+	// this one is refused (answered with DISCONNECT, never CONFIRM).
+	givenUp bool
+	// confirm: the request carries zmqx.HeaderConfirm, so the worker
+	// starts it only once its ACK is answered with CONFIRM. Set by
+	// expectConfirm, under mu, before the request is sent.
+	confirm     bool
 	holderKey   string // CURVE key of the worker that holds it (curve.go)
 	wi          *workerInfo
 	ackedAt     time.Time
@@ -891,16 +899,41 @@ func (ex *exchange) sessionKey() string {
 	return ex.session
 }
 
-// setWorker records which worker acknowledged the request and wakes the
-// request, which may owe that worker credit. wi is nil in tests.
-// setWorker records the worker that acknowledged ex. It reports whether
-// ex's client had already gone with no worker known (notifyDisconnect sent
-// Mongrel2's notice, which PUSH handed to any worker): the caller then
-// tells this worker.
-func (ex *exchange) setWorker(w string, wi *workerInfo) (abandoned bool) {
+// ackVerdict is what becomes of a worker's ACK of an exchange.
+type ackVerdict int
+
+const (
+	// ackTaken: the worker holds the request now.
+	ackTaken ackVerdict = iota
+	// ackConfirm: it holds it, and waits for CONFIRM before it runs it
+	// (zmqx.HeaderConfirm).
+	ackConfirm
+	// ackAbandoned: it holds it, but the client went away before any
+	// worker was known (notifyDisconnect sent Mongrel2's notice, which
+	// PUSH handed to any worker): tell this one (DISCONNECT).
+	ackAbandoned
+	// ackRefused: nobody acknowledged the request by its dispatch
+	// deadline and it is being sent again under a new id: this worker
+	// must not run it (DISCONNECT, never CONFIRM).
+	ackRefused
+)
+
+// setWorker records the worker that acknowledged ex and wakes the request,
+// which may owe that worker credit. wi is nil in tests.
+func (ex *exchange) setWorker(w string, wi *workerInfo) ackVerdict {
 	ex.mu.Lock()
+	if ex.givenUp {
+		ex.mu.Unlock()
+		return ackRefused
+	}
 	first := ex.worker == ""
-	abandoned = first && ex.abandoned
+	verdict := ackTaken
+	switch {
+	case first && ex.abandoned:
+		verdict = ackAbandoned
+	case ex.confirm:
+		verdict = ackConfirm // also for an ACK sent again
+	}
 	acked := ex.acked
 	ex.worker = w
 	if first {
@@ -915,7 +948,7 @@ func (ex *exchange) setWorker(w string, wi *workerInfo) (abandoned bool) {
 		close(acked)
 	}
 	ex.wake()
-	return abandoned
+	return verdict
 }
 
 // abandon notes that ex's client went away and returns the worker known
@@ -926,6 +959,26 @@ func (ex *exchange) abandon() string {
 	defer ex.mu.Unlock()
 	ex.abandoned = true
 	return ex.worker
+}
+
+// expectConfirm marks ex as a request whose worker waits for CONFIRM.
+func (ex *exchange) expectConfirm() {
+	ex.mu.Lock()
+	ex.confirm = true
+	ex.mu.Unlock()
+}
+
+// giveUpDispatch reports whether no worker has acknowledged ex, and if so
+// refuses every later ACK of it, in one step: the caller sends the request
+// again, and an ACK that raced the decision must not be confirmed
+// (setWorker).
+func (ex *exchange) giveUpDispatch() bool {
+	ex.mu.Lock()
+	defer ex.mu.Unlock()
+	if ex.worker == "" {
+		ex.givenUp = true
+	}
+	return ex.givenUp
 }
 
 func (ex *exchange) workerID() string {

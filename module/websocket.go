@@ -300,7 +300,7 @@ func (s *wsSession) awaitHandshake(replyBy time.Time) (handshakeReply, error) {
 		select {
 		case <-s.ex.signal:
 		case <-dispatchC:
-			if s.ex.workerID() == "" && len(reply.bytes) == 0 {
+			if len(reply.bytes) == 0 && s.ex.giveUpDispatch() {
 				return reply, errNotTaken
 			}
 			continue

@@ -35,7 +35,7 @@ func (s *server) admit(fe *frontEndConn, msg []byte) *flight {
 	}
 	// One pass for the front end's keys; the last field of a name wins, as
 	// in Request.Header. Clients cannot send these upper-case names.
-	var method, window, deadline, body, length string
+	var method, window, deadline, body, length, confirm string
 	for i := range req.Headers {
 		switch h := &req.Headers[i]; h.Name {
 		case "METHOD":
@@ -46,6 +46,8 @@ func (s *server) admit(fe *frontEndConn, msg []byte) *flight {
 			deadline = h.Value()
 		case zmqx.HeaderBody:
 			body = h.Value()
+		case zmqx.HeaderConfirm:
+			confirm = h.Value()
 		case "content-length":
 			length = h.Value()
 		}
@@ -67,7 +69,7 @@ func (s *server) admit(fe *frontEndConn, msg []byte) *flight {
 	}
 	ctx, cancel := context.WithCancel(s.base)
 	fl := &flight{key: flightKey{fe, req.ConnID}, sender: req.Sender, cancel: cancel, req: req,
-		stream: body == zmqx.BodyStream}
+		stream: body == zmqx.BodyStream, wantConfirm: confirm == zmqx.ConfirmAck}
 	fl.ctx, fl.base = ctx, ctx
 	if fe.ctl != nil {
 		fl.leaseCtx = flightCtx{Context: ctx, fl: fl} // no allocation of its own
@@ -218,8 +220,12 @@ func (s *server) prepare(fl *flight) bool {
 			fl.flow = f // CREDIT and a lost control connection find it now
 			fl.upload = u
 			s.mu.Unlock()
+			if fl.wantConfirm {
+				fl.confirmed = make(chan struct{}) // confirm.go
+			}
 			fl.ackState.Store(ackQueued)
-			// Queued, not waited for: the handler starts at once (see ack).
+			// Queued, not waited for: the handler starts at once (see
+			// ack), unless it must wait for CONFIRM (serveFlight).
 			fe.ctl.ack(fl)
 		} else if fl.deadline != 0 {
 			// No control connection, so no ACK: the front end will re-send

@@ -59,6 +59,8 @@ type ctlConn struct {
 	// as none could be acknowledged.
 	greeting      atomic.Bool
 	warnedUnacked atomic.Bool // logged once per outage
+	// confirmWaiting counts handlers waiting for CONFIRM (confirm.go).
+	confirmWaiting atomic.Int32
 	// lastSend is when the owner last sent a message (monoNow), 0 when
 	// there is no lease to keep (lease.go).
 	lastSend atomic.Int64

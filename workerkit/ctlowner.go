@@ -167,6 +167,7 @@ func (c *ctlConn) run(ready chan<- error, quit <-chan struct{}) {
 		if now := time.Now(); !now.Before(nextHB) {
 			o.send(zmqx.AppendHeartbeat(o.buf[:0]))
 			nextHB = now.Add(ctlHeartbeat)
+			o.resendUnconfirmed() // confirm.go
 		}
 		// Sends refuse while the lease is lapsed (a freeze may fall
 		// between the check above and a send): notice it now, not after
@@ -353,7 +354,8 @@ func (o *ctlOwner) drainAcks() {
 			if fl.ackState.CompareAndSwap(ackQueued, ackDropped) {
 				fl.cancel()
 			}
-		case fl.ackTooLate():
+		case fl.confirmed == nil && fl.ackTooLate():
+			// (One that waits for CONFIRM is the front end's to judge.)
 			if fl.ackState.CompareAndSwap(ackQueued, ackDropped) {
 				fl.cancel()
 				c.fe.s.droppedLate.Add(1)
@@ -365,16 +367,10 @@ func (o *ctlOwner) drainAcks() {
 			}
 		default:
 			if fl.ackState.CompareAndSwap(ackQueued, ackSent) {
+				fl.ackSentAt = monoNow()
 				keep = append(keep, fl)
 			}
 		}
-	}
-	if len(held) > 0 {
-		c.ackMu.Lock()
-		if !c.ackClosed {
-			c.acks = append(held, c.acks...)
-		}
-		c.ackMu.Unlock()
 	}
 	for rest := keep; len(rest) > 0; {
 		n := min(len(rest), maxAckIDs)
@@ -389,6 +385,14 @@ func (o *ctlOwner) drainAcks() {
 			// it must not run here too.
 			c.fe.log.Debug("control: could not send ACK; serving without flow control", "ids", n)
 			for _, fl := range rest[:n] {
+				if fl.confirmed != nil {
+					// Not started: its ACK goes out again once a
+					// connection is up (confirm.go).
+					if fl.ackState.CompareAndSwap(ackSent, ackQueued) {
+						held = append(held, fl)
+					}
+					continue
+				}
 				if fl.deadline != 0 {
 					fl.cancel()
 				}
@@ -396,6 +400,13 @@ func (o *ctlOwner) drainAcks() {
 			}
 		}
 		rest = rest[n:]
+	}
+	if len(held) > 0 {
+		c.ackMu.Lock()
+		if !c.ackClosed {
+			c.acks = append(held, c.acks...)
+		}
+		c.ackMu.Unlock()
 	}
 	clear(batch) // the flights may end long before the next batch
 	o.batch = batch[:0]
@@ -502,6 +513,11 @@ func (o *ctlOwner) handle(msg []byte, hold bodyChunk) (kept bool) {
 		if fe.paused.Swap(false) {
 			fe.log.Info("front end resumed us", "control", fe.cfg.Control)
 		}
+	case zmqx.Confirm:
+		// The front end holds these requests as ours: they may start.
+		for id, rest := zmqx.NextID(m.IDs); id != nil; id, rest = zmqx.NextID(rest) {
+			fe.s.confirmFlights(flightKey{fe, string(id)})
+		}
 	case zmqx.Welcome:
 		// Our HELLO was heard (receive counted the connection up). A front
 		// end taken for one without WELCOME has been upgraded.
@@ -544,6 +560,9 @@ func (o *ctlOwner) monitor(mon *zmq.Socket) {
 			// And BODY messages sent meanwhile are lost: a streamed
 			// body cannot be completed.
 			o.c.fe.s.failUploads(o.c.fe, errUploadLost)
+			// An ACK sent on it may be lost too: one whose request
+			// waits for CONFIRM goes out again on the next connection.
+			o.requeueUnconfirmed(monoNow())
 		}
 	}
 }

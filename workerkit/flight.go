@@ -45,6 +45,15 @@ type flight struct {
 	leaseCtx flightCtx
 	// ackState: ackNone, or where its ACK is (lease.go).
 	ackState atomic.Int32
+	// wantConfirm: the request carries zmqx.HeaderConfirm. confirmed is
+	// made when its ACK is queued: the handler starts once it is closed,
+	// on CONFIRM (confirm.go). confirmDone: closed; guarded by server.mu.
+	// ackSentAt: when the owner last sent its ACK (lease clock; owner
+	// only).
+	wantConfirm bool
+	confirmed   chan struct{}
+	confirmDone bool
+	ackSentAt   int64
 
 	// flow is set, before the ACK is queued, for a request that is
 	// acknowledged: the credit that paces its reply. Guarded by server.mu

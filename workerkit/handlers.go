@@ -107,6 +107,9 @@ func (s *server) serveFlight(fl *flight, h http.Handler, direct bool) (ok bool) 
 		}
 		s.handlers.Done()
 	}()
+	if fl.confirmed != nil && !s.awaitConfirm(fl, ctx) {
+		return true // not started, nothing to answer (confirm.go)
+	}
 	r, err := buildRequest(ctx, req)
 	if err != nil {
 		fe.log.Warn("bad request", "err", err, "conn", req.ConnID)

@@ -423,6 +423,7 @@ type treq struct {
 	window   string // ZMQX_WINDOW, if not empty
 	deadline string // ZMQX_DEADLINE, if not empty
 	stream   bool   // ZMQX_BODY: stream (the body comes over the control channel)
+	confirm  bool   // ZMQX_CONFIRM: ack (start only once the ACK is confirmed)
 }
 
 func (f *testFE) frame(conn string, q treq) []byte {
@@ -469,6 +470,9 @@ func (f *testFE) frame(conn string, q treq) []byte {
 	}
 	if q.stream {
 		e.Add("ZMQX_BODY", "stream")
+	}
+	if q.confirm {
+		e.Add("ZMQX_CONFIRM", "ack")
 	}
 	return mongrel2.AppendRequest(nil, f.sender, conn, path, e.Bytes(), []byte(q.body))
 }

@@ -135,7 +135,7 @@ func (c *flightCtx) Err() error {
 		// The lease first: the owner cancels before it renews.
 		if ctl.lapsed() {
 			fl.cancel()
-		} else if st == ackQueued && fl.ackTooLate() && fl.ackState.CompareAndSwap(ackQueued, ackDropped) {
+		} else if st == ackQueued && fl.confirmed == nil && fl.ackTooLate() && fl.ackState.CompareAndSwap(ackQueued, ackDropped) {
 			fl.cancel()
 		}
 	}

@@ -2,7 +2,9 @@
 // network dropped on one side only: CutWorkerSide closes the side of each
 // relayed connection that faces the dialling peer (the worker) and leaves
 // the side facing the target (the front end) open and silent, as a NAT or
-// firewall that forgot the connection would.
+// firewall that forgot the connection would. Stall, before it, loses what
+// the worker sends while its connection still looks up to it, as a link
+// that died before either end noticed does.
 package cutrelay
 
 import (
@@ -25,6 +27,8 @@ type Relay struct {
 type pair struct {
 	worker, frontEnd net.Conn
 	cut              bool
+	// stalled: what the worker sends is read and dropped.
+	stalled bool
 }
 
 // Start listens on a free loopback port and relays every connection to
@@ -78,7 +82,11 @@ func (r *Relay) accept() {
 // pair was cut (the front end's side then stays open).
 func (r *Relay) pipe(p *pair, dst, src net.Conn) {
 	defer r.wg.Done()
-	_, _ = io.Copy(dst, src)
+	if src == p.worker {
+		_, _ = io.Copy(stallWriter{r, p, dst}, src)
+	} else {
+		_, _ = io.Copy(dst, src)
+	}
 	r.mu.Lock()
 	cut := p.cut
 	r.mu.Unlock()
@@ -102,6 +110,39 @@ func (r *Relay) CutWorkerSide() int {
 		}
 	}
 	return n
+}
+
+// Stall drops, from now on, what the worker side of the connections
+// relayed so far sends: the worker's writes succeed, and nothing reaches
+// the front end. It returns how many connections it stalled.
+func (r *Relay) Stall() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	n := 0
+	for _, p := range r.pairs {
+		if !p.cut && !p.stalled {
+			p.stalled = true
+			n++
+		}
+	}
+	return n
+}
+
+// stallWriter writes to the front end's side unless the pair is stalled.
+type stallWriter struct {
+	r   *Relay
+	p   *pair
+	dst net.Conn
+}
+
+func (w stallWriter) Write(b []byte) (int, error) {
+	w.r.mu.Lock()
+	stalled := w.p.stalled
+	w.r.mu.Unlock()
+	if stalled {
+		return len(b), nil
+	}
+	return w.dst.Write(b)
 }
 
 func (r *Relay) close() {

@@ -106,6 +106,23 @@ func AppendResume(dst []byte) []byte { return append(dst, resumeWord...) }
 // AppendWelcome appends WELCOME.
 func AppendWelcome(dst []byte) []byte { return append(dst, welcomeWord...) }
 
+// AppendConfirm appends CONFIRM and connIDs; like AppendAck, it needs at
+// least one id in the end (add them with AppendUintID).
+func AppendConfirm(dst []byte, connIDs ...uint64) []byte {
+	dst = append(dst, confirmWord...)
+	for _, id := range connIDs {
+		dst = AppendUintID(dst, id)
+	}
+	return dst
+}
+
+// AppendUintID appends one more connection id, numbered by the front end,
+// to a CONFIRM.
+func AppendUintID(dst []byte, connID uint64) []byte {
+	dst = append(dst, ' ')
+	return strconv.AppendUint(dst, connID, 10)
+}
+
 func appendVerbID(dst []byte, word string, connID uint64) []byte {
 	dst = append(dst, word...)
 	dst = append(dst, ' ')

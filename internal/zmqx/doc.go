@@ -14,11 +14,11 @@
 //	                     UCREDIT <conn_id> <bytes>
 //	front end -> worker: CREDIT <conn_id> <bytes> | DISCONNECT <conn_id> | REQ <request frame> |
 //	                     BODY <conn_id> <bytes> | BODYEND <conn_id> | BODYERR <conn_id> |
-//	                     PAUSE | RESUME
+//	                     PAUSE | RESUME | WELCOME | CONFIRM <conn_id> [<conn_id> ...]
 //
 // A request frame on the request socket carries the trusted headers
-// ZMQX_WINDOW, ZMQX_DEADLINE and ZMQX_BODY (HeaderWindow, HeaderDeadline,
-// HeaderBody); clients cannot send upper-case header names through the front
+// ZMQX_WINDOW, ZMQX_DEADLINE, ZMQX_CONFIRM and ZMQX_BODY (HeaderWindow,
+// HeaderDeadline, HeaderConfirm, HeaderBody); clients cannot send upper-case header names through the front
 // end, so a worker can trust them.
 //
 // The Append functions append one message to a buffer and never allocate

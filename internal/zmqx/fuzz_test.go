@@ -13,7 +13,7 @@ func FuzzParse(f *testing.F) {
 	for _, s := range []string{
 		"HELLO 8", "HB", "BYE", "RESET", "ACK 1 2 3", "NACK 4", "UCREDIT 5 100",
 		"CREDIT 6 262144", "DISCONNECT 7", "REQ u 8 / 2:{},0:,", "BODY 9 a b", "BODYEND 9",
-		"BODYERR 9", "PAUSE", "RESUME", "WELCOME", "WELCOME x", "", "ACK 1  2", "CREDIT 1 99999999999999999999",
+		"BODYERR 9", "PAUSE", "RESUME", "WELCOME", "WELCOME x", "CONFIRM 10 11", "", "ACK 1  2", "CREDIT 1 99999999999999999999",
 	} {
 		f.Add([]byte(s))
 	}
@@ -73,6 +73,18 @@ func rebuild(t *testing.T, m Message) []byte {
 		}
 		for id, rest := NextID(m.IDs); id != nil; id, rest = NextID(rest) {
 			out = AppendID(out, string(id))
+		}
+		return out
+	case Confirm:
+		// Front-end ids are integers: ids with leading zeros or beyond
+		// uint64 are rebuilt by hand.
+		out := AppendConfirm(nil)
+		for id, rest := NextID(m.IDs); id != nil; id, rest = NextID(rest) {
+			if n, err := strconv.ParseUint(string(id), 10, 64); err == nil && strconv.FormatUint(n, 10) == string(id) {
+				out = AppendUintID(out, n)
+			} else {
+				out = AppendID(out, string(id))
+			}
 		}
 		return out
 	case UploadCredit:

@@ -13,7 +13,7 @@ type Message struct {
 	// ID is the connection id of CREDIT, UCREDIT, DISCONNECT, BODY,
 	// BODYEND and BODYERR.
 	ID []byte
-	// IDs are the connection ids of ACK and NACK, space separated; NextID
+	// IDs are the connection ids of ACK, NACK and CONFIRM, space separated; NextID
 	// walks them.
 	IDs []byte
 	// N is HELLO's max_concurrent, or the bytes of CREDIT and UCREDIT.
@@ -49,7 +49,7 @@ func Parse(msg []byte) (Message, error) {
 	case Hello:
 		n, _, _ := bytes.Cut(args, []byte{' '})
 		m.N, ok = parseCount(n)
-	case Ack, Nack:
+	case Ack, Nack, Confirm:
 		m.IDs, ok = args, validIDs(args)
 	case Credit, UploadCredit:
 		id, n, found := bytes.Cut(args, []byte{' '})

@@ -31,6 +31,16 @@ const (
 	// Absent when the route has no affinity or the request names no
 	// session.
 	HeaderSession = "ZMQX_SESSION"
+	// HeaderConfirm asks the worker to start a windowed request only once
+	// the front end has confirmed its ACK (CONFIRM), and never after a
+	// DISCONNECT that answers the ACK instead: its only value is
+	// ConfirmAck. The front end sets it on requests with a deadline whose
+	// method is not idempotent, which it would otherwise re-send on the
+	// deadline if their ACK were lost on its way (a control connection
+	// breaking as it leaves), running them twice.
+	HeaderConfirm = "ZMQX_CONFIRM"
+	// ConfirmAck is the value of HeaderConfirm.
+	ConfirmAck = "ack"
 	// HeaderBroadcast marks a request that is one of a broadcast (the zmq
 	// handler's scatter-gather): the same request sent to every live worker.
 	// Its value is the number of workers asked.

@@ -49,6 +49,11 @@ const (
 	// front end reads that connection, so what the worker sends on it
 	// (ACKs above all) is heard.
 	Welcome
+	// Confirm answers the ACK of a request marked HeaderConfirm: the front
+	// end has recorded this worker as the request's holder and will not
+	// send it to another, so the worker may start it now:
+	// CONFIRM <conn_id> [<conn_id> ...].
+	Confirm
 
 	verbCount // not a verb: the number of them
 )
@@ -71,6 +76,7 @@ const (
 	pauseWord        = "PAUSE"
 	resumeWord       = "RESUME"
 	welcomeWord      = "WELCOME"
+	confirmWord      = "CONFIRM"
 )
 
 var verbWords = [verbCount]string{
@@ -91,6 +97,7 @@ var verbWords = [verbCount]string{
 	Pause:        pauseWord,
 	Resume:       resumeWord,
 	Welcome:      welcomeWord,
+	Confirm:      confirmWord,
 }
 
 // String is the verb as it is sent; "" for VerbUnknown.
@@ -139,6 +146,8 @@ func lookupVerb(word []byte) Verb {
 		return Resume
 	case welcomeWord:
 		return Welcome
+	case confirmWord:
+		return Confirm
 	}
 	return VerbUnknown
 }

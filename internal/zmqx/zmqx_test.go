@@ -38,6 +38,8 @@ func TestAppend(t *testing.T) {
 		{"pause", AppendPause(nil), "PAUSE"},
 		{"resume", AppendResume(nil), "RESUME"},
 		{"welcome", AppendWelcome(nil), "WELCOME"},
+		{"confirm", AppendConfirm(nil, 7, 1<<64-1), "CONFIRM 7 18446744073709551615"},
+		{"confirm built", AppendUintID(AppendConfirm(nil), 8), "CONFIRM 8"},
 		{"appends", AppendHeartbeat([]byte("x")), "xHB"},
 	}
 	for _, tt := range tests {
@@ -54,7 +56,7 @@ func TestVerbWords(t *testing.T) {
 		Hello: "HELLO", Heartbeat: "HB", Ack: "ACK", Nack: "NACK", Bye: "BYE",
 		UploadCredit: "UCREDIT", Reset: "RESET", Credit: "CREDIT", Disconnect: "DISCONNECT",
 		Req: "REQ", Body: "BODY", BodyEnd: "BODYEND", BodyErr: "BODYERR", Pause: "PAUSE", Resume: "RESUME",
-		Welcome: "WELCOME",
+		Welcome: "WELCOME", Confirm: "CONFIRM",
 	}
 	if len(want) != int(verbCount)-1 {
 		t.Fatalf("%d verbs pinned, %d defined", len(want), verbCount-1)
@@ -112,6 +114,9 @@ func TestParse(t *testing.T) {
 		{"ACK 7 x", Message{Verb: Ack, IDs: b("7 x")}, ErrMalformed},
 		{"ACK 123456789012345678901", Message{Verb: Ack, IDs: b("123456789012345678901")}, ErrMalformed},
 		{"NACK 5 6", Message{Verb: Nack, IDs: b("5 6")}, nil},
+		{"CONFIRM 5 6", Message{Verb: Confirm, IDs: b("5 6")}, nil},
+		{"CONFIRM", Message{Verb: Confirm}, ErrMalformed},
+		{"CONFIRM 5 x", Message{Verb: Confirm, IDs: b("5 x")}, ErrMalformed},
 		{"UCREDIT 42 65536", Message{Verb: UploadCredit, ID: b("42"), N: 65536}, nil},
 		{"UCREDIT 42 0", Message{Verb: UploadCredit, ID: b("42")}, ErrMalformed},
 		{"UCREDIT 42", Message{Verb: UploadCredit, ID: b("42")}, ErrMalformed},

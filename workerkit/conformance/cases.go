@@ -24,6 +24,7 @@ var allCases = []caseDef{
 	{"zmqx/ack", true, ack},
 	{"zmqx/deadline", true, deadline},
 	{"zmqx/deadline-queued", true, deadlineQueued},
+	{"zmqx/confirm", true, confirmStart},
 	{"zmqx/credit", true, credit},
 	{"zmqx/max-concurrent", true, maxConcurrent},
 	{"zmqx/disconnect", true, disconnectCancels},
@@ -242,6 +243,45 @@ func deadlineQueued(s *session) Result {
 		return fail("ran request %s once a slot freed, after its deadline had passed", late.id)
 	}
 	return pass("the request that waited past its deadline was dropped")
+}
+
+// confirmStart: a request marked ZMQX_CONFIRM (a POST with a deadline) is
+// acknowledged but not run until its ACK is answered with CONFIRM; one
+// whose ACK is answered with DISCONNECT instead is never run.
+func confirmStart(s *session) Result {
+	spec := requestSpec{method: "POST", path: s.cfg.Path, body: []byte("once"), window: 4 << 20,
+		deadline: time.Now().Add(s.cfg.Timeout), confirm: true}
+	x, err := s.send(spec)
+	if err != nil {
+		return fail("%v", err)
+	}
+	if !s.awaitAcked(x) {
+		return fail("request %s never acknowledged", x.id)
+	}
+	if !s.fe.holds(s.ctx, s.cfg.Quiet, func() bool { return len(x.frames) > 0 }) {
+		return fail("ran request %s before its ACK was confirmed (answered without CONFIRM)", x.id)
+	}
+	if err := s.fe.control(s.worker, zmqx.AppendID(zmqx.AppendConfirm(nil), x.id)); err != nil {
+		return fail("%v", err)
+	}
+	if err := s.awaitDone(x); err != nil {
+		return fail("after CONFIRM: %v", err)
+	}
+	spec.deadline = time.Now().Add(s.cfg.Timeout)
+	y, err := s.send(spec)
+	if err != nil {
+		return fail("%v", err)
+	}
+	if !s.awaitAcked(y) {
+		return fail("request %s never acknowledged", y.id)
+	}
+	if err := s.fe.control(s.worker, disconnectPayload(y.id)); err != nil {
+		return fail("%v", err)
+	}
+	if !s.fe.holds(s.ctx, s.cfg.Quiet, func() bool { return len(y.frames) > 0 }) {
+		return fail("ran request %s although its ACK was answered with DISCONNECT", y.id)
+	}
+	return pass("started only after CONFIRM; never after DISCONNECT")
 }
 
 // credit: the reply of a windowed request stays within its credit and

@@ -262,6 +262,9 @@ func TestEachCaseCanFail(t *testing.T) {
 			}
 			return withoutHeader(f, zmqx.HeaderDeadline), nil // and never checked again
 		}}},
+		{"ignores ZMQX_CONFIRM", "zmqx/confirm", tamper{request: func(f []byte) ([]byte, []byte) {
+			return withoutHeader(f, zmqx.HeaderConfirm), nil
+		}}},
 		{"ignores credit", "zmqx/credit", tamper{up: func(p []byte) ([]byte, [][]byte) {
 			if !isVerb(p, zmqx.Ack) {
 				return p, nil

@@ -19,6 +19,7 @@ type requestSpec struct {
 	window   int64  // ZMQX_WINDOW, 0: absent
 	deadline time.Time
 	stream   int64 // > 0: ZMQX_BODY stream, with this content-length
+	confirm  bool  // ZMQX_CONFIRM: ack
 	extra    [][2]string
 }
 
@@ -55,6 +56,9 @@ func appendRequest(dst []byte, sender, connID string, r requestSpec) []byte {
 	}
 	if r.stream > 0 {
 		e.Add(zmqx.HeaderBody, zmqx.BodyStream)
+	}
+	if r.confirm {
+		e.Add(zmqx.HeaderConfirm, zmqx.ConfirmAck)
 	}
 	for _, kv := range r.extra {
 		e.Add(kv[0], kv[1])
