@@ -42,6 +42,9 @@
 //     reply; the one sent after it is served.
 //   - zmqx/deadline-queued: a request that waits for a handler slot (all
 //     busy) past its deadline is not run once a slot frees.
+//   - zmqx/confirm: a POST marked ZMQX_CONFIRM is acknowledged but not run
+//     until its ACK is answered with CONFIRM, and not run at all when it is
+//     answered with DISCONNECT.
 //   - zmqx/credit: with a window of a quarter of the response, the reply
 //     stays within its credit (no frame while outstanding bytes plus the
 //     frame exceed the window, except one frame when nothing is
