@@ -1005,7 +1005,9 @@ func TestMongrel2Upload(t *testing.T) {
 // When the handler holds the request is known without waiting blindly:
 // the request is a POST with "Expect: 100-continue" and a body of unknown
 // length, so Caddy streams the body, which it starts reading (and so sends
-// "100 Continue") only once a worker has acknowledged the request.
+// "100 Continue") only once a worker has acknowledged the request; the
+// handler prints "WAITING /wait <uri>" once it runs (a POST with a dispatch
+// deadline starts only once Caddy has confirmed the ACK, ZMQX_CONFIRM).
 func TestCancelDisconnect(t *testing.T) {
 	const workers, requests = 3, 6
 	c := startStreamsCaddy(t, true, nil)
@@ -1055,6 +1057,10 @@ func TestCancelDisconnect(t *testing.T) {
 			t.Fatalf("%s: no 100 Continue within %v: no worker acknowledged the request", uri, lineTimeout)
 		}
 
+		if _, _, err := waitAnyOutput(ws, "WAITING /wait "+uri, lineTimeout); err != nil {
+			cancel()
+			t.Fatalf("%s: the handler never started: %v", uri, err)
+		}
 		// echo prints the request URI after the path.
 		line := "CANCELLED /wait " + uri
 		cancelled := time.Now()

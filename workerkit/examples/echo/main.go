@@ -13,8 +13,9 @@
 //	                        body that ends in an error (the client's upload broke,
 //	                        or it went over the front end's limit) prints
 //	                        "UPLOAD-ERROR <request URI> <bytes read> <error>" to stdout
-//	GET  /wait              blocks until the request's context is done (the client
-//	                        went away, or shutdown), then prints
+//	GET  /wait              prints "WAITING /wait <request URI>" to stdout, blocks
+//	                        until the request's context is done (the client went
+//	                        away, or shutdown), then prints
 //	                        "CANCELLED /wait <request URI>" to stdout
 //
 // -frontend takes the endpoints REQUESTS,REPLIES[,CONTROL] and may be repeated.
@@ -166,6 +167,9 @@ var stdout sync.Mutex
 // wait shows cancellation: it returns when the client goes away.
 func wait(w http.ResponseWriter, r *http.Request) {
 	start := time.Now()
+	stdout.Lock()
+	fmt.Fprintf(os.Stdout, "WAITING /wait %s\n", r.RequestURI)
+	stdout.Unlock()
 	<-r.Context().Done()
 	log.Printf("wait: context cancelled after %v", time.Since(start).Round(time.Millisecond))
 	stdout.Lock()
