@@ -219,10 +219,10 @@ func (s *server) prepare(fl *flight) bool {
 			s.mu.Lock()
 			fl.flow = f // CREDIT and a lost control connection find it now
 			fl.upload = u
-			s.mu.Unlock()
 			if fl.wantConfirm {
-				fl.confirmed = make(chan struct{}) // confirm.go
+				fl.confirmed = make(chan struct{}) // CONFIRM finds it (confirm.go)
 			}
+			s.mu.Unlock()
 			fl.ackState.Store(ackQueued)
 			// Queued, not waited for: the handler starts at once (see
 			// ack), unless it must wait for CONFIRM (serveFlight).

@@ -46,10 +46,10 @@ type flight struct {
 	// ackState: ackNone, or where its ACK is (lease.go).
 	ackState atomic.Int32
 	// wantConfirm: the request carries zmqx.HeaderConfirm. confirmed is
-	// made when its ACK is queued: the handler starts once it is closed,
-	// on CONFIRM (confirm.go). confirmDone: closed; guarded by server.mu.
-	// ackSentAt: when the owner last sent its ACK (lease clock; owner
-	// only).
+	// made, under server.mu, when its ACK is queued: the handler starts
+	// once it is closed, on CONFIRM (confirm.go). confirmDone: it is
+	// closed; guarded by server.mu. ackSentAt: when the owner last sent
+	// its ACK (lease clock; owner only).
 	wantConfirm bool
 	confirmed   chan struct{}
 	confirmDone bool

@@ -43,6 +43,7 @@ type Case struct {
 	TLS     bool
 	Default bool   // run without -cases
 	Expect  string // body of a ready target; "" means helloBody
+	Method  string // of the measured requests (wrk), "" for GET
 	Setup   func(ctx context.Context, s *Stack, env *Env) (url string, err error)
 	// Large makes it a large-body case (-large, see large.go): Setup
 	// returns the base URL of echo's handlers, and each run is one
@@ -93,6 +94,10 @@ func helloCases() []Case {
 		// Not in the default set: zmq with the control channel (zmqx/1:
 		// ACKs and reply credit) switched on.
 		{Name: "zmq+control", Kind: "zmq+control", Setup: setupZmqControl},
+		// A POST with a dispatch deadline waits for CONFIRM before it
+		// starts (ZMQX_CONFIRM): the control round trip's cost, beside
+		// the GETs of zmq+control.
+		{Name: "zmq+control/post", Kind: "zmq+control", Method: "POST", Setup: setupZmqControl},
 	}
 }
 

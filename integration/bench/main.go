@@ -268,6 +268,7 @@ type Run struct {
 // meantime), warms up, measures, and tears everything down.
 func runCase(ctx context.Context, c Case, env *Env, wrk WrkParams, o options) Run {
 	var run Run
+	wrk.Method = c.Method
 	if o.WaitQuiet > 0 {
 		busy, quiet := waitQuiet(ctx, o.WaitQuiet)
 		if !quiet && ctx.Err() == nil {

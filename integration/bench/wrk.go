@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"fmt"
+	"os"
 	"os/exec"
 	"regexp"
 	"strconv"
@@ -17,6 +18,9 @@ type WrkParams struct {
 	Threads  int
 	Conns    int
 	Duration time.Duration
+	// Method, when not empty, is the method of every request (with a
+	// one-byte body), set per case (Case.Method); GET otherwise.
+	Method string
 }
 
 // WrkResult is what one wrk run reported. Latencies are in microseconds
@@ -63,9 +67,18 @@ func runWrk(ctx context.Context, p WrkParams, d time.Duration, url string) (WrkR
 	if secs < 1 {
 		secs = 1
 	}
-	cmd := exec.CommandContext(ctx, p.Path, "--latency",
-		"-t"+strconv.Itoa(p.Threads), "-c"+strconv.Itoa(p.Conns), "-d"+strconv.Itoa(secs)+"s",
-		"--timeout", "5s", url)
+	args := []string{"--latency",
+		"-t" + strconv.Itoa(p.Threads), "-c" + strconv.Itoa(p.Conns), "-d" + strconv.Itoa(secs) + "s",
+		"--timeout", "5s"}
+	if p.Method != "" {
+		script, err := methodScript(p.Method)
+		if err != nil {
+			return WrkResult{}, "", err
+		}
+		defer os.Remove(script)
+		args = append(args, "-s", script)
+	}
+	cmd := exec.CommandContext(ctx, p.Path, append(args, url)...)
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	out, err := cmd.CombinedOutput()
 	if err != nil {
@@ -76,6 +89,24 @@ func runWrk(ctx context.Context, p WrkParams, d time.Duration, url string) (WrkR
 		r.CPUSeconds = (ps.UserTime() + ps.SystemTime()).Seconds()
 	}
 	return r, string(out), err
+}
+
+// methodScript writes a wrk Lua script that sends every request with
+// method and a one-byte body, and returns its path.
+func methodScript(method string) (string, error) {
+	f, err := os.CreateTemp("", "bench-wrk-*.lua")
+	if err != nil {
+		return "", err
+	}
+	_, err = fmt.Fprintf(f, "wrk.method = %q\nwrk.body = \"x\"\nwrk.headers[\"Content-Type\"] = \"text/plain\"\n", method)
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		os.Remove(f.Name())
+		return "", err
+	}
+	return f.Name(), nil
 }
 
 var (

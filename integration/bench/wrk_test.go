@@ -2,6 +2,7 @@ package main
 
 import (
 	"math"
+	"os"
 	"strings"
 	"testing"
 )
@@ -134,5 +135,23 @@ func TestFmtMicros(t *testing.T) {
 		if got := fmtMicros(us); got != want {
 			t.Errorf("fmtMicros(%v) = %q, want %q", us, got, want)
 		}
+	}
+}
+
+// TestMethodScript: the script wrk runs for a case with a method sets the
+// method and a one-byte body (make bench runs it: zmq+control/post).
+func TestMethodScript(t *testing.T) {
+	path, err := methodScript("POST")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer os.Remove(path)
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "wrk.method = \"POST\"\nwrk.body = \"x\"\nwrk.headers[\"Content-Type\"] = \"text/plain\"\n"
+	if string(b) != want {
+		t.Fatalf("script %q, want %q", b, want)
 	}
 }
