@@ -91,12 +91,12 @@ type controlPlane struct {
 	stalled  map[string][]ctlMsg
 	stalledN int
 	// welcome lists the workers whose HELLO was just read: the owner
-	// answers each with WELCOME on the same connection (sendWelcomes)
+	// answers each with WELCOME on the same connection (sendAnswers)
 	// before it sends anything else. Guarded by mu (tests hand messages in
 	// from other goroutines).
 	welcome []string
 	// confirms holds the CONFIRMs due for the ACKs just read (handleMsg),
-	// sent by the owner after the WELCOMEs (sendWelcomes). Not through the
+	// sent by the owner after the WELCOMEs (sendAnswers). Not through the
 	// queue, which drops when full: a worker waits for its CONFIRM before
 	// it runs the request. Guarded by mu, as welcome.
 	confirms []ctlMsg
@@ -274,27 +274,29 @@ func (c *controlPlane) run(zctx *zmq.Context, ready chan<- error, quit <-chan st
 		// what arrived meanwhile (zmqio.Notifier).
 		c.retryStalled(router)
 		c.receive(in, rs)
-		c.sendWelcomes(router)
+		// The answers to what we just read are sends too: read again
+		// after them, until reading leaves nothing to answer.
+		for c.sendAnswers(router) {
+			c.receive(in, rs)
+		}
 	}
 }
 
-// sendWelcomes answers the HELLOs just read with WELCOME. Straight from the
-// owner, not through the queue: the queue drops when full, and a worker
-// that hears no WELCOME holds its ACKs (zmqx.WelcomeWait). A worker that
-// sent HELLO on a connection libzmq attached is reachable now; one whose
-// connection went since is not, and needs no answer.
-func (c *controlPlane) sendWelcomes(router *zmq.Socket) {
+// sendAnswers sends the answers owed to the messages just read: WELCOME
+// to each HELLO, then the CONFIRMs of the ACKs. It reports whether there
+// were any. Straight from the owner, not through the queue: the queue
+// drops when full, and a worker that hears no WELCOME holds its ACKs
+// (zmqx.WelcomeWait), one that hears no CONFIRM holds its request. A
+// worker that sent HELLO on a connection libzmq attached is reachable now;
+// one whose connection went since is not, and needs no answer.
+func (c *controlPlane) sendAnswers(router *zmq.Socket) bool {
 	c.mu.Lock()
-	due := c.welcome
-	c.welcome = nil
+	welcome, confirms := c.welcome, c.confirms
+	c.welcome, c.confirms = nil, nil
 	c.mu.Unlock()
-	for _, w := range due {
+	for _, w := range welcome {
 		c.sendTo(router, ctlMsg{worker: w, payload: zmqx.AppendWelcome(nil)})
 	}
-	c.mu.Lock()
-	confirms := c.confirms
-	c.confirms = nil
-	c.mu.Unlock()
 	for _, m := range confirms {
 		if !c.sendTo(router, m) {
 			// Gone, or its queue is full: a worker that still waits
@@ -302,6 +304,7 @@ func (c *controlPlane) sendWelcomes(router *zmq.Socket) {
 			c.logger.Debug("could not send CONFIRM", zap.String("worker", m.worker))
 		}
 	}
+	return len(welcome)+len(confirms) > 0
 }
 
 // deliver sends one message to its worker.
@@ -542,7 +545,7 @@ func (c *controlPlane) handleMsg(worker, key, addr string, payload []byte) {
 	}
 	switch m.Verb {
 	case zmqx.Hello:
-		// Answered on this connection before anything else (sendWelcomes):
+		// Answered on this connection before anything else (sendAnswers):
 		// until then the worker counts it as not heard.
 		c.welcome = append(c.welcome, worker)
 		wi.maxConcurrent = int(m.N)
