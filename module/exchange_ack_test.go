@@ -102,3 +102,29 @@ func TestGiveUpDispatchRefusesLateAck(t *testing.T) {
 		}
 	}
 }
+
+// A request that waits for CONFIRM is never confirmed once its client has
+// left: neither at its first ACK nor at an ACK its worker sends again
+// (which may be because the DISCONNECT was lost).
+func TestAbandonedNeverConfirmed(t *testing.T) {
+	ex := newExchange(1, 0)
+	ex.expectConfirm()
+	if v := ex.setWorker("wk-1", nil); v != ackConfirm {
+		t.Fatalf("first ACK: verdict %d, want confirm", v)
+	}
+	if v := ex.setWorker("wk-1", nil); v != ackConfirm {
+		t.Fatalf("an ACK sent again: verdict %d, want confirm", v)
+	}
+	if w := ex.abandon(); w != "wk-1" {
+		t.Fatalf("abandon found %q, want wk-1", w)
+	}
+	if v := ex.setWorker("wk-1", nil); v != ackAbandoned {
+		t.Fatalf("an ACK after the client left: verdict %d, want abandoned (DISCONNECT)", v)
+	}
+	ex = newExchange(2, 0)
+	ex.expectConfirm()
+	ex.abandon()
+	if v := ex.setWorker("wk-1", nil); v != ackAbandoned {
+		t.Fatalf("first ACK after the client left: verdict %d, want abandoned", v)
+	}
+}

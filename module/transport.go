@@ -929,7 +929,9 @@ func (ex *exchange) setWorker(w string, wi *workerInfo) ackVerdict {
 	first := ex.worker == ""
 	verdict := ackTaken
 	switch {
-	case first && ex.abandoned:
+	case ex.abandoned && (first || ex.confirm):
+		// (An ACK sent again of a request that waits for CONFIRM is
+		// told again: the first DISCONNECT may be what it missed.)
 		verdict = ackAbandoned
 	case ex.confirm:
 		verdict = ackConfirm // also for an ACK sent again
