@@ -94,10 +94,7 @@ func TestConfirmAnswersAck(t *testing.T) {
 	}()
 	t.Cleanup(func() { close(stop); <-done })
 	env.waitForWorker(t)
-	deadline := time.Now().Add(testDeadline)
-	for !env.h.pools[0].transport.control.coversPeers() && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond) // polling
-	}
+	env.waitDeadlines(t)
 	for len(reqs) > 0 {
 		<-reqs // the readiness probes
 	}

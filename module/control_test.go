@@ -302,11 +302,7 @@ func TestDispatchDeadlineResends(t *testing.T) {
 	}()
 	t.Cleanup(func() { close(stop); <-done })
 	env.waitForWorker(t)
-	// Wait until Caddy counts the worker as a zmqx one.
-	deadline := time.Now().Add(testDeadline)
-	for !env.h.pools[0].transport.control.coversPeers() && time.Now().Before(deadline) {
-		time.Sleep(5 * time.Millisecond) // polling
-	}
+	env.waitDeadlines(t)
 	resp, err := http.Post(env.srv.URL+"/once", "text/plain", strings.NewReader("x"))
 	if err != nil {
 		t.Fatal(err)

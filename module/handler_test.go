@@ -223,6 +223,20 @@ func (env *testEnv) waitForWorker(t *testing.T) {
 	t.Fatal("worker never became reachable")
 }
 
+// waitDeadlines polls until the first pool counts every peer of its
+// request socket as a zmqx/1 worker, so that its requests get dispatch
+// deadlines.
+func (env *testEnv) waitDeadlines(t *testing.T) {
+	t.Helper()
+	deadline := time.Now().Add(testDeadline)
+	for !env.h.pools[0].transport.control.coversPeers() {
+		if time.Now().After(deadline) {
+			t.Fatal("the pool never counted its worker as a zmqx/1 one")
+		}
+		time.Sleep(5 * time.Millisecond) // polling interval, not synchronisation
+	}
+}
+
 func okReply(body string) [][]byte {
 	return [][]byte{[]byte(fmt.Sprintf("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n%s", len(body), body))}
 }

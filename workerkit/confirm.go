@@ -39,12 +39,25 @@ func (s *server) awaitConfirm(fl *flight, ctx context.Context) bool {
 func (s *server) confirmFlights(k flightKey) {
 	s.mu.Lock()
 	for f := s.inflight[k]; f != nil; f = f.next {
-		if f.confirmed != nil && !f.confirmDone {
-			f.confirmDone = true
+		if f.awaitsConfirm() {
 			close(f.confirmed)
 		}
 	}
 	s.mu.Unlock()
+}
+
+// awaitsConfirm reports whether fl waits for CONFIRM. Called under
+// server.mu, under which its channel is made and closed.
+func (fl *flight) awaitsConfirm() bool {
+	if fl.confirmed == nil {
+		return false
+	}
+	select {
+	case <-fl.confirmed:
+		return false
+	default:
+		return true
+	}
 }
 
 // requeueUnconfirmed queues again the ACKs of fe's requests that wait for
@@ -55,7 +68,7 @@ func (o *ctlOwner) requeueUnconfirmed(sentBy int64) {
 	c := o.c
 	var again []*flight
 	c.fe.s.flightsOf(c.fe, func(f *flight) {
-		if f.confirmed != nil && !f.confirmDone && f.ackSentAt <= sentBy &&
+		if f.awaitsConfirm() && f.ackSentAt <= sentBy &&
 			f.ackState.CompareAndSwap(ackSent, ackQueued) {
 			again = append(again, f)
 		}

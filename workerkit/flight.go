@@ -46,13 +46,12 @@ type flight struct {
 	// ackState: ackNone, or where its ACK is (lease.go).
 	ackState atomic.Int32
 	// wantConfirm: the request carries zmqx.HeaderConfirm. confirmed is
-	// made, under server.mu, when its ACK is queued: the handler starts
-	// once it is closed, on CONFIRM (confirm.go). confirmDone: it is
-	// closed; guarded by server.mu. ackSentAt: when the owner last sent
-	// its ACK (lease clock; owner only).
+	// made, under server.mu, when its ACK is queued, and closed, under
+	// server.mu too, on CONFIRM: then the handler starts (confirm.go).
+	// ackSentAt: when the owner last sent its ACK (lease clock; owner
+	// only).
 	wantConfirm bool
 	confirmed   chan struct{}
-	confirmDone bool
 	ackSentAt   int64
 
 	// flow is set, before the ACK is queued, for a request that is
