@@ -1,6 +1,7 @@
 package workerkit
 
 import (
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -54,7 +55,8 @@ func TestConfirmedStart(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			f := newTestFECtl(t)
 			g := newGate()
-			startWorker(t, &Worker{FrontEnds: []FrontEnd{f.fe}, Handler: g, MaxConcurrent: 4})
+			const maxConc = 4
+			startWorker(t, &Worker{FrontEnds: []FrontEnd{f.fe}, Handler: g, MaxConcurrent: maxConc})
 			id := f.ctlWait("HELLO", func(m ctlMsg) bool { return strings.HasPrefix(m.body, "HELLO") }).id
 			conn := "5" + string(rune('0'+i))
 			f.request(conn, treq{method: "POST", uri: "/post/" + conn, body: "once", window: testWindow,
@@ -80,6 +82,20 @@ func TestConfirmedStart(t *testing.T) {
 			g.noneStarted(t)
 			if !runs {
 				noReplyFor(t, f, conn)
+			}
+			// Every handler slot is free again: as many requests as
+			// there are slots all start.
+			for j := range maxConc {
+				f.request(fmt.Sprintf("9%d%s", j, conn), treq{uri: fmt.Sprintf("/block/%d", j), window: testWindow})
+			}
+			for range maxConc {
+				recvWithin(t, g.started, "a request on a free slot")
+			}
+			for range maxConc {
+				g.release <- struct{}{}
+			}
+			for j := range maxConc {
+				f.readReply(fmt.Sprintf("9%d%s", j, conn), "GET")
 			}
 		})
 	}
