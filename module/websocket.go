@@ -441,10 +441,13 @@ func (s *wsSession) run(br *bufio.Reader, first []byte) {
 		return
 	}
 	s.followFirst(first)
-	go func() { readerDone <- s.readClient(br) }()
+	// Before the client's first message can reach the worker: its answer
+	// may come at once, and one that finds no direct writer is queued,
+	// and every frame behind it with it.
 	if s.direct = newWSDirect(s.conn); s.direct != nil {
 		s.ex.setDirect(s.writeDirect)
 	}
+	go func() { readerDone <- s.readClient(br) }()
 	end := s.relayReplies(readerDone)
 	s.ex.setDirect(nil)
 	if end.code != 0 {

@@ -707,6 +707,15 @@ func TestWebSocketDirectWritesInOrder(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			env := floodInOrder(t, tc.tls, tc.frames, tc.size)
 			direct := env.h.pools[0].transport.wsDirectFrames.Load()
+			// A frame that finds the relay writing (one of Caddy's pings)
+			// is queued, and those behind it while the queue lasts: a
+			// flood on plain TCP may, rarely, be relayed whole. Another
+			// flood then must write some directly.
+			for try := 1; try < 3 && !tc.tls && direct == 0; try++ {
+				t.Logf("flood %d: no frame written directly; again", try)
+				env = floodInOrder(t, tc.tls, tc.frames, tc.size)
+				direct = env.h.pools[0].transport.wsDirectFrames.Load()
+			}
 			if tc.tls != (direct == 0) {
 				t.Errorf("%d frames written directly", direct)
 			}
