@@ -30,6 +30,7 @@ func (s *server) awaitConfirm(fl *flight, ctx context.Context) bool {
 		}
 	case <-ctx.Done():
 	}
+	s.droppedUnconfirmed.Add(1)
 	fl.key.fe.log.Debug("not running a request the front end did not confirm (it was sent again, or its client left)",
 		"conn", fl.key.connID)
 	return false

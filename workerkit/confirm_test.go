@@ -56,7 +56,8 @@ func TestConfirmedStart(t *testing.T) {
 			f := newTestFECtl(t)
 			g := newGate()
 			const maxConc = 4
-			startWorker(t, &Worker{FrontEnds: []FrontEnd{f.fe}, Handler: g, MaxConcurrent: maxConc})
+			w := &Worker{FrontEnds: []FrontEnd{f.fe}, Handler: g, MaxConcurrent: maxConc}
+			startWorker(t, w)
 			id := f.ctlWait("HELLO", func(m ctlMsg) bool { return strings.HasPrefix(m.body, "HELLO") }).id
 			conn := "5" + string(rune('0'+i))
 			f.request(conn, treq{method: "POST", uri: "/post/" + conn, body: "once", window: testWindow,
@@ -96,6 +97,19 @@ func TestConfirmedStart(t *testing.T) {
 			}
 			for j := range maxConc {
 				f.readReply(fmt.Sprintf("9%d%s", j, conn), "GET")
+			}
+			// (Read once every slot was free: the dropped request's handler
+			// counted it before giving its slot back.)
+			st, err := w.Stats()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var want int64 // requests dropped for want of CONFIRM
+			if !runs {
+				want = 1
+			}
+			if st.DroppedUnconfirmed != want {
+				t.Errorf("Stats().DroppedUnconfirmed = %d, want %d", st.DroppedUnconfirmed, want)
 			}
 		})
 	}

@@ -74,7 +74,7 @@ type server struct {
 	rcvHWM int
 	// dropped counts requests never started: past their dispatch deadline
 	// (late), or not acknowledgeable although they carry one (unacked).
-	droppedLate, droppedUnacked atomic.Int64
+	droppedLate, droppedUnacked, droppedUnconfirmed atomic.Int64
 	// creditStalls counts the times a response waited for reply credit,
 	// and how long.
 	creditStalls stallCounter
@@ -275,9 +275,9 @@ func (w *Worker) serveUntil(ctx context.Context, force <-chan struct{}) error {
 	}
 	hardCancel()
 	pulls.Wait() // request owners always end once hardCancel has run
-	if n, m := s.droppedLate.Load(), s.droppedUnacked.Load(); n+m > 0 {
+	if n, m, u := s.droppedLate.Load(), s.droppedUnacked.Load(), s.droppedUnconfirmed.Load(); n+m+u > 0 {
 		s.log.Info("requests dropped unstarted (their front ends re-send them)",
-			"past_dispatch_deadline", n, "not_acknowledgeable", m)
+			"past_dispatch_deadline", n, "not_acknowledgeable", m, "not_confirmed", u)
 	}
 	s.log.Debug("handlers done; flushing replies")
 	close(quit)

@@ -29,6 +29,11 @@ type Stats struct {
 	// DroppedUnacked those that carried one and could not be acknowledged.
 	DroppedLate    int64 `json:"dropped_late"`
 	DroppedUnacked int64 `json:"dropped_unacked"`
+	// DroppedUnconfirmed counts requests marked ZMQX_CONFIRM that were
+	// never started because the front end did not confirm their ACK (it
+	// had sent them again, or their client left) or they were cancelled
+	// first.
+	DroppedUnconfirmed int64 `json:"dropped_unconfirmed"`
 	// FrontEnds are the front ends served, in the order of
 	// Worker.FrontEnds.
 	FrontEnds []FrontEndStats `json:"frontends"`
@@ -70,6 +75,7 @@ func (w *Worker) Stats() (Stats, error) {
 		CreditStallSeconds: time.Duration(s.creditStalls.nanos.Load()).Seconds(),
 		DroppedLate:        s.droppedLate.Load(),
 		DroppedUnacked:     s.droppedUnacked.Load(),
+		DroppedUnconfirmed: s.droppedUnconfirmed.Load(),
 		FrontEnds:          make([]FrontEndStats, len(s.fes)),
 	}
 	for i, fe := range s.fes {

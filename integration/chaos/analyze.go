@@ -67,7 +67,7 @@ type analysis struct {
 	lost, lostFailed, retries, resends, joined, drained, aborted int
 	caddyFailed                                                  map[int]int
 	// From the workers' logs at shutdown (killed workers print nothing).
-	droppedLate, droppedUnacked int
+	droppedLate, droppedUnacked, droppedUnconfirmed int
 	// failTimeline: failures by send time, in whole seconds since the
 	// first injection.
 	failTimeline map[int]int
@@ -315,6 +315,7 @@ func readExecLog(path string, f func(verb string, id uint64)) {
 var (
 	reDroppedLate    = regexp.MustCompile(`past_dispatch_deadline=(\d+)`)
 	reDroppedUnacked = regexp.MustCompile(`not_acknowledgeable=(\d+)`)
+	reDroppedUnconf  = regexp.MustCompile(`not_confirmed=(\d+)`)
 )
 
 // readWorkerLog adds up what a worker says at shutdown about requests it
@@ -335,6 +336,10 @@ func (a *analysis) readWorkerLog(path string) {
 		if m := reDroppedUnacked.FindStringSubmatch(line); m != nil {
 			n, _ := strconv.Atoi(m[1])
 			a.droppedUnacked += n
+		}
+		if m := reDroppedUnconf.FindStringSubmatch(line); m != nil {
+			n, _ := strconv.Atoi(m[1])
+			a.droppedUnconfirmed += n
 		}
 	}
 }

@@ -234,8 +234,8 @@ func writeDetails(w io.Writer, s *scenarioRun, ind string) {
 	a := s.an
 	fmt.Fprintf(w, "%s  caddy log: worker lost %d (requests failed with them %d), drained and left %d, joined %d, retries after a lost worker %d, dispatch re-sends %d, aborted replies %d, requests failed (Caddy's error log) %s\n",
 		ind, a.lost, a.lostFailed, a.drained, a.joined, a.retries, a.resends, a.aborted, statusMap(a.caddyFailed))
-	fmt.Fprintf(w, "%s  workers at shutdown: dropped unstarted past their dispatch deadline %d, not acknowledgeable %d (killed workers say nothing)\n",
-		ind, a.droppedLate, a.droppedUnacked)
+	fmt.Fprintf(w, "%s  workers at shutdown: dropped unstarted past their dispatch deadline %d, not acknowledgeable %d, not confirmed %d (killed workers say nothing)\n",
+		ind, a.droppedLate, a.droppedUnacked, a.droppedUnconfirmed)
 	for _, x := range []struct {
 		name string
 		m    *methodStats
