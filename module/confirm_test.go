@@ -45,16 +45,10 @@ func TestConfirmAnswersAck(t *testing.T) {
 		poller.Add(pull, zmq.POLLIN)
 		poller.Add(dealer, zmq.POLLIN)
 		var first, sender string // the id of the first /post copy, taken unacknowledged
-		lastHB := time.Time{}
+		hb := fakeHeartbeat{dealer: dealer}
 		for {
-			select {
-			case <-stop:
+			if !hb.beat(stop) {
 				return
-			default:
-			}
-			if time.Since(lastHB) > 100*time.Millisecond {
-				dealer.SendBytes([]byte("HB"), zmq.DONTWAIT)
-				lastHB = time.Now()
 			}
 			polled, _ := poller.Poll(20 * time.Millisecond)
 			for _, p := range polled {

@@ -143,6 +143,28 @@ func openZmqxWorker(env *testEnv, ctlEP, id string) (pull, pub, dealer *zmq.Sock
 	return pull, pub, dealer, closeAll, err
 }
 
+// fakeHeartbeat keeps a fake zmqx/1 worker alive on Caddy's control
+// channel: its loop calls beat every turn.
+type fakeHeartbeat struct {
+	dealer *zmq.Socket
+	last   time.Time
+}
+
+// beat sends HB when 100 ms have passed since the last one; false once
+// stop is closed (the worker's loop ends).
+func (h *fakeHeartbeat) beat(stop <-chan struct{}) bool {
+	select {
+	case <-stop:
+		return false
+	default:
+	}
+	if time.Since(h.last) > 100*time.Millisecond {
+		h.dealer.SendBytes([]byte("HB"), zmq.DONTWAIT)
+		h.last = time.Now()
+	}
+	return true
+}
+
 func firstErr(errs ...error) error {
 	for _, e := range errs {
 		if e != nil {
@@ -270,16 +292,10 @@ func TestDispatchDeadlineResends(t *testing.T) {
 		}
 		pull.SetRcvtimeo(20 * time.Millisecond)
 		dropped := false
-		lastHB := time.Time{}
+		hb := fakeHeartbeat{dealer: dealer}
 		for {
-			select {
-			case <-stop:
+			if !hb.beat(stop) {
 				return
-			default:
-			}
-			if time.Since(lastHB) > 100*time.Millisecond {
-				dealer.SendBytes([]byte("HB"), zmq.DONTWAIT)
-				lastHB = time.Now()
 			}
 			msg, err := pull.RecvBytes(0)
 			if err != nil {

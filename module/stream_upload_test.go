@@ -49,16 +49,10 @@ func TestStreamedUpload(t *testing.T) {
 		var cur *mongrel2.Request
 		hash := sha256.New()
 		var total, ungranted int64
-		lastHB := time.Time{}
+		hb := fakeHeartbeat{dealer: dealer}
 		for {
-			select {
-			case <-stop:
+			if !hb.beat(stop) {
 				return
-			default:
-			}
-			if time.Since(lastHB) > 100*time.Millisecond {
-				dealer.SendBytes([]byte("HB"), zmq.DONTWAIT)
-				lastHB = time.Now()
 			}
 			polled, _ := poller.Poll(20 * time.Millisecond)
 			for _, p := range polled {
