@@ -40,7 +40,7 @@ CADDY_SRCS := $(shell find module internal \( -name '*.go' -o -name '*.h' \) ! -
 WORKERKIT_SRCS := $(shell find workerkit internal \( -name '*.go' -o -name '*.h' \) ! -name '*_test.go' ! -path 'workerkit/examples/*' 2>/dev/null)
 
 WORKERS := $(BIN)/hello-worker $(BIN)/echo-worker $(BIN)/testworker $(BIN)/chaosworker $(BIN)/chat-worker \
-	$(BIN)/zmqx-conformance $(BIN)/pinned-worker $(BIN)/wschat-worker $(BIN)/floor-worker \
+	$(BIN)/zmqx-conformance $(BIN)/pinned-worker $(BIN)/wschat-worker $(BIN)/floor-worker $(BIN)/frontfloor \
 	$(BIN)/wsecho-http
 
 # What building and running need (cgo links libzmq, found by pkg-config).
@@ -158,6 +158,9 @@ $(BIN)/testworker: $(WORKERKIT_SRCS) $(wildcard integration/testworker/*.go) go.
 
 # The ZeroMQ floor of make bench: a single-loop Mongrel2-protocol worker
 # (no workerkit; only the codec in internal/).
+$(BIN)/frontfloor: $(shell find internal \( -name '*.go' -o -name '*.h' \) ! -name '*_test.go') $(wildcard integration/frontfloor/*.go) go.mod go.sum | deps-run
+	$(call go_build,./integration/frontfloor)
+
 $(BIN)/floor-worker: $(shell find internal \( -name '*.go' -o -name '*.h' \) ! -name '*_test.go') $(wildcard integration/floorworker/*.go) go.mod go.sum | deps-run
 	$(call go_build,./integration/floorworker)
 

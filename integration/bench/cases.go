@@ -19,6 +19,8 @@ type Env struct {
 	Caddy string // bin/caddy
 	Hello string // bin/hello-worker
 	Floor string // bin/floor-worker (the single-loop floor)
+	// FrontFloor is bin/frontfloor (the least Go front end, see goals.go).
+	FrontFloor string
 	Echo  string // bin/echo-worker (-large)
 	// -ws: bin/wschat-worker (its /echo) and bin/wsecho-http.
 	WSChat     string
@@ -83,6 +85,15 @@ func helloCases() []Case {
 		// The goals (goals.go) compare against them.
 		{Name: "zmq/floor", Kind: "zmq+floor", Default: true, Setup: setupZmqFloor},
 		{Name: "mongrel2/floor", Kind: "mongrel2+floor", Default: true, Setup: setupMongrel2Floor},
+		// The floors of the goals' floors: the floor worker serving a
+		// net/http Handler (-handler), the least any worker library that
+		// serves Handlers does; and a Go net/http server that bridges to
+		// the floor worker with the least work (bin/frontfloor), beside
+		// the same server answering by itself. goals.go prints what they
+		// give as references beside the goals.
+		{Name: "zmq/floor-handler", Kind: "zmq+floor-handler", Default: true, Setup: setupZmqFloorHandler},
+		{Name: "frontfloor", Kind: "frontfloor", Default: true, Setup: setupFrontFloor(false)},
+		{Name: "frontfloor/respond", Kind: "frontfloor-respond", Default: true, Setup: setupFrontFloor(true)},
 		{Name: "https/zmq", Kind: "zmq", TLS: true, Default: true, Setup: setupZmq(true)},
 		{Name: "https/reverse_proxy", Kind: "reverse_proxy", TLS: true, Default: true, Setup: setupReverseProxy(true)},
 		{Name: "https/mongrel2", Kind: "mongrel2", TLS: true, Default: true, Setup: setupMongrel2(true)},
@@ -156,6 +167,44 @@ func setupZmqFloor(ctx context.Context, s *Stack, env *Env) (string, error) {
 	}
 	_, err = s.Start(floorProcess, exec.Command(env.Floor, "-frontend", req+","+rep))
 	return url, err
+}
+
+// setupZmqFloorHandler: Caddy's zmq handler in front of bin/floor-worker
+// answering through workerkit hello's net/http Handler.
+func setupZmqFloorHandler(ctx context.Context, s *Stack, env *Env) (string, error) {
+	p, err := freePorts(2)
+	if err != nil {
+		return "", err
+	}
+	req, rep := tcpEndpoint(p[0]), tcpEndpoint(p[1])
+	url, err := startCaddy(s, env, false, fmt.Sprintf("zmq %s %s", req, rep))
+	if err != nil {
+		return "", err
+	}
+	_, err = s.Start(floorHandlerProcess, exec.Command(env.Floor, "-handler", "-frontend", req+","+rep))
+	return url, err
+}
+
+// setupFrontFloor: bin/frontfloor, a minimal Go bridge, in front of
+// bin/floor-worker; with respond, the same server answering by itself.
+func setupFrontFloor(respond bool) func(context.Context, *Stack, *Env) (string, error) {
+	return func(ctx context.Context, s *Stack, env *Env) (string, error) {
+		p, err := freePorts(3)
+		if err != nil {
+			return "", err
+		}
+		addr := fmt.Sprintf("127.0.0.1:%d", p[0])
+		if respond {
+			_, err = s.Start(frontFloorProcess, exec.Command(env.FrontFloor, "-listen", addr, "-respond"))
+			return "http://" + addr + "/", err
+		}
+		frontEnd := tcpEndpoint(p[1]) + "," + tcpEndpoint(p[2])
+		if _, err = s.Start(frontFloorProcess, exec.Command(env.FrontFloor, "-listen", addr, "-frontend", frontEnd)); err != nil {
+			return "", err
+		}
+		_, err = s.Start(floorProcess, exec.Command(env.Floor, "-frontend", frontEnd))
+		return "http://" + addr + "/", err
+	}
 }
 
 // setupMongrel2Floor: a real Mongrel2 in front of bin/floor-worker.

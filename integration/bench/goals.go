@@ -14,13 +14,29 @@ import (
 //   - workerkit hello's CPU per request over the floor worker's
 //     (bin/floor-worker: one loop, recv, format, send) behind the same front
 //     end: what workerkit adds to the least a Go worker must do.
+//
+// Each goal has a reference printed below it, the same figure for the least
+// any Go program doing the job can do, so that what the design costs can be
+// told from what the runtime, libzmq and the machine cost:
+//
+//   - bin/frontfloor's CPU per request bridging to the floor worker minus
+//     its CPU per request answering by itself: what the least Go net/http
+//     front end on libzmq adds (integration/frontfloor);
+//   - the floor worker's CPU per request when it answers through a
+//     net/http Handler (-handler) over its own: what serving a Handler
+//     costs at the least, which workerkit must do.
 
-// floorProcess is the floor worker's process name in the stacks.
-const floorProcess = "floor-worker"
+// Process names in the stacks: the floor worker, the same answering
+// through a net/http Handler, and the least Go front end.
+const (
+	floorProcess        = "floor-worker"
+	floorHandlerProcess = "floor-worker (handler)"
+	frontFloorProcess   = "frontfloor"
+)
 
 // frontEndProcs are the process names of front ends; every other process of
 // a hello case is its worker.
-var frontEndProcs = map[string]bool{"caddy": true, "mongrel2": true}
+var frontEndProcs = map[string]bool{"caddy": true, "mongrel2": true, frontFloorProcess: true}
 
 const (
 	// goalModuleMaxUS: Caddy's µs per `zmq` request beyond `respond`'s.
@@ -49,6 +65,19 @@ func (rep *Report) goals() []Check {
 		}
 		out = append(out, ck)
 	}
+	if ff, ffr := rep.find("HTTP", "frontfloor"), rep.find("HTTP", "frontfloor-respond"); ff != nil && ffr != nil {
+		ck := Check{Group: "HTTP", Name: "reference: frontfloor cpu/req: bridge - respond", Target: "-", Status: "ref"}
+		bc, ok1 := caseProcCPU(ff, frontFloorProcess)
+		rc, ok2 := caseProcCPU(ffr, frontFloorProcess)
+		if ok1 && ok2 {
+			ck.Value = bc - rc
+			ck.Shown = fmt.Sprintf("%.1f µs (%.1f - %.1f)", ck.Value, bc, rc)
+			ck.Note = goalNote(ff, ffr)
+		} else {
+			ck.Shown = "-"
+		}
+		out = append(out, ck)
+	}
 	for _, fe := range []struct{ name, kit, floor string }{
 		{"caddy zmq", "zmq", "zmq+floor"},
 		{"mongrel2", "mongrel2", "mongrel2+floor"},
@@ -68,6 +97,19 @@ func (rep *Report) goals() []Check {
 			ck.Note = goalNote(kit, floor)
 		} else {
 			ck.Shown, ck.Status = "-", "n/a"
+		}
+		out = append(out, ck)
+	}
+	if fh, floor := rep.find("HTTP", "zmq+floor-handler"), rep.find("HTTP", "zmq+floor"); fh != nil && floor != nil {
+		ck := Check{Group: "HTTP", Name: "reference: floor with a Handler / floor, behind caddy zmq", Target: "-", Status: "ref"}
+		h, ok1 := caseWorkerCPU(fh)
+		f, ok2 := caseWorkerCPU(floor)
+		if ok1 && ok2 {
+			ck.Value = h / f
+			ck.Shown = fmt.Sprintf("%.2f (%.1f / %.1f µs)", ck.Value, h, f)
+			ck.Note = goalNote(fh, floor)
+		} else {
+			ck.Shown = "-"
 		}
 		out = append(out, ck)
 	}

@@ -14,6 +14,9 @@ func TestGoals(t *testing.T) {
 	zmqFloor := kase("zmq/floor", "zmq+floor", map[string]float64{"caddy": 85, floorProcess: 40})
 	m2 := kase("mongrel2", "mongrel2", map[string]float64{"mongrel2": 50, "hello-worker (zmq)": 25})
 	m2Floor := kase("mongrel2/floor", "mongrel2+floor", map[string]float64{"mongrel2": 40, floorProcess: 22})
+	floorHandler := kase("zmq/floor-handler", "zmq+floor-handler", map[string]float64{"caddy": 85, floorHandlerProcess: 48})
+	frontFloor := kase("frontfloor", "frontfloor", map[string]float64{frontFloorProcess: 52, floorProcess: 20})
+	frontFloorRespond := kase("frontfloor/respond", "frontfloor-respond", map[string]float64{frontFloorProcess: 20})
 	failed := kase("respond", "respond", nil)
 	failed.OK, failed.Flagged = 0, true
 	noisy := zmq
@@ -30,6 +33,8 @@ func TestGoals(t *testing.T) {
 		module      = "caddy cpu/req: zmq - respond"
 		behindCaddy = "worker cpu/req: workerkit / floor, behind caddy zmq"
 		behindM2    = "worker cpu/req: workerkit / floor, behind mongrel2"
+		refFront    = "reference: frontfloor cpu/req: bridge - respond"
+		refHandler  = "reference: floor with a Handler / floor, behind caddy zmq"
 	)
 	type want struct {
 		value  float64
@@ -56,6 +61,13 @@ func TestGoals(t *testing.T) {
 		{"noisy", []CaseReport{lessNoisy, noisy}, map[string]want{module: {50, "MISS"}}, "noisy: other processes used up to 35% CPU"},
 		{"errors in a run", []CaseReport{flaggedZmq, lessNoisy}, map[string]want{module: {50, "MISS"}}, "unreliable: errors/failures in zmq"},
 		{"floor not run", []CaseReport{zmq, m2}, map[string]want{}, ""},
+		{"references", []CaseReport{zmq, respond, zmqFloor, floorHandler, frontFloor, frontFloorRespond}, map[string]want{
+			module:      {50, "MISS"},
+			behindCaddy: {1.15, "PASS"},
+			refFront:    {32, "ref"}, // the bridge's front end only: 52 - 20
+			refHandler:  {48.0 / 40, "ref"},
+		}, ""},
+		{"reference without its floor", []CaseReport{floorHandler, frontFloor}, map[string]want{}, ""},
 		{"only HTTPS", []CaseReport{httpsZmq, respond}, map[string]want{}, ""},
 	} {
 		rep := &Report{Cases: tc.cases}

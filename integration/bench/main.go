@@ -366,10 +366,11 @@ func findTools(o options, cases []Case) (*Env, WrkParams, error) {
 		return nil, WrkParams{}, err
 	}
 	env := &Env{
-		Caddy: filepath.Join(o.Bin, "caddy"),
-		Hello: filepath.Join(o.Bin, "hello-worker"),
-		Floor: filepath.Join(o.Bin, "floor-worker"),
-		Echo:  filepath.Join(o.Bin, "echo-worker"),
+		Caddy:      filepath.Join(o.Bin, "caddy"),
+		Hello:      filepath.Join(o.Bin, "hello-worker"),
+		Floor:      filepath.Join(o.Bin, "floor-worker"),
+		FrontFloor: filepath.Join(o.Bin, "frontfloor"),
+		Echo:       filepath.Join(o.Bin, "echo-worker"),
 
 		WSChat:     filepath.Join(o.Bin, "wschat-worker"),
 		WSEchoHTTP: filepath.Join(o.Bin, "wsecho-http"),
@@ -394,13 +395,15 @@ func findTools(o options, cases []Case) (*Env, WrkParams, error) {
 	}
 	for _, c := range cases {
 		switch c.Kind {
-		case "zmq", "reverse_proxy", "respond", "zmq+control", "zmq+floor":
+		case "zmq", "reverse_proxy", "respond", "zmq+control", "zmq+floor", "zmq+floor-handler":
 			need[env.Caddy] = "run make build"
+		case "frontfloor", "frontfloor-respond":
+			need[env.FrontFloor] = "run make build"
 		case "mongrel2", "mongrel2+floor":
 			env.M2sh, env.Mongrel2 = "m2sh", "mongrel2"
 			need["m2sh"], need["mongrel2"] = "run make deps (mongrel2-core)", "run make deps (mongrel2-core)"
 		}
-		if strings.HasSuffix(c.Kind, "+floor") {
+		if strings.Contains(c.Kind, "+floor") || c.Kind == "frontfloor" {
 			need[env.Floor] = "run make build"
 		}
 	}

@@ -40,6 +40,7 @@ const helloBody = "Hello, world!\n"
 
 func main() {
 	frontEnd := flag.String("frontend", "tcp://127.0.0.1:9997,tcp://127.0.0.1:9996", "`REQUESTS,REPLIES` endpoints to connect to (PULL, PUB)")
+	viaHandler := flag.Bool("handler", false, "answer HTTP requests through a net/http Handler (workerkit's hello) instead of fixed bytes (handler.go)")
 	flag.Parse()
 	req, rep, ok := strings.Cut(*frontEnd, ",")
 	if !ok || req == "" || rep == "" {
@@ -50,14 +51,18 @@ func main() {
 	if err != nil {
 		log.Fatal("floorworker: ", err)
 	}
-	if err := serve(zctx, req, rep); err != nil {
+	var a answerer
+	if *viaHandler {
+		a.handler = &handlerFloor{h: http.HandlerFunc(hello)}
+	}
+	if err := serve(zctx, req, rep, &a); err != nil {
 		log.Fatal("floorworker: ", err)
 	}
 }
 
 // serve connects the two sockets and answers requests until an error, or
 // until zctx is terminated (nil).
-func serve(zctx *zmq.Context, reqEndpoint, repEndpoint string) error {
+func serve(zctx *zmq.Context, reqEndpoint, repEndpoint string, a *answerer) error {
 	pull, err := zctx.NewSocket(zmq.PULL)
 	if err != nil {
 		return fmt.Errorf("PULL socket: %w", err)
@@ -79,7 +84,6 @@ func serve(zctx *zmq.Context, reqEndpoint, repEndpoint string) error {
 	if err := pub.Connect(repEndpoint); err != nil {
 		return fmt.Errorf("connect %s: %w", repEndpoint, err)
 	}
-	var a answerer
 	for {
 		msg, err := pull.RecvBytes(0)
 		switch {
@@ -134,6 +138,7 @@ func send(pub *zmq.Socket, reply []byte) error {
 type answerer struct {
 	out, frame []byte
 	resp       response
+	handler    *handlerFloor // with -handler
 }
 
 // answer returns the reply to r (nil: none), and whether the socket ends
@@ -149,7 +154,11 @@ func (a *answerer) answer(r *mongrel2.Request) (reply []byte, end bool) {
 			return nil, false
 		}
 	default:
-		payload = a.resp.bytes(time.Now())
+		if a.handler != nil {
+			payload = a.handler.answer(r)
+		} else {
+			payload = a.resp.bytes(time.Now())
+		}
 	}
 	a.out = mongrel2.AppendReplyOne(a.out[:0], r.Sender, r.ConnID, payload)
 	return a.out, end

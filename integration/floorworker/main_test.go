@@ -85,7 +85,7 @@ func TestFloorWorker(t *testing.T) {
 	}
 	fe := newFrontEnd(t, zctx)
 	done := make(chan error, 1)
-	go func() { done <- serve(zctx, fe.req, fe.rep) }()
+	go func() { done <- serve(zctx, fe.req, fe.rep, &answerer{}) }()
 	defer func() {
 		fe.close()
 		_ = zctx.Term() // ends serve: its receive fails with ETERM
