@@ -21,7 +21,7 @@ type Env struct {
 	Floor string // bin/floor-worker (the single-loop floor)
 	// FrontFloor is bin/frontfloor (the least Go front end, see goals.go).
 	FrontFloor string
-	Echo  string // bin/echo-worker (-large)
+	Echo       string // bin/echo-worker (-large)
 	// -ws: bin/wschat-worker (its /echo) and bin/wsecho-http.
 	WSChat     string
 	WSEchoHTTP string
