@@ -235,8 +235,9 @@ func copyHead(h http.Header, reply []byte) (int, error) {
 	if len(f) < 2 {
 		return 0, errReplyHead
 	}
+	// net/http panics on a status outside 100..999.
 	status, err := strconv.Atoi(string(f[1]))
-	if err != nil {
+	if err != nil || status < 100 || status > 999 {
 		return 0, errReplyHead
 	}
 	for _, line := range lines[1:] {
