@@ -1,6 +1,8 @@
 package main
 
 import (
+	"time"
+
 	"context"
 	"fmt"
 	"os"
@@ -19,9 +21,11 @@ type Env struct {
 	Caddy string // bin/caddy
 	Hello string // bin/hello-worker
 	Floor string // bin/floor-worker (the single-loop floor)
-	// FrontFloor is bin/frontfloor (the least Go front end, see goals.go).
-	FrontFloor string
-	Echo       string // bin/echo-worker (-large)
+	// FrontFloor is bin/frontfloor (the least Go front end, see goals.go),
+	// run with -spin FrontFloorSpin when that is set.
+	FrontFloor     string
+	FrontFloorSpin time.Duration
+	Echo           string // bin/echo-worker (-large)
 	// -ws: bin/wschat-worker (its /echo) and bin/wsecho-http.
 	WSChat     string
 	WSEchoHTTP string
@@ -194,12 +198,13 @@ func setupFrontFloor(respond bool) func(context.Context, *Stack, *Env) (string, 
 			return "", err
 		}
 		addr := fmt.Sprintf("127.0.0.1:%d", p[0])
+		args := []string{"-listen", addr, "-spin", env.FrontFloorSpin.String()}
 		if respond {
-			_, err = s.Start(frontFloorProcess, exec.Command(env.FrontFloor, "-listen", addr, "-respond"))
+			_, err = s.Start(frontFloorProcess, exec.Command(env.FrontFloor, append(args, "-respond")...))
 			return "http://" + addr + "/", err
 		}
 		frontEnd := tcpEndpoint(p[1]) + "," + tcpEndpoint(p[2])
-		if _, err = s.Start(frontFloorProcess, exec.Command(env.FrontFloor, "-listen", addr, "-frontend", frontEnd)); err != nil {
+		if _, err = s.Start(frontFloorProcess, exec.Command(env.FrontFloor, append(args, "-frontend", frontEnd)...)); err != nil {
 			return "", err
 		}
 		_, err = s.Start(floorProcess, exec.Command(env.Floor, "-frontend", frontEnd))

@@ -72,6 +72,9 @@ func (rep *Report) goals() []Check {
 		if ok1 && ok2 {
 			ck.Value = bc - rc
 			ck.Shown = fmt.Sprintf("%.1f µs (%.1f - %.1f)", ck.Value, bc, rc)
+			if spin := rep.Params.FrontFloorSpinUS; spin > 0 {
+				ck.Shown += fmt.Sprintf(", spinning %gµs", spin)
+			}
 			ck.Note = goalNote(ff, ffr)
 		} else {
 			ck.Shown = "-"

@@ -2,6 +2,7 @@ package main
 
 import (
 	"math"
+	"strings"
 	"testing"
 )
 
@@ -72,6 +73,11 @@ func TestGoals(t *testing.T) {
 	} {
 		rep := &Report{Cases: tc.cases}
 		got := rep.goals()
+		for _, g := range got {
+			if g.Name == refFront && strings.Contains(g.Shown, "spinning") {
+				t.Errorf("%s: %s shown %q without -frontfloor-spin", tc.name, g.Name, g.Shown)
+			}
+		}
 		if len(got) != len(tc.want) {
 			t.Errorf("%s: %d goals %+v; want %d", tc.name, len(got), got, len(tc.want))
 			continue
@@ -89,5 +95,21 @@ func TestGoals(t *testing.T) {
 				t.Errorf("%s: %s note %q; want %q", tc.name, g.Name, g.Note, tc.note)
 			}
 		}
+	}
+}
+
+// With -frontfloor-spin the front-end reference says that both frontfloor
+// cases were weighed down.
+func TestGoalsFrontFloorSpin(t *testing.T) {
+	kase := func(name, kind string, byProc map[string]float64) CaseReport {
+		return CaseReport{Name: name, Group: "HTTP", Kind: kind, OK: 3, CPUByProc: byProc}
+	}
+	rep := &Report{Params: Params{FrontFloorSpinUS: 16}, Cases: []CaseReport{
+		kase("frontfloor", "frontfloor", map[string]float64{frontFloorProcess: 75, floorProcess: 20}),
+		kase("frontfloor/respond", "frontfloor-respond", map[string]float64{frontFloorProcess: 41}),
+	}}
+	got := rep.goals()
+	if len(got) != 1 || got[0].Value != 34 || got[0].Shown != "34.0 µs (75.0 - 41.0), spinning 16µs" {
+		t.Fatalf("goals %+v", got)
 	}
 }

@@ -59,24 +59,26 @@ import (
 )
 
 type options struct {
-	Rounds    int
-	Duration  time.Duration
-	Warmup    time.Duration
-	Threads   int
-	Conns     int
-	Cases     string
-	Large     bool
-	Quick     bool
-	Bin       string
-	Wrk       string
-	Out       string
-	SVG       string
-	Timeout   time.Duration
-	Verbose   bool
-	List      bool
-	M2Ciphers string
-	WorkerEnv string
-	WaitQuiet time.Duration
+	Rounds   int
+	Duration time.Duration
+	Warmup   time.Duration
+	// FrontFloorSpin is frontfloor's -spin in both its cases.
+	FrontFloorSpin time.Duration
+	Threads        int
+	Conns          int
+	Cases          string
+	Large          bool
+	Quick          bool
+	Bin            string
+	Wrk            string
+	Out            string
+	SVG            string
+	Timeout        time.Duration
+	Verbose        bool
+	List           bool
+	M2Ciphers      string
+	WorkerEnv      string
+	WaitQuiet      time.Duration
 	// -large
 	LargeBytes  int64
 	LargeWarmup int64
@@ -97,6 +99,7 @@ func run() int {
 	flag.IntVar(&o.Rounds, "rounds", 5, "rounds; each runs every case once, in rotating order")
 	flag.DurationVar(&o.Duration, "duration", 5*time.Second, "measured wrk duration per run (whole seconds)")
 	flag.DurationVar(&o.Warmup, "warmup", time.Second, "unmeasured wrk run before each measurement (0 = none)")
+	flag.DurationVar(&o.FrontFloorSpin, "frontfloor-spin", 0, "busy CPU per request added to both frontfloor cases (frontfloor -spin), to weigh its HTTP side like Caddy's")
 	flag.IntVar(&o.Threads, "threads", 1, "wrk -t")
 	flag.IntVar(&o.Conns, "conns", 32, "wrk -c")
 	flag.StringVar(&o.Cases, "cases", "", "comma-separated case names, or \"all\" (default: the standard set; see -list)")
@@ -210,7 +213,8 @@ func run() int {
 		Command: commandLine(),
 		Machine: machineInfo(root, env, wrk.Path),
 		Params: Params{Rounds: o.Rounds, DurationS: o.Duration.Seconds(), WarmupS: o.Warmup.Seconds(),
-			Threads: o.Threads, Conns: o.Conns, Workload: workload, WaitQuiet: o.WaitQuiet.Seconds()},
+			Threads: o.Threads, Conns: o.Conns, Workload: workload, WaitQuiet: o.WaitQuiet.Seconds(),
+			FrontFloorSpinUS: float64(o.FrontFloorSpin) / float64(time.Microsecond)},
 	}
 	printHeader(os.Stdout, rep)
 
@@ -366,11 +370,12 @@ func findTools(o options, cases []Case) (*Env, WrkParams, error) {
 		return nil, WrkParams{}, err
 	}
 	env := &Env{
-		Caddy:      filepath.Join(o.Bin, "caddy"),
-		Hello:      filepath.Join(o.Bin, "hello-worker"),
-		Floor:      filepath.Join(o.Bin, "floor-worker"),
-		FrontFloor: filepath.Join(o.Bin, "frontfloor"),
-		Echo:       filepath.Join(o.Bin, "echo-worker"),
+		Caddy:          filepath.Join(o.Bin, "caddy"),
+		Hello:          filepath.Join(o.Bin, "hello-worker"),
+		Floor:          filepath.Join(o.Bin, "floor-worker"),
+		FrontFloor:     filepath.Join(o.Bin, "frontfloor"),
+		FrontFloorSpin: o.FrontFloorSpin,
+		Echo:           filepath.Join(o.Bin, "echo-worker"),
 
 		WSChat:     filepath.Join(o.Bin, "wschat-worker"),
 		WSEchoHTTP: filepath.Join(o.Bin, "wsecho-http"),

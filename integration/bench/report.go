@@ -41,6 +41,9 @@ type Params struct {
 	Conns     int     `json:"wrk_connections"`
 	Workload  string  `json:"workload"` // "hello world" or "large bodies" (-large)
 	WaitQuiet float64 `json:"wait_quiet_seconds"`
+	// FrontFloorSpinUS is the busy time added to every frontfloor request
+	// (-frontfloor-spin), in µs.
+	FrontFloorSpinUS float64 `json:"frontfloor_spin_us,omitempty"`
 }
 
 type Machine struct {
@@ -359,6 +362,9 @@ func printHeader(w io.Writer, rep *Report) {
 		p.Threads, p.Conns, p.DurationS, p.WarmupS, p.Rounds)
 	if p.WaitQuiet > 0 {
 		fmt.Fprintf(w, "          waiting up to %gs before each run for a quiet machine\n", p.WaitQuiet)
+	}
+	if p.FrontFloorSpinUS > 0 {
+		fmt.Fprintf(w, "          frontfloor keeps the CPU busy %gµs in every request (-frontfloor-spin)\n", p.FrontFloorSpinUS)
 	}
 	fmt.Fprintln(w)
 }

@@ -9,6 +9,7 @@
 //
 //	frontfloor -listen 127.0.0.1:8080 -frontend tcp://127.0.0.1:9997,tcp://127.0.0.1:9996
 //	frontfloor -listen 127.0.0.1:8080 -respond
+//	frontfloor -listen 127.0.0.1:8080 -respond -spin 16us
 //
 // Per request, on the request's own goroutine (net/http's): encode the
 // Mongrel2 request (METHOD, VERSION, URI, PATH, QUERY and the client's
@@ -53,6 +54,7 @@ func main() {
 	listen := flag.String("listen", "127.0.0.1:8080", "HTTP `ADDR` to serve on")
 	frontEnd := flag.String("frontend", "tcp://127.0.0.1:9997,tcp://127.0.0.1:9996", "`REQUESTS,REPLIES` endpoints to bind (PUSH, SUB)")
 	respond := flag.Bool("respond", false, "answer every request with "+strconv.Quote(helloBody)+" without any worker (the baseline)")
+	spin := flag.Duration("spin", 0, "keep the CPU busy this long in every request, in both modes, so that the floor's HTTP side costs about what a heavier server's (Caddy's) does")
 	flag.Parse()
 	var h http.Handler = http.HandlerFunc(respondHello)
 	if !*respond {
@@ -67,7 +69,22 @@ func main() {
 		}
 		h = b
 	}
+	if *spin > 0 {
+		h = spinning(*spin, h)
+	}
 	log.Fatal(http.ListenAndServe(*listen, h))
+}
+
+// spinning runs h after keeping the CPU busy for d. A front end's CPU per
+// request for bridging grows with what its HTTP side costs (the slower it
+// serves, the fewer messages libzmq's threads find per wake-up), so the
+// floor is compared with Caddy's module at Caddy's weight this way.
+func spinning(d time.Duration, h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		for start := time.Now(); time.Since(start) < d; {
+		}
+		h.ServeHTTP(w, r)
+	})
 }
 
 func respondHello(w http.ResponseWriter, _ *http.Request) {
