@@ -96,6 +96,7 @@ func helloCases() []Case {
 		// the same server answering by itself. goals.go prints what they
 		// give as references beside the goals.
 		{Name: "zmq/floor-handler", Kind: "zmq+floor-handler", Default: true, Setup: setupZmqFloorHandler},
+		{Name: "mongrel2/floor-handler", Kind: "mongrel2+floor-handler", Default: true, Setup: setupMongrel2FloorHandler},
 		{Name: "frontfloor", Kind: "frontfloor", Default: true, Setup: setupFrontFloor(false)},
 		{Name: "frontfloor/respond", Kind: "frontfloor-respond", Default: true, Setup: setupFrontFloor(true)},
 		{Name: "https/zmq", Kind: "zmq", TLS: true, Default: true, Setup: setupZmq(true)},
@@ -186,6 +187,17 @@ func setupZmqFloorHandler(ctx context.Context, s *Stack, env *Env) (string, erro
 		return "", err
 	}
 	_, err = s.Start(floorHandlerProcess, exec.Command(env.Floor, "-handler", "-frontend", req+","+rep))
+	return url, err
+}
+
+// setupMongrel2FloorHandler: a real Mongrel2 in front of bin/floor-worker
+// answering through workerkit hello's net/http Handler.
+func setupMongrel2FloorHandler(ctx context.Context, s *Stack, env *Env) (string, error) {
+	url, frontEnd, err := startMongrel2(ctx, s, env, false)
+	if err != nil {
+		return "", err
+	}
+	_, err = s.Start(floorHandlerProcess, exec.Command(env.Floor, "-handler", "-frontend", frontEnd))
 	return url, err
 }
 

@@ -103,8 +103,15 @@ func (rep *Report) goals() []Check {
 		}
 		out = append(out, ck)
 	}
-	if fh, floor := rep.find("HTTP", "zmq+floor-handler"), rep.find("HTTP", "zmq+floor"); fh != nil && floor != nil {
-		ck := Check{Group: "HTTP", Name: "reference: floor with a Handler / floor, behind caddy zmq", Target: "-", Status: "ref"}
+	for _, fe := range []struct{ name, handler, floor string }{
+		{"caddy zmq", "zmq+floor-handler", "zmq+floor"},
+		{"mongrel2", "mongrel2+floor-handler", "mongrel2+floor"},
+	} {
+		fh, floor := rep.find("HTTP", fe.handler), rep.find("HTTP", fe.floor)
+		if fh == nil || floor == nil {
+			continue
+		}
+		ck := Check{Group: "HTTP", Name: "reference: floor with a Handler / floor, behind " + fe.name, Target: "-", Status: "ref"}
 		h, ok1 := caseWorkerCPU(fh)
 		f, ok2 := caseWorkerCPU(floor)
 		if ok1 && ok2 {

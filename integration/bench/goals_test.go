@@ -16,6 +16,7 @@ func TestGoals(t *testing.T) {
 	m2 := kase("mongrel2", "mongrel2", map[string]float64{"mongrel2": 50, "hello-worker (zmq)": 25})
 	m2Floor := kase("mongrel2/floor", "mongrel2+floor", map[string]float64{"mongrel2": 40, floorProcess: 22})
 	floorHandler := kase("zmq/floor-handler", "zmq+floor-handler", map[string]float64{"caddy": 85, floorHandlerProcess: 48})
+	m2FloorHandler := kase("mongrel2/floor-handler", "mongrel2+floor-handler", map[string]float64{"mongrel2": 40, floorHandlerProcess: 33})
 	frontFloor := kase("frontfloor", "frontfloor", map[string]float64{frontFloorProcess: 52, floorProcess: 20})
 	frontFloorRespond := kase("frontfloor/respond", "frontfloor-respond", map[string]float64{frontFloorProcess: 20})
 	failed := kase("respond", "respond", nil)
@@ -36,6 +37,7 @@ func TestGoals(t *testing.T) {
 		behindM2    = "worker cpu/req: workerkit / floor, behind mongrel2"
 		refFront    = "reference: frontfloor cpu/req: bridge - respond"
 		refHandler  = "reference: floor with a Handler / floor, behind caddy zmq"
+		refHandlerM = "reference: floor with a Handler / floor, behind mongrel2"
 	)
 	type want struct {
 		value  float64
@@ -62,11 +64,12 @@ func TestGoals(t *testing.T) {
 		{"noisy", []CaseReport{lessNoisy, noisy}, map[string]want{module: {50, "MISS"}}, "noisy: other processes used up to 35% CPU"},
 		{"errors in a run", []CaseReport{flaggedZmq, lessNoisy}, map[string]want{module: {50, "MISS"}}, "unreliable: errors/failures in zmq"},
 		{"floor not run", []CaseReport{zmq, m2}, map[string]want{}, ""},
-		{"references", []CaseReport{zmq, respond, zmqFloor, floorHandler, frontFloor, frontFloorRespond}, map[string]want{
+		{"references", []CaseReport{zmq, respond, zmqFloor, floorHandler, frontFloor, frontFloorRespond, m2Floor, m2FloorHandler}, map[string]want{
 			module:      {50, "MISS"},
 			behindCaddy: {1.15, "PASS"},
 			refFront:    {32, "ref"}, // the bridge's front end only: 52 - 20
 			refHandler:  {48.0 / 40, "ref"},
+			refHandlerM: {33.0 / 22, "ref"},
 		}, ""},
 		{"reference without its floor", []CaseReport{floorHandler, frontFloor}, map[string]want{}, ""},
 		{"only HTTPS", []CaseReport{httpsZmq, respond}, map[string]want{}, ""},

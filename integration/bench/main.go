@@ -404,7 +404,7 @@ func findTools(o options, cases []Case) (*Env, WrkParams, error) {
 			need[env.Caddy] = "run make build"
 		case "frontfloor", "frontfloor-respond":
 			need[env.FrontFloor] = "run make build"
-		case "mongrel2", "mongrel2+floor":
+		case "mongrel2", "mongrel2+floor", "mongrel2+floor-handler":
 			env.M2sh, env.Mongrel2 = "m2sh", "mongrel2"
 			need["m2sh"], need["mongrel2"] = "run make deps (mongrel2-core)", "run make deps (mongrel2-core)"
 		}

@@ -15,9 +15,10 @@ var kindColor = map[string]string{
 	"direct":        "#7f7f7f",
 	"zmq+control":   "#17becf",
 	// The floor cases: lighter shades of their front end's colour.
-	"zmq+floor":         "#aec7e8",
-	"mongrel2+floor":    "#c5b0d5",
-	"zmq+floor-handler": "#c6dbef",
+	"zmq+floor":              "#aec7e8",
+	"mongrel2+floor":         "#c5b0d5",
+	"zmq+floor-handler":      "#c6dbef",
+	"mongrel2+floor-handler": "#dadaeb",
 	// The least Go front end, bridging and answering by itself.
 	"frontfloor":         "#8c564b",
 	"frontfloor-respond": "#c49c94",
