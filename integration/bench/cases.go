@@ -87,16 +87,16 @@ func helloCases() []Case {
 		// The ZeroMQ floor: the same front ends in front of bin/floor-worker,
 		// a single-loop worker (recv, format, send) instead of workerkit.
 		// The goals (goals.go) compare against them.
-		{Name: "zmq/floor", Kind: "zmq+floor", Default: true, Setup: setupZmqFloor},
-		{Name: "mongrel2/floor", Kind: "mongrel2+floor", Default: true, Setup: setupMongrel2Floor},
+		{Name: "zmq/floor", Kind: "zmq+floor", Default: true, Setup: setupZmqFloor(false)},
+		{Name: "mongrel2/floor", Kind: "mongrel2+floor", Default: true, Setup: setupMongrel2Floor(false)},
 		// The floors of the goals' floors: the floor worker serving a
 		// net/http Handler (-handler), the least any worker library that
 		// serves Handlers does; and a Go net/http server that bridges to
 		// the floor worker with the least work (bin/frontfloor), beside
 		// the same server answering by itself. goals.go prints what they
 		// give as references beside the goals.
-		{Name: "zmq/floor-handler", Kind: "zmq+floor-handler", Default: true, Setup: setupZmqFloorHandler},
-		{Name: "mongrel2/floor-handler", Kind: "mongrel2+floor-handler", Default: true, Setup: setupMongrel2FloorHandler},
+		{Name: "zmq/floor-handler", Kind: "zmq+floor-handler", Default: true, Setup: setupZmqFloor(true)},
+		{Name: "mongrel2/floor-handler", Kind: "mongrel2+floor-handler", Default: true, Setup: setupMongrel2Floor(true)},
 		{Name: "frontfloor", Kind: "frontfloor", Default: true, Setup: setupFrontFloor(false)},
 		{Name: "frontfloor/respond", Kind: "frontfloor-respond", Default: true, Setup: setupFrontFloor(true)},
 		{Name: "https/zmq", Kind: "zmq", TLS: true, Default: true, Setup: setupZmq(true)},
@@ -159,46 +159,45 @@ func setupZmq(tls bool) func(context.Context, *Stack, *Env) (string, error) {
 	}
 }
 
-// setupZmqFloor: Caddy's zmq handler in front of bin/floor-worker.
-func setupZmqFloor(ctx context.Context, s *Stack, env *Env) (string, error) {
-	p, err := freePorts(2)
-	if err != nil {
-		return "", err
+// setupZmqFloor: Caddy's zmq handler in front of bin/floor-worker (with
+// handler, answering through a net/http Handler).
+func setupZmqFloor(handler bool) func(context.Context, *Stack, *Env) (string, error) {
+	return func(ctx context.Context, s *Stack, env *Env) (string, error) {
+		p, err := freePorts(2)
+		if err != nil {
+			return "", err
+		}
+		req, rep := tcpEndpoint(p[0]), tcpEndpoint(p[1])
+		url, err := startCaddy(s, env, false, fmt.Sprintf("zmq %s %s", req, rep))
+		if err != nil {
+			return "", err
+		}
+		return url, startFloor(s, env, req+","+rep, handler)
 	}
-	req, rep := tcpEndpoint(p[0]), tcpEndpoint(p[1])
-	url, err := startCaddy(s, env, false, fmt.Sprintf("zmq %s %s", req, rep))
-	if err != nil {
-		return "", err
-	}
-	_, err = s.Start(floorProcess, exec.Command(env.Floor, "-frontend", req+","+rep))
-	return url, err
 }
 
-// setupZmqFloorHandler: Caddy's zmq handler in front of bin/floor-worker
-// answering through workerkit hello's net/http Handler.
-func setupZmqFloorHandler(ctx context.Context, s *Stack, env *Env) (string, error) {
-	p, err := freePorts(2)
-	if err != nil {
-		return "", err
+// setupMongrel2Floor: a real Mongrel2 in front of bin/floor-worker (with
+// handler, answering through a net/http Handler).
+func setupMongrel2Floor(handler bool) func(context.Context, *Stack, *Env) (string, error) {
+	return func(ctx context.Context, s *Stack, env *Env) (string, error) {
+		url, frontEnd, err := startMongrel2(ctx, s, env, false)
+		if err != nil {
+			return "", err
+		}
+		return url, startFloor(s, env, frontEnd, handler)
 	}
-	req, rep := tcpEndpoint(p[0]), tcpEndpoint(p[1])
-	url, err := startCaddy(s, env, false, fmt.Sprintf("zmq %s %s", req, rep))
-	if err != nil {
-		return "", err
-	}
-	_, err = s.Start(floorHandlerProcess, exec.Command(env.Floor, "-handler", "-frontend", req+","+rep))
-	return url, err
 }
 
-// setupMongrel2FloorHandler: a real Mongrel2 in front of bin/floor-worker
-// answering through workerkit hello's net/http Handler.
-func setupMongrel2FloorHandler(ctx context.Context, s *Stack, env *Env) (string, error) {
-	url, frontEnd, err := startMongrel2(ctx, s, env, false)
-	if err != nil {
-		return "", err
+// startFloor runs bin/floor-worker for the front end at frontEnd
+// ("REQUESTS,REPLIES"); with handler, answering through workerkit hello's
+// net/http Handler (-handler), under its own process name.
+func startFloor(s *Stack, env *Env, frontEnd string, handler bool) error {
+	name, args := floorProcess, []string{"-frontend", frontEnd}
+	if handler {
+		name, args = floorHandlerProcess, append(args, "-handler")
 	}
-	_, err = s.Start(floorHandlerProcess, exec.Command(env.Floor, "-handler", "-frontend", frontEnd))
-	return url, err
+	_, err := s.Start(name, exec.Command(env.Floor, args...))
+	return err
 }
 
 // setupFrontFloor: bin/frontfloor, a minimal Go bridge, in front of
@@ -219,19 +218,8 @@ func setupFrontFloor(respond bool) func(context.Context, *Stack, *Env) (string, 
 		if _, err = s.Start(frontFloorProcess, exec.Command(env.FrontFloor, append(args, "-frontend", frontEnd)...)); err != nil {
 			return "", err
 		}
-		_, err = s.Start(floorProcess, exec.Command(env.Floor, "-frontend", frontEnd))
-		return "http://" + addr + "/", err
+		return "http://" + addr + "/", startFloor(s, env, frontEnd, false)
 	}
-}
-
-// setupMongrel2Floor: a real Mongrel2 in front of bin/floor-worker.
-func setupMongrel2Floor(ctx context.Context, s *Stack, env *Env) (string, error) {
-	url, frontEnd, err := startMongrel2(ctx, s, env, false)
-	if err != nil {
-		return "", err
-	}
-	_, err = s.Start(floorProcess, exec.Command(env.Floor, "-frontend", frontEnd))
-	return url, err
 }
 
 // setupZmqControl: like zmq, plus the control channel (control_endpoint),

@@ -75,9 +75,9 @@ func wsCases() []Case {
 		// Go worker does per message (bin/floor-worker's single loop)
 		// behind Caddy's zmq, and Mongrel2 (one C event loop, the same
 		// libzmq) in front of both workers.
-		wsCase("ws-echo/zmq/floor", "zmq+floor", echo, wsSetup(setupZmqFloor)),
+		wsCase("ws-echo/zmq/floor", "zmq+floor", echo, wsSetup(setupZmqFloor(false))),
 		wsCase("ws-echo/mongrel2", "mongrel2", echo, setupWSMongrel2),
-		wsCase("ws-echo/mongrel2/floor", "mongrel2+floor", echo, wsSetup(setupMongrel2Floor)),
+		wsCase("ws-echo/mongrel2/floor", "mongrel2+floor", echo, wsSetup(setupMongrel2Floor(false))),
 	}
 }
 

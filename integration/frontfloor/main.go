@@ -231,38 +231,38 @@ var errReplyHead = errors.New("malformed HTTP head in reply")
 
 // writeReply copies a worker's raw HTTP response to w.
 func writeReply(w http.ResponseWriter, reply []byte) {
-	status, err := copyHead(w.Header(), reply)
+	status, body, err := copyHead(w.Header(), reply)
 	if err != nil {
 		http.Error(w, err.Error(), http.StatusBadGateway)
 		return
 	}
-	end := bytes.Index(reply, []byte("\r\n\r\n"))
 	w.WriteHeader(status)
-	_, _ = w.Write(reply[end+4:])
+	_, _ = w.Write(body)
 }
 
-// copyHead parses the status line and header lines of reply into h.
-func copyHead(h http.Header, reply []byte) (int, error) {
-	end := bytes.Index(reply, []byte("\r\n\r\n"))
-	if end < 0 {
-		return 0, errReplyHead
+// copyHead parses the status line and header lines of reply into h, and
+// returns the status and the body after them.
+func copyHead(h http.Header, reply []byte) (status int, body []byte, err error) {
+	head, body, ok := bytes.Cut(reply, []byte("\r\n\r\n"))
+	if !ok {
+		return 0, nil, errReplyHead
 	}
-	lines := bytes.Split(reply[:end], []byte("\r\n"))
+	lines := bytes.Split(head, []byte("\r\n"))
 	f := bytes.Fields(lines[0])
 	if len(f) < 2 {
-		return 0, errReplyHead
+		return 0, nil, errReplyHead
 	}
 	// net/http panics on a status outside 100..999.
-	status, err := strconv.Atoi(string(f[1]))
+	status, err = strconv.Atoi(string(f[1]))
 	if err != nil || status < 100 || status > 999 {
-		return 0, errReplyHead
+		return 0, nil, errReplyHead
 	}
 	for _, line := range lines[1:] {
 		name, value, ok := bytes.Cut(line, []byte(":"))
 		if !ok {
-			return 0, errReplyHead
+			return 0, nil, errReplyHead
 		}
 		h.Add(string(name), string(bytes.TrimSpace(value)))
 	}
-	return status, nil
+	return status, body, nil
 }

@@ -108,21 +108,23 @@ func TestCopyHead(t *testing.T) {
 		name, reply string
 		status      int
 		header      string // X-A's value
+		body        string
 		wantErr     bool
 	}{
-		{"ok", "HTTP/1.1 200 OK\r\nX-A: 1\r\n\r\nbody", 200, "1", false},
-		{"no headers", "HTTP/1.1 404 Not Found\r\n\r\n", 404, "", false},
-		{"no end of head", "HTTP/1.1 200 OK\r\nX-A: 1\r\n", 0, "", true},
-		{"no status", "HTTP/1.1\r\n\r\n", 0, "", true},
-		{"bad status", "HTTP/1.1 abc OK\r\n\r\n", 0, "", true},
-		{"status out of range", "HTTP/1.1 99 Low\r\n\r\n", 0, "", true},
-		{"header without colon", "HTTP/1.1 200 OK\r\nX-A 1\r\n\r\n", 0, "", true},
+		{"ok", "HTTP/1.1 200 OK\r\nX-A: 1\r\n\r\nbody", 200, "1", "body", false},
+		{"no headers", "HTTP/1.1 404 Not Found\r\n\r\n", 404, "", "", false},
+		{"no end of head", "HTTP/1.1 200 OK\r\nX-A: 1\r\n", 0, "", "", true},
+		{"no status", "HTTP/1.1\r\n\r\n", 0, "", "", true},
+		{"bad status", "HTTP/1.1 abc OK\r\n\r\n", 0, "", "", true},
+		{"status out of range", "HTTP/1.1 99 Low\r\n\r\n", 0, "", "", true},
+		{"header without colon", "HTTP/1.1 200 OK\r\nX-A 1\r\n\r\n", 0, "", "", true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			h := http.Header{}
-			status, err := copyHead(h, []byte(tc.reply))
-			if (err != nil) != tc.wantErr || status != tc.status || h.Get("X-A") != tc.header {
-				t.Fatalf("copyHead = %d %v, X-A %q; want %d, error %v, X-A %q", status, err, h.Get("X-A"), tc.status, tc.wantErr, tc.header)
+			status, body, err := copyHead(h, []byte(tc.reply))
+			if (err != nil) != tc.wantErr || status != tc.status || h.Get("X-A") != tc.header || string(body) != tc.body {
+				t.Fatalf("copyHead = %d %q %v, X-A %q; want %d %q, error %v, X-A %q",
+					status, body, err, h.Get("X-A"), tc.status, tc.body, tc.wantErr, tc.header)
 			}
 		})
 	}
