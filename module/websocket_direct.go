@@ -26,7 +26,7 @@ import (
 // counts it, a short write deadline), and the kernel may still make it
 // wait under memory pressure, holding up every socket's replies meanwhile;
 // for a few µs of Caddy's CPU per small message and no more messages/s
-// (docs/performance.md) that was not worth it. TLS connections,
+// (docs/performance-log.md) that was not worth it. TLS connections,
 // and HTTP/2 and HTTP/3 streams, are written by the relay.
 
 // wsDirect writes frames to a plain TCP client connection without
