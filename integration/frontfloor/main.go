@@ -101,30 +101,6 @@ type bridge struct {
 	wait map[string]chan []byte
 }
 
-// receive hands each reply to the goroutine of the request it names. It
-// waits in Go's network poller between replies (ZMQ_FD, as the module
-// does): a goroutine blocked in libzmq's receive instead cost more CPU per
-// request.
-func (b *bridge) receive(rcv *zmqio.Receiver, rd *zmqio.Readiness) {
-	var (
-		msg []byte
-		err error
-	)
-	try := func() bool {
-		msg, err = rcv.RecvCopy(zmq.DONTWAIT)
-		return zmq.AsErrno(err) != zmq.Errno(syscall.EAGAIN)
-	}
-	for {
-		if werr := rd.Await(try); werr != nil {
-			log.Fatal("frontfloor: wait: ", werr)
-		}
-		if err != nil {
-			log.Fatal("frontfloor: receive: ", err)
-		}
-		b.deliver(msg)
-	}
-}
-
 func newBridge(reqEndpoint, repEndpoint string) (*bridge, error) {
 	push, err := zmq.NewSocket(zmq.PUSH)
 	if err != nil {
@@ -156,6 +132,30 @@ func newBridge(reqEndpoint, repEndpoint string) (*bridge, error) {
 	return b, nil
 }
 
+// receive hands each reply to the goroutine of the request it names. It
+// waits in Go's network poller between replies (ZMQ_FD, as the module
+// does): a goroutine blocked in libzmq's receive instead cost more CPU per
+// request.
+func (b *bridge) receive(rcv *zmqio.Receiver, rd *zmqio.Readiness) {
+	var (
+		msg []byte
+		err error
+	)
+	try := func() bool {
+		msg, err = rcv.RecvCopy(zmq.DONTWAIT)
+		return zmq.AsErrno(err) != zmq.Errno(syscall.EAGAIN)
+	}
+	for {
+		if werr := rd.Await(try); werr != nil {
+			log.Fatal("frontfloor: wait: ", werr)
+		}
+		if err != nil {
+			log.Fatal("frontfloor: receive: ", err)
+		}
+		b.deliver(msg)
+	}
+}
+
 // deliver hands a reply to the requests it names.
 func (b *bridge) deliver(msg []byte) {
 	_, ids, body, err := mongrel2.ParseReply(msg)
@@ -169,8 +169,9 @@ func (b *bridge) deliver(msg []byte) {
 		b.mu.Lock()
 		ch := b.wait[string(id)]
 		b.mu.Unlock()
-		if ch != nil {
-			ch <- body
+		select {
+		case ch <- body:
+		default: // no such request, or a second reply for it: dropped
 		}
 	}
 }

@@ -59,9 +59,13 @@ func fakeWorker(t *testing.T, reqEP, repEP string, stop <-chan struct{}) <-chan 
 			seen := strings.Join([]string{r.Header("METHOD"), r.Header("URI"), r.Header("PATH"),
 				r.Header("QUERY"), r.Header("host"), r.Header("x-token"), string(r.Body)}, "|")
 			body := "HTTP/1.1 201 Created\r\nX-Seen: " + seen + "\r\nContent-Length: 2\r\n\r\nok"
-			if _, err := pub.SendBytes(mongrel2.AppendReplyOne(nil, r.Sender, r.ConnID, []byte(body)), 0); err != nil {
-				t.Errorf("reply: %v", err)
-				return
+			// Every reply three times: the others must be dropped, not stall the
+			// bridge's receiving goroutine.
+			for range 3 {
+				if _, err := pub.SendBytes(mongrel2.AppendReplyOne(nil, r.Sender, r.ConnID, []byte(body)), 0); err != nil {
+					t.Errorf("reply: %v", err)
+					return
+				}
 			}
 		}
 	}()
@@ -95,11 +99,23 @@ func TestBridge(t *testing.T) {
 			t.Fatalf("no answer through the bridge: %v", err)
 		}
 	}
-	defer resp.Body.Close()
 	got, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
 	host := strings.TrimPrefix(srv.URL, "http://")
 	if want := "POST|/a/b?x=1|/a/b|x=1|" + host + "|t0k|body"; resp.StatusCode != 201 || string(got) != "ok" || resp.Header.Get("X-Seen") != want {
 		t.Fatalf("got %d %q X-Seen %q; want 201 \"ok\" X-Seen %q", resp.StatusCode, got, resp.Header.Get("X-Seen"), want)
+	}
+	// The duplicate replies left the bridge answering.
+	client.Timeout = 20 * time.Second
+	for i := range 5 {
+		resp, err := client.Get(srv.URL + "/again")
+		if err != nil {
+			t.Fatalf("request %d after duplicate replies: %v", i, err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 201 {
+			t.Fatalf("request %d after duplicate replies: status %d", i, resp.StatusCode)
+		}
 	}
 }
 
