@@ -18,23 +18,6 @@ import (
 	"github.com/zmqbridge/caddy-zmq/internal/zmqx"
 )
 
-// isServerKey tells the front end's own (trusted, upper case) keys from the
-// client's headers, which the front end lower-cases. Only the former may
-// decide method, URL and addresses; a client must not be able to forge them.
-func isServerKey(name string) bool {
-	upper := false
-	for i := 0; i < len(name); i++ {
-		c := name[i]
-		if 'a' <= c && c <= 'z' {
-			return false
-		}
-		if 'A' <= c && c <= 'Z' {
-			upper = true
-		}
-	}
-	return upper
-}
-
 var (
 	errNoMethod  = errors.New("request has no METHOD")
 	errBadMethod = errors.New("request METHOD is not an HTTP token")
@@ -47,7 +30,7 @@ func buildRequest(ctx context.Context, m *mongrel2.Request) (*http.Request, erro
 	nClient, nValues := 0, 0
 	for i := range m.Headers {
 		f := &m.Headers[i]
-		if !isServerKey(f.Name) {
+		if !mongrel2.IsServerKey(f.Name) {
 			if f.Name != "host" { // the front end lower-cases client names
 				nClient++
 				nValues += len(f.Values)
@@ -89,7 +72,7 @@ func buildRequest(ctx context.Context, m *mongrel2.Request) (*http.Request, erro
 	}
 	for i := range m.Headers {
 		f := &m.Headers[i]
-		if len(f.Values) == 0 || isServerKey(f.Name) {
+		if len(f.Values) == 0 || mongrel2.IsServerKey(f.Name) {
 			continue
 		}
 		k := canonicalKey(f.Name)

@@ -917,15 +917,6 @@ func FuzzParseFrontEnd(f *testing.F) {
 	})
 }
 
-func TestIsServerKey(t *testing.T) {
-	for name, want := range map[string]bool{
-		"METHOD": true, "URL_SCHEME": true, "REMOTE_ADDR": true, "X-1": true,
-		"host": false, "x-forwarded-for": false, "Content-Type": false, "x-1": false, "123": false, "": false,
-	} {
-		eq(t, name, isServerKey(name), want)
-	}
-}
-
 func slogTo(w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
 }

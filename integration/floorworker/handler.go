@@ -58,9 +58,10 @@ func (f *handlerFloor) request(r *mongrel2.Request) (*http.Request, error) {
 			req.RemoteAddr = h.Value()
 		case "host":
 			req.Host = h.Value()
-		case "VERSION", "PATH", "QUERY", "PATTERN", "URL_SCHEME":
 		default:
-			req.Header[textproto.CanonicalMIMEHeaderKey(h.Name)] = h.Values
+			if !mongrel2.IsServerKey(h.Name) {
+				req.Header[textproto.CanonicalMIMEHeaderKey(h.Name)] = h.Values
+			}
 		}
 	}
 	u, err := url.ParseRequestURI(req.RequestURI)

@@ -287,3 +287,14 @@ var _ = bytes.Equal
 func jsonMsg(headers, body string) []byte {
 	return AppendRequest(nil, "u", "1", "/", []byte(headers), []byte(body))
 }
+
+func TestIsServerKey(t *testing.T) {
+	for name, want := range map[string]bool{
+		"METHOD": true, "URL_SCHEME": true, "REMOTE_ADDR": true, "X-1": true,
+		"host": false, "x-forwarded-for": false, "Content-Type": false, "x-1": false, "123": false, "": false,
+	} {
+		if got := IsServerKey(name); got != want {
+			t.Errorf("IsServerKey(%q) = %v, want %v", name, got, want)
+		}
+	}
+}

@@ -142,6 +142,24 @@ func isDisconnectBody(b []byte) bool {
 	return false
 }
 
+// IsServerKey tells the front end's own (trusted, upper case) header keys,
+// such as METHOD, URI and REMOTE_ADDR, from the client's headers, which the
+// front end lower-cases. Only the former may decide method, URL and
+// addresses; a client must not be able to forge them.
+func IsServerKey(name string) bool {
+	upper := false
+	for i := 0; i < len(name); i++ {
+		c := name[i]
+		if 'a' <= c && c <= 'z' {
+			return false
+		}
+		if 'A' <= c && c <= 'Z' {
+			upper = true
+		}
+	}
+	return upper
+}
+
 // AppendRequest appends a complete request frame. headers is a block made by
 // HeaderEncoder (a JSON object or a tnetstring dict).
 func AppendRequest(dst []byte, sender, connID, path string, headers, body []byte) []byte {
