@@ -46,84 +46,84 @@ const (
 	goalWorkerkitMaxRatio = 1.15
 )
 
-// goals computes the cost goals from the HTTP cases; a goal whose cases were
-// not selected (-cases) is left out, one whose cases have no figure is n/a.
+// goals computes the cost goals from the HTTP cases, each followed by its
+// reference; a line whose cases were not selected (-cases) is left out, one
+// whose cases have no figure is n/a (a goal) or "-" (a reference).
 func (rep *Report) goals() []Check {
 	var out []Check
-	z, resp := rep.find("HTTP", "zmq"), rep.find("HTTP", "respond")
-	if z != nil && resp != nil {
-		ck := Check{Group: "HTTP", Name: "caddy cpu/req: zmq - respond", Target: fmt.Sprintf("<= %.0f µs", goalModuleMaxUS)}
-		zc, ok1 := caseProcCPU(z, "caddy")
-		rc, ok2 := caseProcCPU(resp, "caddy")
-		if ok1 && ok2 {
-			ck.Value = zc - rc
-			ck.Shown = fmt.Sprintf("%.1f µs (%.1f - %.1f)", ck.Value, zc, rc)
-			ck.Status = passMiss(ck.Value <= goalModuleMaxUS)
-			ck.Note = goalNote(z, resp)
-		} else {
+	// add appends a goal (at most target) or, with Status "ref", a
+	// reference, which has no target.
+	add := func(ck Check, ok bool, target float64) {
+		switch {
+		case !ok && ck.Status == "ref":
+			ck.Shown = "-"
+		case !ok:
 			ck.Shown, ck.Status = "-", "n/a"
+		case ck.Status != "ref":
+			ck.Status = passMiss(ck.Value <= target)
 		}
 		out = append(out, ck)
+	}
+	if z, resp := rep.find("HTTP", "zmq"), rep.find("HTTP", "respond"); z != nil && resp != nil {
+		ck := Check{Group: "HTTP", Name: "caddy cpu/req: zmq - respond", Target: fmt.Sprintf("<= %.0f µs", goalModuleMaxUS)}
+		ok := ck.cpuDifference(z, resp, "caddy")
+		add(ck, ok, goalModuleMaxUS)
 	}
 	if ff, ffr := rep.find("HTTP", "frontfloor"), rep.find("HTTP", "frontfloor-respond"); ff != nil && ffr != nil {
 		ck := Check{Group: "HTTP", Name: "reference: frontfloor cpu/req: bridge - respond", Target: "-", Status: "ref"}
-		bc, ok1 := caseProcCPU(ff, frontFloorProcess)
-		rc, ok2 := caseProcCPU(ffr, frontFloorProcess)
-		if ok1 && ok2 {
-			ck.Value = bc - rc
-			ck.Shown = fmt.Sprintf("%.1f µs (%.1f - %.1f)", ck.Value, bc, rc)
-			if spin := rep.Params.FrontFloorSpinUS; spin > 0 {
-				ck.Shown += fmt.Sprintf(", spinning %gµs", spin)
-			}
-			ck.Note = goalNote(ff, ffr)
-		} else {
-			ck.Shown = "-"
+		ok := ck.cpuDifference(ff, ffr, frontFloorProcess)
+		if spin := rep.Params.FrontFloorSpinUS; ok && spin > 0 {
+			ck.Shown += fmt.Sprintf(", spinning %gµs", spin)
 		}
-		out = append(out, ck)
+		add(ck, ok, 0)
 	}
-	for _, fe := range []struct{ name, kit, floor string }{
-		{"caddy zmq", "zmq", "zmq+floor"},
-		{"mongrel2", "mongrel2", "mongrel2+floor"},
+	for _, fe := range []struct{ name, kit, handler, floor string }{
+		{"caddy zmq", "zmq", "zmq+floor-handler", "zmq+floor"},
+		{"mongrel2", "mongrel2", "mongrel2+floor-handler", "mongrel2+floor"},
 	} {
-		kit, floor := rep.find("HTTP", fe.kit), rep.find("HTTP", fe.floor)
-		if kit == nil || floor == nil {
+		floor := rep.find("HTTP", fe.floor)
+		if floor == nil {
 			continue
 		}
-		ck := Check{Group: "HTTP", Name: "worker cpu/req: workerkit / floor, behind " + fe.name,
-			Target: fmt.Sprintf("<= %.2f", goalWorkerkitMaxRatio)}
-		k, ok1 := caseWorkerCPU(kit)
-		f, ok2 := caseWorkerCPU(floor)
-		if ok1 && ok2 {
-			ck.Value = k / f
-			ck.Shown = fmt.Sprintf("%.2f (%.1f / %.1f µs)", ck.Value, k, f)
-			ck.Status = passMiss(ck.Value <= goalWorkerkitMaxRatio)
-			ck.Note = goalNote(kit, floor)
-		} else {
-			ck.Shown, ck.Status = "-", "n/a"
+		if kit := rep.find("HTTP", fe.kit); kit != nil {
+			ck := Check{Group: "HTTP", Name: "worker cpu/req: workerkit / floor, behind " + fe.name,
+				Target: fmt.Sprintf("<= %.2f", goalWorkerkitMaxRatio)}
+			add(ck, ck.workerRatio(kit, floor), goalWorkerkitMaxRatio)
 		}
-		out = append(out, ck)
-	}
-	for _, fe := range []struct{ name, handler, floor string }{
-		{"caddy zmq", "zmq+floor-handler", "zmq+floor"},
-		{"mongrel2", "mongrel2+floor-handler", "mongrel2+floor"},
-	} {
-		fh, floor := rep.find("HTTP", fe.handler), rep.find("HTTP", fe.floor)
-		if fh == nil || floor == nil {
-			continue
+		if fh := rep.find("HTTP", fe.handler); fh != nil {
+			ck := Check{Group: "HTTP", Name: "reference: floor with a Handler / floor, behind " + fe.name, Target: "-", Status: "ref"}
+			add(ck, ck.workerRatio(fh, floor), 0)
 		}
-		ck := Check{Group: "HTTP", Name: "reference: floor with a Handler / floor, behind " + fe.name, Target: "-", Status: "ref"}
-		h, ok1 := caseWorkerCPU(fh)
-		f, ok2 := caseWorkerCPU(floor)
-		if ok1 && ok2 {
-			ck.Value = h / f
-			ck.Shown = fmt.Sprintf("%.2f (%.1f / %.1f µs)", ck.Value, h, f)
-			ck.Note = goalNote(fh, floor)
-		} else {
-			ck.Shown = "-"
-		}
-		out = append(out, ck)
 	}
 	return out
+}
+
+// cpuDifference sets ck to a's CPU per request of process proc minus b's;
+// false when either figure is missing.
+func (ck *Check) cpuDifference(a, b *CaseReport, proc string) bool {
+	ac, ok1 := caseProcCPU(a, proc)
+	bc, ok2 := caseProcCPU(b, proc)
+	if !ok1 || !ok2 {
+		return false
+	}
+	ck.Value = ac - bc
+	ck.Shown = fmt.Sprintf("%.1f µs (%.1f - %.1f)", ck.Value, ac, bc)
+	ck.Note = goalNote(a, b)
+	return true
+}
+
+// workerRatio sets ck to num's worker CPU per request over den's; false
+// when either figure is missing.
+func (ck *Check) workerRatio(num, den *CaseReport) bool {
+	n, ok1 := caseWorkerCPU(num)
+	d, ok2 := caseWorkerCPU(den)
+	if !ok1 || !ok2 {
+		return false
+	}
+	ck.Value = n / d
+	ck.Shown = fmt.Sprintf("%.2f (%.1f / %.1f µs)", ck.Value, n, d)
+	ck.Note = goalNote(num, den)
+	return true
 }
 
 // caseProcCPU is a case's median CPU per request of the named process; false

@@ -19,6 +19,8 @@ func TestGoals(t *testing.T) {
 	m2FloorHandler := kase("mongrel2/floor-handler", "mongrel2+floor-handler", map[string]float64{"mongrel2": 40, floorHandlerProcess: 33})
 	frontFloor := kase("frontfloor", "frontfloor", map[string]float64{frontFloorProcess: 52, floorProcess: 20})
 	frontFloorRespond := kase("frontfloor/respond", "frontfloor-respond", map[string]float64{frontFloorProcess: 20})
+	frontFloorFailed := kase("frontfloor/respond", "frontfloor-respond", nil)
+	frontFloorFailed.OK = 0
 	failed := kase("respond", "respond", nil)
 	failed.OK, failed.Flagged = 0, true
 	noisy := zmq
@@ -72,6 +74,7 @@ func TestGoals(t *testing.T) {
 			refHandlerM: {33.0 / 22, "ref"},
 		}, ""},
 		{"reference without its floor", []CaseReport{floorHandler, frontFloor}, map[string]want{}, ""},
+		{"reference whose case failed", []CaseReport{frontFloor, frontFloorFailed}, map[string]want{refFront: {0, "ref"}}, ""},
 		{"only HTTPS", []CaseReport{httpsZmq, respond}, map[string]want{}, ""},
 	} {
 		rep := &Report{Cases: tc.cases}
